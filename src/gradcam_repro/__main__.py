@@ -1,0 +1,5 @@
+import sys
+
+from gradcam_repro.cli import main
+
+sys.exit(main())

@@ -1,0 +1,126 @@
+"""`gradcam-repro`: command-line entry point. Flags map one-to-one onto `Config` fields."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gradcam_repro.config import CORNERS, PRESETS, LR_SCHEDULES, PRECISIONS
+from gradcam_repro.errors import UserError
+
+COLORS = {"yellow": (255, 255, 0), "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255),
+          "magenta": (255, 0, 255), "cyan": (0, 255, 255), "white": (255, 255, 255), "black": (0, 0, 0)}
+
+
+def parse_color(text: str) -> tuple[int, int, int]:
+    """'255,255,0' or a name like 'yellow' -> (r, g, b)."""
+    if text.lower() in COLORS:
+        return COLORS[text.lower()]
+    try:
+        rgb = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        rgb = ()
+    if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a colour; use R,G,B with values 0..255 (e.g. 255,255,0) or one of {', '.join(COLORS)}"
+        )
+    return rgb
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("what to run")
+    g.add_argument("--preset", default="quick", choices=list(PRESETS),
+                   help="named config: paper = seed protocol on all 50,000 images (5 epochs SGD lr 0.01); "
+                        "quick = both experiments in <= 15 min on a 2-core CPU; smoke = about a minute, for tests "
+                        "(default: quick). Every other flag overrides the preset.")
+    g.add_argument("--dataset", choices=["cifar10", "shapes"], help="cifar10 (default) or the synthetic shapes set with object masks")
+    g.add_argument("--data-root", help="folder holding cifar-10-batches-py/ or train/<class>/ + test/<class>/ "
+                                       "(default: $GRADCAM_DATA_ROOT, else ./data; download is tried if empty)")
+    g.add_argument("--out", help="output folder (default: runs/<preset>)")
+    g.add_argument("--device", help="auto (default: CUDA if available), cpu, cuda or cuda:N")
+    g.add_argument("--seed", type=int, help="seed for initialisation, subsets, shuffling and augmentation (default 0)")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int, help="training epochs per experiment (seed: 5)")
+    t.add_argument("--batch-size", type=int, help="training batch size (seed: 128)")
+    t.add_argument("--lr", type=float, help="SGD learning rate, the peak for onecycle (seed: 0.01)")
+    t.add_argument("--momentum", type=float, help="SGD momentum (seed: 0.9)")
+    t.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help="Nesterov momentum")
+    t.add_argument("--weight-decay", type=float, help="L2 weight decay (seed: 0)")
+    t.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="constant (seed) or onecycle: linear warm-up over 25%% of steps, then linear decay")
+    t.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (seed: 0)")
+    t.add_argument("--train-subset", type=int, help="train on a class-balanced subset of this many images (default: all)")
+    t.add_argument("--eval-subset", type=int, help="test images scored after each epoch (default: all); final metrics use --test-subset")
+    t.add_argument("--test-subset", type=int, help="final metrics and figures on a class-balanced subset of the test set (default: all)")
+    t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crop (zero pad 4 px) + horizontal flip (default: on)")
+    t.add_argument("--precision", choices=PRECISIONS, help="auto (bf16 where the hardware has it, default), bf16 or fp32")
+    b = p.add_argument_group("shortcut (bias injection)")
+    b.add_argument("--bias-class", help="class whose training images get the patch (default: frog)")
+    b.add_argument("--patch-size", type=int, help="side of the square patch in px (default 6)")
+    b.add_argument("--patch-color", type=parse_color, help="R,G,B or a colour name (default 255,255,0 = yellow)")
+    b.add_argument("--patch-corner", choices=CORNERS, help="where the patch goes (default top-left)")
+    b.add_argument("--patch-offset", type=int, help="distance of the patch from the corner in px (default 0)")
+    b.add_argument("--bias-fraction", type=float, help="fraction of the class's training images patched, in [0, 1] (default 1.0)")
+    e = p.add_argument_group("explanation and output")
+    e.add_argument("--cam-layer", help="Grad-CAM target layer as a dotted path (default layer4.1.conv2 = the seed's "
+                                       "layer4[-1].conv2; e.g. layer4, layer3, layer3.1.conv2, layer2)")
+    e.add_argument("--cam-batch-size", type=int, help="images per Grad-CAM forward/backward pass (default 256)")
+    e.add_argument("--figure-images", type=int, help="images per figure grid (default 8)")
+    e.add_argument("--shapes-train", type=int, help="shapes dataset: number of training images (default 10000)")
+    e.add_argument("--shapes-test", type=int, help="shapes dataset: number of test images (default 2000)")
+    e.add_argument("--show", action="store_true", default=None, help="also show the figures on screen")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gradcam-repro",
+        description="Reproduce Grad-CAM on CIFAR-10 and measure whether a ResNet-18 uses a planted shortcut "
+                    "(a yellow square on every frog).",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", help="train the baseline and the biased model, then explain and summarise",
+                         description="Train a baseline and a frog-biased ResNet-18, compute Grad-CAM, write "
+                                     "checkpoints, figures and summary.md under --out.")
+    run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+    _add_run_flags(run)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace):
+    from gradcam_repro.config import Config, preset_config
+
+    fields = set(Config.__dataclass_fields__) - {"preset"}
+    overrides = {k: v for k, v in vars(args).items() if k in fields}
+    return preset_config(args.preset, **overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "run":
+            config = config_from_args(args)
+            if not config.show:
+                import matplotlib
+
+                matplotlib.use("Agg")
+            from gradcam_repro.experiment import run
+
+            run(config)
+        return 0
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"gradcam-repro: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("gradcam-repro: interrupted; completed files are intact, rerun the same command to start again", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Device, precision and seeding choices, made once and recorded with the results."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import numpy as np
+import torch
+
+from gradcam_repro.errors import UserError
+
+
+def choose_device(flag: str = "auto") -> torch.device:
+    """'auto' picks CUDA when available, else CPU; 'cpu', 'cuda', 'cuda:N' are taken as given."""
+    if flag == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(flag)
+    except RuntimeError:
+        raise UserError(f"unknown device {flag!r}; fix: pass --device auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is available; fix: pass --device cpu or auto")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"unsupported device {flag!r}; fix: pass --device auto, cpu or cuda")
+    return device
+
+
+def cpu_supports_bf16() -> bool:
+    """True where oneDNN has native bf16 kernels (AVX512-BF16 or AMX); elsewhere bf16 is slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` ('auto' | 'bf16' | 'fp32') on `device`; None means fp32."""
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        supported = torch.cuda.is_bf16_supported()
+    else:
+        supported = cpu_supports_bf16()
+    if precision == "bf16" and not supported:
+        raise UserError(f"--precision bf16 is not supported on this {device.type}; fix: pass --precision fp32 or auto")
+    return torch.bfloat16 if supported else None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """An autocast context for `dtype` on `device`, or a no-op context when `dtype` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

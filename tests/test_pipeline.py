@@ -1,0 +1,89 @@
+"""End to end: `gradcam-repro run --preset smoke` on shapes and on a real CIFAR-10 subset."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from gradcam_repro.bias import inject_patch
+from gradcam_repro.cli import main
+from gradcam_repro.gradcam import GradCAM
+from gradcam_repro.model import load_model, normalize, resnet18_cifar
+
+SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpg"
+EXPECTED_FILES = [
+    "baseline/model.pt", "baseline/config.json", "baseline/history.json", "baseline/history.csv",
+    "baseline/cam_grid.png", "baseline/training_curves.png",
+    "biased/model.pt", "biased/config.json", "biased/history.json", "biased/history.csv",
+    "biased/cam_grid.png", "biased/training_curves.png",
+    "side_by_side.png", "training_curves.png", "summary.json", "summary.md",
+]
+
+
+def check_run_folder(out: Path, dataset: str) -> dict:
+    for rel in EXPECTED_FILES:
+        assert (out / rel).is_file(), f"missing {rel}"
+    for png in out.rglob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.rglob("*.tmp")), "temporary files left behind"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dataset"]["name"] == dataset and len(summary["dataset"]["fingerprint"]) == 64
+    assert summary["environment"]["torch"] == torch.__version__
+    for name in ("baseline", "biased"):
+        record = json.loads((out / name / "config.json").read_text())
+        assert record["experiment"] == name and record["config"]["seed"] == 0
+        assert record["dataset"]["fingerprint"] == summary["dataset"]["fingerprint"]
+        history = json.loads((out / name / "history.json").read_text())
+        assert [h["epoch"] for h in history] == [1]
+        # model.pt is a plain state_dict of exactly the CIFAR ResNet-18.
+        state = torch.load(out / name / "model.pt", weights_only=True)
+        assert set(state) == set(resnet18_cifar().state_dict())
+        m = summary["results"]["models"][name]
+        for key in ("clean_test_acc", "biased_test_acc", "target_recall_clean", "target_recall_patched"):
+            assert 0.0 <= m[key] <= 1.0
+    assert json.loads((out / "biased" / "config.json").read_text())["bias"]["patched_train_images"] > 0
+    text = (out / "summary.md").read_text()
+    base = summary["results"]["models"]["baseline"]
+    assert f"{100 * base['clean_test_acc']:.1f}%" in text
+    assert f"{summary['results']['uniform_energy_in_box']:.4f}" in text
+    return summary
+
+
+@pytest.mark.slow
+def test_smoke_run_on_shapes_writes_checkpoints_figures_and_summary(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--preset", "smoke", "--dataset", "shapes", "--out", str(out)]) == 0
+    summary = check_run_folder(out, "shapes")
+    assert summary["config"]["bias_class"] == "hbar"
+    log = capsys.readouterr().out
+    assert "[baseline] epoch 1/1" in log and "[biased] epoch 1/1" in log and "clean test acc" in log
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_CIFAR.is_dir(), reason=f"offline CIFAR-10 copy not found at {SHARED_CIFAR}")
+def test_smoke_run_on_real_cifar_subset_and_independent_gradcam_reproduces_its_maps(tmp_path):
+    from pytorch_grad_cam import GradCAM as ReferenceGradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from gradcam_repro.data import load_cifar10
+
+    out = tmp_path / "run"
+    assert main(["run", "--preset", "smoke", "--data-root", str(SHARED_CIFAR), "--out", str(out)]) == 0
+    summary = check_run_folder(out, "cifar10")
+    assert summary["results"]["n_test"] == 500
+
+    # An independent Grad-CAM on the saved checkpoint reproduces the project's maps.
+    data = load_cifar10(SHARED_CIFAR)
+    frogs = inject_patch(data.test_images[data.test_labels == 6][:8])
+    x = normalize(frogs)
+    model = load_model(out / "biased" / "model.pt")
+    ours = GradCAM(model, "layer4.1.conv2")(x)
+    with ReferenceGradCAM(model=model, target_layers=[model.layer4[-1].conv2]) as reference:
+        theirs = torch.from_numpy(reference(x, [ClassifierOutputTarget(int(t)) for t in ours.targets]))
+
+    def minmax(maps):
+        lo = maps.amin(dim=(1, 2), keepdim=True)
+        return (maps - lo) / (maps.amax(dim=(1, 2), keepdim=True) - lo + 1e-7)
+
+    assert (minmax(ours.maps) - minmax(theirs)).abs().max().item() <= 1e-4
