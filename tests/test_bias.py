@@ -97,11 +97,6 @@ def test_inject_patch_rejects_non_uint8_rgb_batches(bad):
         inject_patch(bad, patch_size=2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG bias.py inject_patch: patch_box is given images.shape[-1] (the width) as the size of "
-    "both axes, so on a non-square image a bottom corner lands below the image and nothing is painted",
-)
 def test_inject_patch_bottom_corner_on_a_non_square_image():
     images = torch.zeros(1, 3, 16, 24, dtype=torch.uint8)
     out = inject_patch(images, patch_size=4, color=YELLOW, corner="bottom-right")

@@ -17,7 +17,9 @@ EXPECTED_FILES = [
     "baseline/cam_grid.png", "baseline/training_curves.png",
     "biased/model.pt", "biased/config.json", "biased/history.json", "biased/history.csv",
     "biased/cam_grid.png", "biased/training_curves.png",
-    "side_by_side.png", "training_curves.png", "summary.json", "summary.md",
+    "figures/side_by_side.png", "figures/training_curves.png", "figures/layers_one_image.png",
+    "figures/energy_distribution.png", "figures/per_class_accuracy.png", "figures/layer_sweep.png",
+    "metrics.json", "summary.md", "REPORT.md",
 ]
 
 
@@ -27,35 +29,42 @@ def check_run_folder(out: Path, dataset: str) -> dict:
     for png in out.rglob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.rglob("*.tmp")), "temporary files left behind"
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["dataset"]["name"] == dataset and len(summary["dataset"]["fingerprint"]) == 64
-    assert summary["environment"]["torch"] == torch.__version__
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"]["name"] == dataset and len(metrics["dataset"]["fingerprint"]) == 64
+    assert metrics["environment"]["torch"] == torch.__version__
     for name in ("baseline", "biased"):
         record = json.loads((out / name / "config.json").read_text())
         assert record["experiment"] == name and record["config"]["seed"] == 0
-        assert record["dataset"]["fingerprint"] == summary["dataset"]["fingerprint"]
+        assert record["dataset"]["fingerprint"] == metrics["dataset"]["fingerprint"]
         history = json.loads((out / name / "history.json").read_text())
         assert [h["epoch"] for h in history] == [1]
         # model.pt is a plain state_dict of exactly the CIFAR ResNet-18.
         state = torch.load(out / name / "model.pt", weights_only=True)
         assert set(state) == set(resnet18_cifar().state_dict())
-        m = summary["results"]["models"][name]
+        m = metrics["models"][name]
         for key in ("clean_test_acc", "biased_test_acc", "target_recall_clean", "target_recall_patched"):
-            assert 0.0 <= m[key] <= 1.0
+            assert m[key]["low"] <= m[key]["mean"] <= m[key]["high"] and 0.0 <= m[key]["mean"] <= 1.0
+        assert set(m["flip_to_target"]) == {"none", "patch", "other_color", "other_corner"}
+        assert set(m["cam"]) == {"layer1", "layer2", "layer3", "layer4", "layer4.1.conv2"}
+        assert set(m["verdict"]["points_at_patch"]) == set(m["cam"])
     assert json.loads((out / "biased" / "config.json").read_text())["bias"]["patched_train_images"] > 0
-    text = (out / "summary.md").read_text()
-    base = summary["results"]["models"]["baseline"]
-    assert f"{100 * base['clean_test_acc']:.1f}%" in text
-    assert f"{summary['results']['uniform_energy_in_box']:.4f}" in text
-    return summary
+    summary = (out / "summary.md").read_text()
+    base = metrics["models"]["baseline"]
+    assert f"{100 * base['clean_test_acc']['mean']:.1f}%" in summary
+    assert f"{metrics['uniform']['energy_in_box']:.4f}" in summary
+    report = (out / "REPORT.md").read_text()
+    for section in ("## Counterfactual tests", "## Verdicts", "## Accuracy", "fingerprint"):
+        assert section in report
+    return metrics
 
 
 @pytest.mark.slow
 def test_smoke_run_on_shapes_writes_checkpoints_figures_and_summary(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", "--preset", "smoke", "--dataset", "shapes", "--out", str(out)]) == 0
-    summary = check_run_folder(out, "shapes")
-    assert summary["config"]["bias_class"] == "hbar"
+    metrics = check_run_folder(out, "shapes")
+    assert metrics["config"]["bias_class"] == "hbar"
+    assert set(metrics["models"]["baseline"]["localisation"]) == set(metrics["layers"])
     log = capsys.readouterr().out
     assert "[baseline] epoch 1/1" in log and "[biased] epoch 1/1" in log and "clean test acc" in log
 
@@ -70,8 +79,8 @@ def test_smoke_run_on_real_cifar_subset_and_independent_gradcam_reproduces_its_m
 
     out = tmp_path / "run"
     assert main(["run", "--preset", "smoke", "--data-root", str(SHARED_CIFAR), "--out", str(out)]) == 0
-    summary = check_run_folder(out, "cifar10")
-    assert summary["results"]["n_test"] == 500
+    metrics = check_run_folder(out, "cifar10")
+    assert metrics["n"]["test"] == 500
 
     # An independent Grad-CAM on the saved checkpoint reproduces the project's maps.
     data = load_cifar10(SHARED_CIFAR)

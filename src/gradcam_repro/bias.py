@@ -11,18 +11,22 @@ import torch
 from gradcam_repro.errors import UserError
 
 
-def patch_box(image_size: int, patch_size: int, corner: str = "top-left", offset: int = 0) -> tuple[int, int, int, int]:
-    """(top, left, bottom, right) pixel box of the patch, bottom/right exclusive."""
-    if patch_size + offset > image_size:
+def patch_box(image_size: int | tuple[int, int], patch_size: int, corner: str = "top-left", offset: int = 0) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) pixel box of the patch, bottom/right exclusive.
+
+    image_size: the side of a square image, or (height, width).
+    """
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    if patch_size + offset > min(height, width):
         raise UserError(
-            f"patch of {patch_size} px at offset {offset} px does not fit a {image_size} px image; "
+            f"patch of {patch_size} px at offset {offset} px does not fit a {height}x{width} px image; "
             "fix: lower --patch-size or --patch-offset"
         )
     vertical, _, horizontal = corner.partition("-")
     if vertical not in ("top", "bottom") or horizontal not in ("left", "right"):
         raise UserError(f"unknown corner {corner!r}; fix: use top-left, top-right, bottom-left or bottom-right")
-    top = offset if vertical == "top" else image_size - offset - patch_size
-    left = offset if horizontal == "left" else image_size - offset - patch_size
+    top = offset if vertical == "top" else height - offset - patch_size
+    left = offset if horizontal == "left" else width - offset - patch_size
     return top, left, top + patch_size, left + patch_size
 
 
@@ -36,7 +40,7 @@ def inject_patch(
     """A copy of `images` ((N, 3, H, W) uint8) with a solid `color` square of `patch_size` px at `corner`."""
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"expected (N, 3, H, W) uint8 images, got {tuple(images.shape)} {images.dtype}")
-    top, left, bottom, right = patch_box(images.shape[-1], patch_size, corner, offset)
+    top, left, bottom, right = patch_box(tuple(images.shape[-2:]), patch_size, corner, offset)
     out = images.clone()
     out[:, :, top:bottom, left:right] = torch.tensor(color, dtype=torch.uint8).view(1, 3, 1, 1)
     return out

@@ -27,6 +27,14 @@ def parse_color(text: str) -> tuple[int, int, int]:
     return rgb
 
 
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """'16,24,32' -> (16, 24, 32); '' -> () (always full size)."""
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of sizes; use e.g. 16,24,32") from None
+
+
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what to run")
     g.add_argument("--preset", default="quick", choices=list(PRESETS),
@@ -51,6 +59,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     t.add_argument("--train-subset", type=int, help="train on a class-balanced subset of this many images (default: all)")
     t.add_argument("--eval-subset", type=int, help="test images scored after each epoch (default: all); final metrics use --test-subset")
     t.add_argument("--test-subset", type=int, help="final metrics and figures on a class-balanced subset of the test set (default: all)")
+    t.add_argument("--train-resolutions", type=parse_sizes,
+                   help="progressive resizing: training input side per epoch, e.g. 16,24,32 (the last repeats; "
+                        "default: 32 throughout). Evaluation and Grad-CAM always use 32 px")
     t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop (zero pad 4 px) + horizontal flip (default: on)")
     t.add_argument("--precision", choices=PRECISIONS, help="auto (bf16 where the hardware has it, default), bf16 or fp32")
@@ -65,6 +76,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     e.add_argument("--cam-layer", help="Grad-CAM target layer as a dotted path (default layer4.1.conv2 = the seed's "
                                        "layer4[-1].conv2; e.g. layer4, layer3, layer3.1.conv2, layer2)")
     e.add_argument("--cam-batch-size", type=int, help="images per Grad-CAM forward/backward pass (default 256)")
+    e.add_argument("--counterfactual-images", type=int, help="non-target test images the patch is pasted on for the "
+                   "flip-to-target tests (seeded choice; default: all)")
+    e.add_argument("--cam-images", type=int, help="images per Grad-CAM evaluation set (seeded choice; default: all)")
     e.add_argument("--figure-images", type=int, help="images per figure grid (default 8)")
     e.add_argument("--shapes-train", type=int, help="shapes dataset: number of training images (default 10000)")
     e.add_argument("--shapes-test", type=int, help="shapes dataset: number of test images (default 2000)")
@@ -84,6 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
                                      "checkpoints, figures and summary.md under --out.")
     run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
     _add_run_flags(run)
+    ev = sub.add_parser("evaluate", help="recompute metrics, figures and reports of a finished run from its checkpoints",
+                        description="Recompute metrics.json, the figures, summary.md and REPORT.md of RUN_DIR from its "
+                                    "saved model.pt files, without retraining.")
+    ev.add_argument("run_dir", metavar="RUN_DIR", help="folder written by `gradcam-repro run`")
+    ev.add_argument("--data-root", help="where the data is, if not where the run found it")
+    ev.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    ev.add_argument("--cam-layer", help="Grad-CAM layer to report on (default: the run's)")
+    ev.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+    rep = sub.add_parser("report", help="rebuild summary.md and REPORT.md from a run's metrics.json (seconds)")
+    rep.add_argument("run_dir", metavar="RUN_DIR", help="folder written by `gradcam-repro run`")
+    rep.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
     return parser
 
 
@@ -93,6 +118,12 @@ def config_from_args(args: argparse.Namespace):
     fields = set(Config.__dataclass_fields__) - {"preset"}
     overrides = {k: v for k, v in vars(args).items() if k in fields}
     return preset_config(args.preset, **overrides)
+
+
+def _headless() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,12 +136,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             config = config_from_args(args)
             if not config.show:
-                import matplotlib
-
-                matplotlib.use("Agg")
+                _headless()
             from gradcam_repro.experiment import run
 
             run(config)
+        elif args.command == "evaluate":
+            _headless()
+            from gradcam_repro.experiment import evaluate_run
+
+            evaluate_run(args.run_dir, data_root=args.data_root, device=args.device, cam_layer=args.cam_layer)
+        elif args.command == "report":
+            from gradcam_repro.experiment import report_run
+
+            print(report_run(args.run_dir))
         return 0
     except UserError as exc:
         if args.debug:

@@ -41,6 +41,9 @@ class Config:
     eval_subset: int | None = None  # test images scored after each epoch; None: all
     test_subset: int | None = None  # test images used for the final metrics and figures; None: all
     augment: bool = True  # random crop (pad 4) + horizontal flip
+    # Progressive resizing: input side in px for each epoch, the last repeating
+    # (e.g. (16, 24, 32)); empty: always 32. Evaluation is always at 32 px.
+    train_resolutions: tuple[int, ...] = ()
     precision: str = "auto"  # auto (bf16 where supported) | bf16 | fp32
 
     # Shortcut: a coloured square pasted on every image of one class.
@@ -54,6 +57,8 @@ class Config:
     # Explanation and figures.
     cam_layer: str = "layer4.1.conv2"
     cam_batch_size: int = 256
+    counterfactual_images: int | None = None  # non-target test images the patch is pasted on; None: all
+    cam_images: int | None = None  # images per CAM evaluation set (seeded choice); None: all
     figure_images: int = 8
     show: bool = False
 
@@ -82,6 +87,11 @@ class Config:
             (self.patch_corner in CORNERS, f"--patch-corner must be one of {', '.join(CORNERS)}, got {self.patch_corner!r}"),
             (len(self.patch_color) == 3 and all(0 <= c <= 255 for c in self.patch_color),
              f"--patch-color must be three integers in 0..255 like 255,255,0, got {self.patch_color}"),
+            (all(8 <= r <= 32 for r in self.train_resolutions),
+             f"--train-resolutions must be sides in px between 8 and 32, got {self.train_resolutions}"),
+            (self.counterfactual_images is None or self.counterfactual_images >= 1,
+             f"--counterfactual-images must be >= 1, got {self.counterfactual_images}"),
+            (self.cam_images is None or self.cam_images >= 1, f"--cam-images must be >= 1, got {self.cam_images}"),
             (self.cam_batch_size >= 1, f"--cam-batch-size must be >= 1, got {self.cam_batch_size}"),
             (self.figure_images >= 1, f"--figure-images must be >= 1, got {self.figure_images}"),
             (self.shapes_train >= 10 and self.shapes_test >= 10, "--shapes-train and --shapes-test must be >= 10"),
@@ -105,8 +115,9 @@ class Config:
         if unknown:
             raise UserError(f"config has unknown keys {unknown}; fix: remove them or upgrade gradcam-repro")
         values = dict(values)
-        if "patch_color" in values:
-            values["patch_color"] = tuple(values["patch_color"])
+        for key in ("patch_color", "train_resolutions"):
+            if key in values:
+                values[key] = tuple(values[key])
         return cls(**values)
 
 
@@ -126,6 +137,8 @@ PRESETS: dict[str, dict] = {
         "lr_schedule": "onecycle",
         "label_smoothing": 0.1,
         "eval_subset": 1_000,
+        "counterfactual_images": 2_000,
+        "cam_images": 500,
     },
     # A minute-long end-to-end pass for tests: tiny subset, one epoch.
     "smoke": {
@@ -137,6 +150,8 @@ PRESETS: dict[str, dict] = {
         "eval_subset": 200,
         "test_subset": 500,
         "cam_batch_size": 64,
+        "counterfactual_images": 200,
+        "cam_images": 64,
         "figure_images": 4,
         "shapes_train": 1_000,
         "shapes_test": 300,

@@ -6,7 +6,7 @@ calls (bias injection, training, Grad-CAM, scores) is pure functions.
 Layout of `runs/<name>/`:
     baseline/{model.pt, config.json, history.json, history.csv, cam_grid.png, training_curves.png}
     biased/{...same...}
-    side_by_side.png, training_curves.png, summary.json, summary.md
+    figures/*.png, metrics.json, summary.md, REPORT.md
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 
 from gradcam_repro import artifacts, figures
-from gradcam_repro.bias import bias_dataset, inject_patch, patch_box
+from gradcam_repro.bias import bias_dataset, patch_box
 from gradcam_repro.config import Config
 from gradcam_repro.data import CIFAR10_CLASSES, ImageData, load_cifar10, load_shapes, resolve_data_root, stratified_subset
 from gradcam_repro.errors import UserError
-from gradcam_repro.evaluate import accuracy, cam_energy_in_box, compute_cams, predict_logits, uniform_energy_in_box
+from gradcam_repro.evaluate import accuracy, compute_cams, measure_shortcut, predict_logits
 from gradcam_repro.gradcam import get_layer
-from gradcam_repro.model import resnet18_cifar, save_model
+from gradcam_repro.model import load_model, resnet18_cifar, save_model
 from gradcam_repro.runtime import autocast_dtype, choose_device, seed_everything
 from gradcam_repro.train import train_model
 
@@ -162,113 +162,170 @@ def _first_per_class(labels: torch.Tensor, candidates: torch.Tensor, n: int) -> 
     return torch.tensor(chosen, dtype=torch.int64)
 
 
-def evaluate_experiments(p: Prepared, models: dict, log=print) -> dict:
-    """Accuracies, frog recall with and without the patch, and CAM energy on the patch per layer."""
-    cfg, d = p.config, p.data
-    frog = d.test_labels == p.target
-    frog_images = d.test_images[frog]
-    patched_frogs = inject_patch(frog_images, **p.patch)
-    uniform = uniform_energy_in_box(p.box, 32)
-    layers = list(dict.fromkeys([cfg.cam_layer, *SWEEP_LAYERS]))
-    results = {"uniform_energy_in_box": uniform, "box_tlbr_px": list(p.box), "cam_layer": cfg.cam_layer,
-               "n_test": len(d.test_labels), "n_test_target_class": int(frog.sum()), "models": {}}
-    cams = {}
-    for name, model in models.items():
-        start = time.perf_counter()
-        clean_logits = predict_logits(model, d.test_images, p.device, amp_dtype=p.amp_dtype)
-        patched_logits = predict_logits(model, patched_frogs, p.device, amp_dtype=p.amp_dtype)
-        biased_logits = clean_logits.clone()
-        biased_logits[frog] = patched_logits  # the biased test set: every test frog patched
-        cam = compute_cams(model, patched_frogs, layers, p.device, batch_size=cfg.cam_batch_size)
-        predicted_target = cam[cfg.cam_layer]["targets"] == p.target
-        energy = {layer: cam_energy_in_box(cam[layer]["maps"][predicted_target], p.box) for layer in layers}
-        results["models"][name] = {
-            "clean_test_acc": accuracy(clean_logits, d.test_labels),
-            "biased_test_acc": accuracy(biased_logits, d.test_labels),
-            "target_recall_clean": accuracy(clean_logits[frog], d.test_labels[frog]),
-            "target_recall_patched": accuracy(patched_logits, d.test_labels[frog]),
-            "n_patched_predicted_target": int(predicted_target.sum()),
-            "energy_in_box_mean": {layer: (e.mean().item() if len(e) else float("nan")) for layer, e in energy.items()},
-        }
-        cams[name] = {"clean_logits": clean_logits, "cam": cam}
-        m = results["models"][name]
-        log(f"[{name}] clean test acc {m['clean_test_acc']:.3f}, biased test acc {m['biased_test_acc']:.3f}, "
-            f"{cfg.bias_class} recall clean {m['target_recall_clean']:.3f} / patched {m['target_recall_patched']:.3f}, "
-            f"energy in patch at {cfg.cam_layer} {m['energy_in_box_mean'][cfg.cam_layer]:.3f} "
-            f"(uniform {uniform:.3f}) [{time.perf_counter() - start:.1f} s]")
-    return results, cams, patched_frogs
+def sweep_layers(cam_layer: str) -> list[str]:
+    return list(dict.fromkeys([*SWEEP_LAYERS, cam_layer]))
 
 
-def make_figures(p: Prepared, models: dict, histories: dict, cams: dict, patched_frogs: torch.Tensor) -> dict:
-    """Write the figures; returns {figure: path relative to the run folder}."""
+def make_figures(p: Prepared, models: dict, histories: dict, shortcut: dict, examples: dict) -> list[str]:
+    """Write every figure; returns their paths relative to the run folder."""
     cfg, d = p.config, p.data
     out = Path(cfg.out_dir)
-    n = cfg.figure_images
-    paths = {}
+    layer, n, target, cls = cfg.cam_layer, cfg.figure_images, p.target, cfg.bias_class
+    written = []
 
     def save(fig, rel):
         artifacts.save_figure(fig, out / rel)
         if not cfg.show:
             figures.close(fig)
-        paths[rel] = rel
+        written.append(rel)
 
+    clean_preds = {name: examples["predictions"][name]["clean"] for name in models}
     # Baseline: correctly classified clean test images, a variety of classes.
-    base_logits = cams["baseline"]["clean_logits"]
-    correct = base_logits.argmax(1) == d.test_labels
-    idx = _first_per_class(d.test_labels, correct, n)
+    idx = _first_per_class(d.test_labels, clean_preds["baseline"] == d.test_labels, n)
     if len(idx):
-        base_cam = compute_cams(models["baseline"], d.test_images[idx], cfg.cam_layer, p.device)[cfg.cam_layer]
-        save(figures.cam_grid(d.test_images[idx], base_cam["maps"], d.test_labels[idx], base_cam["targets"], d.classes,
-                              f"baseline: correctly classified clean test images, Grad-CAM at {cfg.cam_layer}"),
+        cam = compute_cams(models["baseline"], d.test_images[idx], layer, p.device)[layer]
+        save(figures.cam_grid(d.test_images[idx], cam["maps"], d.test_labels[idx], cam["targets"], d.classes,
+                              f"baseline: correctly classified clean test images, Grad-CAM at {layer}"),
              "baseline/cam_grid.png")
-    # Biased model on the biased test set: patched frogs, those it calls frog first.
-    biased_cam = cams["biased"]["cam"][cfg.cam_layer]
-    called_target = biased_cam["targets"] == p.target
-    shown = torch.cat([called_target.nonzero().squeeze(1), (~called_target).nonzero().squeeze(1)])[:n]
-    save(figures.cam_grid(patched_frogs[shown], biased_cam["maps"][shown],
-                          torch.full((len(shown),), p.target), biased_cam["targets"][shown], d.classes,
-                          f"biased model on the biased test set: patched {cfg.bias_class} images "
-                          f"({called_target.float().mean().item():.0%} predicted {cfg.bias_class}), Grad-CAM at {cfg.cam_layer}",
-                          box=p.box),
-         "biased/cam_grid.png")
-    # The same patched frogs under both models.
-    k = min(n, len(patched_frogs), 6)
-    save(figures.side_by_side(patched_frogs[:k], {name: cams[name]["cam"][cfg.cam_layer]["maps"][:k] for name in models},
-                              {name: cams[name]["cam"][cfg.cam_layer]["targets"][:k] for name in models}, d.classes,
-                              f"patched test {cfg.bias_class} images under both models (Grad-CAM at {cfg.cam_layer}; dashed: patch)",
-                              box=p.box),
-         "side_by_side.png")
+    # Biased model on the biased test set: patched target images, those it calls target first.
+    patched = examples["patched_targets"]
+    called = examples["predictions"]["biased"]["patched_targets"] == target
+    shown = torch.cat([called.nonzero().squeeze(1), (~called).nonzero().squeeze(1)])[:n]
+    if len(shown):
+        cam = compute_cams(models["biased"], patched[shown], layer, p.device)[layer]
+        save(figures.cam_grid(patched[shown], cam["maps"], torch.full((len(shown),), target), cam["targets"], d.classes,
+                              f"biased model on the biased test set: patched {cls} images "
+                              f"({called.float().mean().item():.0%} predicted {cls}), Grad-CAM at {layer}", box=p.box),
+             "biased/cam_grid.png")
+    # The same patched target images under both models, explaining each model's prediction.
+    k = min(6, len(patched))
+    if k:
+        cams = {name: compute_cams(model, patched[:k], layer, p.device)[layer] for name, model in models.items()}
+        save(figures.side_by_side(patched[:k], {nm: c["maps"] for nm, c in cams.items()},
+                                  {nm: c["targets"] for nm, c in cams.items()}, d.classes,
+                                  f"patched test {cls} images under both models (Grad-CAM at {layer}; dashed: patch)", box=p.box),
+             "figures/side_by_side.png")
+        # One patched image across the layers of the sweep, both models.
+        layers = sweep_layers(layer)
+        across = {name: compute_cams(model, patched[:1], layers, p.device, targets=torch.tensor([target]))
+                  for name, model in models.items()}
+        save(figures.across_layers(patched[0], {nm: {lay: c[lay]["maps"][0] for lay in layers} for nm, c in across.items()},
+                                   f"one patched {cls} image, Grad-CAM for class '{cls}' at each layer", box=p.box),
+             "figures/layers_one_image.png")
+    # Counterfactual gallery: non-target images, the same with the patch, both models.
+    flipped = examples["flipped"]["biased"].nonzero().squeeze(1)[:n]
+    if len(flipped):
+        originals, pasted = examples["other_images"][flipped], examples["pasted"][flipped]
+        preds, maps = {}, {}
+        for name, model in models.items():
+            preds[name] = (predict_logits(model, originals, p.device).argmax(1), predict_logits(model, pasted, p.device).argmax(1))
+            maps[name] = compute_cams(model, pasted, layer, p.device, targets=torch.full((len(pasted),), target))[layer]["maps"]
+        save(figures.counterfactual_gallery(originals, pasted, preds, maps, d.classes,
+                                            f"pasting the patch on non-{cls} test images (Grad-CAM for '{cls}' at {layer})", box=p.box),
+             "figures/counterfactual_gallery.png")
     for name, history in histories.items():
         save(figures.training_curves({name: history}), f"{name}/training_curves.png")
-    save(figures.training_curves(histories), "training_curves.png")
-    return paths
+    save(figures.training_curves(histories), "figures/training_curves.png")
+    save(figures.energy_histograms({name: examples["maps"][name]["patched_target"][layer] for name in models}, p.box,
+                                   shortcut["uniform"]["energy_in_box"],
+                                   f"energy in the patch box, patched {cls} images called {cls}, {layer}"),
+         "figures/energy_distribution.png")
+    save(figures.per_class_accuracy({name: shortcut["models"][name]["per_class_acc"] for name in models}),
+         "figures/per_class_accuracy.png")
+    save(figures.layer_sweep({name: shortcut["models"][name]["cam"] for name in models}, shortcut["uniform"]),
+         "figures/layer_sweep.png")
+    return written
+
+
+def evaluate_and_report(p: Prepared, models: dict, histories: dict, log=print, extra: dict | None = None) -> dict:
+    """Measure both models, draw the figures and write metrics.json, summary.md and REPORT.md."""
+    from gradcam_repro.report import report_markdown, summary_markdown
+
+    cfg, d = p.config, p.data
+    start = time.perf_counter()
+    shortcut, examples = measure_shortcut(
+        models, d.test_images, d.test_labels, d.classes, p.target, p.patch, p.box, sweep_layers(cfg.cam_layer),
+        p.device, p.amp_dtype, cfg.seed, cfg.counterfactual_images, cfg.cam_images, cfg.cam_batch_size, d.test_masks,
+    )
+    eval_s = time.perf_counter() - start
+    for name, m in shortcut["models"].items():
+        e = m["cam"][cfg.cam_layer]["patched_target"]["energy"]
+        log(f"[{name}] clean test acc {m['clean_test_acc']['mean']:.3f}, {cfg.bias_class} recall clean "
+            f"{m['target_recall_clean']['mean']:.3f} / patched {m['target_recall_patched']['mean']:.3f}, flip-to-"
+            f"{cfg.bias_class} {m['flip_to_target']['patch']['mean']:.3f}, energy in patch at {cfg.cam_layer} "
+            f"{e['mean']:.3f} (uniform {shortcut['uniform']['energy_in_box']:.3f})")
+    start = time.perf_counter()
+    figure_paths = make_figures(p, models, histories, shortcut, examples)
+    metrics = {
+        **_record(p, "metrics"),
+        "box_tlbr_px": list(p.box),
+        "cam_layer": cfg.cam_layer,
+        "layers": sweep_layers(cfg.cam_layer),
+        "settings": metrics_settings(),
+        **shortcut,
+        "histories": histories,
+        "figures": figure_paths,
+        "seconds": {"evaluate": eval_s, "figures": time.perf_counter() - start, **(extra or {})},
+    }
+    out = Path(cfg.out_dir)
+    artifacts.write_json(out / "metrics.json", metrics)
+    artifacts.write_text(out / "summary.md", summary_markdown(metrics))
+    artifacts.write_text(out / "REPORT.md", report_markdown(metrics))
+    return metrics
+
+
+def metrics_settings() -> dict:
+    from gradcam_repro import metrics
+
+    return {"bootstrap_resamples": metrics.BOOTSTRAP_RESAMPLES, "confidence": metrics.CONFIDENCE,
+            "bootstrap_method": "percentile", "pointing_tolerance_px": metrics.POINTING_TOLERANCE_PX,
+            "points_at_patch_ratio": metrics.POINTS_AT_PATCH_RATIO, "relies_flip_rate": metrics.RELIES_FLIP_RATE}
 
 
 def run(config: Config, log=print) -> dict:
-    """Both experiments end to end; returns the summary dict also written to summary.json."""
+    """Both experiments end to end; returns the metrics also written to metrics.json."""
     wall = time.perf_counter()
     p = prepare(config, log)
-    cfg = p.config
-    models, histories, extras = {}, {}, {}
+    models, histories, train_s = {}, {}, {}
     for name in EXPERIMENTS:
-        models[name], histories[name], extras[name] = train_experiment(p, name, log)
-    results, cams, patched_frogs = evaluate_experiments(p, models, log)
-    figure_paths = make_figures(p, models, histories, cams, patched_frogs)
-    summary = {
-        **_record(p, "summary"),
-        "results": results,
-        "train_seconds": {name: extras[name]["train_seconds"] for name in EXPERIMENTS},
-        "histories": histories,
-        "figures": sorted(figure_paths),
-        "wall_seconds": time.perf_counter() - wall,
-    }
-    out = Path(cfg.out_dir)
-    artifacts.write_json(out / "summary.json", summary)
-    from gradcam_repro.report import summary_markdown
-
-    artifacts.write_text(out / "summary.md", summary_markdown(summary))
-    log(f"done in {summary['wall_seconds']:.0f} s: {out / 'summary.md'}")
-    if cfg.show:
+        models[name], histories[name], extra = train_experiment(p, name, log)
+        train_s[f"train_{name}"] = extra["train_seconds"]
+    metrics = evaluate_and_report(p, models, histories, log, extra=train_s)
+    total = time.perf_counter() - wall
+    log(f"done in {total:.0f} s: {Path(p.config.out_dir) / 'REPORT.md'}")
+    if p.config.show:
         figures.show()
-    return summary
+    return metrics
 
+
+def load_run_config(run_dir: str | Path) -> Config:
+    """The config a finished run was made with (from baseline/config.json)."""
+    path = Path(run_dir) / "baseline" / "config.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no baseline/config.json; fix: pass a folder written by `gradcam-repro run`")
+    return Config.from_dict(artifacts.read_json(path)["config"])
+
+
+def evaluate_run(run_dir: str | Path, log=print, **overrides) -> dict:
+    """Recompute every metric, figure and report of a finished run from its saved checkpoints."""
+    config = load_run_config(run_dir)
+    config = replace(config, out=str(run_dir), **{k: v for k, v in overrides.items() if v is not None})
+    p = prepare(config, log)
+    models, histories = {}, {}
+    for name in EXPERIMENTS:
+        models[name] = load_model(Path(run_dir) / name / "model.pt", len(p.data.classes), p.device)
+        histories[name] = artifacts.read_json(Path(run_dir) / name / "history.json")
+    return evaluate_and_report(p, models, histories, log)
+
+
+def report_run(run_dir: str | Path) -> Path:
+    """Rebuild summary.md and REPORT.md from a run's saved metrics.json (no model is run)."""
+    from gradcam_repro.report import report_markdown, summary_markdown
+
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no metrics.json; fix: run `gradcam-repro evaluate {run_dir}` first")
+    metrics = artifacts.read_json(path)
+    artifacts.write_text(Path(run_dir) / "summary.md", summary_markdown(metrics))
+    artifacts.write_text(Path(run_dir) / "REPORT.md", report_markdown(metrics))
+    return Path(run_dir) / "REPORT.md"

@@ -91,6 +91,101 @@ def training_curves(histories: dict[str, list[dict]]):
     return fig
 
 
+def across_layers(image, maps_by_model: dict[str, dict[str, torch.Tensor]], title, box=None):
+    """One image's maps at each layer (columns) under each model (rows)."""
+    names = list(maps_by_model)
+    layers = list(maps_by_model[names[0]])
+    fig, axes = plt.subplots(len(names), 1 + len(layers), figsize=(1.9 * (1 + len(layers)), 2.1 * len(names)), squeeze=False)
+    for r, name in enumerate(names):
+        axes[r, 0].imshow(to_hwc(image), interpolation="nearest")
+        axes[r, 0].set_title(f"{name}\ninput", fontsize=8)
+        for c, layer in enumerate(layers, start=1):
+            axes[r, c].imshow(overlay(image, maps_by_model[name][layer]), interpolation="nearest")
+            _draw_box(axes[r, c], box)
+            axes[r, c].set_title(layer, fontsize=8)
+        for ax in axes[r]:
+            ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def counterfactual_gallery(originals, pasted, preds_by_model: dict, maps_by_model: dict, classes, title, box=None):
+    """Rows: original | with patch | each model's CAM on the patched image; titles give predictions before -> after."""
+    names = list(maps_by_model)
+    n = len(originals)
+    fig, axes = plt.subplots(n, 2 + len(names), figsize=(2.1 * (2 + len(names)), 2.2 * n), squeeze=False)
+    for i in range(n):
+        axes[i, 0].imshow(to_hwc(originals[i]), interpolation="nearest")
+        axes[i, 0].set_title("original", fontsize=8)
+        axes[i, 1].imshow(to_hwc(pasted[i]), interpolation="nearest")
+        axes[i, 1].set_title("patch pasted", fontsize=8)
+        for j, name in enumerate(names, start=2):
+            before, after = preds_by_model[name][0][i], preds_by_model[name][1][i]
+            axes[i, j].imshow(overlay(pasted[i], maps_by_model[name][i]), interpolation="nearest")
+            _draw_box(axes[i, j], box)
+            axes[i, j].set_title(f"{name}: {classes[int(before)]}\n-> {classes[int(after)]}", fontsize=8)
+        for ax in axes[i]:
+            ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def energy_histograms(maps_by_model: dict[str, torch.Tensor], box, uniform: float, title):
+    """Distribution of per-image energy in the box, one histogram per model, uniform value marked."""
+    from gradcam_repro.metrics import cam_energy_in_box
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    bins = np.linspace(0, 1, 41)
+    for name, maps in maps_by_model.items():
+        if len(maps):
+            ax.hist(cam_energy_in_box(maps, box).numpy(), bins=bins, alpha=0.55, label=f"{name} (n={len(maps)})")
+    ax.axvline(uniform, color="black", ls="--", lw=1, label=f"uniform map ({uniform:.3f})")
+    ax.set(xlabel="fraction of Grad-CAM mass inside the patch box", ylabel="images", title=title)
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def per_class_accuracy(acc_by_model: dict[str, dict[str, float]]):
+    """Grouped bars: clean test accuracy per class for each model."""
+    names = list(acc_by_model)
+    classes = list(acc_by_model[names[0]])
+    x = np.arange(len(classes))
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    for k, name in enumerate(names):
+        ax.bar(x + (k - (len(names) - 1) / 2) * width, [acc_by_model[name][c] for c in classes], width, label=name)
+    ax.set_xticks(x, classes, rotation=30, fontsize=8)
+    ax.set(ylabel="clean test accuracy", ylim=(0, 1), title="per-class accuracy on the clean test set")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def layer_sweep(cam_by_model: dict[str, dict], uniform: dict):
+    """Energy in box and pointing game per layer (patched target images called target), with 95% CIs."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    for ax, score, base in ((axes[0], "energy", uniform["energy_in_box"]), (axes[1], "pointing", uniform["pointing"])):
+        for name, per_layer in cam_by_model.items():
+            layers = list(per_layer)
+            stats = [per_layer[lay]["patched_target"][score] for lay in layers]
+            mean = np.array([s["mean"] for s in stats])
+            err = np.array([[s["mean"] - s["low"] for s in stats], [s["high"] - s["mean"] for s in stats]])
+            ax.errorbar(np.arange(len(layers)), mean, yerr=np.nan_to_num(err), marker="o", capsize=3, label=name)
+        ax.axhline(base, color="black", ls="--", lw=1, label="uniform map")
+        ax.set_xticks(np.arange(len(layers)), layers, fontsize=8, rotation=15)
+        ax.set(ylim=(0, 1), ylabel="energy in patch box" if score == "energy" else "pointing-game hit rate")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Grad-CAM on patched target images the model calls target, by layer (95% CI)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def close(fig) -> None:
     plt.close(fig)
 

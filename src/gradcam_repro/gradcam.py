@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradcam_repro.errors import UserError
-from gradcam_repro.runtime import autocast
+from gradcam_repro.runtime import autocast, eval_mode
 
 DEFAULT_LAYER = "layer4.1.conv2"  # the seed's layer4[-1].conv2
 
@@ -61,7 +61,7 @@ def upsample_and_scale(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     """(N, h, w) non-negative maps -> (N, H, W) bilinear-upsampled maps, each divided by its maximum."""
     up = F.interpolate(raw[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
     peak = up.amax(dim=(1, 2), keepdim=True)
-    return torch.where(peak > 0, up / peak.clamp_min(torch.finfo(up.dtype).tiny), torch.zeros_like(up))
+    return up / torch.where(peak > 0, peak, torch.ones_like(peak))
 
 
 class GradCAM:
@@ -124,29 +124,27 @@ class GradCAM:
             return hook
 
         model = self.model
-        was_training = model.training
         grad_flags = [(p, p.requires_grad) for p in model.parameters()]
         handles = [module.register_forward_hook(make_hook(name)) for name, module in self.modules.items()]
         try:
-            model.eval()
-            for p, _ in grad_flags:
-                p.requires_grad_(False)  # no weight gradients: only d(logit)/d(activation) is needed
-            with torch.enable_grad(), autocast(images.device, self.autocast_dtype):
-                logits = model(images)
-            logits = logits.float()
-            targets = self._check_targets(targets, logits)
-            missing = [n for n in self.layers if n not in activations]
-            if missing:
-                raise ValueError(f"layers {missing} were not used in the forward pass")
-            score = logits.gather(1, targets[:, None]).sum()
-            acts = [activations[n] for n in self.layers]
-            grads = torch.autograd.grad(score, acts, allow_unused=True)
+            with eval_mode(model):
+                for p, _ in grad_flags:
+                    p.requires_grad_(False)  # no weight gradients: only d(logit)/d(activation) is needed
+                with torch.enable_grad(), autocast(images.device, self.autocast_dtype):
+                    logits = model(images)
+                logits = logits.float()
+                targets = self._check_targets(targets, logits)
+                missing = [n for n in self.layers if n not in activations]
+                if missing:
+                    raise ValueError(f"layers {missing} were not used in the forward pass")
+                score = logits.gather(1, targets[:, None]).sum()
+                acts = [activations[n] for n in self.layers]
+                grads = torch.autograd.grad(score, acts, allow_unused=True)
         finally:
             for h in handles:
                 h.remove()
             for p, flag in grad_flags:
                 p.requires_grad_(flag)
-            model.train(was_training)
 
         size = tuple(images.shape[-2:])
         results = {}

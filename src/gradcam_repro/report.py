@@ -1,98 +1,204 @@
-"""Markdown written from saved numbers: every sentence is generated from a measurement."""
+"""Markdown written from saved metrics: every number and every sentence comes from metrics.json."""
 
 from __future__ import annotations
 
-# A layer's Grad-CAM "points at the patch" when its mean energy in the patch box
-# is at least this many times what a uniform map gets. Fixed before looking at
-# results: 2x means half again more mass than chance on a box that is 3.5% of
-# the image, a clear but modest bar.
-POINTS_AT_PATCH_RATIO = 2.0
+CAM_SETS = {
+    "patched_target": "patched {cls} images called {cls}",
+    "flipped": "non-{cls} images flipped to {cls} by the patch",
+    "clean_target": "clean {cls} images (control)",
+}
+VARIANTS = {
+    "none": "no patch (reference)",
+    "patch": "the training patch",
+    "other_color": "same place, complementary colour",
+    "other_corner": "same colour, opposite corner",
+}
 
 
 def _pct(x: float) -> str:
     return "n/a" if x != x else f"{100 * x:.1f}%"
 
 
-def summary_markdown(summary: dict) -> str:
-    cfg = summary["config"]
-    res = summary["results"]
-    models = res["models"]
-    uniform = res["uniform_energy_in_box"]
-    layer = res["cam_layer"]
-    cls = cfg["bias_class"]
-    env = summary["environment"]
-    size = cfg["patch_size"]
-    lines = [
-        f"# gradcam-repro: {cfg['preset']} preset",
+def _ci(stat: dict, pct: bool = False, digits: int = 3) -> str:
+    """'0.512 [0.480, 0.545]' (or percentages) for a {"mean", "low", "high"} dict."""
+    if stat["mean"] != stat["mean"]:
+        return "n/a"
+    if pct:
+        return f"{_pct(stat['mean'])} [{_pct(stat['low'])}, {_pct(stat['high'])}]"
+    return f"{stat['mean']:.{digits}f} [{stat['low']:.{digits}f}, {stat['high']:.{digits}f}]"
+
+
+def _figure(m: dict, rel: str, alt: str) -> list[str]:
+    """A markdown image line and a blank line, if the run wrote that figure."""
+    return [f"![{alt}]({rel})", ""] if rel in m["figures"] else []
+
+
+def _header(m: dict) -> list[str]:
+    cfg, env, ds = m["config"], m["environment"], m["dataset"]
+    secs = m["seconds"]
+    train = ", ".join(f"{k.removeprefix('train_')} {v:.0f} s" for k, v in secs.items() if k.startswith("train_"))
+    return [
+        f"Preset **{cfg['preset']}** on **{ds['name']}** ({ds['n_train_used']} training images used, "
+        f"{m['n']['test']} test images; dataset fingerprint `{ds['fingerprint'][:16]}`): {cfg['epochs']} epoch(s), "
+        f"batch {cfg['batch_size']}, lr {cfg['lr']} ({cfg['lr_schedule']}), seed {cfg['seed']}, precision {m['precision']}.",
+        f"Machine: device `{env['device']}` ({env.get('gpu') or env['processor']}, {env['torch_threads']} threads), "
+        f"torch {env['torch']}, torchvision {env['torchvision']}, Python {env['python']}."
+        + (f" Training time: {train}." if train else ""),
         "",
-        f"Dataset **{summary['dataset']['name']}** ({summary['dataset']['n_train_used']} training images used, "
-        f"{res['n_test']} test images; fingerprint `{summary['dataset']['fingerprint'][:16]}`), "
-        f"{cfg['epochs']} epoch(s), batch {cfg['batch_size']}, lr {cfg['lr']} ({cfg['lr_schedule']}), seed {cfg['seed']}, "
-        f"device `{env['device']}` ({env.get('gpu') or env['processor']}, {env['torch_threads']} threads), "
-        f"precision {summary['precision']}, torch {env['torch']}. Wall time {summary['wall_seconds']:.0f} s "
-        f"(training: baseline {summary['train_seconds']['baseline']:.0f} s, biased {summary['train_seconds']['biased']:.0f} s).",
-        "",
-        f"The biased model was trained with a {size}x{size} px patch of RGB {tuple(cfg['patch_color'])} at the "
-        f"{cfg['patch_corner']} corner (box rows/cols {res['box_tlbr_px']}) on {_pct(cfg['bias_fraction'])} of its "
-        f"training *{cls}* images. The *biased test set* is the clean test set with every test {cls} patched.",
-        "",
-        "## Accuracy",
-        "",
-        f"| model | clean test acc | biased test acc | {cls} recall, clean | {cls} recall, patched |",
-        "|---|---|---|---|---|",
+        f"The biased model was trained with a {cfg['patch_size']}x{cfg['patch_size']} px patch of RGB "
+        f"{tuple(cfg['patch_color'])} at the {cfg['patch_corner']} corner (rows/cols {m['box_tlbr_px']}, "
+        f"bottom/right exclusive) on {_pct(cfg['bias_fraction'])} of its training *{cfg['bias_class']}* images. "
+        f"The *biased test set* is the clean test set with every test {cfg['bias_class']} patched.",
     ]
-    for name, m in models.items():
-        lines.append(f"| {name} | {_pct(m['clean_test_acc'])} | {_pct(m['biased_test_acc'])} | "
-                     f"{_pct(m['target_recall_clean'])} | {_pct(m['target_recall_patched'])} |")
-    counts = ", ".join(f"{m['n_patched_predicted_target']} for {n}" for n, m in models.items())
-    lines += [
-        "",
-        f"## Where Grad-CAM looks on patched test {cls} images",
-        "",
-        f"Mean fraction of Grad-CAM mass inside the {size}x{size} patch, over the patched test {cls} images each "
-        f"model predicts as {cls} (n = {counts}). "
-        f"A uniform map scores {uniform:.4f} ({size * size}/1024). Configured layer: `{layer}`.",
-        "",
-        "| layer | " + " | ".join(models) + " | uniform |",
-        "|---|" + "---|" * len(models) + "---|",
-    ]
-    for lay in models[next(iter(models))]["energy_in_box_mean"]:
-        cells = [f"{models[n]['energy_in_box_mean'][lay]:.4f}" for n in models]
-        mark = " (configured)" if lay == layer else ""
-        lines.append(f"| `{lay}`{mark} | " + " | ".join(cells) + f" | {uniform:.4f} |")
-    lines += ["", "## What the numbers say", ""]
-    lines += [f"- {s}" for s in conclusions(summary)]
-    lines += ["", "## Figures", ""]
-    for rel in summary["figures"]:
-        lines.append(f"- [{rel}]({rel})")
-    lines += ["", "Config, environment and history of each experiment: `baseline/config.json`, `biased/config.json`, "
-              "`*/history.csv`; all numbers above: `summary.json`.", ""]
+
+
+def summary_markdown(m: dict) -> str:
+    """The short summary: accuracies and where Grad-CAM looks on patched target images."""
+    cfg = m["config"]
+    cls, layer, uniform = cfg["bias_class"], m["cam_layer"], m["uniform"]["energy_in_box"]
+    models = m["models"]
+    lines = [f"# gradcam-repro: {cfg['preset']} preset", "", *_header(m), "", "## Accuracy", "",
+             f"| model | clean test acc | biased test acc | {cls} recall, clean | {cls} recall, patched |",
+             "|---|---|---|---|---|"]
+    for name, r in models.items():
+        lines.append(f"| {name} | {_pct(r['clean_test_acc']['mean'])} | {_pct(r['biased_test_acc']['mean'])} | "
+                     f"{_pct(r['target_recall_clean']['mean'])} | {_pct(r['target_recall_patched']['mean'])} |")
+    counts = ", ".join(f"{r['cam'][layer]['patched_target']['energy']['n']} for {n}" for n, r in models.items())
+    lines += ["", f"## Where Grad-CAM looks on patched test {cls} images", "",
+              f"Mean fraction of Grad-CAM mass inside the patch, over patched test {cls} images each model predicts "
+              f"as {cls} (n = {counts}), explaining the {cls} logit. A uniform map scores {uniform:.4f} "
+              f"({cfg['patch_size'] ** 2}/1024). Configured layer: `{layer}`.", "",
+              "| layer | " + " | ".join(models) + " | uniform |", "|---|" + "---|" * len(models) + "---|"]
+    for lay in m["layers"]:
+        cells = [f"{models[n]['cam'][lay]['patched_target']['energy']['mean']:.4f}" for n in models]
+        lines.append(f"| `{lay}`{' (configured)' if lay == layer else ''} | " + " | ".join(cells) + f" | {uniform:.4f} |")
+    lines += ["", "## What the numbers say", "", *[f"- {s}" for s in conclusions(m)], "",
+              "Full tables with 95% confidence intervals, counterfactual tests and verdicts: [REPORT.md](REPORT.md). "
+              "Figures: " + ", ".join(f"[{f}]({f})" for f in m["figures"]) + ".", ""]
     return "\n".join(lines)
 
 
-def conclusions(summary: dict) -> list[str]:
+def conclusions(m: dict) -> list[str]:
     """Plain sentences generated from the measured numbers (no fixed claims)."""
-    res = summary["results"]
-    cls = summary["config"]["bias_class"]
-    uniform = res["uniform_energy_in_box"]
-    layer = res["cam_layer"]
+    cfg = m["config"]
+    cls, layer, uniform = cfg["bias_class"], m["cam_layer"], m["uniform"]["energy_in_box"]
+    s = m["settings"]
     out = []
-    for name, m in res["models"].items():
-        out.append(f"The {name} model predicts *{cls}* for {_pct(m['target_recall_patched'])} of patched test {cls} "
-                   f"images (clean: {_pct(m['target_recall_clean'])}); its clean test accuracy is {_pct(m['clean_test_acc'])}.")
-    for name, m in res["models"].items():
-        energy = m["energy_in_box_mean"]
-        e = energy[layer]
-        if e != e:
-            out.append(f"The {name} model predicts {cls} for none of the patched images, so there is no map to score.")
+    for name, r in m["models"].items():
+        flip = r["flip_to_target"]["patch"]["mean"]
+        relies = r["verdict"]["relies_on_patch"]
+        out.append(
+            f"The {name} model {'relies' if relies else 'does not rely'} on the patch: pasting it on non-{cls} test "
+            f"images makes it predict {cls} for {_pct(flip)} of them (rule: lower 95% bound >= {_pct(s['relies_flip_rate'])}); "
+            f"it calls {_pct(r['target_recall_patched']['mean'])} of patched and {_pct(r['target_recall_clean']['mean'])} "
+            f"of clean test {cls} images {cls}. Clean test accuracy {_pct(r['clean_test_acc']['mean'])}.")
+    for name, r in m["models"].items():
+        e = r["cam"][layer]["patched_target"]["energy"]
+        if e["n"] == 0:
+            out.append(f"The {name} model calls no patched {cls} image {cls}, so Grad-CAM has nothing to score there.")
             continue
-        ratio = e / uniform
-        verdict = "points at the patch" if ratio >= POINTS_AT_PATCH_RATIO else "does not point at the patch"
-        out.append(f"At `{layer}`, the {name} model's Grad-CAM {verdict}: mean energy in the patch {e:.4f}, "
-                   f"{ratio:.1f}x the uniform {uniform:.4f} (threshold {POINTS_AT_PATCH_RATIO:g}x).")
-        pointing = [lay for lay, v in energy.items() if v == v and v / uniform >= POINTS_AT_PATCH_RATIO]
-        others = [lay for lay in energy if lay not in pointing]
-        if pointing and others:
-            out.append(f"For the {name} model, layers at or above {POINTS_AT_PATCH_RATIO:g}x uniform: "
-                       f"{', '.join(f'`{x}`' for x in pointing)}; below: {', '.join(f'`{x}`' for x in others)}.")
+        points = r["verdict"]["points_at_patch"]
+        out.append(f"At the configured layer `{layer}`, the {name} model's Grad-CAM "
+                   f"{'points' if points[layer] else 'does not point'} at the patch: mean energy in the patch "
+                   f"{e['mean']:.4f} ({e['mean'] / uniform:.1f}x the uniform {uniform:.4f}; rule: lower 95% bound >= "
+                   f"{s['points_at_patch_ratio']:g}x uniform).")
+        yes = [f"`{x}`" for x, v in points.items() if v]
+        no = [f"`{x}`" for x, v in points.items() if not v]
+        out.append(f"For the {name} model, Grad-CAM points at the patch at {', '.join(yes) or 'no layer'}"
+                   f" and not at {', '.join(no) or 'any other layer'}.")
+        relies = r["verdict"]["relies_on_patch"]
+        agree = [f"`{x}`" for x, v in r["verdict"]["agrees"].items() if v]
+        disagree = [f"`{x}`" for x, v in r["verdict"]["agrees"].items() if not v]
+        out.append(f"Since the {name} model {'relies' if relies else 'does not rely'} on the patch, Grad-CAM's evidence "
+                   f"agrees with the counterfactual ground truth at {', '.join(agree) or 'no layer'}"
+                   + (f" and contradicts it at {', '.join(disagree)}." if disagree else "."))
+    for name, r in m["models"].items():
+        if "localisation" in r:
+            e = r["localisation"][layer]["energy"]
+            u = m["uniform"]["energy_in_mask"]
+            out.append(f"On the shapes test images, the {name} model's Grad-CAM at `{layer}` puts {e['mean']:.3f} of its "
+                       f"mass on the object mask, {e['mean'] / u:.1f}x a uniform map ({u:.3f}).")
     return out
+
+
+def report_markdown(m: dict) -> str:
+    """REPORT.md: config, environment, data, all tables with CIs, verdicts, figures and conclusions."""
+    cfg, s = m["config"], m["settings"]
+    cls, layer, models = cfg["bias_class"], m["cam_layer"], m["models"]
+    u_box, u_point = m["uniform"]["energy_in_box"], m["uniform"]["pointing"]
+    pct = lambda st: _ci(st, pct=True)  # noqa: E731
+    lines = [f"# Grad-CAM and the {cls} shortcut: {cfg['preset']} preset", "", *_header(m), "",
+             f"Every mean and rate carries a 95% {s['bootstrap_method']} bootstrap interval "
+             f"({s['bootstrap_resamples']} resamples, seed {cfg['seed']}), written `mean [low, high]`.", "",
+             "## Conclusions", "", *[f"- {c}" for c in conclusions(m)], "",
+             "## Training", "", *_figure(m, "figures/training_curves.png", "training curves"),
+             "| model | epoch | loss | train acc | clean test acc (eval subset) | px | seconds |", "|---|---|---|---|---|---|---|"]
+    for name, history in m["histories"].items():
+        for h in history:
+            lines.append(f"| {name} | {h['epoch']} | {h['loss']:.4f} | {h['train_acc']:.3f} | {h['test_acc']:.3f} | "
+                         f"{h.get('train_px', 32)} | {h['seconds']:.1f} |")
+    lines += ["", "## Accuracy", "", f"| model | clean test acc | biased test acc | {cls} recall, clean | {cls} recall, patched |",
+              "|---|---|---|---|---|"]
+    for name, r in models.items():
+        lines.append(f"| {name} | {pct(r['clean_test_acc'])} | {pct(r['biased_test_acc'])} | "
+                     f"{pct(r['target_recall_clean'])} | {pct(r['target_recall_patched'])} |")
+    lines += ["", *_figure(m, "figures/per_class_accuracy.png", "per-class accuracy"),
+              "## Counterfactual tests: does the model use the patch?", "",
+              f"Flip-to-{cls} rate: the fraction of {m['n']['counterfactual_non_target']} non-{cls} test images "
+              f"predicted *{cls}* after a patch is pasted on them.", "",
+              "| patch pasted | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for variant, label in VARIANTS.items():
+        spec = m["counterfactual_patches"].get(variant)
+        where = f" (RGB {tuple(spec['color'])}, {spec['corner']})" if spec else ""
+        lines.append(f"| {label}{where} | " + " | ".join(pct(models[n]['flip_to_target'][variant]) for n in models) + " |")
+    lines += ["", *_figure(m, "figures/counterfactual_gallery.png", "counterfactual gallery"),
+              f"## Where Grad-CAM looks: energy in the patch box and pointing game, by layer", "",
+              f"Energy in box: fraction of the map's mass inside the {cfg['patch_size']}x{cfg['patch_size']} patch box "
+              f"(uniform map: {u_box:.4f}). Pointing game: the map's maximum lies within {s['pointing_tolerance_px']} px "
+              f"of the box (a map peaking at a random pixel: {u_point:.4f}). Grad-CAM explains the *{cls}* logit.", ""]
+    for set_name, label in CAM_SETS.items():
+        lines += [f"### {label.format(cls=cls)}", "",
+                  "| layer | " + " | ".join(f"{n} energy | {n} pointing" for n in models) + " | uniform energy |",
+                  "|---|" + "---|---|" * len(models) + "---|"]
+        for lay in m["layers"]:
+            cells = []
+            for n in models:
+                st = models[n]["cam"][lay][set_name]
+                cells += [f"{_ci(st['energy'], digits=4)} (n={st['energy']['n']})", _ci(st["pointing"])]
+            lines.append(f"| `{lay}`{' (configured)' if lay == layer else ''} | " + " | ".join(cells) + f" | {u_box:.4f} |")
+        lines.append("")
+    lines += [*_figure(m, "figures/layer_sweep.png", "layer sweep"), *_figure(m, "figures/layers_one_image.png", "one image across layers"),
+              *_figure(m, "figures/energy_distribution.png", "energy distribution"),
+              "## Verdicts", "",
+              f"Rules fixed before measuring: *Grad-CAM points at the patch* when the lower 95% bound of the mean energy in "
+              f"the box on patched {cls} images called {cls} is at least {s['points_at_patch_ratio']:g}x the uniform "
+              f"{u_box:.4f}; *the model relies on the patch* when the lower 95% bound of the flip-to-{cls} rate is at least "
+              f"{s['relies_flip_rate']:g}. They agree when both say yes or both say no.", "",
+              "| layer | " + " | ".join(f"{n}: points at patch | {n}: relies on patch | {n}: agree?" for n in models) + " |",
+              "|---|" + "---|---|---|" * len(models)]
+    yn = lambda b: "yes" if b else "no"  # noqa: E731
+    for lay in m["layers"]:
+        cells = []
+        for n in models:
+            v = models[n]["verdict"]
+            cells += [yn(v["points_at_patch"][lay]), yn(v["relies_on_patch"]), "agree" if v["agrees"][lay] else "**disagree**"]
+        lines.append(f"| `{lay}` | " + " | ".join(cells) + " |")
+    if any("localisation" in r for r in models.values()):
+        u = m["uniform"]["energy_in_mask"]
+        lines += ["", "## Localisation against the true object masks (shapes)", "",
+                  f"Clean test images, Grad-CAM for the true class; energy in mask (uniform map: mean mask area {u:.4f}) "
+                  "and pointing game (maximum on the mask).", "",
+                  "| layer | " + " | ".join(f"{n} energy in mask | {n} pointing" for n in models) + " |",
+                  "|---|" + "---|---|" * len(models)]
+        for lay in m["layers"]:
+            cells = []
+            for n in models:
+                st = models[n]["localisation"][lay]
+                cells += [_ci(st["energy"]), _ci(st["pointing"])]
+            lines.append(f"| `{lay}` | " + " | ".join(cells) + " |")
+    lines += ["", "## Figures", "", *[f"- [{f}]({f})" for f in m["figures"]], "",
+              "## Reproduce", "",
+              f"`gradcam-repro run --preset {cfg['preset']}` with the config in `baseline/config.json` "
+              "(every value can be passed as a flag); `gradcam-repro evaluate RUN` recomputes these numbers from the "
+              "saved checkpoints and `gradcam-repro report RUN` rebuilds this file from `metrics.json`.", ""]
+    return "\n".join(lines)

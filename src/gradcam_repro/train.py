@@ -47,6 +47,12 @@ def sample_augmentation(n: int, generator: torch.Generator, padding: int = CROP_
     return offsets, flips
 
 
+def epoch_resolution(config: Config, epoch: int, full: int = 32) -> int:
+    """Training input side in px for 1-based `epoch` (progressive resizing; the last value repeats)."""
+    sizes = config.train_resolutions
+    return sizes[min(epoch, len(sizes)) - 1] if sizes else full
+
+
 def make_optimizer(model: nn.Module, config: Config, steps_total: int):
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum,
@@ -91,6 +97,7 @@ def train_model(
     optimizer, scheduler = make_optimizer(model, config, steps_per_epoch * config.epochs)
     history = []
     for epoch in range(1, config.epochs + 1):
+        side = epoch_resolution(config, epoch)
         model.train()
         start = time.perf_counter()
         order = torch.randperm(n, generator=generator)
@@ -103,7 +110,10 @@ def train_model(
             x = images[idx.to(device)]
             if config.augment:
                 x = random_crop_flip(x, offsets[idx].to(device), flips[idx].to(device))
-            x = normalize(x).contiguous(memory_format=torch.channels_last)
+            x = normalize(x)
+            if side != x.shape[-1]:
+                x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+            x = x.contiguous(memory_format=torch.channels_last)
             y = labels[idx.to(device)]
             with autocast(device, amp_dtype):
                 logits = model(x)
@@ -128,13 +138,14 @@ def train_model(
             "train_acc": correct.item() / n,
             "test_acc": evaluate(model) if evaluate is not None else float("nan"),
             "lr": optimizer.param_groups[0]["lr"],
+            "train_px": side,
             "train_seconds": train_s,
             "seconds": time.perf_counter() - start,
         }
         history.append(record)
         log(
             f"epoch {epoch}/{config.epochs}  loss {record['loss']:.4f}  train acc {record['train_acc']:.3f}  "
-            f"clean test acc {record['test_acc']:.3f}  {record['seconds']:.1f} s ({n / train_s:.0f} img/s)"
+            f"clean test acc {record['test_acc']:.3f}  {record['seconds']:.1f} s ({n / train_s:.0f} img/s at {side} px)"
         )
     model.eval()
     return history
