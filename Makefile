@@ -1,5 +1,5 @@
 # Two entry points for a fresh machine: `make demo` (the main job) and `make test`.
-# Both create .venv with pip and install the package first.
+# Both create .venv with pip and install what they need first.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
@@ -7,15 +7,20 @@ PYTHON ?= python3
 DATA_ROOT ?= $(or $(GRADCAM_DATA_ROOT),$(if $(wildcard ../shared/data/cifar10-jpg),../shared/data/cifar10-jpg,data))
 PRESET ?= quick
 
-.PHONY: install demo paper test clean
+.PHONY: install install-test demo paper test
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
 
 demo: install
 	$(VENV)/bin/gradcam-repro run --preset $(PRESET) --data-root $(DATA_ROOT)
@@ -23,8 +28,5 @@ demo: install
 paper: install
 	$(VENV)/bin/gradcam-repro run --preset paper --data-root $(DATA_ROOT)
 
-test: install
+test: install-test
 	$(PY) -m pytest -q
-
-clean:
-	rm -rf runs/smoke .pytest_cache

@@ -25,16 +25,6 @@ from gradcam_repro.model import resnet18_cifar
 # --------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    """ResNet passes on a small shared CPU run several times faster on one thread than
-    on oversubscribed threads; restore the caller's setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class TinyNet(nn.Module):
     """conv(1->2, k=2, s=2) -> ReLU -> global average pool -> linear(2->2), fixed weights.
 

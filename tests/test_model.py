@@ -11,16 +11,6 @@ from gradcam_repro.errors import UserError
 from gradcam_repro.model import CIFAR10_MEAN, CIFAR10_STD, load_model, normalize, resnet18_cifar, save_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    """ResNet passes on a small shared CPU run several times faster on one thread than
-    on oversubscribed threads; restore the caller's setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model() -> nn.Module:
     """Seeded model with non-default BN statistics (one train-mode forward), in eval mode."""

@@ -58,15 +58,53 @@ def check_run_folder(out: Path, dataset: str) -> dict:
     return metrics
 
 
-@pytest.mark.slow
-def test_smoke_run_on_shapes_writes_checkpoints_figures_and_summary(tmp_path, capsys):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def shapes_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shapes") / "run"
     assert main(["run", "--preset", "smoke", "--dataset", "shapes", "--out", str(out)]) == 0
-    metrics = check_run_folder(out, "shapes")
+    return out
+
+
+@pytest.mark.slow
+def test_smoke_run_on_shapes_writes_checkpoints_figures_metrics_and_reports(shapes_run):
+    metrics = check_run_folder(shapes_run, "shapes")
     assert metrics["config"]["bias_class"] == "hbar"
     assert set(metrics["models"]["baseline"]["localisation"]) == set(metrics["layers"])
-    log = capsys.readouterr().out
-    assert "[baseline] epoch 1/1" in log and "[biased] epoch 1/1" in log and "clean test acc" in log
+
+
+@pytest.mark.slow
+def test_evaluate_recomputes_the_same_metrics_from_the_checkpoints(shapes_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(shapes_run, copy)
+    (copy / "metrics.json").unlink()
+    assert main(["evaluate", str(copy)]) == 0
+    before = json.loads((shapes_run / "metrics.json").read_text())
+    after = json.loads((copy / "metrics.json").read_text())
+    assert after["models"] == before["models"]
+    assert after["config"] == {**before["config"], "out": str(copy)}
+
+
+def test_report_is_rebuilt_from_metrics_and_follows_the_numbers(shapes_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(shapes_run, copy)
+    original = (copy / "REPORT.md").read_text()
+    (copy / "REPORT.md").unlink()
+    assert main(["report", str(copy)]) == 0
+    assert (copy / "REPORT.md").read_text() == original
+    # Conclusions are generated from metrics.json, not fixed: change the numbers, the words change.
+    metrics = json.loads((copy / "metrics.json").read_text())
+    biased = metrics["models"]["biased"]
+    biased["flip_to_target"]["patch"] = {"mean": 0.97, "low": 0.95, "high": 0.99, "n": 200}
+    biased["verdict"]["relies_on_patch"] = True
+    (copy / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["report", str(copy)]) == 0
+    report = (copy / "REPORT.md").read_text()
+    assert "The biased model relies on the patch" in report and "97.0%" in report
+    assert "The biased model relies on the patch" not in original
 
 
 @pytest.mark.slow

