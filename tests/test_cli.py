@@ -26,7 +26,7 @@ def snapshot(folder):
     "flags, expected",
     [
         (["--bias-class", "toad"], "unknown class 'toad'; fix: pass --bias-class as one of airplane, automobile"),
-        (["--patch-size", "40"], "patch of 40 px at offset 0 px does not fit a 32 px image"),
+        (["--patch-size", "40"], "patch of 40 px at offset 0 px does not fit a 32x32 px image"),
         (["--patch-size", "30", "--patch-offset", "4"], "patch of 30 px at offset 4 px does not fit"),
         (["--bias-fraction", "1.5"], "--bias-fraction must be in [0, 1], got 1.5"),
         (["--bias-fraction", "-0.1"], "--bias-fraction must be in [0, 1], got -0.1"),
