@@ -89,12 +89,24 @@ def test_jpeg_tree_is_read(tmp_path):
     ],
     ids=["empty-class", "non-image", "truncated-jpeg", "wrong-size", "grayscale", "wrong-class-folder"],
 )
-def test_bad_tree_names_the_problem(tmp_path, damage, expected):
+def test_bad_tree_names_the_problem(tmp_path, monkeypatch, capsys, damage, expected):
+    """Through the CLI: one line naming the file and the fix, exit code 2, earlier results untouched."""
+    import re
+
+    from gradcam_repro.cli import main
+
     make_tree(tmp_path / "tree", per_class=(2, 2))
     damage(tmp_path / "tree")
-    with pytest.raises(UserError, match=expected) as info:
-        load_cifar10(tmp_path / "tree", cache_dir=tmp_path / "cache", download=False)
-    assert "fix:" in str(info.value) and "\n" not in str(info.value)
+    monkeypatch.setenv("GRADCAM_CACHE_DIR", str(tmp_path / "cache"))
+    previous = tmp_path / "run"
+    (previous / "baseline").mkdir(parents=True)
+    (previous / "summary.md").write_text("earlier results")
+    code = main(["run", "--preset", "smoke", "--data-root", str(tmp_path / "tree"), "--out", str(previous)])
+    err = capsys.readouterr().err
+    assert code == 2 and re.search(expected, err), err
+    assert "fix:" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert [p.name for p in previous.rglob("*")] == ["baseline", "summary.md"]
+    assert (previous / "summary.md").read_text() == "earlier results"
     assert not list((tmp_path / "cache").glob("*.pt")) if (tmp_path / "cache").exists() else True
 
 

@@ -58,13 +58,6 @@ def check_run_folder(out: Path, dataset: str) -> dict:
     return metrics
 
 
-@pytest.fixture(scope="module")
-def shapes_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shapes") / "run"
-    assert main(["run", "--preset", "smoke", "--dataset", "shapes", "--out", str(out)]) == 0
-    return out
-
-
 @pytest.mark.slow
 def test_smoke_run_on_shapes_writes_checkpoints_figures_metrics_and_reports(shapes_run):
     metrics = check_run_folder(shapes_run, "shapes")

@@ -61,6 +61,55 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
 
 
+@contextmanager
+def run_lock(folder: str | Path) -> Iterator[Path]:
+    """Hold `folder/.lock` (holding our pid) for the duration; refuse if a live process holds it.
+
+    A lock left by a process that no longer exists (killed, machine restarted) is taken over.
+    """
+    from gradcam_repro.errors import UserError
+
+    path = Path(folder) / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            holder = _lock_holder(path)
+            if holder is not None:
+                raise UserError(
+                    f"another gradcam-repro process (pid {holder}) is writing to {folder}; "
+                    "fix: wait for it to finish or pass another --out"
+                ) from None
+            path.unlink(missing_ok=True)  # stale lock
+    else:
+        raise UserError(f"cannot take the lock {path}; fix: remove it if no gradcam-repro process is running")
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _lock_holder(path: Path) -> int | None:
+    """The pid in a lock file if that process is alive, else None."""
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
 def check_writable(folder: str | Path) -> None:
     """Raise `UserError` unless `folder` can be created and written to."""
     from gradcam_repro.errors import UserError

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
-from gradcam_repro.config import CORNERS, PRESETS, LR_SCHEDULES, PRECISIONS
+from gradcam_repro.config import CORNERS, LR_SCHEDULES, MAX_IMAGE_PIXELS, PRECISIONS, PRESETS
 from gradcam_repro.errors import UserError
 
 COLORS = {"yellow": (255, 255, 0), "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255),
@@ -83,6 +85,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     e.add_argument("--shapes-train", type=int, help="shapes dataset: number of training images (default 10000)")
     e.add_argument("--shapes-test", type=int, help="shapes dataset: number of test images (default 2000)")
     e.add_argument("--show", action="store_true", default=None, help="also show the figures on screen")
+    e.add_argument("--force", action="store_true", help="retrain even if a finished experiment with the same config "
+                                                        "exists in --out (default: reuse it; interrupted runs resume)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,6 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     ev.add_argument("--cam-layer", help="Grad-CAM layer to report on (default: the run's)")
     ev.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+    ex = sub.add_parser("explain", help="Grad-CAM overlays and top-3 predictions for your own images with a saved model",
+                        description="Explain your own image files with the models of a run (or one model.pt). Images "
+                                    "of any size are resized to 32x32; grayscale and RGBA are converted to RGB; images "
+                                    f"above {MAX_IMAGE_PIXELS:,} pixels are refused.")
+    ex.add_argument("model", metavar="RUN_OR_MODEL", help="runs/<name> (both models), runs/<name>/biased, or a model.pt")
+    ex.add_argument("images", metavar="IMAGE", nargs="+", help="PNG or JPEG files")
+    ex.add_argument("--out", default="explanations", help="folder for <image>_gradcam.png (default: ./explanations)")
+    ex.add_argument("--cam-layer", default="layer4.1.conv2", help="Grad-CAM layer (default layer4.1.conv2)")
+    ex.add_argument("--cam", choices=["gradcam"], default="gradcam", help="CAM method (default gradcam)")
+    ex.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ex.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
     rep = sub.add_parser("report", help="rebuild summary.md and REPORT.md from a run's metrics.json (seconds)")
     rep.add_argument("run_dir", metavar="RUN_DIR", help="folder written by `gradcam-repro run`")
     rep.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
@@ -115,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace):
     from gradcam_repro.config import Config, preset_config
 
-    fields = set(Config.__dataclass_fields__) - {"preset"}
+    fields = set(Config.__dataclass_fields__) - {"preset"}  # `force` is a run option, not part of the config
     overrides = {k: v for k, v in vars(args).items() if k in fields}
     return preset_config(args.preset, **overrides)
 
@@ -126,9 +141,19 @@ def _headless() -> None:
     matplotlib.use("Agg")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as an exception so that cleanup (temporary files, the lock) runs."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
     if args.command is None:
         parser.print_help()
         return 2
@@ -139,12 +164,20 @@ def main(argv: list[str] | None = None) -> int:
                 _headless()
             from gradcam_repro.experiment import run
 
-            run(config)
+            run(config, force=args.force)
         elif args.command == "evaluate":
             _headless()
             from gradcam_repro.experiment import evaluate_run
 
             evaluate_run(args.run_dir, data_root=args.data_root, device=args.device, cam_layer=args.cam_layer)
+        elif args.command == "explain":
+            _headless()
+            from gradcam_repro.explain import explain
+            from gradcam_repro.runtime import choose_device
+
+            written = explain(args.model, args.images, args.out, args.cam_layer, choose_device(args.device),
+                              log=lambda line: print(line, file=sys.stderr if line.startswith("notice:") else sys.stdout))
+            print(f"wrote {len(written)} file(s) to {args.out}")
         elif args.command == "report":
             from gradcam_repro.experiment import report_run
 
@@ -155,9 +188,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"gradcam-repro: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("gradcam-repro: interrupted; completed files are intact, rerun the same command to start again", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print("gradcam-repro: interrupted; finished files and per-epoch checkpoints are intact, "
+              "rerun the same command to resume", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -12,9 +12,19 @@ from dataclasses import dataclass
 
 from gradcam_repro.errors import UserError
 
+# `gradcam-repro explain` refuses images above this many pixels before decoding:
+# a small file can declare a huge canvas (a "decompression bomb") and exhaust memory.
+MAX_IMAGE_PIXELS = 40_000_000
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 PRECISIONS = ("auto", "bf16", "fp32")
 LR_SCHEDULES = ("constant", "onecycle")
+
+
+# Fields that change what is reported or where, but not the trained weights.
+NOT_TRAINING_FIELDS = frozenset({
+    "preset", "out", "device", "show", "cam_layer", "cam_batch_size", "counterfactual_images", "cam_images",
+    "figure_images", "test_subset",
+})
 
 
 @dataclass
@@ -100,6 +110,10 @@ class Config:
             if not ok:
                 raise UserError(message)
         return self
+
+    def training_key(self) -> dict:
+        """The fields that determine a trained model (what a finished experiment must match to be reused)."""
+        return {k: v for k, v in self.to_dict().items() if k not in NOT_TRAINING_FIELDS}
 
     @property
     def out_dir(self) -> str:

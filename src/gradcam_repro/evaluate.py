@@ -127,6 +127,7 @@ def measure_shortcut(
     CAMs always explain the target class's logit, in float32.
     """
     is_target = labels == target
+    chosen = seeded_cap(torch.arange(len(labels)), cam_images, seed)  # images scored against their masks
     target_idx = is_target.nonzero().squeeze(1)
     other_idx = seeded_cap((~is_target).nonzero().squeeze(1), counterfactual_images, seed)
     patched_targets = inject_patch(images[target_idx], **patch)
@@ -171,7 +172,6 @@ def measure_shortcut(
                 m["cam"][layer][set_name] = score_maps(cams[layer]["maps"], box, seed)
             examples["maps"][name][set_name] = {layer: cams[layer]["maps"] for layer in layers}
         if masks is not None:  # localisation against the true object masks (shapes)
-            chosen = seeded_cap(torch.arange(len(labels)), cam_images, seed)
             cams = compute_cams(model, images[chosen], layers, device, targets=labels[chosen], batch_size=cam_batch_size)
             m["localisation"] = {layer: score_maps(cams[layer]["maps"], None, seed, masks=masks[chosen]) for layer in layers}
         m["verdict"] = metrics.verdicts(m, metrics.uniform_energy(box, images.shape[-1]))
@@ -181,7 +181,7 @@ def measure_shortcut(
     out["uniform"] = {"energy_in_box": metrics.uniform_energy(box, images.shape[-1]),
                       "pointing": metrics.uniform_pointing(box, images.shape[-1])}
     if masks is not None:
-        out["uniform"]["energy_in_mask"] = metrics.uniform_energy(masks)
+        out["uniform"]["energy_in_mask"] = metrics.uniform_energy(masks[chosen])
     out["counterfactual_patches"] = {k: {**v, "color": list(v["color"])} for k, v in variants.items()}
     out["n"] = {"test": len(labels), "target_test": len(target_idx), "counterfactual_non_target": len(other_idx)}
     return out, examples

@@ -121,9 +121,47 @@ def _history_csv(history: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def train_experiment(p: Prepared, name: str, log=print) -> tuple[torch.nn.Module, list[dict], dict]:
-    """Train one experiment ('baseline' or 'biased') and write its checkpoint, config and history."""
+def _reusable(folder: Path, p: Prepared) -> dict | None:
+    """The saved record of a finished experiment in `folder` made with the same training config and data."""
+    record_path = folder / "config.json"
+    if not ((folder / "model.pt").is_file() and record_path.is_file() and (folder / "history.json").is_file()):
+        return None
+    try:
+        record = artifacts.read_json(record_path)
+        same = (Config.from_dict(record["config"]).training_key() == p.config.training_key()
+                and record["dataset"]["fingerprint"] == p.data.fingerprint)
+    except (ValueError, KeyError, TypeError, UserError):
+        return None
+    return record if same else None
+
+
+def _resume_state(path: Path, p: Prepared, log) -> dict | None:
+    """The per-epoch checkpoint at `path` if it was made with the same training config and data."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state["training_key"] == p.config.training_key() and state["fingerprint"] == p.data.fingerprint:
+            return state
+    except Exception:
+        pass
+    log(f"ignoring {path}: it belongs to another config, other data or is unreadable")
+    return None
+
+
+def train_experiment(p: Prepared, name: str, log=print, force: bool = False) -> tuple[torch.nn.Module, list[dict], dict]:
+    """Train one experiment ('baseline' or 'biased') and write its checkpoint, config and history.
+
+    A finished experiment with the same training config and data is reused
+    unless `force`; an interrupted one resumes from its last per-epoch checkpoint.
+    """
     cfg, d = p.config, p.data
+    folder = Path(cfg.out_dir) / name
+    record = None if force else _reusable(folder, p)
+    if record is not None:
+        log(f"[{name}] reusing the finished experiment in {folder} (same config and data; --force retrains)")
+        model = load_model(folder / "model.pt", len(d.classes), p.device)
+        return model, artifacts.read_json(folder / "history.json"), {k: record[k] for k in ("train_seconds",) if k in record}
     images, labels = d.train_images[p.train_index], d.train_labels[p.train_index]
     extra = {}
     if name == "biased":
@@ -135,19 +173,26 @@ def train_experiment(p: Prepared, name: str, log=print) -> tuple[torch.nn.Module
     def evaluate(model):
         return accuracy(predict_logits(model, eval_x, p.device, amp_dtype=p.amp_dtype), eval_y)
 
+    checkpoint = folder / "checkpoint.pt"
+
+    def save_checkpoint(state):
+        artifacts.torch_save(checkpoint, {**state, "training_key": cfg.training_key(), "fingerprint": d.fingerprint})
+
     log(f"[{name}] training on {len(labels)} images for {cfg.epochs} epoch(s), device {p.device}, "
         f"precision {'bf16' if p.amp_dtype else 'fp32'}")
     seed_everything(cfg.seed)  # same initial weights for both experiments
     model = resnet18_cifar(len(d.classes))
     start = time.perf_counter()
     history = train_model(model, images, labels, cfg, p.device, p.amp_dtype, evaluate=evaluate,
-                          log=lambda line: log(f"[{name}] {line}"))
+                          log=lambda line: log(f"[{name}] {line}"), resume=None if force else _resume_state(checkpoint, p, log),
+                          on_epoch_end=save_checkpoint)
     extra["train_seconds"] = time.perf_counter() - start
-    folder = Path(cfg.out_dir) / name
     save_model(model, folder / "model.pt")
-    artifacts.write_json(folder / "config.json", _record(p, name, extra))
     artifacts.write_json(folder / "history.json", history)
     artifacts.write_text(folder / "history.csv", _history_csv(history))
+    # config.json last: its presence marks the experiment finished and reusable.
+    artifacts.write_json(folder / "config.json", _record(p, name, extra))
+    checkpoint.unlink(missing_ok=True)
     return model, history, extra
 
 
@@ -282,17 +327,17 @@ def metrics_settings() -> dict:
             "points_at_patch_ratio": metrics.POINTS_AT_PATCH_RATIO, "relies_flip_rate": metrics.RELIES_FLIP_RATE}
 
 
-def run(config: Config, log=print) -> dict:
+def run(config: Config, log=print, force: bool = False) -> dict:
     """Both experiments end to end; returns the metrics also written to metrics.json."""
     wall = time.perf_counter()
     p = prepare(config, log)
-    models, histories, train_s = {}, {}, {}
-    for name in EXPERIMENTS:
-        models[name], histories[name], extra = train_experiment(p, name, log)
-        train_s[f"train_{name}"] = extra["train_seconds"]
-    metrics = evaluate_and_report(p, models, histories, log, extra=train_s)
-    total = time.perf_counter() - wall
-    log(f"done in {total:.0f} s: {Path(p.config.out_dir) / 'REPORT.md'}")
+    with artifacts.run_lock(p.config.out_dir):
+        models, histories, train_s = {}, {}, {}
+        for name in EXPERIMENTS:
+            models[name], histories[name], extra = train_experiment(p, name, log, force)
+            train_s[f"train_{name}"] = extra.get("train_seconds", float("nan"))
+        metrics = evaluate_and_report(p, models, histories, log, extra=train_s)
+    log(f"done in {time.perf_counter() - wall:.0f} s: {Path(p.config.out_dir) / 'REPORT.md'}")
     if p.config.show:
         figures.show()
     return metrics
@@ -311,11 +356,12 @@ def evaluate_run(run_dir: str | Path, log=print, **overrides) -> dict:
     config = load_run_config(run_dir)
     config = replace(config, out=str(run_dir), **{k: v for k, v in overrides.items() if v is not None})
     p = prepare(config, log)
-    models, histories = {}, {}
-    for name in EXPERIMENTS:
-        models[name] = load_model(Path(run_dir) / name / "model.pt", len(p.data.classes), p.device)
-        histories[name] = artifacts.read_json(Path(run_dir) / name / "history.json")
-    return evaluate_and_report(p, models, histories, log)
+    with artifacts.run_lock(run_dir):
+        models, histories = {}, {}
+        for name in EXPERIMENTS:
+            models[name] = load_model(Path(run_dir) / name / "model.pt", len(p.data.classes), p.device)
+            histories[name] = artifacts.read_json(Path(run_dir) / name / "history.json")
+        return evaluate_and_report(p, models, histories, log)
 
 
 def report_run(run_dir: str | Path) -> Path:

@@ -186,6 +186,23 @@ def layer_sweep(cam_by_model: dict[str, dict], uniform: dict):
     return fig
 
 
+def explanation(image, maps_by_model: dict, top3_by_model: dict, title):
+    """A user's image and each model's overlay, titled with the model's top-3 classes and probabilities."""
+    names = list(maps_by_model)
+    fig, axes = plt.subplots(1, 1 + len(names), figsize=(2.6 * (1 + len(names)), 3.0), squeeze=False)
+    axes[0, 0].imshow(to_hwc(image), interpolation="nearest")
+    axes[0, 0].set_title("input (32x32)", fontsize=8)
+    for j, name in enumerate(names, start=1):
+        axes[0, j].imshow(overlay(image, maps_by_model[name]), interpolation="nearest")
+        top = "\n".join(f"{c} {p:.2f}" for c, p in top3_by_model[name])
+        axes[0, j].set_title(f"{name}\n{top}", fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def close(fig) -> None:
     plt.close(fig)
 

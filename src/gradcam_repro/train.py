@@ -80,11 +80,16 @@ def train_model(
     evaluate: Callable[[nn.Module], float] | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
+    resume: dict | None = None,
+    on_epoch_end: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Train `model` in place on (N, 3, 32, 32) uint8 `images` with (N,) int64 `labels`.
 
     `evaluate(model) -> clean test accuracy` is called after each epoch. Returns
     the history: one dict per epoch (epoch, loss, train_acc, test_acc, lr, seconds).
+    After each epoch `on_epoch_end(state)` receives everything needed to resume
+    (model, optimiser, scheduler and shuffling-RNG states, epoch, history);
+    passing that `state` back as `resume` continues exactly where it stopped.
     """
     from tqdm.auto import tqdm
 
@@ -95,8 +100,15 @@ def train_model(
     n = len(labels)
     steps_per_epoch = math.ceil(n / config.batch_size)
     optimizer, scheduler = make_optimizer(model, config, steps_per_epoch * config.epochs)
-    history = []
-    for epoch in range(1, config.epochs + 1):
+    history, first_epoch = [], 1
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        generator.set_state(resume["generator"])
+        history, first_epoch = list(resume["history"]), resume["epoch"] + 1
+        log(f"resuming after epoch {resume['epoch']}/{config.epochs} from the last checkpoint")
+    for epoch in range(first_epoch, config.epochs + 1):
         side = epoch_resolution(config, epoch)
         model.train()
         start = time.perf_counter()
@@ -143,6 +155,9 @@ def train_model(
             "seconds": time.perf_counter() - start,
         }
         history.append(record)
+        if on_epoch_end is not None:
+            on_epoch_end({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(), "generator": generator.get_state(), "history": history})
         log(
             f"epoch {epoch}/{config.epochs}  loss {record['loss']:.4f}  train acc {record['train_acc']:.3f}  "
             f"clean test acc {record['test_acc']:.3f}  {record['seconds']:.1f} s ({n / train_s:.0f} img/s at {side} px)"

@@ -1,0 +1,117 @@
+"""Explaining a user's own images with a saved model: Grad-CAM overlays and top-3 predictions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from gradcam_repro import artifacts
+from gradcam_repro.config import MAX_IMAGE_PIXELS
+from gradcam_repro.data import CIFAR10_CLASSES, IMAGE_SIZE
+from gradcam_repro.errors import UserError
+
+
+
+def load_user_image(path: str | Path, size: int = IMAGE_SIZE) -> tuple[torch.Tensor, list[str]]:
+    """Read an image file as (3, size, size) uint8, with notices for any conversion made.
+
+    Grayscale, palette and RGBA images are converted to RGB; other sizes are
+    resized (bicubic, antialiased). Raises `UserError` for a folder, a missing
+    or unreadable file, or more than MAX_IMAGE_PIXELS pixels.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not an image; fix: pass image files, e.g. {path}/*.png")
+    if not path.is_file():
+        raise UserError(f"no such image file: {path}; fix: check the path")
+    notices = []
+    # PIL's own bomb check raises before the size is known; ours (below) reads
+    # the declared size first and names it. Only the header is read until then.
+    pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise UserError(
+                    f"image {path} is {width}x{height} = {width * height:,} pixels, above the limit of "
+                    f"{MAX_IMAGE_PIXELS:,}; fix: downscale it first"
+                )
+            if im.mode != "RGB":
+                notices.append(f"{path}: {im.mode} image converted to RGB")
+                im = im.convert("RGBA").convert("RGB") if im.mode in ("P", "LA", "PA") else im.convert("RGB")
+            if im.size != (size, size):
+                notices.append(f"{path}: resized from {width}x{height} to {size}x{size}, the model's input size")
+                im = im.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+            pixels = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size, size, 3)
+    except UnidentifiedImageError:
+        raise UserError(f"not an image file: {path}; fix: pass PNG or JPEG images") from None
+    except OSError as exc:
+        raise UserError(f"cannot read image {path} ({exc}); fix: pass an intact PNG or JPEG image") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil_limit
+    return pixels.permute(2, 0, 1).contiguous(), notices
+
+
+def load_models_for(target: str | Path, device: torch.device) -> tuple[dict, tuple[str, ...]]:
+    """{name: model} and class names from a run folder (both experiments), an experiment folder or a model.pt."""
+    from gradcam_repro.model import load_model
+
+    target = Path(target)
+    if (target / "baseline" / "model.pt").is_file() and (target / "biased" / "model.pt").is_file():
+        paths = {"baseline": target / "baseline" / "model.pt", "biased": target / "biased" / "model.pt"}
+    elif (target / "model.pt").is_file():
+        paths = {target.name or "model": target / "model.pt"}
+    elif target.is_file():
+        paths = {target.parent.name or "model": target}
+    else:
+        raise UserError(f"{target} is neither a run folder nor a model.pt; fix: pass runs/<name> or a model.pt file")
+    classes = CIFAR10_CLASSES
+    record = next(iter(paths.values())).parent / "config.json"
+    if record.is_file():
+        classes = tuple(artifacts.read_json(record)["dataset"]["classes"])
+    return {name: load_model(path, len(classes), device) for name, path in paths.items()}, classes
+
+
+def top_k(logits: torch.Tensor, classes: tuple[str, ...], k: int = 3) -> list[tuple[str, float]]:
+    probs = logits.softmax(-1)
+    values, indices = probs.topk(min(k, len(classes)))
+    return [(classes[int(i)], float(v)) for v, i in zip(values, indices)]
+
+
+def explain(target: str | Path, images: list[str], out_dir: str | Path, layer: str, device: torch.device,
+            log=print) -> list[Path]:
+    """Write `<out_dir>/<stem>_gradcam.png` per image (input | each model's overlay with its top-3)."""
+    from gradcam_repro import figures
+    from gradcam_repro.evaluate import compute_cams, predict_logits
+    from gradcam_repro.gradcam import get_layer
+
+    models, classes = load_models_for(target, device)
+    for model in models.values():
+        get_layer(model, layer)
+    loaded = []
+    for path in images:  # read and check every image before writing anything
+        pixels, notices = load_user_image(path)
+        for notice in notices:
+            log(f"notice: {notice}")
+        loaded.append((Path(path), pixels))
+    artifacts.check_writable(out_dir)
+    batch = torch.stack([pixels for _, pixels in loaded])
+    maps, tops = {}, {}
+    for name, model in models.items():
+        logits = predict_logits(model, batch, device)
+        maps[name] = compute_cams(model, batch, layer, device)[layer]["maps"]
+        tops[name] = [top_k(row, classes) for row in logits]
+    written = []
+    for i, (path, pixels) in enumerate(loaded):
+        for name in models:
+            log(f"{path}: {name}: " + ", ".join(f"{c} {p:.2f}" for c, p in tops[name][i]))
+        fig = figures.explanation(pixels, {name: maps[name][i] for name in models},
+                                  {name: tops[name][i] for name in models}, f"{path.name}: Grad-CAM at {layer}")
+        out = Path(out_dir) / f"{path.stem}_gradcam.png"
+        artifacts.save_figure(fig, out)
+        figures.close(fig)
+        written.append(out)
+    return written
