@@ -131,10 +131,10 @@ def test_canonical_batches_folder_is_read_through_torchvision(tmp_path, monkeypa
     import pickle
 
     import numpy as np
-    from torchvision.datasets import CIFAR10
 
     # torchvision checks the real files' MD5 sums; these hand-made batches cannot match them.
     import torchvision.datasets.cifar as tv_cifar
+    from torchvision.datasets import CIFAR10
 
     monkeypatch.setattr(CIFAR10, "_check_integrity", lambda self: True)
     monkeypatch.setattr(tv_cifar, "check_integrity", lambda path, md5=None: True)

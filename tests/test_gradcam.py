@@ -21,7 +21,6 @@ from gradcam_repro.errors import UserError
 from gradcam_repro.gradcam import GradCAM, upsample_and_scale
 from gradcam_repro.model import resnet18_cifar
 
-
 # --------------------------------------------------------------------------- helpers
 
 

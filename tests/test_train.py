@@ -84,3 +84,32 @@ def test_presets_are_valid_configs_that_only_differ_from_the_seed_protocol_where
 def test_out_of_range_config_values_are_refused(bad):
     with pytest.raises(UserError, match="must be"):
         Config(**bad).validate()
+
+
+class Poisonable(nn.Module):
+    """tiny_net whose outputs turn NaN once `poisoned` is set: a divergence on demand."""
+
+    def __init__(self):
+        super().__init__()
+        self.net, self.poisoned = tiny_net(), False
+
+    def forward(self, x):
+        out = self.net(x)
+        return out * float("nan") if self.poisoned else out
+
+
+def test_divergence_after_a_good_epoch_keeps_that_epochs_checkpoint():
+    images, labels = bright_vs_dark(64)
+    torch.manual_seed(0)
+    model = Poisonable()
+    saved = []
+
+    def checkpoint_then_diverge(state):
+        saved.append((state["epoch"], {k: v.clone() for k, v in state["model"].items()}))
+        model.poisoned = True  # the next epoch blows up
+
+    with pytest.raises(UserError, match="training diverged: the loss became non-finite in epoch 2"):
+        train_model(model, images, labels, Config(epochs=3, batch_size=32, lr=0.05), torch.device("cpu"), None,
+                    log=lambda line: None, progress=False, on_epoch_end=checkpoint_then_diverge)
+    assert [epoch for epoch, _ in saved] == [1]
+    assert all(torch.isfinite(v).all() for v in saved[0][1].values())

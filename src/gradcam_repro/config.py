@@ -76,7 +76,7 @@ class Config:
     shapes_train: int = 10_000
     shapes_test: int = 2_000
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         """Raise `UserError` naming the first out-of-range value and how to fix it."""
         checks = [
             (self.dataset in ("cifar10", "shapes"), f"--dataset must be cifar10 or shapes, got {self.dataset!r}"),
@@ -123,7 +123,7 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "Config":
+    def from_dict(cls, values: dict) -> Config:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -12,7 +12,6 @@ from gradcam_repro.data import CIFAR10_CLASSES, IMAGE_SIZE
 from gradcam_repro.errors import UserError
 
 
-
 def load_user_image(path: str | Path, size: int = IMAGE_SIZE) -> tuple[torch.Tensor, list[str]]:
     """Read an image file as (3, size, size) uint8, with notices for any conversion made.
 

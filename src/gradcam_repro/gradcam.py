@@ -12,8 +12,8 @@ explained from the same single forward/backward pass.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -86,7 +86,7 @@ class GradCAM:
         self.modules = {name: get_layer(model, name) for name in self.layers}
         self.autocast_dtype = autocast_dtype
 
-    def __enter__(self) -> "GradCAM":
+    def __enter__(self) -> GradCAM:
         return self
 
     def __exit__(self, *exc) -> None:

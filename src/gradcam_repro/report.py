@@ -152,7 +152,7 @@ def report_markdown(m: dict) -> str:
         where = f" (RGB {tuple(spec['color'])}, {spec['corner']})" if spec else ""
         lines.append(f"| {label}{where} | " + " | ".join(pct(models[n]['flip_to_target'][variant]) for n in models) + " |")
     lines += ["", *_figure(m, "figures/counterfactual_gallery.png", "counterfactual gallery"),
-              f"## Where Grad-CAM looks: energy in the patch box and pointing game, by layer", "",
+              "## Where Grad-CAM looks: energy in the patch box and pointing game, by layer", "",
               f"Energy in box: fraction of the map's mass inside the {cfg['patch_size']}x{cfg['patch_size']} patch box "
               f"(uniform map: {u_box:.4f}). Pointing game: the map's maximum lies within {s['pointing_tolerance_px']} px "
               f"of the box (a map peaking at a random pixel: {u_point:.4f}). Grad-CAM explains the *{cls}* logit.", ""]
