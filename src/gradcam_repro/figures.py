@@ -27,6 +27,14 @@ def overlay(image: torch.Tensor, cam: torch.Tensor) -> np.ndarray:
     return (1 - CAM_ALPHA) * to_hwc(image) + CAM_ALPHA * heat
 
 
+def _show(ax, picture: np.ndarray, title: str, box=None, fontsize: int = 8) -> None:
+    """One panel: an (H, W, 3) picture, its title, the dashed patch box if given, no axes."""
+    ax.imshow(picture, interpolation="nearest")
+    _draw_box(ax, box)
+    ax.set_title(title, fontsize=fontsize)
+    ax.axis("off")
+
+
 def _draw_box(ax, box):
     if box is not None:
         top, left, bottom, right = box
@@ -42,13 +50,10 @@ def cam_grid(images, maps, true_labels, pred_labels, classes, title, box=None, p
         ax.axis("off")
     for i in range(n):
         ax_img, ax_cam = axes[i // pairs_per_row, 2 * (i % pairs_per_row)], axes[i // pairs_per_row, 2 * (i % pairs_per_row) + 1]
-        ax_img.imshow(to_hwc(images[i]), interpolation="nearest")
-        ax_cam.imshow(overlay(images[i], maps[i]), interpolation="nearest")
-        _draw_box(ax_cam, box)
-        ok = int(true_labels[i]) == int(pred_labels[i])
-        ax_img.set_title(f"true: {classes[int(true_labels[i])]}\npred: {classes[int(pred_labels[i])]}",
-                         fontsize=8, color="black" if ok else "firebrick")
-        ax_cam.set_title("Grad-CAM", fontsize=8)
+        _show(ax_img, to_hwc(images[i]), f"true: {classes[int(true_labels[i])]}\npred: {classes[int(pred_labels[i])]}")
+        if int(true_labels[i]) != int(pred_labels[i]):
+            ax_img.title.set_color("firebrick")
+        _show(ax_cam, overlay(images[i], maps[i]), "Grad-CAM", box)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
@@ -60,14 +65,10 @@ def side_by_side(images, maps_by_model: dict, preds_by_model: dict, classes, tit
     n = len(images)
     fig, axes = plt.subplots(n, 1 + len(names), figsize=(2.1 * (1 + len(names)), 2.2 * n), squeeze=False)
     for i in range(n):
-        axes[i, 0].imshow(to_hwc(images[i]), interpolation="nearest")
-        axes[i, 0].set_title("input", fontsize=8)
+        _show(axes[i, 0], to_hwc(images[i]), "input")
         for j, name in enumerate(names, start=1):
-            axes[i, j].imshow(overlay(images[i], maps_by_model[name][i]), interpolation="nearest")
-            _draw_box(axes[i, j], box)
-            axes[i, j].set_title(f"{name}\npred: {classes[int(preds_by_model[name][i])]}", fontsize=8)
-        for ax in axes[i]:
-            ax.axis("off")
+            _show(axes[i, j], overlay(images[i], maps_by_model[name][i]),
+                  f"{name}\npred: {classes[int(preds_by_model[name][i])]}", box)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
@@ -97,14 +98,9 @@ def across_layers(image, maps_by_model: dict[str, dict[str, torch.Tensor]], titl
     layers = list(maps_by_model[names[0]])
     fig, axes = plt.subplots(len(names), 1 + len(layers), figsize=(1.9 * (1 + len(layers)), 2.1 * len(names)), squeeze=False)
     for r, name in enumerate(names):
-        axes[r, 0].imshow(to_hwc(image), interpolation="nearest")
-        axes[r, 0].set_title(f"{name}\ninput", fontsize=8)
+        _show(axes[r, 0], to_hwc(image), f"{name}\ninput")
         for c, layer in enumerate(layers, start=1):
-            axes[r, c].imshow(overlay(image, maps_by_model[name][layer]), interpolation="nearest")
-            _draw_box(axes[r, c], box)
-            axes[r, c].set_title(layer, fontsize=8)
-        for ax in axes[r]:
-            ax.axis("off")
+            _show(axes[r, c], overlay(image, maps_by_model[name][layer]), layer, box)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
@@ -116,17 +112,12 @@ def counterfactual_gallery(originals, pasted, preds_by_model: dict, maps_by_mode
     n = len(originals)
     fig, axes = plt.subplots(n, 2 + len(names), figsize=(2.1 * (2 + len(names)), 2.2 * n), squeeze=False)
     for i in range(n):
-        axes[i, 0].imshow(to_hwc(originals[i]), interpolation="nearest")
-        axes[i, 0].set_title("original", fontsize=8)
-        axes[i, 1].imshow(to_hwc(pasted[i]), interpolation="nearest")
-        axes[i, 1].set_title("patch pasted", fontsize=8)
+        _show(axes[i, 0], to_hwc(originals[i]), "original")
+        _show(axes[i, 1], to_hwc(pasted[i]), "patch pasted")
         for j, name in enumerate(names, start=2):
             before, after = preds_by_model[name][0][i], preds_by_model[name][1][i]
-            axes[i, j].imshow(overlay(pasted[i], maps_by_model[name][i]), interpolation="nearest")
-            _draw_box(axes[i, j], box)
-            axes[i, j].set_title(f"{name}: {classes[int(before)]}\n-> {classes[int(after)]}", fontsize=8)
-        for ax in axes[i]:
-            ax.axis("off")
+            _show(axes[i, j], overlay(pasted[i], maps_by_model[name][i]),
+                  f"{name}: {classes[int(before)]}\n-> {classes[int(after)]}", box)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
@@ -190,14 +181,10 @@ def explanation(image, maps_by_model: dict, top3_by_model: dict, title):
     """A user's image and each model's overlay, titled with the model's top-3 classes and probabilities."""
     names = list(maps_by_model)
     fig, axes = plt.subplots(1, 1 + len(names), figsize=(2.6 * (1 + len(names)), 3.0), squeeze=False)
-    axes[0, 0].imshow(to_hwc(image), interpolation="nearest")
-    axes[0, 0].set_title("input (32x32)", fontsize=8)
+    _show(axes[0, 0], to_hwc(image), "input (32x32)")
     for j, name in enumerate(names, start=1):
-        axes[0, j].imshow(overlay(image, maps_by_model[name]), interpolation="nearest")
         top = "\n".join(f"{c} {p:.2f}" for c, p in top3_by_model[name])
-        axes[0, j].set_title(f"{name}\n{top}", fontsize=8)
-    for ax in axes.flat:
-        ax.axis("off")
+        _show(axes[0, j], overlay(image, maps_by_model[name]), f"{name}\n{top}")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
