@@ -133,9 +133,11 @@ def measure_shortcut(
     patched_targets = inject_patch(images[target_idx], **patch)
     variants = counterfactual_patches(patch)
     pasted = {name: inject_patch(images[other_idx], **v) for name, v in variants.items()}
+    other_labels = labels[other_idx]
+    uniform_box = metrics.uniform_energy(box, images.shape[-1])
     out = {"models": {}}
     examples = {"patched_targets": patched_targets, "other_images": images[other_idx], "pasted": pasted["patch"],
-                "maps": {}, "flipped": {}, "predictions": {}}
+                "patched_target_maps": {}, "flipped": {}, "predictions": {}}
     for name, model in models.items():
         clean = predict_logits(model, images, device, amp_dtype=amp_dtype).argmax(1)
         patched = predict_logits(model, patched_targets, device, amp_dtype=amp_dtype).argmax(1)
@@ -148,11 +150,12 @@ def measure_shortcut(
             "biased_test_acc": metrics.bootstrap_ci(biased_preds == labels, seed),
             "target_recall_clean": metrics.bootstrap_ci(clean[target_idx] == target, seed),
             "target_recall_patched": metrics.bootstrap_ci(patched == target, seed),
-            "flip_to_target": {"none": metrics.bootstrap_ci(clean[other_idx] == target, seed)},
+            "flip_to_target": {"none": metrics.bootstrap_ci(metrics.flip_to_target_rate(clean[other_idx], other_labels, target), seed)},
         }
         flipped = None
         for variant, batch in pasted.items():
-            hit = predict_logits(model, batch, device, amp_dtype=amp_dtype).argmax(1) == target
+            preds = predict_logits(model, batch, device, amp_dtype=amp_dtype).argmax(1)
+            hit = metrics.flip_to_target_rate(preds, other_labels, target)
             m["flip_to_target"][variant] = metrics.bootstrap_ci(hit, seed)
             if variant == "patch":
                 flipped = hit
@@ -164,21 +167,21 @@ def measure_shortcut(
             "clean_target": images[target_idx][seeded_cap(torch.arange(len(target_idx)), cam_images, seed)],
         }
         m["cam"] = {layer: {} for layer in layers}
-        examples["maps"][name] = {}
         for set_name, batch in sets.items():
             cams = compute_cams(model, batch, layers, device, targets=torch.full((len(batch),), target),
                                 batch_size=cam_batch_size)
             for layer in layers:
                 m["cam"][layer][set_name] = score_maps(cams[layer]["maps"], box, seed)
-            examples["maps"][name][set_name] = {layer: cams[layer]["maps"] for layer in layers}
+            if set_name == "patched_target":
+                examples["patched_target_maps"][name] = {layer: cams[layer]["maps"] for layer in layers}
         if masks is not None:  # localisation against the true object masks (shapes)
             cams = compute_cams(model, images[chosen], layers, device, targets=labels[chosen], batch_size=cam_batch_size)
             m["localisation"] = {layer: score_maps(cams[layer]["maps"], None, seed, masks=masks[chosen]) for layer in layers}
-        m["verdict"] = metrics.verdicts(m, metrics.uniform_energy(box, images.shape[-1]))
+        m["verdict"] = metrics.verdicts(m, uniform_box)
         examples["flipped"][name] = flipped
         examples["predictions"][name] = {"clean": clean, "patched_targets": patched}
         out["models"][name] = m
-    out["uniform"] = {"energy_in_box": metrics.uniform_energy(box, images.shape[-1]),
+    out["uniform"] = {"energy_in_box": uniform_box,
                       "pointing": metrics.uniform_pointing(box, images.shape[-1])}
     if masks is not None:
         out["uniform"]["energy_in_mask"] = metrics.uniform_energy(masks[chosen])

@@ -224,9 +224,8 @@ def make_figures(p: Prepared, models: dict, histories: dict, shortcut: dict, exa
             figures.close(fig)
         written.append(rel)
 
-    clean_preds = {name: examples["predictions"][name]["clean"] for name in models}
     # Baseline: correctly classified clean test images, a variety of classes.
-    idx = _first_per_class(d.test_labels, clean_preds["baseline"] == d.test_labels, n)
+    idx = _first_per_class(d.test_labels, examples["predictions"]["baseline"]["clean"] == d.test_labels, n)
     if len(idx):
         cam = compute_cams(models["baseline"], d.test_images[idx], layer, p.device)[layer]
         save(figures.cam_grid(d.test_images[idx], cam["maps"], d.test_labels[idx], cam["targets"], d.classes,
@@ -271,7 +270,7 @@ def make_figures(p: Prepared, models: dict, histories: dict, shortcut: dict, exa
     for name, history in histories.items():
         save(figures.training_curves({name: history}), f"{name}/training_curves.png")
     save(figures.training_curves(histories), "figures/training_curves.png")
-    save(figures.energy_histograms({name: examples["maps"][name]["patched_target"][layer] for name in models}, p.box,
+    save(figures.energy_histograms({name: examples["patched_target_maps"][name][layer] for name in models}, p.box,
                                    shortcut["uniform"]["energy_in_box"],
                                    f"energy in the patch box, patched {cls} images called {cls}, {layer}"),
          "figures/energy_distribution.png")
