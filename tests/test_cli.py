@@ -93,3 +93,8 @@ def test_patch_color_parsing():
     for bad in ("255,255", "256,0,0", "a,b,c", "purple-ish"):
         with pytest.raises(Exception, match="not a colour"):
             parse_color(bad)
+
+
+def test_an_explicit_bias_class_is_never_silently_replaced(tmp_path, capsys):
+    code = main(["run", "--preset", "smoke", "--dataset", "shapes", "--bias-class", "frog", "--out", str(tmp_path)])
+    assert code == 2 and "unknown class 'frog'; fix: pass --bias-class as one of circle" in capsys.readouterr().err

@@ -68,7 +68,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="random crop (zero pad 4 px) + horizontal flip (default: on)")
     t.add_argument("--precision", choices=PRECISIONS, help="auto (bf16 where the hardware has it, default), bf16 or fp32")
     b = p.add_argument_group("shortcut (bias injection)")
-    b.add_argument("--bias-class", help="class whose training images get the patch (default: frog)")
+    b.add_argument("--bias-class", help="class whose training images get the patch (default: frog; hbar for --dataset shapes)")
     b.add_argument("--patch-size", type=int, help="side of the square patch in px (default 6)")
     b.add_argument("--patch-color", type=parse_color, help="R,G,B or a colour name (default 255,255,0 = yellow)")
     b.add_argument("--patch-corner", choices=CORNERS, help="where the patch goes (default top-left)")

@@ -57,7 +57,7 @@ class Config:
     precision: str = "auto"  # auto (bf16 where supported) | bf16 | fp32
 
     # Shortcut: a coloured square pasted on every image of one class.
-    bias_class: str = "frog"
+    bias_class: str | None = None  # None: the dataset's default (frog for CIFAR-10, hbar for shapes)
     patch_size: int = 6
     patch_color: tuple[int, int, int] = (255, 255, 0)
     patch_corner: str = "top-left"

@@ -68,7 +68,7 @@ def load_data(config: Config) -> ImageData:
 def prepare(config: Config, log=print) -> Prepared:
     """Validate the config against the data and the model; raises `UserError` before any output is written."""
     config.validate()
-    if config.bias_class == "frog" and config.dataset != "cifar10":
+    if config.bias_class is None:
         config = replace(config, bias_class=DEFAULT_BIAS_CLASS[config.dataset])
     get_layer(resnet18_cifar(), config.cam_layer)  # unknown layer: fail now, not after training
     classes = dataset_classes(config.dataset)
