@@ -149,6 +149,16 @@ def environment_info(device: str | None = None) -> dict:
     return info
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (NaN where the OS does not report it)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return float("nan")
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib / (1024 * 1024) if sys.platform == "darwin" else kib / 1024  # bytes on macOS, KiB on Linux
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

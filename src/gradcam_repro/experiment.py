@@ -281,8 +281,12 @@ def make_figures(p: Prepared, models: dict, histories: dict, shortcut: dict, exa
     return written
 
 
-def evaluate_and_report(p: Prepared, models: dict, histories: dict, log=print, extra: dict | None = None) -> dict:
-    """Measure both models, draw the figures and write metrics.json, summary.md and REPORT.md."""
+def evaluate_and_report(p: Prepared, models: dict, histories: dict, log=print, extra: dict | None = None,
+                        started: float | None = None) -> dict:
+    """Measure both models, draw the figures and write metrics.json, summary.md and REPORT.md.
+
+    `started` (a `time.perf_counter()` value) adds the end-to-end seconds since then.
+    """
     from gradcam_repro.report import report_markdown, summary_markdown
 
     cfg, d = p.config, p.data
@@ -310,7 +314,10 @@ def evaluate_and_report(p: Prepared, models: dict, histories: dict, log=print, e
         "histories": histories,
         "figures": figure_paths,
         "seconds": {"evaluate": eval_s, "figures": time.perf_counter() - start, **(extra or {})},
+        "peak_rss_mb": artifacts.peak_rss_mb(),
     }
+    if started is not None:
+        metrics["seconds"]["end_to_end"] = time.perf_counter() - started
     out = Path(cfg.out_dir)
     artifacts.write_json(out / "metrics.json", metrics)
     artifacts.write_text(out / "summary.md", summary_markdown(metrics))
@@ -335,8 +342,9 @@ def run(config: Config, log=print, force: bool = False) -> dict:
         for name in EXPERIMENTS:
             models[name], histories[name], extra = train_experiment(p, name, log, force)
             train_s[f"train_{name}"] = extra.get("train_seconds", float("nan"))
-        metrics = evaluate_and_report(p, models, histories, log, extra=train_s)
-    log(f"done in {time.perf_counter() - wall:.0f} s: {Path(p.config.out_dir) / 'REPORT.md'}")
+        metrics = evaluate_and_report(p, models, histories, log, extra=train_s, started=wall)
+    log(f"done in {time.perf_counter() - wall:.0f} s (peak RSS {artifacts.peak_rss_mb():.0f} MB): "
+        f"{Path(p.config.out_dir) / 'REPORT.md'}")
     if p.config.show:
         figures.show()
     return metrics
