@@ -7,7 +7,7 @@ PYTHON ?= python3
 DATA_ROOT ?= $(or $(GRADCAM_DATA_ROOT),$(if $(wildcard ../shared/data/cifar10-jpg),../shared/data/cifar10-jpg,data))
 PRESET ?= quick
 
-.PHONY: install install-test demo paper test
+.PHONY: install install-test demo paper test bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ demo: install
 
 paper: install
 	$(VENV)/bin/gradcam-repro run --preset paper --data-root $(DATA_ROOT)
+
+# Finished runs are added to the benchmark only where they exist.
+BENCH_RUNS := $(if $(wildcard runs/paper/metrics.json),--paper-run runs/paper) \
+	$(if $(and $(wildcard runs/quick/metrics.json),$(wildcard runs/quick-fp32/metrics.json)),--accuracy-runs runs/quick runs/quick-fp32)
+
+bench: install-test
+	$(VENV)/bin/gradcam-repro bench --data-root $(DATA_ROOT) $(BENCH_RUNS)
 
 test: install-test
 	$(PY) -m pytest -q

@@ -1,4 +1,5 @@
 import pytest
+from cam_helpers import seeded_resnet
 
 from gradcam_repro.cli import main
 
@@ -9,3 +10,9 @@ def shapes_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("shapes") / "run"
     assert main(["run", "--preset", "smoke", "--dataset", "shapes", "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def resnet():
+    """Seeded CIFAR ResNet-18 in eval mode with non-trivial BatchNorm statistics (see cam_helpers.seeded_resnet)."""
+    return seeded_resnet()

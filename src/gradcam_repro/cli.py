@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 import threading
@@ -67,6 +68,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop (zero pad 4 px) + horizontal flip (default: on)")
     t.add_argument("--precision", choices=PRECISIONS, help="auto (bf16 where the hardware has it, default), bf16 or fp32")
+    t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="train through torch.compile (default: off). Measured slower on a 2-core CPU; it helps "
+                        "mainly on GPUs")
     b = p.add_argument_group("shortcut (bias injection)")
     b.add_argument("--bias-class", help="class whose training images get the patch (default: frog; hbar for --dataset shapes)")
     b.add_argument("--patch-size", type=int, help="side of the square patch in px (default 6)")
@@ -124,7 +128,37 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="rebuild summary.md and REPORT.md from a run's metrics.json (seconds)")
     rep.add_argument("run_dir", metavar="RUN_DIR", help="folder written by `gradcam-repro run`")
     rep.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+    _add_bench_parser(sub)
     return parser
+
+
+def _add_bench_parser(sub) -> None:
+    bn = sub.add_parser("bench", help="measure training and Grad-CAM speed and memory against simple references; "
+                                      "write BENCHMARKS.md",
+                        description="Measure, in one run on this machine, training and Grad-CAM throughput of the "
+                                    "product against a naive DataLoader pipeline, a per-image Grad-CAM loop and "
+                                    "pytorch-grad-cam, and the peak memory of paper-preset training; print ratios and "
+                                    "write BENCHMARKS.md and BENCHMARKS.json.")
+    bn.add_argument("--data-root", help="CIFAR-10 folder for the measured images and the memory check "
+                                        "(default: synthetic random uint8 images, stated in the output)")
+    bn.add_argument("--device", help="auto (default: the CPU, plus CUDA when available), cpu, cuda or cuda:N")
+    bn.add_argument("--repeats", type=int, help="timed repeats per row; medians and min-max are reported (default 3)")
+    bn.add_argument("--warmup-steps", type=int, help="discarded training steps before timing (default 3)")
+    bn.add_argument("--train-steps", type=int, help="timed training steps per repeat (default 10)")
+    bn.add_argument("--batch-size", type=int, help="training batch size (default 128)")
+    bn.add_argument("--cam-batch", type=int, help="images in the Grad-CAM batch (default 256)")
+    bn.add_argument("--rss-steps", type=int, help="paper-preset training steps in the memory check (default 20)")
+    bn.add_argument("--rss-images", type=int, help=argparse.SUPPRESS)  # synthetic training images of the memory check (tests)
+    bn.add_argument("--no-rss", action="store_true", default=None, help="skip the memory check (section 3)")
+    bn.add_argument("--paper-run", metavar="RUN_DIR", help="a finished `run --preset paper` folder: tabulate its wall "
+                                                           "times, peak memory and accuracies")
+    bn.add_argument("--accuracy-runs", nargs=2, metavar=("BF16_RUN", "FP32_RUN"),
+                    help="two finished run folders differing only in --precision: compare their clean accuracies")
+    bn.add_argument("--compile", action="store_true", default=None,
+                    help="add a 'product + torch.compile' training row (measured slower on a 2-core CPU; helps mainly on GPUs)")
+    bn.add_argument("--out", help="where to write the report (default ./BENCHMARKS.md; the JSON goes beside it)")
+    bn.add_argument("--threads", type=int, help="torch.set_num_threads for the measurements (default: leave as is)")
+    bn.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -178,6 +212,17 @@ def main(argv: list[str] | None = None) -> int:
             written = explain(args.model, args.images, args.out, args.cam_layer, choose_device(args.device),
                               log=lambda line: print(line, file=sys.stderr if line.startswith("notice:") else sys.stdout))
             print(f"wrote {len(written)} file(s) to {args.out}")
+        elif args.command == "bench":
+            import dataclasses
+
+            from gradcam_repro.bench import BenchOptions, run_bench
+
+            fields = {f.name for f in dataclasses.fields(BenchOptions)}
+            options = BenchOptions(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+            if options.accuracy_runs is not None:
+                options.accuracy_runs = tuple(options.accuracy_runs)
+            command = "gradcam-repro " + shlex.join(sys.argv[1:] if argv is None else argv)
+            run_bench(options, command)
         elif args.command == "report":
             from gradcam_repro.experiment import report_run
 

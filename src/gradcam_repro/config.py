@@ -55,6 +55,7 @@ class Config:
     # (e.g. (16, 24, 32)); empty: always 32. Evaluation is always at 32 px.
     train_resolutions: tuple[int, ...] = ()
     precision: str = "auto"  # auto (bf16 where supported) | bf16 | fp32
+    compile: bool = False  # train through torch.compile(model); measured slower on a 2-core CPU, meant for GPUs
 
     # Shortcut: a coloured square pasted on every image of one class.
     bias_class: str | None = None  # None: the dataset's default (frog for CIFAR-10, hbar for shapes)

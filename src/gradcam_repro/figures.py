@@ -196,3 +196,41 @@ def close(fig) -> None:
 
 def show() -> None:
     plt.show()
+
+
+def sanity_cascade(image, maps_by_step: dict[str, torch.Tensor], title):
+    """One row: the (3, H, W) uint8 image, then its (H, W) map in [0, 1] after each randomisation step.
+
+    maps_by_step is ordered like the cascade, e.g. {"original": ..., "fc": ..., "layer4.1": ..., "stem": ...}.
+    """
+    steps = list(maps_by_step)
+    fig, axes = plt.subplots(1, 1 + len(steps), figsize=(1.6 * (1 + len(steps)), 2.0), squeeze=False)
+    _show(axes[0, 0], to_hwc(image), "input")
+    for c, step in enumerate(steps, start=1):
+        _show(axes[0, c], overlay(image, maps_by_step[step]), step)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def deletion_insertion_curves(curves_by_method: dict[str, dict], title):
+    """Mean deletion and insertion curves per method, the area under each mean curve in the legend.
+
+    Each value holds "fractions" (S,) and "deletion", "insertion" (N, S)
+    probabilities, as returned by `faithfulness.deletion_insertion`.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, kind, better in ((axes[0], "deletion", "lower"), (axes[1], "insertion", "higher")):
+        for name, curves in curves_by_method.items():
+            x = curves["fractions"].float()
+            mean = curves[kind].float().mean(dim=0)
+            # The AUC of the mean curve is the mean of the per-image AUCs (the trapezoid rule is linear).
+            ax.plot(x.numpy(), mean.numpy(), label=f"{name} (AUC {torch.trapezoid(mean, x).item():.3f})")
+        ax.set(xlabel=f"fraction of pixels {'deleted' if kind == 'deletion' else 'inserted'}",
+               ylabel="probability of the explained class", xlim=(0, 1), ylim=(0, 1),
+               title=f"{kind} ({better} AUC is more faithful)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

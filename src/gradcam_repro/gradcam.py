@@ -1,8 +1,13 @@
-"""Grad-CAM (Selvaraju et al., 2017), batched: one forward and one backward pass per batch.
+"""Grad-CAM (Selvaraju et al., 2017) and its family, batched: one forward and one backward pass per batch.
 
 For class c and a layer with activations A^k (k = channels), Grad-CAM weights
 each channel by the spatial mean of the gradient of the class logit,
 alpha_k = mean_ij dy^c / dA^k_ij, and the map is ReLU(sum_k alpha_k A^k).
+
+One base class, `BaseCAM`, owns the hooks, the single forward/backward pass and
+the scaling; each method only says how a map is formed from the layer's
+activations and gradients (`cam_from`). Score-CAM replaces gradients by one
+forward pass per channel (batched over channels), Eigen-CAM uses no gradients.
 
 Works on any torch model whose target layer outputs an (N, K, h, w) tensor.
 Hooks exist only for the duration of a call, the model's train/eval mode and
@@ -64,8 +69,8 @@ def upsample_and_scale(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     return up / torch.where(peak > 0, peak, torch.ones_like(peak))
 
 
-class GradCAM:
-    """Batched Grad-CAM at one or more layers of `model`.
+class BaseCAM:
+    """Batched class activation maps at one or more layers of `model`.
 
     >>> with GradCAM(model, "layer4.1.conv2") as cam:
     ...     result = cam(images)            # explains the predicted classes
@@ -76,17 +81,21 @@ class GradCAM:
     With several layers, `per_layer` returns {layer: CAMResult} from one pass.
     `autocast_dtype` (e.g. torch.bfloat16) runs the pass under autocast; the
     default float32 is the reference precision.
+    Subclasses implement `cam_from`; `uses_gradients = False` skips the backward pass.
     """
+
+    name = "base"
+    uses_gradients = True
 
     def __init__(self, model: nn.Module, layers: str | Sequence[str] = DEFAULT_LAYER, autocast_dtype: torch.dtype | None = None):
         self.model = model
         self.layers = [layers] if isinstance(layers, str) else list(layers)
         if not self.layers:
-            raise ValueError("GradCAM needs at least one layer")
+            raise ValueError(f"{type(self).__name__} needs at least one layer")
         self.modules = {name: get_layer(model, name) for name in self.layers}
         self.autocast_dtype = autocast_dtype
 
-    def __enter__(self) -> GradCAM:
+    def __enter__(self) -> BaseCAM:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -95,28 +104,33 @@ class GradCAM:
 
     def __call__(self, images: torch.Tensor, targets=None) -> CAMResult:
         if len(self.layers) != 1:
-            raise ValueError("this GradCAM has several layers; use per_layer()")
+            raise ValueError(f"this {type(self).__name__} has several layers; use per_layer()")
         return self.per_layer(images, targets)[self.layers[0]]
 
-    def cam_from(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    def cam_from(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
         """(N, K, h, w) activations and gradients -> (N, h, w) map before ReLU. The method's seam."""
-        weights = gradients.mean(dim=(2, 3), keepdim=True)
-        return (weights * activations).sum(dim=1)
+        raise NotImplementedError
+
+    def layer_map(self, activations: torch.Tensor, gradients: torch.Tensor | None, images: torch.Tensor,
+                  targets: torch.Tensor) -> torch.Tensor:
+        """The map before ReLU for one layer; methods that need more than (A, dA) (Score-CAM) override this."""
+        return self.cam_from(activations, gradients)
 
     def per_layer(self, images: torch.Tensor, targets=None) -> dict[str, CAMResult]:
         if images.dim() != 4:
             raise ValueError(f"expected (N, C, H, W) images, got shape {tuple(images.shape)}")
         activations: dict[str, torch.Tensor] = {}
+        track = self.uses_gradients
 
         def make_hook(name):
             def hook(module, inputs, output):
                 if not torch.is_tensor(output) or output.dim() != 4:
                     raise ValueError(f"layer {name!r} must output an (N, K, h, w) tensor to be explained")
-                if not output.requires_grad:
+                if track and not output.requires_grad:
                     # Nothing upstream needs gradients: start the graph here, so
                     # backward stops at the earliest explained layer.
                     output = output.detach().requires_grad_(True)
-                activations[name] = output
+                activations[name] = output if track else output.detach()
                 # Downstream in-place ops (e.g. the residual `out += identity`)
                 # must not alter the stored activation.
                 return output.clone()
@@ -130,16 +144,19 @@ class GradCAM:
             with eval_mode(model):
                 for p, _ in grad_flags:
                     p.requires_grad_(False)  # no weight gradients: only d(logit)/d(activation) is needed
-                with torch.enable_grad(), autocast(images.device, self.autocast_dtype):
+                with torch.set_grad_enabled(track), autocast(images.device, self.autocast_dtype):
                     logits = model(images)
                 logits = logits.float()
                 targets = self._check_targets(targets, logits)
                 missing = [n for n in self.layers if n not in activations]
                 if missing:
                     raise ValueError(f"layers {missing} were not used in the forward pass")
-                score = logits.gather(1, targets[:, None]).sum()
                 acts = [activations[n] for n in self.layers]
-                grads = torch.autograd.grad(score, acts, allow_unused=True)
+                if track:
+                    score = logits.gather(1, targets[:, None]).sum()
+                    grads = torch.autograd.grad(score, acts, allow_unused=True)
+                else:
+                    grads = [None] * len(acts)
         finally:
             for h in handles:
                 h.remove()
@@ -150,8 +167,9 @@ class GradCAM:
         results = {}
         for name, act, grad in zip(self.layers, acts, grads):
             act = act.detach().float()
-            grad = torch.zeros_like(act) if grad is None else grad.float()
-            raw = F.relu(self.cam_from(act, grad))
+            if track:
+                grad = torch.zeros_like(act) if grad is None else grad.float()
+            raw = F.relu(self.layer_map(act, grad, images, targets))
             results[name] = CAMResult(upsample_and_scale(raw, size), raw, logits.detach(), targets)
         return results
 
@@ -166,3 +184,139 @@ class GradCAM:
         if len(targets) and (targets.min() < 0 or targets.max() >= num_classes):
             raise ValueError(f"targets must be class indices in [0, {num_classes}), got {targets.tolist()[:10]}")
         return targets
+
+
+def _spatial_sum(x: torch.Tensor) -> torch.Tensor:
+    return x.sum(dim=(2, 3), keepdim=True)
+
+
+class GradCAM(BaseCAM):
+    """Grad-CAM (Selvaraju et al., 2017): channel weights = spatial mean of the gradient."""
+
+    name = "gradcam"
+
+    def cam_from(self, activations, gradients):
+        weights = gradients.mean(dim=(2, 3), keepdim=True)
+        return (weights * activations).sum(dim=1)
+
+
+class GradCAMPlusPlus(BaseCAM):
+    """Grad-CAM++ (Chattopadhay et al., 2018), eq. 19 with the exponential-free closed form.
+
+    alpha_kij = g^2 / (2 g^2 + sum_ab A^k_ab g^3), zero where the gradient is zero;
+    weights w_k = sum_ij alpha_kij ReLU(g_kij).
+    """
+
+    name = "gradcam++"
+    EPS = 1e-6  # keeps the denominator away from zero, as in the reference implementation
+
+    def cam_from(self, activations, gradients):
+        g2 = gradients.pow(2)
+        alpha = g2 / (2 * g2 + _spatial_sum(activations) * g2 * gradients + self.EPS)
+        alpha = torch.where(gradients != 0, alpha, torch.zeros_like(alpha))
+        weights = _spatial_sum(alpha * F.relu(gradients))
+        return (weights * activations).sum(dim=1)
+
+
+class HiResCAM(BaseCAM):
+    """HiResCAM (Draelos & Carin, 2020): element-wise gradient x activation, summed over channels."""
+
+    name = "hirescam"
+
+    def cam_from(self, activations, gradients):
+        return (gradients * activations).sum(dim=1)
+
+
+class XGradCAM(BaseCAM):
+    """XGrad-CAM (Fu et al., 2020): weights = sum_ij g A / sum_ij A."""
+
+    name = "xgradcam"
+    EPS = 1e-7  # as in the reference implementation
+
+    def cam_from(self, activations, gradients):
+        weights = _spatial_sum(gradients * activations / (_spatial_sum(activations) + self.EPS))
+        return (weights * activations).sum(dim=1)
+
+
+class LayerCAM(BaseCAM):
+    """LayerCAM (Jiang et al., 2021): element-wise ReLU(gradient) x activation, summed over channels."""
+
+    name = "layercam"
+
+    def cam_from(self, activations, gradients):
+        return (F.relu(gradients) * activations).sum(dim=1)
+
+
+class EigenCAM(BaseCAM):
+    """Eigen-CAM (Muhammad & Yeasin, 2020): projection of the activations on their first principal component.
+
+    Class-agnostic and gradient-free. The sign of a principal component is
+    arbitrary; like the reference implementation we keep the SVD's sign, so a
+    map can come out inverted (then ReLU leaves only the background).
+    """
+
+    name = "eigencam"
+    uses_gradients = False
+
+    def cam_from(self, activations, gradients):
+        n, k, h, w = activations.shape
+        x = activations.reshape(n, k, h * w).transpose(1, 2)  # (N, hw, K): one row per position
+        x = x - x.mean(dim=1, keepdim=True)
+        _, _, vh = torch.linalg.svd(x, full_matrices=False)
+        return (x @ vh[:, 0, :, None]).reshape(n, h, w)
+
+
+class ScoreCAM(BaseCAM):
+    """Score-CAM (Wang et al., 2020): each channel weighted by the class score of the input masked by it.
+
+    Each activation map is upsampled (bilinear, corners aligned as in the
+    reference), min-max scaled to [0, 1] and multiplied into the normalised
+    input; the target logits of those N*K masked inputs, softmaxed over the
+    channels, are the weights. Forward passes only, `batch_size` masked images
+    at a time: K times the cost of one prediction per image.
+    """
+
+    name = "scorecam"
+    uses_gradients = False
+    EPS = 1e-8  # as in the reference implementation
+
+    def __init__(self, model, layers=DEFAULT_LAYER, autocast_dtype=None, batch_size: int = 512):
+        super().__init__(model, layers, autocast_dtype)
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def layer_map(self, activations, gradients, images, targets):
+        n, k = activations.shape[:2]
+        scores = torch.empty(n, k, device=activations.device)
+        per_chunk = max(1, self.batch_size // k)  # images whose K masked copies go through together
+        with eval_mode(self.model):
+            for s in range(0, n, per_chunk):
+                up = F.interpolate(activations[s:s + per_chunk], size=images.shape[-2:], mode="bilinear", align_corners=True)
+                low, high = up.amin(dim=(2, 3), keepdim=True), up.amax(dim=(2, 3), keepdim=True)
+                masks = (up - low) / (high - low + self.EPS)
+                masked = (images[s:s + per_chunk, None] * masks[:, :, None].to(images.dtype)).flatten(0, 1)
+                chunk_targets = targets[s:s + per_chunk].repeat_interleave(k)
+                out = []
+                for start in range(0, len(masked), self.batch_size):
+                    x = masked[start:start + self.batch_size].contiguous(memory_format=torch.channels_last)
+                    with autocast(images.device, self.autocast_dtype):
+                        logits = self.model(x).float()
+                    out.append(logits.gather(1, chunk_targets[start:start + self.batch_size, None])[:, 0])
+                scores[s:s + per_chunk] = torch.cat(out).view(-1, k)
+        weights = torch.softmax(scores, dim=1)[:, :, None, None]
+        return (weights * activations).sum(dim=1)
+
+
+# Every CAM method by its CLI name (`--cam`), in the order reports list them.
+CAM_METHODS: dict[str, type[BaseCAM]] = {
+    cls.name: cls for cls in (GradCAM, GradCAMPlusPlus, HiResCAM, XGradCAM, LayerCAM, ScoreCAM, EigenCAM)
+}
+CAM_DISPLAY_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM", "xgradcam": "XGrad-CAM",
+                     "layercam": "LayerCAM", "scorecam": "Score-CAM", "eigencam": "Eigen-CAM"}
+
+
+def make_cam(method: str, model: nn.Module, layers: str | Sequence[str], autocast_dtype: torch.dtype | None = None) -> BaseCAM:
+    """The CAM method named `method` (a key of CAM_METHODS) on `model` at `layers`."""
+    if method not in CAM_METHODS:
+        raise UserError(f"unknown CAM method {method!r}; fix: use one of {', '.join(CAM_METHODS)}")
+    return CAM_METHODS[method](model, layers, autocast_dtype=autocast_dtype)

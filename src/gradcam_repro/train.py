@@ -82,6 +82,7 @@ def train_model(
     progress: bool = True,
     resume: dict | None = None,
     on_epoch_end: Callable[[dict], None] | None = None,
+    max_steps: int | None = None,
 ) -> list[dict]:
     """Train `model` in place on (N, 3, 32, 32) uint8 `images` with (N,) int64 `labels`.
 
@@ -90,9 +91,15 @@ def train_model(
     After each epoch `on_epoch_end(state)` receives everything needed to resume
     (model, optimiser, scheduler and shuffling-RNG states, epoch, history);
     passing that `state` back as `resume` continues exactly where it stopped.
+    `max_steps` (for benchmarks) ends each epoch after that many batches; the
+    epoch's record then counts only the images actually seen. With
+    `config.compile` the steps run through `torch.compile(model)`, which shares
+    `model`'s parameters.
     """
     from tqdm.auto import tqdm
 
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     generator = torch.Generator().manual_seed(config.seed)
     images = images.to(device)
     labels = labels.to(device)
@@ -100,6 +107,10 @@ def train_model(
     n = len(labels)
     steps_per_epoch = math.ceil(n / config.batch_size)
     optimizer, scheduler = make_optimizer(model, config, steps_per_epoch * config.epochs)
+    # The schedule still spans full epochs: a capped epoch does the same per-step work as the start of a real one.
+    steps = steps_per_epoch if max_steps is None else min(steps_per_epoch, max_steps)
+    seen = min(n, steps * config.batch_size)
+    net = torch.compile(model) if config.compile else model
     history, first_epoch = [], 1
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -116,8 +127,8 @@ def train_model(
         offsets, flips = sample_augmentation(n, generator)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
-        bar = tqdm(total=n, desc=f"epoch {epoch}/{config.epochs}", unit="img", leave=False, disable=not progress or None)
-        for step in range(steps_per_epoch):
+        bar = tqdm(total=seen, desc=f"epoch {epoch}/{config.epochs}", unit="img", leave=False, disable=not progress or None)
+        for step in range(steps):
             idx = order[step * config.batch_size:(step + 1) * config.batch_size]
             x = images[idx.to(device)]
             if config.augment:
@@ -128,7 +139,7 @@ def train_model(
             x = x.contiguous(memory_format=torch.channels_last)
             y = labels[idx.to(device)]
             with autocast(device, amp_dtype):
-                logits = model(x)
+                logits = net(x)
                 loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -140,14 +151,14 @@ def train_model(
                 _diverged(epoch, step, config)
             bar.update(len(idx))
         bar.close()
-        mean_loss = loss_sum.item() / n
+        mean_loss = loss_sum.item() / seen
         if not math.isfinite(mean_loss):
-            _diverged(epoch, steps_per_epoch, config)
+            _diverged(epoch, steps, config)
         train_s = time.perf_counter() - start
         record = {
             "epoch": epoch,
             "loss": mean_loss,
-            "train_acc": correct.item() / n,
+            "train_acc": correct.item() / seen,
             "test_acc": evaluate(model) if evaluate is not None else float("nan"),
             "lr": optimizer.param_groups[0]["lr"],
             "train_px": side,
@@ -160,7 +171,7 @@ def train_model(
                           "scheduler": scheduler.state_dict(), "generator": generator.get_state(), "history": history})
         log(
             f"epoch {epoch}/{config.epochs}  loss {record['loss']:.4f}  train acc {record['train_acc']:.3f}  "
-            f"clean test acc {record['test_acc']:.3f}  {record['seconds']:.1f} s ({n / train_s:.0f} img/s at {side} px)"
+            f"clean test acc {record['test_acc']:.3f}  {record['seconds']:.1f} s ({seen / train_s:.0f} img/s at {side} px)"
         )
     model.eval()
     return history

@@ -1,0 +1,203 @@
+"""`gradcam-repro bench`: its references are what they claim to be, and its report holds what it promises.
+
+Everything runs on tiny settings (a few images, one or two steps, one thread);
+the numbers are not benchmarks, only the plumbing and the references are checked.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from gradcam_repro import bench
+from gradcam_repro.cli import build_parser, config_from_args, main
+from gradcam_repro.config import Config
+from gradcam_repro.evaluate import compute_cams
+from gradcam_repro.model import normalize, resnet18_cifar
+from gradcam_repro.train import random_crop_flip, train_model
+
+TINY = ["--repeats", "1", "--warmup-steps", "1", "--train-steps", "1", "--batch-size", "8", "--cam-batch", "4",
+        "--threads", "1"]
+
+
+@pytest.fixture
+def one_thread():
+    """The bench sets torch's thread count; put it back for the tests that follow."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def random_images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+# --------------------------------------------------------------------------- the references are fair
+
+
+def test_naive_transform_draws_from_the_same_augmentations_as_the_product():
+    image = random_images(1)[0]
+    # Every crop offset (0..8 px each way) with and without flip, through the product's batched augmentation.
+    offsets = torch.cartesian_prod(torch.arange(9), torch.arange(9)).repeat(2, 1)
+    flips = torch.arange(162) >= 81
+    candidates = normalize(random_crop_flip(image.expand(162, -1, -1, -1), offsets, flips))
+    transform = bench.naive_transform()
+    matched = set()
+    for seed in range(8):
+        torch.manual_seed(seed)
+        out = transform(Image.fromarray(image.permute(1, 2, 0).numpy()))
+        distance = (candidates - out).abs().amax(dim=(1, 2, 3))
+        assert distance.min() < 1e-5, f"seed {seed}: not one of the product's crops/flips"
+        matched.add(int(distance.argmin()))
+    assert len(matched) >= 3  # the draws really vary, so the match above is not the identity crop every time
+
+
+def test_per_image_loop_is_the_same_grad_cam_as_the_product():
+    torch.manual_seed(0)
+    model = resnet18_cifar().eval()
+    images, targets = random_images(4, seed=1), torch.tensor([0, 3, 6, 9])
+    ours = compute_cams(model, images, "layer4.1.conv2", torch.device("cpu"), targets=targets)["layer4.1.conv2"]["maps"]
+    theirs = bench.per_image_gradcam(model, normalize(images), targets, "layer4.1.conv2")
+    assert (ours.amax(dim=(1, 2)) > 0).sum() >= 2  # non-zero maps, or the comparison proves little
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+# --------------------------------------------------------------------------- train_model(max_steps=...)
+
+
+def counting_net() -> tuple[nn.Module, list[int]]:
+    seen: list[int] = []
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+    net.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
+    return net, seen
+
+
+@pytest.mark.parametrize("n_images, epochs, max_steps, expected_per_epoch", [(100, 1, 2, 16), (100, 2, 2, 16), (20, 1, 5, 20)])
+def test_max_steps_stops_each_epoch_after_that_many_batches(n_images, epochs, max_steps, expected_per_epoch):
+    net, seen = counting_net()
+    images, labels = random_images(n_images), torch.arange(n_images) % 10
+    history = train_model(net, images, labels, Config(epochs=epochs, batch_size=8), torch.device("cpu"), None,
+                          log=lambda s: None, progress=False, max_steps=max_steps)
+    assert sum(seen) == epochs * expected_per_epoch
+    assert [h["epoch"] for h in history] == list(range(1, epochs + 1))
+    for record in history:
+        # Accuracy is counted over the images seen, so it is a whole number of them.
+        correct = record["train_acc"] * expected_per_epoch
+        assert abs(correct - round(correct)) < 1e-9 and torch.isfinite(torch.tensor(record["loss"]))
+
+
+def test_compile_flag_trains_through_torch_compile(monkeypatch):
+    calls = []
+
+    def fake_compile(model):
+        calls.append(model)
+        return lambda x: model(x)  # a wrapper that shares the parameters, as torch.compile's does
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    net, seen = counting_net()
+    before = [p.detach().clone() for p in net.parameters()]
+    train_model(net, random_images(16), torch.arange(16) % 10, Config(epochs=1, batch_size=8, compile=True),
+                torch.device("cpu"), None, log=lambda s: None, progress=False)
+    assert calls == [net] and sum(seen) == 16
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    assert config_from_args(build_parser().parse_args(["run", "--compile"])).compile is True
+    assert config_from_args(build_parser().parse_args(["run"])).compile is False
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def fake_run(folder, precision: str, acc: float, end_to_end_s: float, **config):
+    """A run folder holding just the metrics.json fields the bench reads."""
+    folder.mkdir(parents=True)
+    history = [{"epoch": 1, "seconds": 600.0, "train_seconds": 590.0, "test_acc": acc, "train_px": 32}]
+    metrics = {
+        "config": {"preset": "paper", "out": str(folder), "precision": precision, "lr": 0.01, **config},
+        "precision": "bfloat16" if precision == "bf16" else "float32",
+        "seconds": {"train_baseline": 600.0, "train_biased": 610.0, "evaluate": 120.0, "figures": 5.0,
+                    "end_to_end": end_to_end_s},
+        "peak_rss_mb": 2500.0,
+        "histories": {"baseline": history, "biased": history},
+        "models": {name: {"clean_test_acc": {"mean": acc, "low": acc - 0.01, "high": acc + 0.01}}
+                   for name in ("baseline", "biased")},
+        "environment": {"processor": "test CPU", "cpu_count": 2, "device": "cpu"},
+    }
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+def test_bench_writes_tables_command_and_machine(tmp_path, one_thread, capsys):
+    paper = fake_run(tmp_path / "paper", "bf16", 0.80, end_to_end_s=80 * 60)
+    fp32 = fake_run(tmp_path / "fp32", "fp32", 0.79, end_to_end_s=60 * 60)
+    out = tmp_path / "report" / "BENCHMARKS.md"
+    argv = ["bench", *TINY, "--no-rss", "--out", str(out), "--paper-run", str(paper), "--accuracy-runs", str(paper), str(fp32)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    text = out.read_text()
+    assert "| product fp32 |" in printed and "| per-image loop fp32 |" in printed  # tables printed as measured
+    assert f"`gradcam-repro {' '.join(argv)}`" in text
+    from gradcam_repro.artifacts import environment_info
+
+    assert environment_info()["processor"] in text and "torch / torchvision" in text
+    for heading in ("## 1. Training throughput", "### Training throughput (cpu)", "### Grad-CAM throughput (cpu, 4 images",
+                    "## 3. Peak resident memory", "Not measured (--no-rss)", "## 4. Paper run", "## 5. bf16 vs fp32"):
+        assert heading in text, heading
+    if not torch.cuda.is_available():
+        assert "No GPU in this run" in text
+    # Paper run: 80 min misses the 75 min target by 5; the accuracy runs differ by 1 point and only in precision.
+    assert "paper run: end-to-end wall time | 80.0 min | <= 75 min | **MISS by 5.0 min**" in text
+    assert "+1.00 points" in text and "differ only in `precision`" in text
+    assert "bf16 vs fp32: absolute clean accuracy difference | 1.00 points | <= 1.5 points | **PASS**" in text
+
+    results = json.loads(out.with_suffix(".json").read_text())
+    cpu = results["devices"]["cpu"]
+    training, cams = cpu["training"]["rows"], cpu["gradcam"]["rows"]
+    assert {"product fp32", "naive, 0 workers", "naive, 2 workers"} <= set(training)
+    assert {"product fp32", "per-image loop fp32", "pytorch-grad-cam fp32"} <= set(cams)
+    measured = [row for row in [*training.values(), *cams.values()] if "skipped" not in row]
+    assert len(measured) >= 6 and all(row["median"] > 0 and row["min"] <= row["median"] <= row["max"] for row in measured)
+    reference = cpu["training"]["reference"]
+    assert training[reference]["median"] == max(training[n]["median"] for n in ("naive, 0 workers", "naive, 2 workers"))
+    expected = training["product fp32"]["median"] / training[reference]["median"]
+    assert cpu["training"]["ratios"]["product fp32"] == pytest.approx(expected)
+
+
+def test_accuracy_runs_that_differ_in_more_than_precision_are_flagged(tmp_path):
+    a = fake_run(tmp_path / "a", "bf16", 0.70, 3600, lr=0.01)
+    b = fake_run(tmp_path / "b", "fp32", 0.72, 3600, lr=0.1)
+    result = bench.accuracy_comparison(a, b)
+    assert result["diff_points"] == pytest.approx(-2.0)
+    assert result["other_config_differences"] == {"lr": [0.01, 0.1]}
+    assert result["targets"][0]["verdict"] == "MISS by 0.50 points"
+    assert "not precision alone" in bench.accuracy_markdown(result)
+    assert "Warning" in bench.accuracy_markdown(bench.accuracy_comparison(b, a))  # passed in the wrong order
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--paper-run", "{tmp}/missing"], "--paper-run folder {tmp}/missing does not exist; fix:"),
+    (["--accuracy-runs", "{tmp}", "{tmp}"], "--accuracy-runs folder {tmp} has no metrics.json"),
+    (["--repeats", "0"], "--repeats must be >= 1, got 0"),
+    (["--warmup-steps", "0"], "--warmup-steps must be >= 1"),
+])
+def test_bad_input_is_one_line_exit_2_before_measuring(flags, expected, tmp_path, capsys):
+    out = tmp_path / "BENCHMARKS.md"
+    code = main(["bench", *TINY, "--no-rss", "--out", str(out), *(f.format(tmp=tmp_path) for f in flags)])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert expected.format(tmp=tmp_path) in captured.err
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert captured.out == "" and not out.exists()  # nothing measured, nothing written
+
+
+def test_memory_check_runs_in_a_child_and_reports_peak_rss():
+    options = bench.BenchOptions(rss_images=64, rss_steps=1, threads=1)
+    result = bench.bench_rss(options, torch.device("cpu"), log=lambda s: None)
+    assert "error" not in result, result.get("error")
+    assert result["peak_rss_mb"] > 0
+    assert (result["train_images"], result["test_images"], result["images_seen"]) == (64, 12, 64)
+    assert result["targets"][0]["verdict"] in ("PASS", f"MISS by {result['peak_rss_mb'] - 4096:,.0f} MB")
