@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 
-from gradcam_repro.config import CORNERS, LR_SCHEDULES, MAX_IMAGE_PIXELS, PRECISIONS, PRESETS
+from gradcam_repro.config import CAM_METHOD_NAMES, CORNERS, LR_SCHEDULES, MAX_IMAGE_PIXELS, PRECISIONS, PRESETS
 from gradcam_repro.errors import UserError
 
 COLORS = {"yellow": (255, 255, 0), "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255),
@@ -79,6 +79,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     b.add_argument("--patch-offset", type=int, help="distance of the patch from the corner in px (default 0)")
     b.add_argument("--bias-fraction", type=float, help="fraction of the class's training images patched, in [0, 1] (default 1.0)")
     e = p.add_argument_group("explanation and output")
+    e.add_argument("--cam", choices=CAM_METHOD_NAMES, help="CAM method for the figures and scores (default gradcam; "
+                   "scorecam costs one forward pass per channel, ~500x gradcam at layer4)")
     e.add_argument("--cam-layer", help="Grad-CAM target layer as a dotted path (default layer4.1.conv2 = the seed's "
                                        "layer4[-1].conv2; e.g. layer4, layer3, layer3.1.conv2, layer2)")
     e.add_argument("--cam-batch-size", type=int, help="images per Grad-CAM forward/backward pass (default 256)")
@@ -113,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-root", help="where the data is, if not where the run found it")
     ev.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     ev.add_argument("--cam-layer", help="Grad-CAM layer to report on (default: the run's)")
+    ev.add_argument("--cam", choices=CAM_METHOD_NAMES, help="CAM method (default: the run's)")
     ev.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
     ex = sub.add_parser("explain", help="Grad-CAM overlays and top-3 predictions for your own images with a saved model",
                         description="Explain your own image files with the models of a run (or one model.pt). Images "
@@ -120,14 +123,30 @@ def build_parser() -> argparse.ArgumentParser:
                                     f"above {MAX_IMAGE_PIXELS:,} pixels are refused.")
     ex.add_argument("model", metavar="RUN_OR_MODEL", help="runs/<name> (both models), runs/<name>/biased, or a model.pt")
     ex.add_argument("images", metavar="IMAGE", nargs="+", help="PNG or JPEG files")
-    ex.add_argument("--out", default="explanations", help="folder for <image>_gradcam.png (default: ./explanations)")
+    ex.add_argument("--out", default="explanations", help="folder for <image>_<method>.png (default: ./explanations)")
     ex.add_argument("--cam-layer", default="layer4.1.conv2", help="Grad-CAM layer (default layer4.1.conv2)")
-    ex.add_argument("--cam", choices=["gradcam"], default="gradcam", help="CAM method (default gradcam)")
+    ex.add_argument("--cam", choices=CAM_METHOD_NAMES, default="gradcam", help="CAM method (default gradcam)")
     ex.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ex.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
     rep = sub.add_parser("report", help="rebuild summary.md and REPORT.md from a run's metrics.json (seconds)")
     rep.add_argument("run_dir", metavar="RUN_DIR", help="folder written by `gradcam-repro run`")
     rep.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+    cmp = sub.add_parser("compare", help="every CAM method x layer and pixel-space baselines on a finished run: "
+                                         "shortcut evidence, shapes localisation, sanity check, deletion/insertion",
+                         description="Measure Grad-CAM, Grad-CAM++, HiResCAM, XGrad-CAM, LayerCAM, Score-CAM, Eigen-CAM "
+                                     "at each layer of the sweep, and Saliency, Input x Gradient and Integrated "
+                                     "Gradients (Captum), on RUN_DIR's models; writes RUN_DIR/methods.json, figures "
+                                     "and a section of REPORT.md.")
+    cmp.add_argument("run_dir", metavar="RUN_DIR", help="folder written by `gradcam-repro run`")
+    cmp.add_argument("--shapes-run", help="a run made with --dataset shapes: adds localisation against object masks")
+    cmp.add_argument("--methods", nargs="+", metavar="METHOD", help="subset of methods (default: all)")
+    cmp.add_argument("--images", type=int, default=100, help="images per scored set (default 100)")
+    cmp.add_argument("--scorecam-images", type=int, default=8, help="of those, how many Score-CAM explains (default 8)")
+    cmp.add_argument("--sanity-images", type=int, default=16, help="images in the randomisation cascade (default 16)")
+    cmp.add_argument("--faithfulness-images", type=int, default=64, help="images for deletion/insertion (default 64)")
+    cmp.add_argument("--data-root", help="where the data is, if not where the run found it")
+    cmp.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    cmp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
     _add_bench_parser(sub)
     return parser
 
@@ -203,13 +222,13 @@ def main(argv: list[str] | None = None) -> int:
             _headless()
             from gradcam_repro.experiment import evaluate_run
 
-            evaluate_run(args.run_dir, data_root=args.data_root, device=args.device, cam_layer=args.cam_layer)
+            evaluate_run(args.run_dir, data_root=args.data_root, device=args.device, cam_layer=args.cam_layer, cam=args.cam)
         elif args.command == "explain":
             _headless()
             from gradcam_repro.explain import explain
             from gradcam_repro.runtime import choose_device
 
-            written = explain(args.model, args.images, args.out, args.cam_layer, choose_device(args.device),
+            written = explain(args.model, args.images, args.out, args.cam_layer, choose_device(args.device), method=args.cam,
                               log=lambda line: print(line, file=sys.stderr if line.startswith("notice:") else sys.stdout))
             print(f"wrote {len(written)} file(s) to {args.out}")
         elif args.command == "bench":
@@ -223,6 +242,12 @@ def main(argv: list[str] | None = None) -> int:
                 options.accuracy_runs = tuple(options.accuracy_runs)
             command = "gradcam-repro " + shlex.join(sys.argv[1:] if argv is None else argv)
             run_bench(options, command)
+        elif args.command == "compare":
+            _headless()
+            from gradcam_repro.compare import compare_methods
+
+            compare_methods(args.run_dir, args.shapes_run, args.methods, args.images, args.scorecam_images,
+                            args.sanity_images, args.faithfulness_images, args.device, args.data_root)
         elif args.command == "report":
             from gradcam_repro.experiment import report_run
 

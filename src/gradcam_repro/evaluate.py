@@ -11,7 +11,7 @@ from torch import nn
 
 from gradcam_repro import metrics
 from gradcam_repro.bias import inject_patch
-from gradcam_repro.gradcam import GradCAM
+from gradcam_repro.gradcam import make_cam
 from gradcam_repro.model import normalize
 from gradcam_repro.runtime import autocast, eval_mode
 
@@ -49,14 +49,15 @@ def compute_cams(
     targets: torch.Tensor | None = None,
     batch_size: int = 256,
     amp_dtype: torch.dtype | None = None,
+    method: str = "gradcam",
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """Grad-CAM for (N, 3, H, W) uint8 `images` at each layer, one forward/backward per batch.
+    """CAMs (Grad-CAM by default, any of gradcam.CAM_METHODS) for (N, 3, H, W) uint8 `images` at each layer.
 
-    Returns {layer: {"maps": (N, H, W) in [0, 1], "raw": (N, h, w) >= 0,
-    "targets": (N,) int64, "logits": (N, C)}}, all on the CPU. `targets` None
-    explains the predicted class.
+    One forward/backward per batch for all layers. Returns {layer: {"maps": (N, H, W)
+    in [0, 1], "raw": (N, h, w) >= 0, "targets": (N,) int64, "logits": (N, C)}}, all
+    on the CPU. `targets` None explains the predicted class.
     """
-    cam = GradCAM(model, layers, autocast_dtype=amp_dtype)
+    cam = make_cam(method, model, layers, autocast_dtype=amp_dtype)
     parts: dict[str, dict[str, list]] = {name: {"maps": [], "raw": [], "targets": [], "logits": []} for name in cam.layers}
     for start in range(0, len(images), batch_size):
         x = normalize(images[start:start + batch_size].to(device)).contiguous(memory_format=torch.channels_last)
@@ -118,13 +119,14 @@ def measure_shortcut(
     cam_images: int | None = None,
     cam_batch_size: int = 256,
     masks: torch.Tensor | None = None,
+    method: str = "gradcam",
 ) -> tuple[dict, dict]:
     """Every number of the shortcut study, computed the same way for each model.
 
     images: (N, 3, H, W) uint8 clean test images with (N,) labels; `target` is the
     shortcut class. Returns (metrics, examples): metrics is JSON-ready (each mean
     or rate as {"mean", "low", "high", "n"}); examples holds tensors for figures.
-    CAMs always explain the target class's logit, in float32.
+    CAMs (`method`, Grad-CAM by default) always explain the target class's logit, in float32.
     """
     is_target = labels == target
     chosen = seeded_cap(torch.arange(len(labels)), cam_images, seed)  # images scored against their masks
@@ -169,13 +171,14 @@ def measure_shortcut(
         m["cam"] = {layer: {} for layer in layers}
         for set_name, batch in sets.items():
             cams = compute_cams(model, batch, layers, device, targets=torch.full((len(batch),), target),
-                                batch_size=cam_batch_size)
+                                batch_size=cam_batch_size, method=method)
             for layer in layers:
                 m["cam"][layer][set_name] = score_maps(cams[layer]["maps"], box, seed)
             if set_name == "patched_target":
                 examples["patched_target_maps"][name] = {layer: cams[layer]["maps"] for layer in layers}
         if masks is not None:  # localisation against the true object masks (shapes)
-            cams = compute_cams(model, images[chosen], layers, device, targets=labels[chosen], batch_size=cam_batch_size)
+            cams = compute_cams(model, images[chosen], layers, device, targets=labels[chosen], batch_size=cam_batch_size,
+                                method=method)
             m["localisation"] = {layer: score_maps(cams[layer]["maps"], None, seed, masks=masks[chosen]) for layer in layers}
         m["verdict"] = metrics.verdicts(m, uniform_box)
         examples["flipped"][name] = flipped

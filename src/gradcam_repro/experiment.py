@@ -25,7 +25,7 @@ from gradcam_repro.config import Config
 from gradcam_repro.data import CIFAR10_CLASSES, ImageData, load_cifar10, load_shapes, resolve_data_root, stratified_subset
 from gradcam_repro.errors import UserError
 from gradcam_repro.evaluate import accuracy, compute_cams, measure_shortcut, predict_logits
-from gradcam_repro.gradcam import get_layer
+from gradcam_repro.gradcam import CAM_DISPLAY_NAMES, get_layer
 from gradcam_repro.model import load_model, resnet18_cifar, save_model
 from gradcam_repro.runtime import autocast_dtype, choose_device, seed_everything
 from gradcam_repro.train import train_model
@@ -217,6 +217,10 @@ def make_figures(p: Prepared, models: dict, histories: dict, shortcut: dict, exa
     out = Path(cfg.out_dir)
     layer, n, target, cls = cfg.cam_layer, cfg.figure_images, p.target, cfg.bias_class
     written = []
+    method = CAM_DISPLAY_NAMES[cfg.cam]
+
+    def cams_of(*args, **kwargs):
+        return compute_cams(*args, method=cfg.cam, **kwargs)
 
     def save(fig, rel):
         artifacts.save_figure(fig, out / rel)
@@ -227,34 +231,35 @@ def make_figures(p: Prepared, models: dict, histories: dict, shortcut: dict, exa
     # Baseline: correctly classified clean test images, a variety of classes.
     idx = _first_per_class(d.test_labels, examples["predictions"]["baseline"]["clean"] == d.test_labels, n)
     if len(idx):
-        cam = compute_cams(models["baseline"], d.test_images[idx], layer, p.device)[layer]
+        cam = cams_of(models["baseline"], d.test_images[idx], layer, p.device)[layer]
         save(figures.cam_grid(d.test_images[idx], cam["maps"], d.test_labels[idx], cam["targets"], d.classes,
-                              f"baseline: correctly classified clean test images, Grad-CAM at {layer}"),
+                              f"baseline: correctly classified clean test images, {method} at {layer}", cam_label=method),
              "baseline/cam_grid.png")
     # Biased model on the biased test set: patched target images, those it calls target first.
     patched = examples["patched_targets"]
     called = examples["predictions"]["biased"]["patched_targets"] == target
     shown = torch.cat([called.nonzero().squeeze(1), (~called).nonzero().squeeze(1)])[:n]
     if len(shown):
-        cam = compute_cams(models["biased"], patched[shown], layer, p.device)[layer]
+        cam = cams_of(models["biased"], patched[shown], layer, p.device)[layer]
         save(figures.cam_grid(patched[shown], cam["maps"], torch.full((len(shown),), target), cam["targets"], d.classes,
                               f"biased model on the biased test set: patched {cls} images "
-                              f"({called.float().mean().item():.0%} predicted {cls}), Grad-CAM at {layer}", box=p.box),
+                              f"({called.float().mean().item():.0%} predicted {cls}), {method} at {layer}", box=p.box,
+                              cam_label=method),
              "biased/cam_grid.png")
     # The same patched target images under both models, explaining each model's prediction.
     k = min(6, len(patched))
     if k:
-        cams = {name: compute_cams(model, patched[:k], layer, p.device)[layer] for name, model in models.items()}
+        cams = {name: cams_of(model, patched[:k], layer, p.device)[layer] for name, model in models.items()}
         save(figures.side_by_side(patched[:k], {nm: c["maps"] for nm, c in cams.items()},
                                   {nm: c["targets"] for nm, c in cams.items()}, d.classes,
-                                  f"patched test {cls} images under both models (Grad-CAM at {layer}; dashed: patch)", box=p.box),
+                                  f"patched test {cls} images under both models ({method} at {layer}; dashed: patch)", box=p.box),
              "figures/side_by_side.png")
         # One patched image across the layers of the sweep, both models.
         layers = sweep_layers(layer)
-        across = {name: compute_cams(model, patched[:1], layers, p.device, targets=torch.tensor([target]))
+        across = {name: cams_of(model, patched[:1], layers, p.device, targets=torch.tensor([target]))
                   for name, model in models.items()}
         save(figures.across_layers(patched[0], {nm: {lay: c[lay]["maps"][0] for lay in layers} for nm, c in across.items()},
-                                   f"one patched {cls} image, Grad-CAM for class '{cls}' at each layer", box=p.box),
+                                   f"one patched {cls} image, {method} for class '{cls}' at each layer", box=p.box),
              "figures/layers_one_image.png")
     # Counterfactual gallery: non-target images, the same with the patch, both models.
     flipped = examples["flipped"]["biased"].nonzero().squeeze(1)[:n]
@@ -263,9 +268,9 @@ def make_figures(p: Prepared, models: dict, histories: dict, shortcut: dict, exa
         preds, maps = {}, {}
         for name, model in models.items():
             preds[name] = (predict_logits(model, originals, p.device).argmax(1), predict_logits(model, pasted, p.device).argmax(1))
-            maps[name] = compute_cams(model, pasted, layer, p.device, targets=torch.full((len(pasted),), target))[layer]["maps"]
+            maps[name] = cams_of(model, pasted, layer, p.device, targets=torch.full((len(pasted),), target))[layer]["maps"]
         save(figures.counterfactual_gallery(originals, pasted, preds, maps, d.classes,
-                                            f"pasting the patch on non-{cls} test images (Grad-CAM for '{cls}' at {layer})", box=p.box),
+                                            f"pasting the patch on non-{cls} test images ({method} for '{cls}' at {layer})", box=p.box),
              "figures/counterfactual_gallery.png")
     for name, history in histories.items():
         save(figures.training_curves({name: history}), f"{name}/training_curves.png")
@@ -294,6 +299,7 @@ def evaluate_and_report(p: Prepared, models: dict, histories: dict, log=print, e
     shortcut, examples = measure_shortcut(
         models, d.test_images, d.test_labels, d.classes, p.target, p.patch, p.box, sweep_layers(cfg.cam_layer),
         p.device, p.amp_dtype, cfg.seed, cfg.counterfactual_images, cfg.cam_images, cfg.cam_batch_size, d.test_masks,
+        method=cfg.cam,
     )
     eval_s = time.perf_counter() - start
     for name, m in shortcut["models"].items():
@@ -321,7 +327,7 @@ def evaluate_and_report(p: Prepared, models: dict, histories: dict, log=print, e
     out = Path(cfg.out_dir)
     artifacts.write_json(out / "metrics.json", metrics)
     artifacts.write_text(out / "summary.md", summary_markdown(metrics))
-    artifacts.write_text(out / "REPORT.md", report_markdown(metrics))
+    artifacts.write_text(out / "REPORT.md", report_markdown(metrics, run_dir=out))
     return metrics
 
 
@@ -380,5 +386,5 @@ def report_run(run_dir: str | Path) -> Path:
         raise UserError(f"{run_dir} has no metrics.json; fix: run `gradcam-repro evaluate {run_dir}` first")
     metrics = artifacts.read_json(path)
     artifacts.write_text(Path(run_dir) / "summary.md", summary_markdown(metrics))
-    artifacts.write_text(Path(run_dir) / "REPORT.md", report_markdown(metrics))
+    artifacts.write_text(Path(run_dir) / "REPORT.md", report_markdown(metrics, run_dir=run_dir))
     return Path(run_dir) / "REPORT.md"

@@ -81,11 +81,11 @@ def top_k(logits: torch.Tensor, classes: tuple[str, ...], k: int = 3) -> list[tu
 
 
 def explain(target: str | Path, images: list[str], out_dir: str | Path, layer: str, device: torch.device,
-            log=print) -> list[Path]:
-    """Write `<out_dir>/<stem>_gradcam.png` per image (input | each model's overlay with its top-3)."""
+            log=print, method: str = "gradcam") -> list[Path]:
+    """Write `<out_dir>/<stem>_<method>.png` per image (input | each model's overlay with its top-3)."""
     from gradcam_repro import figures
     from gradcam_repro.evaluate import compute_cams, predict_logits
-    from gradcam_repro.gradcam import get_layer
+    from gradcam_repro.gradcam import CAM_DISPLAY_NAMES, get_layer
 
     models, classes = load_models_for(target, device)
     for model in models.values():
@@ -101,15 +101,15 @@ def explain(target: str | Path, images: list[str], out_dir: str | Path, layer: s
     maps, tops = {}, {}
     for name, model in models.items():
         logits = predict_logits(model, batch, device)
-        maps[name] = compute_cams(model, batch, layer, device)[layer]["maps"]
+        maps[name] = compute_cams(model, batch, layer, device, method=method)[layer]["maps"]
         tops[name] = [top_k(row, classes) for row in logits]
     written = []
     for i, (path, pixels) in enumerate(loaded):
         for name in models:
             log(f"{path}: {name}: " + ", ".join(f"{c} {p:.2f}" for c, p in tops[name][i]))
         fig = figures.explanation(pixels, {name: maps[name][i] for name in models},
-                                  {name: tops[name][i] for name in models}, f"{path.name}: Grad-CAM at {layer}")
-        out = Path(out_dir) / f"{path.stem}_gradcam.png"
+                                  {name: tops[name][i] for name in models}, f"{path.name}: {CAM_DISPLAY_NAMES[method]} at {layer}")
+        out = Path(out_dir) / f"{path.stem}_{method.replace('+', 'p')}.png"
         artifacts.save_figure(fig, out)
         figures.close(fig)
         written.append(out)

@@ -41,7 +41,7 @@ def _draw_box(ax, box):
         ax.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False, edgecolor="white", lw=1.2, ls="--"))
 
 
-def cam_grid(images, maps, true_labels, pred_labels, classes, title, box=None, pairs_per_row=2):
+def cam_grid(images, maps, true_labels, pred_labels, classes, title, box=None, pairs_per_row=2, cam_label="Grad-CAM"):
     """Pairs of (original | overlay) panels titled 'true: X / pred: Y'."""
     n = len(images)
     rows = max(1, math.ceil(n / pairs_per_row))
@@ -53,7 +53,7 @@ def cam_grid(images, maps, true_labels, pred_labels, classes, title, box=None, p
         _show(ax_img, to_hwc(images[i]), f"true: {classes[int(true_labels[i])]}\npred: {classes[int(pred_labels[i])]}")
         if int(true_labels[i]) != int(pred_labels[i]):
             ax_img.title.set_color("firebrick")
-        _show(ax_cam, overlay(images[i], maps[i]), "Grad-CAM", box)
+        _show(ax_cam, overlay(images[i], maps[i]), cam_label, box)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
@@ -232,5 +232,44 @@ def deletion_insertion_curves(curves_by_method: dict[str, dict], title):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def method_layer_heatmap(methods: dict, names: dict[str, str]):
+    """Heatmaps of mean CAM energy, rows = methods, columns = layers (and "input" for pixel methods).
+
+    Panels: energy in the patch box on patched target images, biased and baseline
+    model; energy in the object mask on shapes (if measured). Cells without a value are blank.
+    """
+    rows = methods["methods"]
+    cols = [*methods["layers"], "input"]
+    panels = [("biased: energy in patch box", methods["shortcut"], "biased"),
+              ("baseline: energy in patch box", methods["shortcut"], "baseline")]
+    if "localisation" in methods:
+        panels.append(("shapes: energy in object mask", methods["localisation"], None))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.45 * len(rows) + 1.8), squeeze=False)
+    for ax, (title, table, model) in zip(axes[0], panels):
+        values = np.full((len(rows), len(cols)), np.nan)
+        for i, method in enumerate(rows):
+            for j, layer in enumerate(cols):
+                cell = table.get(method, {}).get(layer)
+                if cell is not None and model is not None:
+                    cell = cell.get(model)
+                if cell is not None and cell["energy"]["n"] > 0:
+                    values[i, j] = cell["energy"]["mean"]
+        image = ax.imshow(values, cmap="viridis", vmin=0, vmax=max(np.nanmax(values) if np.isfinite(values).any() else 1, 1e-6))
+        for i in range(len(rows)):
+            for j in range(len(cols)):
+                if np.isfinite(values[i, j]):
+                    ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if values[i, j] < 0.6 * np.nanmax(values) else "black")
+        ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(rows)), [names.get(r, r) for r in rows], fontsize=7)
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    uniform = methods["uniform"]
+    fig.suptitle(f"mean energy by method and layer (uniform map: box {uniform['energy_in_box']:.3f}"
+                 + (f", mask {uniform['energy_in_mask']:.3f}" if "energy_in_mask" in uniform else "") + ")", fontsize=10)
     fig.tight_layout()
     return fig

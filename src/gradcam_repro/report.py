@@ -15,6 +15,13 @@ VARIANTS = {
 }
 
 
+def cam_display_name(m: dict) -> str:
+    """The CAM method a run's metrics were computed with, as the papers spell it (runs before --cam: Grad-CAM)."""
+    from gradcam_repro.gradcam import CAM_DISPLAY_NAMES
+
+    return CAM_DISPLAY_NAMES.get(m.get("config", {}).get("cam", "gradcam"), "Grad-CAM")
+
+
 def _pct(x: float) -> str:
     return "n/a" if x != x else f"{100 * x:.1f}%"
 
@@ -56,6 +63,7 @@ def summary_markdown(m: dict) -> str:
     """The short summary: accuracies and where Grad-CAM looks on patched target images."""
     cfg = m["config"]
     cls, layer, uniform = cfg["bias_class"], m["cam_layer"], m["uniform"]["energy_in_box"]
+    cam = cam_display_name(m)
     models = m["models"]
     lines = [f"# gradcam-repro: {cfg['preset']} preset", "", *_header(m), "", "## Accuracy", "",
              f"| model | clean test acc | biased test acc | {cls} recall, clean | {cls} recall, patched |",
@@ -64,8 +72,8 @@ def summary_markdown(m: dict) -> str:
         lines.append(f"| {name} | {_pct(r['clean_test_acc']['mean'])} | {_pct(r['biased_test_acc']['mean'])} | "
                      f"{_pct(r['target_recall_clean']['mean'])} | {_pct(r['target_recall_patched']['mean'])} |")
     counts = ", ".join(f"{r['cam'][layer]['patched_target']['energy']['n']} for {n}" for n, r in models.items())
-    lines += ["", f"## Where Grad-CAM looks on patched test {cls} images", "",
-              f"Mean fraction of Grad-CAM mass inside the patch, over patched test {cls} images each model predicts "
+    lines += ["", f"## Where {cam} looks on patched test {cls} images", "",
+              f"Mean fraction of {cam} mass inside the patch, over patched test {cls} images each model predicts "
               f"as {cls} (n = {counts}), explaining the {cls} logit. A uniform map scores {uniform:.4f} "
               f"({cfg['patch_size'] ** 2}/1024). Configured layer: `{layer}`.", "",
               "| layer | " + " | ".join(models) + " | uniform |", "|---|" + "---|" * len(models) + "---|"]
@@ -82,6 +90,7 @@ def conclusions(m: dict) -> list[str]:
     """Plain sentences generated from the measured numbers (no fixed claims)."""
     cfg = m["config"]
     cls, layer, uniform = cfg["bias_class"], m["cam_layer"], m["uniform"]["energy_in_box"]
+    cam = cam_display_name(m)
     s = m["settings"]
     out = []
     for name, r in m["models"].items():
@@ -95,39 +104,44 @@ def conclusions(m: dict) -> list[str]:
     for name, r in m["models"].items():
         e = r["cam"][layer]["patched_target"]["energy"]
         if e["n"] == 0:
-            out.append(f"The {name} model calls no patched {cls} image {cls}, so Grad-CAM has nothing to score there.")
+            out.append(f"The {name} model calls no patched {cls} image {cls}, so {cam} has nothing to score there.")
             continue
         points = r["verdict"]["points_at_patch"]
-        out.append(f"At the configured layer `{layer}`, the {name} model's Grad-CAM "
+        out.append(f"At the configured layer `{layer}`, the {name} model's {cam} "
                    f"{'points' if points[layer] else 'does not point'} at the patch: mean energy in the patch "
                    f"{e['mean']:.4f} ({e['mean'] / uniform:.1f}x the uniform {uniform:.4f}; rule: lower 95% bound >= "
                    f"{s['points_at_patch_ratio']:g}x uniform).")
         yes = [f"`{x}`" for x, v in points.items() if v]
         no = [f"`{x}`" for x, v in points.items() if not v]
-        out.append(f"For the {name} model, Grad-CAM points at the patch at {', '.join(yes) or 'no layer'}"
+        out.append(f"For the {name} model, {cam} points at the patch at {', '.join(yes) or 'no layer'}"
                    f" and not at {', '.join(no) or 'any other layer'}.")
         relies = r["verdict"]["relies_on_patch"]
         agree = [f"`{x}`" for x, v in r["verdict"]["agrees"].items() if v]
         disagree = [f"`{x}`" for x, v in r["verdict"]["agrees"].items() if not v]
-        out.append(f"Since the {name} model {'relies' if relies else 'does not rely'} on the patch, Grad-CAM's evidence "
+        out.append(f"Since the {name} model {'relies' if relies else 'does not rely'} on the patch, {cam}'s evidence "
                    f"agrees with the counterfactual ground truth at {', '.join(agree) or 'no layer'}"
                    + (f" and contradicts it at {', '.join(disagree)}." if disagree else "."))
     for name, r in m["models"].items():
         if "localisation" in r:
             e = r["localisation"][layer]["energy"]
             u = m["uniform"]["energy_in_mask"]
-            out.append(f"On the shapes test images, the {name} model's Grad-CAM at `{layer}` puts {e['mean']:.3f} of its "
+            out.append(f"On the shapes test images, the {name} model's {cam} at `{layer}` puts {e['mean']:.3f} of its "
                        f"mass on the object mask, {e['mean'] / u:.1f}x a uniform map ({u:.3f}).")
     return out
 
 
-def report_markdown(m: dict) -> str:
-    """REPORT.md: config, environment, data, all tables with CIs, verdicts, figures and conclusions."""
+def report_markdown(m: dict, run_dir=None) -> str:
+    """REPORT.md: config, environment, data, all tables with CIs, verdicts, figures and conclusions.
+
+    With `run_dir`, a methods.json written by `gradcam-repro compare` for the same
+    model files adds the method x layer comparison, sanity check and faithfulness sections.
+    """
     cfg, s = m["config"], m["settings"]
     cls, layer, models = cfg["bias_class"], m["cam_layer"], m["models"]
+    cam = cam_display_name(m)
     u_box, u_point = m["uniform"]["energy_in_box"], m["uniform"]["pointing"]
     pct = lambda st: _ci(st, pct=True)  # noqa: E731
-    lines = [f"# Grad-CAM and the {cls} shortcut: {cfg['preset']} preset", "", *_header(m), "",
+    lines = [f"# {cam} and the {cls} shortcut: {cfg['preset']} preset", "", *_header(m), "",
              f"Every mean and rate carries a 95% {s['bootstrap_method']} bootstrap interval "
              f"({s['bootstrap_resamples']} resamples, seed {cfg['seed']}), written `mean [low, high]`.", "",
              "## Conclusions", "", *[f"- {c}" for c in conclusions(m)], "",
@@ -152,10 +166,10 @@ def report_markdown(m: dict) -> str:
         where = f" (RGB {tuple(spec['color'])}, {spec['corner']})" if spec else ""
         lines.append(f"| {label}{where} | " + " | ".join(pct(models[n]['flip_to_target'][variant]) for n in models) + " |")
     lines += ["", *_figure(m, "figures/counterfactual_gallery.png", "counterfactual gallery"),
-              "## Where Grad-CAM looks: energy in the patch box and pointing game, by layer", "",
+              f"## Where {cam} looks: energy in the patch box and pointing game, by layer", "",
               f"Energy in box: fraction of the map's mass inside the {cfg['patch_size']}x{cfg['patch_size']} patch box "
               f"(uniform map: {u_box:.4f}). Pointing game: the map's maximum lies within {s['pointing_tolerance_px']} px "
-              f"of the box (a map peaking at a random pixel: {u_point:.4f}). Grad-CAM explains the *{cls}* logit.", ""]
+              f"of the box (a map peaking at a random pixel: {u_point:.4f}). {cam} explains the *{cls}* logit.", ""]
     for set_name, label in CAM_SETS.items():
         lines += [f"### {label.format(cls=cls)}", "",
                   "| layer | " + " | ".join(f"{n} energy | {n} pointing" for n in models) + " | uniform energy |",
@@ -170,7 +184,7 @@ def report_markdown(m: dict) -> str:
     lines += [*_figure(m, "figures/layer_sweep.png", "layer sweep"), *_figure(m, "figures/layers_one_image.png", "one image across layers"),
               *_figure(m, "figures/energy_distribution.png", "energy distribution"),
               "## Verdicts", "",
-              f"Rules fixed before measuring: *Grad-CAM points at the patch* when the lower 95% bound of the mean energy in "
+              f"Rules fixed before measuring: *{cam} points at the patch* when the lower 95% bound of the mean energy in "
               f"the box on patched {cls} images called {cls} is at least {s['points_at_patch_ratio']:g}x the uniform "
               f"{u_box:.4f}; *the model relies on the patch* when the lower 95% bound of the flip-to-{cls} rate is at least "
               f"{s['relies_flip_rate']:g}. They agree when both say yes or both say no.", "",
@@ -186,7 +200,7 @@ def report_markdown(m: dict) -> str:
     if any("localisation" in r for r in models.values()):
         u = m["uniform"]["energy_in_mask"]
         lines += ["", "## Localisation against the true object masks (shapes)", "",
-                  f"Clean test images, Grad-CAM for the true class; energy in mask (uniform map: mean mask area {u:.4f}) "
+                  f"Clean test images, {cam} for the true class; energy in mask (uniform map: mean mask area {u:.4f}) "
                   "and pointing game (maximum on the mask).", "",
                   "| layer | " + " | ".join(f"{n} energy in mask | {n} pointing" for n in models) + " |",
                   "|---|" + "---|---|" * len(models)]
@@ -201,4 +215,86 @@ def report_markdown(m: dict) -> str:
               f"`gradcam-repro run --preset {cfg['preset']}` with the config in `baseline/config.json` "
               "(every value can be passed as a flag); `gradcam-repro evaluate RUN` recomputes these numbers from the "
               "saved checkpoints and `gradcam-repro report RUN` rebuilds this file from `metrics.json`.", ""]
+    if run_dir is not None:
+        lines += methods_section(run_dir)
     return "\n".join(lines)
+
+
+def methods_section(run_dir) -> list[str]:
+    """The `gradcam-repro compare` section, if RUN/methods.json exists and measured the current model files."""
+    from pathlib import Path
+
+    from gradcam_repro import artifacts
+    from gradcam_repro.compare import model_fingerprints
+
+    path = Path(run_dir) / "methods.json"
+    if not path.is_file():
+        return []
+    c = artifacts.read_json(path)
+    if c.get("models") != model_fingerprints(run_dir):
+        return ["## Which method and layer see the shortcut", "",
+                f"`{path.name}` was measured on other model files (the run was retrained); "
+                f"rerun `gradcam-repro compare {run_dir}`.", ""]
+    return methods_markdown(c)
+
+
+def methods_markdown(c: dict) -> list[str]:
+    """Markdown of a methods.json: method x layer table, sanity check, deletion/insertion AUCs."""
+    from gradcam_repro.compare import DISPLAY_NAMES
+
+    st, u = c["settings"], c["uniform"]
+    name = lambda k: DISPLAY_NAMES.get(k, k)  # noqa: E731
+    has_loc = "localisation" in c
+    lines = ["## Which method and layer see the shortcut (`gradcam-repro compare`)", "",
+             f"Patched test images each model calls the target class, explained for that class: energy in the patch box "
+             f"(uniform map {u['energy_in_box']:.4f}) and pointing game (random peak {u['pointing']:.4f}); "
+             f"{st['images']} images per model (Score-CAM: the first {st['scorecam_images']}, it costs one forward pass "
+             "per channel). *Flags* = the biased model's energy is at least 2x uniform at its lower 95% bound and above "
+             "the baseline model's upper bound."
+             + (f" Localisation: energy in the true object mask on shapes test images (uniform {u['energy_in_mask']:.4f})."
+                if has_loc else ""), "",
+             *(["![method x layer](figures/methods_layers.png)", ""] if "figures/methods_layers.png" in c.get("figures", []) else []),
+             "| method | layer | biased: energy in box | biased: pointing | baseline: energy in box | baseline: pointing | flags |"
+             + (" shapes: energy in mask |" if has_loc else ""),
+             "|---|---|---|---|---|---|---|" + ("---|" if has_loc else "")]
+    for method in c["methods"]:
+        for layer, by_model in c["shortcut"][method].items():
+            cells = []
+            for model in ("biased", "baseline"):
+                r = by_model.get(model)
+                cells += [f"{_ci(r['energy'])} (n={r['energy']['n']})", _ci(r["pointing"])] if r else ["n/a", "n/a"]
+            flag = "**yes**" if c["flags_shortcut"][method][layer] else "no"
+            loc = c.get("localisation", {}).get(method, {}).get(layer)
+            extra = [(f"{_ci(loc['energy'])} (n={loc['energy']['n']})" if loc else "n/a")] if has_loc else []
+            lines.append(f"| {name(method)} | `{layer}` | " + " | ".join([*cells, flag, *extra]) + " |")
+    flagged = [f"{name(m)} at `{lay}`" for m, by in c["flags_shortcut"].items() for lay, f in by.items() if f]
+    lines += ["", f"Pairs that flag the shortcut: {', '.join(flagged) if flagged else 'none'}.", "",
+              "## Sanity check: cascading model parameter randomisation (Adebayo et al., 2018)", "",
+              f"The baseline model's weights are re-initialised from the classifier down to the stem; after each step the "
+              f"maps of {st['sanity_images']} clean test images (true class; Score-CAM: the first {st['scorecam_images']}) "
+              "are compared with the original maps (Spearman rank correlation, SciPy; SSIM, scikit-image). A method "
+              f"*passes* when the upper 95% bound of the mean Spearman correlation is below {st['sanity_max_spearman']} at "
+              "the step that randomises the block holding its layer (pixel methods: the classifier).", "",
+              "| method | layer | deciding step | Spearman there | SSIM there | passes | mean Spearman per step (fc → stem) |",
+              "|---|---|---|---|---|---|---|"]
+    for method, r in c["sanity"].items():
+        v = r["verdict"]
+        per_step = ", ".join(f"{s['spearman']['mean']:.2f}" for s in r["steps"])
+        lines.append(f"| {name(method)} | `{r['layer']}` | {v['step']} | {_ci(v['spearman'])} | {_ci(v['ssim'])} | "
+                     f"{'yes' if v['passes'] else '**no**'} | {per_step} |")
+    sanity_figs = [f for f in c.get("figures", []) if f.startswith("figures/sanity_")]
+    lines += ["", *[f"![sanity]({f})" for f in sanity_figs[:1]], "",
+              *(["Cascade figures: " + ", ".join(f"[{f}]({f})" for f in sanity_figs), ""] if sanity_figs else []),
+              "## Faithfulness: deletion and insertion (Petsiuk et al., 2018)", "",
+              f"{st['faithfulness_images']} seeded clean test images, the baseline model's predicted class; "
+              f"{st['pixels_per_step']} pixels per step, most salient first. Deletion sets pixels to the "
+              f"{st['deletion_baseline']}; insertion starts from a {st['insertion_canvas']} of the image. Lower deletion "
+              "AUC and higher insertion AUC are better; *random map* is the chance baseline.", "",
+              "| method | deletion AUC | insertion AUC |", "|---|---|---|"]
+    for method, r in c["faithfulness"].items():
+        lines.append(f"| {name(method)} | {_ci(r['deletion_auc'])} | {_ci(r['insertion_auc'])} |")
+    lines += ["", *(["![deletion and insertion](figures/deletion_insertion.png)", ""]
+                    if "figures/deletion_insertion.png" in c.get("figures", []) else []),
+              f"Measured in {c['seconds']['total']:.0f} s on {c['environment'].get('processor', '?')} "
+              f"({c['environment'].get('device', '?')}).", ""]
+    return lines
