@@ -7,7 +7,7 @@ PYTHON ?= python3
 DATA_ROOT ?= $(or $(GRADCAM_DATA_ROOT),$(if $(wildcard ../shared/data/cifar10-jpg),../shared/data/cifar10-jpg,data))
 PRESET ?= quick
 
-.PHONY: install install-test demo paper test bench
+.PHONY: install install-test demo paper shapes compare bench test
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,16 @@ demo: install
 
 paper: install
 	$(VENV)/bin/gradcam-repro run --preset paper --data-root $(DATA_ROOT)
+
+# The synthetic shapes set (object masks): localisation numbers for `compare`.
+shapes: install
+	$(VENV)/bin/gradcam-repro run --preset $(PRESET) --dataset shapes --out runs/$(PRESET)-shapes
+
+# Every CAM method x layer, pixel baselines, sanity check and deletion/insertion on runs/$(PRESET)
+# (plus localisation when `make shapes` has been run); adds a section to runs/$(PRESET)/REPORT.md.
+compare: install
+	$(VENV)/bin/gradcam-repro compare runs/$(PRESET) --data-root $(DATA_ROOT) \
+		$(if $(wildcard runs/$(PRESET)-shapes/baseline/model.pt),--shapes-run runs/$(PRESET)-shapes)
 
 # Finished runs are added to the benchmark only where they exist.
 BENCH_RUNS := $(if $(wildcard runs/paper/metrics.json),--paper-run runs/paper) \

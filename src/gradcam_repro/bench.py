@@ -544,7 +544,9 @@ def accuracy_comparison(bf16_run: str | Path, fp32_run: str | Path) -> dict:
             raise UserError(f"{run_dir}/metrics.json has no baseline clean accuracy; fix: pass folders written by "
                             "`gradcam-repro run` to --accuracy-runs") from None
         runs[label] = {"run": str(run_dir), "clean_test_acc": acc, "precision": m.get("precision"), "config": m.get("config", {})}
-    a, b = runs["bf16"]["config"], runs["fp32"]["config"]
+    # Runs made before a field existed lack it: compare them as if they had its default.
+    defaults = Config().to_dict()
+    a, b = ({**defaults, **runs[k]["config"]} for k in ("bf16", "fp32"))
     other = {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b)) if k not in PRECISION_ONLY_IGNORED and a.get(k) != b.get(k)}
     diff_points = 100 * (runs["bf16"]["clean_test_acc"] - runs["fp32"]["clean_test_acc"])
     return {
