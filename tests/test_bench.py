@@ -201,3 +201,14 @@ def test_memory_check_runs_in_a_child_and_reports_peak_rss():
     assert result["peak_rss_mb"] > 0
     assert (result["train_images"], result["test_images"], result["images_seen"]) == (64, 12, 64)
     assert result["targets"][0]["verdict"] in ("PASS", f"MISS by {result['peak_rss_mb'] - 4096:,.0f} MB")
+
+
+def test_baseline_accuracy_of_a_run_folder_equals_its_metrics(shapes_run):
+    # The fallback for a folder where only the baseline was trained must be the same
+    # measurement as the run's own clean_test_acc (same test subset, same precision).
+    from gradcam_repro.bench import baseline_accuracy
+
+    metrics = json.loads((shapes_run / "metrics.json").read_text())
+    measured = baseline_accuracy(shapes_run)
+    assert measured["clean_test_acc"] == pytest.approx(metrics["models"]["baseline"]["clean_test_acc"]["mean"], abs=1e-6)  # float32 vs float64 mean
+    assert measured["precision"] == metrics["precision"]

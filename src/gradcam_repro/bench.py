@@ -98,7 +98,8 @@ class BenchOptions:
         if self.paper_run is not None:
             metrics_path(self.paper_run, "--paper-run")
         for run_dir in self.accuracy_runs or ():
-            metrics_path(run_dir, "--accuracy-runs")
+            if not (Path(run_dir) / "baseline" / "model.pt").is_file():  # a finished baseline is enough here
+                metrics_path(run_dir, "--accuracy-runs")
         return self
 
 
@@ -533,10 +534,32 @@ def paper_run_summary(run_dir: str | Path) -> dict:
     }
 
 
+def baseline_accuracy(run_dir: str | Path) -> dict:
+    """Clean accuracy of a finished baseline experiment (RUN/baseline) on the run's test set, in its own precision.
+
+    The same measurement as `metrics.json`'s clean_test_acc, for a folder where only
+    the baseline was trained (e.g. an fp32 reference of the quick preset).
+    """
+    from gradcam_repro.evaluate import accuracy
+    from gradcam_repro.experiment import load_run_config, prepare
+    from gradcam_repro.model import load_model
+
+    config = replace(load_run_config(run_dir), out=str(run_dir))
+    p = prepare(config, log=lambda line: None)
+    model = load_model(Path(run_dir) / "baseline" / "model.pt", len(p.data.classes), p.device)
+    logits = predict_logits(model, p.data.test_images, p.device, amp_dtype=p.amp_dtype)
+    record = artifacts.read_json(Path(run_dir) / "baseline" / "config.json")
+    return {"run": str(run_dir), "clean_test_acc": accuracy(logits, p.data.test_labels),
+            "precision": record.get("precision"), "config": config.to_dict()}
+
+
 def accuracy_comparison(bf16_run: str | Path, fp32_run: str | Path) -> dict:
     """Section 5: baseline clean accuracy of a bf16 and an fp32 run, and whether their configs differ otherwise."""
     runs = {}
     for label, run_dir in (("bf16", bf16_run), ("fp32", fp32_run)):
+        if not (Path(run_dir) / "metrics.json").is_file() and (Path(run_dir) / "baseline" / "model.pt").is_file():
+            runs[label] = baseline_accuracy(run_dir)
+            continue
         m = read_metrics(run_dir, "--accuracy-runs")
         try:
             acc = float(m["models"]["baseline"]["clean_test_acc"]["mean"])
