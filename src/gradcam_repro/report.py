@@ -250,7 +250,7 @@ def methods_markdown(c: dict) -> list[str]:
              f"(uniform map {u['energy_in_box']:.4f}) and pointing game (random peak {u['pointing']:.4f}); "
              f"{st['images']} images per model (Score-CAM: the first {st['scorecam_images']}, it costs one forward pass "
              "per channel). *Flags* = the biased model's energy is at least 2x uniform at its lower 95% bound and above "
-             "the baseline model's upper bound."
+             f"the baseline model's upper bound. Precision: {st.get('precision', 'n/a')}."
              + (f" Localisation: energy in the true object mask on shapes test images (uniform {u['energy_in_mask']:.4f})."
                 if has_loc else ""), "",
              *(["![method x layer](figures/methods_layers.png)", ""] if "figures/methods_layers.png" in c.get("figures", []) else []),
