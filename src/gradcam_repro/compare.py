@@ -182,9 +182,9 @@ def compare_methods(
     # 3. Sanity check: cascading randomisation of the baseline model, clean test images, true class.
     start = time.perf_counter()
     base = models["baseline"]
-    pick = seeded_cap(torch.arange(len(d.test_labels)), sanity_images, seed + 1)
-    x = normalize(d.test_images[pick].to(p.device))
-    t = d.test_labels[pick].to(p.device)
+    sanity_pick = seeded_cap(torch.arange(len(d.test_labels)), sanity_images, seed + 1)
+    x = normalize(d.test_images[sanity_pick].to(p.device))
+    t = d.test_labels[sanity_pick].to(p.device)
     out["sanity"], cascade_maps = {}, {}
     for method in methods:
         n = cap(len(x), method)
@@ -220,8 +220,7 @@ def compare_methods(
         curves[DISPLAY_NAMES[method]] = result
     out["seconds"]["faithfulness"] = time.perf_counter() - start
 
-    sanity_image = d.test_images[seeded_cap(torch.arange(len(d.test_labels)), sanity_images, seed + 1)[:1]]
-    out["figures"] = _figures(run_dir, out, cascade_maps, curves, sanity_image)
+    out["figures"] = _figures(run_dir, out, cascade_maps, curves, d.test_images[sanity_pick[:1]])
     out["seconds"]["total"] = time.perf_counter() - wall
     out["environment"] = artifacts.environment_info(str(p.device))
     artifacts.write_json(run_dir / "methods.json", out)
