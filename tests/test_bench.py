@@ -178,11 +178,59 @@ def test_accuracy_runs_that_differ_in_more_than_precision_are_flagged(tmp_path):
     assert "Warning" in bench.accuracy_markdown(bench.accuracy_comparison(b, a))  # passed in the wrong order
 
 
+def test_accuracy_runs_differing_only_in_evaluation_settings_count_as_precision_only(tmp_path):
+    # Evaluation sample sizes do not touch training, and JSON gives lists where the config holds tuples.
+    a = fake_run(tmp_path / "a", "bf16", 0.70, 3600, cam_images=500, train_resolutions=[16, 24, 32])
+    b = fake_run(tmp_path / "b", "fp32", 0.71, 3600, cam_images=300, train_resolutions=(16, 24, 32))
+    result = bench.accuracy_comparison(a, b)
+    assert result["other_config_differences"] == {}
+    assert "differ only in `precision`" in bench.accuracy_markdown(result)
+    c = fake_run(tmp_path / "c", "fp32", 0.71, 3600, cam_images=300, train_resolutions=[16, 32])
+    assert bench.accuracy_comparison(a, c)["other_config_differences"] == {"train_resolutions": [[16, 24, 32], [16, 32]]}
+
+
+def test_accuracy_check_trains_one_baseline_per_precision_from_the_same_seed(tmp_path, one_thread):
+    torch.set_num_threads(1)
+    lines = []
+    if not bench.autocast_dtype("auto", torch.device("cpu")):
+        # No bf16 on this CPU: the check must say so in one line rather than compare fp32 with itself.
+        with pytest.raises(bench.UserError, match="--precision bf16 is not supported"):
+            bench.train_accuracy_runs(tmp_path, None, "cpu", lines.append, preset="smoke", dataset="shapes")
+        return
+    runs = bench.train_accuracy_runs(tmp_path, None, "cpu", lines.append, preset="smoke", dataset="shapes")
+    assert runs == (str(tmp_path / "smoke-bf16"), str(tmp_path / "smoke-fp32"))
+    result = bench.accuracy_comparison(*runs)
+    assert {k: r["precision"] for k, r in result["runs"].items()} == {"bf16": "bfloat16", "fp32": "float32"}
+    assert result["other_config_differences"] == {}
+    assert all(0.0 <= r["clean_test_acc"] <= 1.0 and r["train_seconds"] > 0 for r in result["runs"].values())
+    assert result["diff_points"] == pytest.approx(100 * (result["runs"]["bf16"]["clean_test_acc"]
+                                                         - result["runs"]["fp32"]["clean_test_acc"]))
+    assert not (tmp_path / "smoke-bf16" / "biased").exists()  # the baseline only
+    # A second call reuses both finished baselines instead of training again.
+    lines.clear()
+    assert bench.train_accuracy_runs(tmp_path, None, "cpu", lines.append, preset="smoke", dataset="shapes") == runs
+    assert sum("reusing the finished experiment" in line for line in lines) == 2
+
+
+def test_time_budget_compares_a_paper_run_with_the_measured_throughput(tmp_path):
+    from gradcam_repro.artifacts import environment_info
+
+    env = {**environment_info("cpu"), "device": "cpu"}
+    paper = {"images_trained": 500_000, "seconds": {"end_to_end": 80 * 60.0}, "environment": env}
+    results = {"paper_run": paper, "machine": env,
+               "devices": {"cpu": {"training": {"rows": {"product bf16": {"median": 125.0}, "product fp32": {"median": 60.0}}}}}}
+    text = bench.paper_time_budget(results)
+    assert "(125.0 img/s)" in text and "take 66.7 min" in text and "80.0 min measured" in text
+    other_machine = {**results, "paper_run": {**paper, "environment": {**env, "processor": "another CPU"}}}
+    assert bench.paper_time_budget(other_machine) is None
+
+
 @pytest.mark.parametrize("flags, expected", [
     (["--paper-run", "{tmp}/missing"], "--paper-run folder {tmp}/missing does not exist; fix:"),
     (["--accuracy-runs", "{tmp}", "{tmp}"], "--accuracy-runs folder {tmp} has no metrics.json"),
     (["--repeats", "0"], "--repeats must be >= 1, got 0"),
     (["--warmup-steps", "0"], "--warmup-steps must be >= 1"),
+    (["--accuracy-check", "{tmp}/acc", "--accuracy-runs", "{tmp}", "{tmp}"], "pass only one of them"),
 ])
 def test_bad_input_is_one_line_exit_2_before_measuring(flags, expected, tmp_path, capsys):
     out = tmp_path / "BENCHMARKS.md"

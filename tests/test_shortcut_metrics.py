@@ -135,3 +135,34 @@ def test_seeded_cap_is_a_deterministic_ordered_subset():
     assert torch.equal(a, seeded_cap(index, 10, seed=3)) and len(a.unique()) == 10
     assert torch.equal(a, a.sort().values) and set(a.tolist()) <= set(index.tolist())
     assert torch.equal(seeded_cap(index, None, 0), index) and torch.equal(seeded_cap(index, 500, 0), index)
+
+
+@pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16])
+def test_shortcut_cams_are_computed_in_the_runs_precision(amp_dtype, monkeypatch):
+    # The maps behind every energy and pointing score use the same precision as the predictions.
+    from torch import nn
+
+    from gradcam_repro import evaluate
+
+    seen = []
+    real = evaluate.compute_cams
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("amp_dtype"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "compute_cams", recording)
+    torch.manual_seed(0)
+    net = nn.Sequential()
+    net.add_module("conv", nn.Conv2d(3, 8, 3, padding=1))
+    net.add_module("pool", nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)))
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(40) % 10
+    patch = {"patch_size": 6, "color": (255, 255, 0), "corner": "top-left", "offset": 0}
+    classes = tuple(f"c{i}" for i in range(10))
+    masks = torch.zeros(40, 32, 32, dtype=torch.bool)
+    masks[:, 8:24, 8:24] = True
+    out, _ = evaluate.measure_shortcut({"net": net}, images, labels, classes, 6, patch, BOX, ["conv"], torch.device("cpu"),
+                                       amp_dtype=amp_dtype, masks=masks)
+    assert len(seen) >= 2 and all(dtype == amp_dtype for dtype in seen)  # the CAM sets and the localisation set
+    assert 0.0 <= out["models"]["net"]["cam"]["conv"]["clean_target"]["energy"]["mean"] <= 1.0

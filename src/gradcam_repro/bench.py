@@ -75,6 +75,7 @@ class BenchOptions:
     no_rss: bool = False
     paper_run: str | None = None
     accuracy_runs: tuple[str, str] | None = None
+    accuracy_check: str | None = None  # folder: train the quick baseline in bf16 and fp32 there, then compare
     compile: bool = False
     out: str = "BENCHMARKS.md"
     threads: int | None = None
@@ -95,6 +96,9 @@ class BenchOptions:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+        if self.accuracy_runs is not None and self.accuracy_check is not None:
+            raise UserError("--accuracy-runs and --accuracy-check both set the bf16-vs-fp32 comparison; "
+                            "fix: pass only one of them")
         if self.paper_run is not None:
             metrics_path(self.paper_run, "--paper-run")
         for run_dir in self.accuracy_runs or ():
@@ -436,7 +440,8 @@ def bench_gradcam(images: torch.Tensor, labels: torch.Tensor, device: torch.devi
     ratios = {name: {"vs_per_image": _ratio(_median(rows, name), loop), "vs_pytorch_grad_cam": _ratio(_median(rows, name), pgc)}
               for name in rows}
     targets = []
-    for name in ("product fp32", "product bf16"):  # fp32 first: what `gradcam-repro run` uses for its CAMs
+    # `gradcam-repro run` computes its CAMs in the run's precision: the bf16 row where bf16 is native, else fp32.
+    for name in ("product fp32", "product bf16"):
         targets.append(check(f"Grad-CAM ({device.type}): {name} / per-image loop", ratios[name]["vs_per_image"],
                              CAM_PER_IMAGE_TARGET_X, True, "x"))
         targets.append(check(f"Grad-CAM ({device.type}): {name} / pytorch-grad-cam", ratios[name]["vs_pytorch_grad_cam"],
@@ -514,6 +519,11 @@ def paper_run_summary(run_dir: str | Path) -> dict:
     train_parts = [v for k, v in seconds.items() if k.startswith("train_") and v is not None and math.isfinite(v)]
     end_to_end = seconds.get("end_to_end")
     peak = m.get("peak_rss_mb")
+    # Time inside the training steps alone (each epoch's `seconds` also holds its test-set check).
+    step_s = [h.get("train_seconds") for history in histories.values() for h in history]
+    n_train = m.get("dataset", {}).get("n_train_used")
+    images_trained = n_train * sum(len(h) for h in histories.values()) if n_train else None
+    steps_total = sum(step_s) if step_s and all(v is not None for v in step_s) else None
     return {
         "run": str(run_dir),
         "preset": m.get("config", {}).get("preset"),
@@ -522,6 +532,9 @@ def paper_run_summary(run_dir: str | Path) -> dict:
                    for name, history in histories.items()},
         "seconds": seconds,
         "train_total_s": sum(train_parts) if train_parts else None,
+        "images_trained": images_trained,
+        "train_steps_s": steps_total,
+        "train_img_per_s": images_trained / steps_total if images_trained and steps_total else None,
         "peak_rss_mb": peak,
         "clean_test_acc": {name: {k: model["clean_test_acc"].get(k) for k in ("mean", "low", "high")}
                            for name, model in m.get("models", {}).items() if "clean_test_acc" in model},
@@ -553,12 +566,44 @@ def baseline_accuracy(run_dir: str | Path) -> dict:
             "precision": record.get("precision"), "config": config.to_dict()}
 
 
+def _training_fields(config: dict) -> dict:
+    """The training-relevant fields of a recorded config, defaults filled in, values as JSON writes them."""
+    known = {k: v for k, v in config.items() if k in Config.__dataclass_fields__}
+    key = Config.from_dict({**Config().to_dict(), **known}).training_key()
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in key.items()}
+
+
+def train_accuracy_runs(folder: str | Path, data_root: str | None, device: str, log=print, preset: str = "quick",
+                        **overrides) -> tuple[str, str]:
+    """Train `preset`'s baseline in bf16 and in fp32 (same seed, same data) under `folder`.
+
+    Returns the two run folders (bf16 first) for `accuracy_comparison`. A finished
+    baseline with the same config and data is reused, as `gradcam-repro run` does.
+    `overrides` are config fields (tests use a tiny preset and dataset).
+    """
+    from gradcam_repro.experiment import prepare, train_experiment
+
+    runs = []
+    for precision in ("bf16", "fp32"):
+        out = Path(folder) / f"{preset}-{precision}"
+        config = preset_config(preset, precision=precision, out=str(out), data_root=data_root, device=device, **overrides)
+        p = prepare(config, log=lambda line: None)
+        train_experiment(p, "baseline", log=lambda line, tag=precision: log(f"  [{tag}] {line}"))
+        runs.append(str(out))
+    return runs[0], runs[1]
+
+
+def _baseline_train_seconds(run_dir: str | Path) -> float | None:
+    path = Path(run_dir) / "baseline" / "config.json"
+    return artifacts.read_json(path).get("train_seconds") if path.is_file() else None
+
+
 def accuracy_comparison(bf16_run: str | Path, fp32_run: str | Path) -> dict:
     """Section 5: baseline clean accuracy of a bf16 and an fp32 run, and whether their configs differ otherwise."""
     runs = {}
     for label, run_dir in (("bf16", bf16_run), ("fp32", fp32_run)):
         if not (Path(run_dir) / "metrics.json").is_file() and (Path(run_dir) / "baseline" / "model.pt").is_file():
-            runs[label] = baseline_accuracy(run_dir)
+            runs[label] = {**baseline_accuracy(run_dir), "train_seconds": _baseline_train_seconds(run_dir)}
             continue
         m = read_metrics(run_dir, "--accuracy-runs")
         try:
@@ -566,10 +611,12 @@ def accuracy_comparison(bf16_run: str | Path, fp32_run: str | Path) -> dict:
         except (KeyError, TypeError, ValueError):
             raise UserError(f"{run_dir}/metrics.json has no baseline clean accuracy; fix: pass folders written by "
                             "`gradcam-repro run` to --accuracy-runs") from None
-        runs[label] = {"run": str(run_dir), "clean_test_acc": acc, "precision": m.get("precision"), "config": m.get("config", {})}
-    # Runs made before a field existed lack it: compare them as if they had its default.
-    defaults = Config().to_dict()
-    a, b = ({**defaults, **runs[k]["config"]} for k in ("bf16", "fp32"))
+        runs[label] = {"run": str(run_dir), "clean_test_acc": acc, "precision": m.get("precision"), "config": m.get("config", {}),
+                       "train_seconds": m.get("seconds", {}).get("train_baseline")}
+    # Only what shapes the trained weights counts; evaluation sample sizes and the like
+    # (config.NOT_TRAINING_FIELDS) do not. Runs made before a field existed lack it: compare
+    # them as if they had its default. Config.from_dict also reads JSON lists back as tuples.
+    a, b = (_training_fields(runs[k]["config"]) for k in ("bf16", "fp32"))
     other = {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b)) if k not in PRECISION_ONLY_IGNORED and a.get(k) != b.get(k)}
     diff_points = 100 * (runs["bf16"]["clean_test_acc"] - runs["fp32"]["clean_test_acc"])
     return {
@@ -599,6 +646,9 @@ def run_bench(options: BenchOptions, command: str, log=print) -> dict:
     # Finished runs are read first: a bad folder fails now, not after the measurements.
     paper = paper_run_summary(options.paper_run) if options.paper_run else None
     accuracy = accuracy_comparison(*options.accuracy_runs) if options.accuracy_runs else None
+    if options.accuracy_check is not None and autocast_dtype("auto", choose_device(options.device)) is None:
+        raise UserError("--accuracy-check compares bf16 with fp32, but this machine has no native bf16; "
+                        "fix: leave --accuracy-check out")
     if options.threads is not None:
         torch.set_num_threads(options.threads)
     devices = bench_devices(options.device)
@@ -635,6 +685,10 @@ def run_bench(options: BenchOptions, command: str, log=print) -> dict:
         log("3. peak resident memory of paper-preset training")
         results["rss"] = bench_rss(options, devices[0], log)
         log(rss_markdown(results["rss"]))
+    if options.accuracy_check is not None:
+        log(f"5. bf16 vs fp32: training the quick preset's baseline twice under {options.accuracy_check}")
+        accuracy = results["accuracy"] = accuracy_comparison(
+            *train_accuracy_runs(options.accuracy_check, options.data_root, options.device, log))
     for text in (paper_markdown(paper) if paper else None, accuracy_markdown(accuracy) if accuracy else None):
         if text:
             log(text)
@@ -725,6 +779,10 @@ def paper_markdown(paper: dict) -> str:
                ["end to end", _seconds(s.get("end_to_end"))
                 + (f" ({s['end_to_end'] / 60:.1f} min)" if s.get("end_to_end") else "")],
                ["peak RSS", "not recorded" if paper["peak_rss_mb"] is None else f"{paper['peak_rss_mb']:,.0f} MB"]]
+    if paper.get("train_img_per_s"):
+        totals.insert(len(names) + 1, ["training steps alone (without the per-epoch test check)",
+                                       f"{_seconds(paper['train_steps_s'])} for {paper['images_trained']:,} images = "
+                                       f"{paper['train_img_per_s']:.1f} img/s"])
     totals += [[f"clean test accuracy, {name}", f"{a['mean']:.4f} (95% CI {a['low']:.4f}–{a['high']:.4f})"]
                for name, a in paper["clean_test_acc"].items()]
     env = paper.get("environment") or {}
@@ -735,17 +793,17 @@ def paper_markdown(paper: dict) -> str:
 
 
 def accuracy_markdown(acc: dict) -> str:
-    rows = [[label, f"`{r['run']}`", str(r["precision"]), f"{100 * r['clean_test_acc']:.2f}%"]
+    rows = [[label, f"`{r['run']}`", str(r["precision"]), f"{100 * r['clean_test_acc']:.2f}%", _seconds(r.get("train_seconds"))]
             for label, r in acc["runs"].items()]
     other = acc["other_config_differences"]
-    same = ("The two configs differ only in `precision` (ignoring `out` and `preset`)." if not other else
+    same = ("The two configs differ only in `precision` (ignoring `out`, `preset` and evaluation-only settings)." if not other else
             "**The configs also differ in** " + ", ".join(f"`{k}` ({a!r} vs {b!r})" for k, (a, b) in other.items())
             + ", so the difference is not precision alone.")
     recorded = (acc["runs"]["bf16"]["precision"], acc["runs"]["fp32"]["precision"])
     if recorded != ("bfloat16", "float32"):
         same += (f" **Warning:** the runs recorded precisions {recorded[0]} and {recorded[1]}, so this is not bf16 "
                  "against fp32 (expected: the bf16 run first, then the fp32 run).")
-    return (_table(["run", "folder", "precision recorded", "baseline clean test acc"], rows)
+    return (_table(["run", "folder", "precision recorded", "baseline clean test acc", "baseline training time"], rows)
             + f"\n\nDifference bf16 − fp32: {acc['diff_points']:+.2f} points. {same}\n\n" + targets_markdown(acc["targets"]))
 
 
@@ -788,7 +846,8 @@ def benchmarks_markdown(results: dict) -> str:
         "on an untrained `resnet18_cifar` (speed does not depend on the weights). **Product**: "
         "`evaluate.compute_cams` (batched `GradCAM`: one forward and one backward pass for the whole batch, uint8 "
         "images in, maps on the CPU out), under bf16 autocast or in fp32; `gradcam-repro run` computes its CAMs in "
-        "fp32. **Per-image loop** (in `bench.py`, the seed's style): a forward hook keeps the activation and "
+        "the run's precision (bf16 autocast where the device has native bf16, as training and predictions; "
+        "`--precision fp32` for fp32). **Per-image loop** (in `bench.py`, the seed's style): a forward hook keeps the activation and "
         "`register_hook` its gradient, backward of the target logit, channel weights = spatial mean of the gradient, "
         "ReLU, bilinear upsampling; one forward and backward per image, fp32; tests check its maps equal the "
         "product's. **pytorch-grad-cam**: `pytorch_grad_cam.GradCAM(model, target_layers=[layer])` with a "
@@ -812,11 +871,40 @@ def benchmarks_markdown(results: dict) -> str:
         ]
     parts.append("## 4. Paper run")
     parts.append(paper_markdown(results["paper_run"]) if results["paper_run"] else "Not measured (no --paper-run RUN_DIR).")
+    budget = paper_time_budget(results)
+    if budget:
+        parts.append(budget)
     parts.append("## 5. bf16 vs fp32 clean accuracy")
+    if results["accuracy"] and o.get("accuracy_check"):
+        parts.append("The quick preset's baseline (its class-balanced 18,000-image subset, 3 epochs at 16/24/32 px, "
+                     "one-cycle SGD) trained twice from the same seed under `" + o["accuracy_check"] + "`: once under "
+                     "bf16 autocast, once in fp32. Clean accuracy on all 10,000 test images, each model in its own "
+                     "precision.")
     parts.append(accuracy_markdown(results["accuracy"]) if results["accuracy"] else
-                 "Not measured (no --accuracy-runs BF16_RUN FP32_RUN).")
+                 "Not measured (no --accuracy-check DIR or --accuracy-runs BF16_RUN FP32_RUN).")
     parts += ["## GPU", results["gpu"] + "."]
     return "\n\n".join(parts) + "\n"
+
+
+def paper_time_budget(results: dict) -> str | None:
+    """Where a paper run's minutes went, against section 1's throughput: how much of the miss is compute."""
+    paper, cpu = results.get("paper_run"), results["devices"].get("cpu")
+    if not paper or not paper.get("images_trained") or not cpu:
+        return None
+    env = paper.get("environment") or {}
+    if env.get("device") != "cpu" or env.get("processor") != results["machine"].get("processor") \
+            or env.get("cpu_count") != results["machine"].get("cpu_count"):
+        return None  # a run made on another machine: this bench's throughput says nothing about its minutes
+    rows = cpu["training"]["rows"]
+    best = max((rows[n]["median"] for n in ("product bf16", "product fp32") if "median" in rows.get(n, {})), default=None)
+    end_to_end = paper["seconds"].get("end_to_end")
+    if not best or not end_to_end:
+        return None
+    floor_min = paper["images_trained"] / best / 60
+    return (f"Time budget: the run trained on {paper['images_trained']:,} images. At the product's best steady-state "
+            f"training throughput measured in section 1 on this machine ({best:.1f} img/s) the training steps alone "
+            f"take {floor_min:.1f} min, against {end_to_end / 60:.1f} min measured end to end and a target of "
+            f"{PAPER_END_TO_END_TARGET_MIN:.0f} min.")
 
 
 def all_targets(results: dict) -> list[dict]:

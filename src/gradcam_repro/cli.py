@@ -173,6 +173,9 @@ def _add_bench_parser(sub) -> None:
                                                            "times, peak memory and accuracies")
     bn.add_argument("--accuracy-runs", nargs=2, metavar=("BF16_RUN", "FP32_RUN"),
                     help="two finished run folders differing only in --precision: compare their clean accuracies")
+    bn.add_argument("--accuracy-check", metavar="DIR",
+                    help="train the quick preset's baseline in bf16 and in fp32 (same seed) under DIR and compare "
+                         "their clean accuracies (about 15 min on a 2-core CPU; finished folders are reused)")
     bn.add_argument("--compile", action="store_true", default=None,
                     help="add a 'product + torch.compile' training row (measured slower on a 2-core CPU; helps mainly on GPUs)")
     bn.add_argument("--out", help="where to write the report (default ./BENCHMARKS.md; the JSON goes beside it)")

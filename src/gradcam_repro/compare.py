@@ -31,10 +31,6 @@ PIXEL_LAYER = "input"  # the "layer" column of pixel-space methods
 DISPLAY_NAMES = {**CAM_DISPLAY_NAMES, **PIXEL_DISPLAY_NAMES, "random": "random map"}
 
 
-def explanation_dtype(method: str, amp_dtype):
-    """Gradient CAMs run in float32, as in the main report (cheap: one pass per batch); Score-CAM's
-    N*K masked predictions and the pixel methods' many backward passes use the run's precision."""
-    return amp_dtype if method == "scorecam" or method in PIXEL_METHODS else None
 
 
 def method_maps(model, images: torch.Tensor, targets: torch.Tensor, method: str, layers: list[str], device,
@@ -45,7 +41,6 @@ def method_maps(model, images: torch.Tensor, targets: torch.Tensor, method: str,
     methods give one map under the key "input".
     """
     keys = [PIXEL_LAYER] if method in PIXEL_METHODS else list(layers)
-    amp_dtype = explanation_dtype(method, amp_dtype)
     parts: dict[str, list] = {k: [] for k in keys}
     for start in range(0, len(images), batch_size):
         x = normalize(images[start:start + batch_size].to(device)).contiguous(memory_format=torch.channels_last)
@@ -61,7 +56,6 @@ def method_maps(model, images: torch.Tensor, targets: torch.Tensor, method: str,
 
 def _explainer(method: str, layer: str, amp_dtype):
     """explain_fn(model, normalised images, targets) -> maps, as the sanity check expects."""
-    amp_dtype = explanation_dtype(method, amp_dtype)
     if method in PIXEL_METHODS:
         return lambda model, x, t: pixel_attribution(model, x, t, method, amp_dtype)
     return lambda model, x, t: make_cam(method, model, layer, amp_dtype)(x, t).maps
@@ -135,8 +129,8 @@ def compare_methods(
                               "insertion_canvas": f"Gaussian blur, kernel {faithfulness.INSERTION_BLUR_KERNEL_PX} px, "
                                                   f"sigma {faithfulness.INSERTION_BLUR_SIGMA_PX} px",
                               "sanity_max_spearman": sanity.SANITY_MAX_SPEARMAN,
-                              "precision": "gradient CAMs in float32; Score-CAM's masked passes, pixel methods and "
-                                           f"deletion/insertion in {str(p.amp_dtype or torch.float32).replace('torch.', '')}"},
+                              "precision": "every explanation and deletion/insertion pass in the run's precision, "
+                                           f"{str(p.amp_dtype or torch.float32).replace('torch.', '')}"},
                  "seconds": {}}
 
     # 1. Shortcut evidence: patched target images each model calls target, explained for the target class.

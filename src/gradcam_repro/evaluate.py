@@ -126,7 +126,8 @@ def measure_shortcut(
     images: (N, 3, H, W) uint8 clean test images with (N,) labels; `target` is the
     shortcut class. Returns (metrics, examples): metrics is JSON-ready (each mean
     or rate as {"mean", "low", "high", "n"}); examples holds tensors for figures.
-    CAMs (`method`, Grad-CAM by default) always explain the target class's logit, in float32.
+    CAMs (`method`, Grad-CAM by default) always explain the target class's logit, in the run's
+    precision (`amp_dtype`, as the predictions; None is float32).
     """
     is_target = labels == target
     chosen = seeded_cap(torch.arange(len(labels)), cam_images, seed)  # images scored against their masks
@@ -171,14 +172,14 @@ def measure_shortcut(
         m["cam"] = {layer: {} for layer in layers}
         for set_name, batch in sets.items():
             cams = compute_cams(model, batch, layers, device, targets=torch.full((len(batch),), target),
-                                batch_size=cam_batch_size, method=method)
+                                batch_size=cam_batch_size, amp_dtype=amp_dtype, method=method)
             for layer in layers:
                 m["cam"][layer][set_name] = score_maps(cams[layer]["maps"], box, seed)
             if set_name == "patched_target":
                 examples["patched_target_maps"][name] = {layer: cams[layer]["maps"] for layer in layers}
         if masks is not None:  # localisation against the true object masks (shapes)
             cams = compute_cams(model, images[chosen], layers, device, targets=labels[chosen], batch_size=cam_batch_size,
-                                method=method)
+                                amp_dtype=amp_dtype, method=method)
             m["localisation"] = {layer: score_maps(cams[layer]["maps"], None, seed, masks=masks[chosen]) for layer in layers}
         m["verdict"] = metrics.verdicts(m, uniform_box)
         examples["flipped"][name] = flipped

@@ -220,7 +220,7 @@ def make_figures(p: Prepared, models: dict, histories: dict, shortcut: dict, exa
     method = CAM_DISPLAY_NAMES[cfg.cam]
 
     def cams_of(*args, **kwargs):
-        return compute_cams(*args, method=cfg.cam, **kwargs)
+        return compute_cams(*args, method=cfg.cam, amp_dtype=p.amp_dtype, **kwargs)
 
     def save(fig, rel):
         artifacts.save_figure(fig, out / rel)
