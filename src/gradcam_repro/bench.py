@@ -876,10 +876,12 @@ def benchmarks_markdown(results: dict) -> str:
         parts.append(budget)
     parts.append("## 5. bf16 vs fp32 clean accuracy")
     if results["accuracy"] and o.get("accuracy_check"):
-        parts.append("The quick preset's baseline (its class-balanced 18,000-image subset, 3 epochs at 16/24/32 px, "
-                     "one-cycle SGD) trained twice from the same seed under `" + o["accuracy_check"] + "`: once under "
-                     "bf16 autocast, once in fp32. Clean accuracy on all 10,000 test images, each model in its own "
-                     "precision.")
+        quick = preset_config("quick")  # what train_accuracy_runs trains
+        parts.append(f"The quick preset's baseline (its class-balanced {quick.train_subset:,}-image subset, {quick.epochs} "
+                     f"epochs at {'/'.join(map(str, quick.train_resolutions))} px, "
+                     f"{'one-cycle' if quick.lr_schedule == 'onecycle' else quick.lr_schedule} SGD) trained twice "
+                     f"from the same seed under `{o['accuracy_check']}`: once under bf16 autocast, once in fp32. Clean "
+                     "accuracy on all 10,000 test images, each model in its own precision.")
     parts.append(accuracy_markdown(results["accuracy"]) if results["accuracy"] else
                  "Not measured (no --accuracy-check DIR or --accuracy-runs BF16_RUN FP32_RUN).")
     parts += ["## GPU", results["gpu"] + "."]

@@ -31,8 +31,6 @@ PIXEL_LAYER = "input"  # the "layer" column of pixel-space methods
 DISPLAY_NAMES = {**CAM_DISPLAY_NAMES, **PIXEL_DISPLAY_NAMES, "random": "random map"}
 
 
-
-
 def method_maps(model, images: torch.Tensor, targets: torch.Tensor, method: str, layers: list[str], device,
                 amp_dtype=None, batch_size: int = 256) -> dict[str, torch.Tensor]:
     """(N, 3, H, W) uint8 images -> {layer: (N, H, W) maps in [0, 1]} on the CPU, one batched pass per batch.
