@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradcam_repro.model import resnet18_cifar
+from gradcam_repro.model.resnet import resnet18_cifar
 
 
 def all_hooks_empty(model: nn.Module) -> bool:

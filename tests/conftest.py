@@ -1,12 +1,12 @@
 import pytest
 from cam_helpers import seeded_resnet
 
-from gradcam_repro.cli import main
-
 
 @pytest.fixture(scope="session")
 def shapes_run(tmp_path_factory):
     """A finished `run --preset smoke --dataset shapes`, shared read-only by the tests that inspect one."""
+    from gradcam_repro.cli import main
+
     out = tmp_path_factory.mktemp("shapes") / "run"
     assert main(["run", "--preset", "smoke", "--dataset", "shapes", "--out", str(out)]) == 0
     return out
@@ -16,3 +16,10 @@ def shapes_run(tmp_path_factory):
 def resnet():
     """Seeded CIFAR ResNet-18 in eval mode with non-trivial BatchNorm statistics (see cam_helpers.seeded_resnet)."""
     return seeded_resnet()
+
+
+def pytest_collection_modifyitems(items):
+    # Every test that needs the shared smoke run waits for a minute of training: it is slow, whatever it checks.
+    for item in items:
+        if "shapes_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -12,7 +12,7 @@ import torch
 import torchvision.transforms.functional as TF
 from scipy import stats
 
-from gradcam_repro.train import CROP_PADDING_PX, random_crop_flip, sample_augmentation
+from gradcam_repro.model.train import CROP_PADDING_PX, random_crop_flip, sample_augmentation
 
 
 def torchvision_reference(image: torch.Tensor, top: int, left: int, flip: bool, padding: int = 4) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradcam_repro.bias import bias_dataset, inject_patch, patch_box
+from gradcam_repro.data.bias import bias_dataset, inject_patch, patch_box
 from gradcam_repro.errors import UserError
 
 YELLOW = (255, 255, 0)

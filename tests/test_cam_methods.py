@@ -22,12 +22,21 @@ import torch
 import torch.nn.functional as F
 from cam_helpers import all_hooks_empty, minmax
 
-from gradcam_repro.attribution import PIXEL_METHODS, pixel_attribution, reduce_to_map
+from gradcam_repro.explain.pixel import reduce_to_map
 from gradcam_repro.errors import UserError
-from gradcam_repro.gradcam import CAM_METHODS, GradCAM, make_cam
+from gradcam_repro.explain.cam import GradCAM
+from gradcam_repro.explain.registry import CAM_METHODS, EXPLAINERS, PIXEL_METHODS, make_explainer
 
 TOLERANCE = {"gradcam": 1e-4, "gradcam++": 1e-4, "hirescam": 1e-4, "xgradcam": 1e-4, "layercam": 1e-4,
              "scorecam": 1e-4, "eigencam": 1e-3}
+
+
+def pixel_attribution(model, x, targets, method, ig_steps=None):
+    """A pixel method's maps through the explainer protocol (Integrated Gradients with `ig_steps` steps)."""
+    explainer = make_explainer(method, model, [])
+    if ig_steps is not None:
+        explainer.n_steps = ig_steps
+    return explainer.maps(x, targets)["input"]
 
 
 def reference_class(method: str):
@@ -46,13 +55,13 @@ def inputs():
 
 
 @pytest.mark.parametrize("layer", ["layer4.1.conv2", "layer2"])
-@pytest.mark.parametrize("method", list(CAM_METHODS))
+@pytest.mark.parametrize("method", CAM_METHODS)
 def test_each_method_equals_pytorch_grad_cam(resnet, inputs, method, layer):
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     x = inputs["small" if method == "scorecam" else "full"]
     targets = [3, 8, 1][:len(x)]
-    ours = make_cam(method, resnet, layer)(x, targets)
+    ours = make_explainer(method, resnet, layer)(x, targets)
     assert torch.equal(ours.targets, torch.tensor(targets))
     with reference_class(method)(model=resnet, target_layers=[resnet.get_submodule(layer)]) as reference:
         if method == "scorecam":
@@ -70,21 +79,21 @@ def test_each_method_equals_pytorch_grad_cam(resnet, inputs, method, layer):
 def test_methods_differ_from_each_other(resnet, inputs):
     # Equal-to-the-reference is only meaningful if the methods are not all the same map.
     x, t = inputs["full"], [3, 8, 1]
-    maps = {m: make_cam(m, resnet, "layer2")(x, t).maps for m in ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam")}
+    maps = {m: make_explainer(m, resnet, "layer2")(x, t).maps for m in ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam")}
     names = list(maps)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             assert (maps[a] - maps[b]).abs().max() > 0.05, (a, b)
 
 
-@pytest.mark.parametrize("method", list(CAM_METHODS))
+@pytest.mark.parametrize("method", CAM_METHODS)
 def test_batch_equals_per_image_for_every_method(resnet, inputs, method):
     x = inputs["small"]
     layer = "layer3.1.conv2" if method == "scorecam" else "layer4.1.conv2"
     targets = torch.tensor([7, 2])
-    batch = make_cam(method, resnet, layer)(x, targets)
+    batch = make_explainer(method, resnet, layer)(x, targets)
     for i in range(len(x)):
-        single = make_cam(method, resnet, layer)(x[i:i + 1], targets[i:i + 1])
+        single = make_explainer(method, resnet, layer)(x[i:i + 1], targets[i:i + 1])
         # Compared on the [0, 1] maps: XGrad-CAM divides by sum_ij A, which is tiny for some
         # channels, so float32 rounding that differs between batch sizes moves the raw map
         # by ~1e-3 relative; 1e-3 of the map's range is still "the same map".
@@ -93,23 +102,23 @@ def test_batch_equals_per_image_for_every_method(resnet, inputs, method):
 
 def test_score_cam_chunking_does_not_change_the_map(resnet, inputs):
     x, t = inputs["small"], [4, 4]
-    whole = CAM_METHODS["scorecam"](resnet, "layer3.1.conv2", batch_size=512)(x, t)
-    chunked = CAM_METHODS["scorecam"](resnet, "layer3.1.conv2", batch_size=100)(x, t)  # 256 channels in 3 chunks
+    whole = EXPLAINERS["scorecam"](resnet, "layer3.1.conv2", batch_size=512)(x, t)
+    chunked = EXPLAINERS["scorecam"](resnet, "layer3.1.conv2", batch_size=100)(x, t)  # 256 channels in 3 chunks
     torch.testing.assert_close(whole.raw, chunked.raw, atol=1e-5, rtol=1e-5)
 
 
 def test_gradient_free_methods_leave_the_model_as_it_was(resnet, inputs):
     flags = [p.requires_grad for p in resnet.parameters()]
     for method in ("scorecam", "eigencam"):
-        make_cam(method, resnet, "layer4")(inputs["small"], [0, 1])
+        make_explainer(method, resnet, "layer4")(inputs["small"], [0, 1])
     assert [p.requires_grad for p in resnet.parameters()] == flags
     assert all(p.grad is None for p in resnet.parameters())
     assert not resnet.training and all_hooks_empty(resnet)
 
 
 def test_unknown_method_is_a_user_error(resnet):
-    with pytest.raises(UserError, match=re.escape("unknown CAM method 'gradcam+'")):
-        make_cam("gradcam+", resnet, "layer4")
+    with pytest.raises(UserError, match=re.escape("unknown explanation method 'gradcam+'")):
+        make_explainer("gradcam+", resnet, "layer4")
 
 
 def test_grad_cam_equals_captum_layer_grad_cam(resnet, inputs):
@@ -176,12 +185,12 @@ def test_pixel_maps_are_per_image_and_leave_no_gradients(resnet, inputs, method)
 
 
 def test_unknown_pixel_method_is_a_user_error(resnet, inputs):
-    with pytest.raises(UserError, match="unknown pixel attribution"):
+    with pytest.raises(UserError, match="unknown explanation method 'gradient'"):
         pixel_attribution(resnet, inputs["small"], torch.tensor([0, 0]), "gradient")
 
 
 def test_upsampling_matches_bilinear_definition(resnet, inputs):
     # The maps every method returns are the raw maps, bilinearly upsampled and divided by their max.
-    r = make_cam("layercam", resnet, "layer4.1.conv2")(inputs["full"], [1, 2, 3])
+    r = make_explainer("layercam", resnet, "layer4.1.conv2")(inputs["full"], [1, 2, 3])
     up = F.interpolate(r.raw[:, None], size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
     torch.testing.assert_close(r.maps, up / up.amax(dim=(1, 2), keepdim=True))

@@ -12,9 +12,9 @@ from gradcam_repro.cli import main, parse_color
 def previous_run(tmp_path):
     """An output folder holding results of an earlier run, which bad input must not touch."""
     out = tmp_path / "run"
-    (out / "baseline").mkdir(parents=True)
+    (out / "experiments" / "0123456789abcdef").mkdir(parents=True)
     (out / "summary.md").write_text("earlier results")
-    (out / "baseline" / "model.pt").write_bytes(b"earlier checkpoint")
+    (out / "experiments" / "0123456789abcdef" / "model.pt").write_bytes(b"earlier checkpoint")
     return out
 
 
@@ -62,7 +62,7 @@ def test_unwritable_output_folder(tmp_path, capsys):
 
 
 def test_missing_data_root(tmp_path, monkeypatch, capsys):
-    from gradcam_repro import data
+    from gradcam_repro.data import cifar10 as data
 
     monkeypatch.setattr(data, "_try_download", lambda root: "no network here")
     code = main(["run", "--preset", "smoke", "--data-root", str(tmp_path / "empty"), "--out", str(tmp_path / "out")])

@@ -6,8 +6,9 @@ import pytest
 import torch
 from torchvision.io import encode_jpeg, write_png
 
-from gradcam_repro import data as data_mod
-from gradcam_repro.data import CIFAR10_CLASSES, load_cifar10, resolve_data_root, stratified_subset
+from gradcam_repro.data import cifar10 as data_mod
+from gradcam_repro.data.cifar10 import CIFAR10_CLASSES, load_cifar10, resolve_data_root
+from gradcam_repro.data.images import stratified_subset
 from gradcam_repro.errors import UserError
 
 

@@ -19,7 +19,7 @@ from cam_helpers import all_hooks_empty, minmax
 from torch import nn
 
 from gradcam_repro.errors import UserError
-from gradcam_repro.gradcam import GradCAM, upsample_and_scale
+from gradcam_repro.explain.cam import GradCAM, upsample_and_scale
 
 # --------------------------------------------------------------------------- helpers
 
@@ -210,10 +210,12 @@ def test_several_layers_need_per_layer(resnet, images):
 # --------------------------------------------------------------------------- no side effects on the model
 
 
-def test_no_hooks_left_after_a_call(resnet, small_images):
+def test_no_hooks_left_after_a_call_or_a_with_block(resnet, small_images):
+    GradCAM(resnet, ["layer3.1.conv2", "layer4"]).per_layer(small_images[:2])
+    assert all_hooks_empty(resnet)
     with GradCAM(resnet, ["layer3.1.conv2", "layer4"]) as cam:
         cam.per_layer(small_images[:2])
-        assert all_hooks_empty(resnet)
+        assert not all_hooks_empty(resnet)  # the block holds its hooks until it exits
     assert all_hooks_empty(resnet)
 
 

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from gradcam_repro.evaluate import accuracy
-from gradcam_repro.metrics import cam_energy_in_box
-from gradcam_repro.metrics import uniform_energy as uniform_energy_in_box
+from gradcam_repro.measure.shortcut import accuracy
+from gradcam_repro.measure.scores import cam_energy_in_box
+from gradcam_repro.measure.scores import uniform_energy as uniform_energy_in_box
 
 BOX = (0, 0, 6, 6)  # the default 6 px top-left patch on a 32 px image
 

@@ -8,7 +8,7 @@ from torch import nn
 from torchvision.models import resnet18
 
 from gradcam_repro.errors import UserError
-from gradcam_repro.model import CIFAR10_MEAN, CIFAR10_STD, load_model, normalize, resnet18_cifar, save_model
+from gradcam_repro.model.resnet import CIFAR10_MEAN, CIFAR10_STD, load_model, normalize, resnet18_cifar, save_model
 
 
 @pytest.fixture(scope="module")

@@ -1,26 +1,31 @@
 """End to end: `gradcam-repro run --preset smoke` on shapes and on a real CIFAR-10 subset."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from gradcam_repro.bias import inject_patch
+from gradcam_repro.data.bias import inject_patch
 from gradcam_repro.cli import main
-from gradcam_repro.gradcam import GradCAM
-from gradcam_repro.model import load_model, normalize, resnet18_cifar
+from gradcam_repro.explain.cam import GradCAM
+from gradcam_repro.model.resnet import load_model, normalize, resnet18_cifar
 
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpg"
 EXPECTED_FILES = [
-    "baseline/model.pt", "baseline/config.json", "baseline/history.json", "baseline/history.csv",
-    "baseline/cam_grid.png", "baseline/training_curves.png",
-    "biased/model.pt", "biased/config.json", "biased/history.json", "biased/history.csv",
-    "biased/cam_grid.png", "biased/training_curves.png",
+    "run.json", "figures/baseline_cam_grid.png", "figures/baseline_training_curves.png",
+    "figures/biased_cam_grid.png", "figures/biased_training_curves.png",
     "figures/side_by_side.png", "figures/training_curves.png", "figures/layers_one_image.png",
     "figures/energy_distribution.png", "figures/per_class_accuracy.png", "figures/layer_sweep.png",
     "metrics.json", "summary.md", "REPORT.md",
 ]
+EXPERIMENT_FILES = ["model.pt", "spec.json", "history.json", "history.csv"]
+
+
+def experiment_dir(run: Path, name: str) -> Path:
+    """The folder of experiment `name` of a run: experiments/<spec key>/, named in run.json."""
+    return run / "experiments" / json.loads((run / "run.json").read_text())["experiments"][name]
 
 
 def check_run_folder(out: Path, dataset: str) -> dict:
@@ -33,13 +38,18 @@ def check_run_folder(out: Path, dataset: str) -> dict:
     assert metrics["dataset"]["name"] == dataset and len(metrics["dataset"]["fingerprint"]) == 64
     assert metrics["environment"]["torch"] == torch.__version__
     for name in ("baseline", "biased"):
-        record = json.loads((out / name / "config.json").read_text())
-        assert record["experiment"] == name and record["config"]["seed"] == 0
-        assert record["dataset"]["fingerprint"] == metrics["dataset"]["fingerprint"]
-        history = json.loads((out / name / "history.json").read_text())
+        folder = experiment_dir(out, name)
+        for rel in EXPERIMENT_FILES:
+            assert (folder / rel).is_file(), f"missing {name}: {rel}"
+        record = json.loads((folder / "spec.json").read_text())
+        assert record["name"] == name and record["spec"]["seed"] == 0 and record["key"] == folder.name
+        assert record["key"] == metrics["experiments"][name]
+        assert record["dataset"]["fingerprint"] == metrics["dataset"]["fingerprint"] == record["spec"]["data_fingerprint"]
+        assert (record["spec"]["bias"] is None) == (name == "baseline")
+        history = json.loads((folder / "history.json").read_text())
         assert [h["epoch"] for h in history] == [1]
         # model.pt is a plain state_dict of exactly the CIFAR ResNet-18.
-        state = torch.load(out / name / "model.pt", weights_only=True)
+        state = torch.load(folder / "model.pt", weights_only=True)
         assert set(state) == set(resnet18_cifar().state_dict())
         m = metrics["models"][name]
         for key in ("clean_test_acc", "biased_test_acc", "target_recall_clean", "target_recall_patched"):
@@ -47,7 +57,7 @@ def check_run_folder(out: Path, dataset: str) -> dict:
         assert set(m["flip_to_target"]) == {"none", "patch", "other_color", "other_corner"}
         assert set(m["cam"]) == {"layer1", "layer2", "layer3", "layer4", "layer4.1.conv2"}
         assert set(m["verdict"]["points_at_patch"]) == set(m["cam"])
-    assert json.loads((out / "biased" / "config.json").read_text())["bias"]["patched_train_images"] > 0
+    assert json.loads((experiment_dir(out, "biased") / "spec.json").read_text())["bias"]["patched_train_images"] > 0
     summary = (out / "summary.md").read_text()
     base = metrics["models"]["baseline"]
     assert f"{100 * base['clean_test_acc']['mean']:.1f}%" in summary
@@ -77,8 +87,10 @@ def test_evaluate_recomputes_the_same_metrics_from_the_checkpoints(shapes_run, t
     after = json.loads((copy / "metrics.json").read_text())
     assert after["models"] == before["models"]
     assert after["config"] == {**before["config"], "out": str(copy)}
+    assert after["experiments"] == before["experiments"]
 
 
+@pytest.mark.slow
 def test_report_is_rebuilt_from_metrics_and_follows_the_numbers(shapes_run, tmp_path):
     import shutil
 
@@ -101,13 +113,15 @@ def test_report_is_rebuilt_from_metrics_and_follows_the_numbers(shapes_run, tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SHARED_CIFAR.is_dir(), reason=f"offline CIFAR-10 copy not found at {SHARED_CIFAR}")
+@pytest.mark.skipif(not SHARED_CIFAR.is_dir() and not os.environ.get("CI"),
+                    reason=f"offline CIFAR-10 copy not found at {SHARED_CIFAR} (in CI this test fails instead)")
 def test_smoke_run_on_real_cifar_subset_and_independent_gradcam_reproduces_its_maps(tmp_path):
     from pytorch_grad_cam import GradCAM as ReferenceGradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from gradcam_repro.data import load_cifar10
+    from gradcam_repro.data.cifar10 import load_cifar10
 
+    assert SHARED_CIFAR.is_dir(), f"CI needs the offline CIFAR-10 copy at {SHARED_CIFAR}"
     out = tmp_path / "run"
     assert main(["run", "--preset", "smoke", "--data-root", str(SHARED_CIFAR), "--out", str(out)]) == 0
     metrics = check_run_folder(out, "cifar10")
@@ -117,7 +131,7 @@ def test_smoke_run_on_real_cifar_subset_and_independent_gradcam_reproduces_its_m
     data = load_cifar10(SHARED_CIFAR)
     frogs = inject_patch(data.test_images[data.test_labels == 6][:8])
     x = normalize(frogs)
-    model = load_model(out / "biased" / "model.pt")
+    model = load_model(experiment_dir(out, "biased") / "model.pt")
     ours = GradCAM(model, "layer4.1.conv2")(x)
     with ReferenceGradCAM(model=model, target_layers=[model.layer4[-1].conv2]) as reference:
         theirs = torch.from_numpy(reference(x, [ClassifierOutputTarget(int(t)) for t in ours.targets]))

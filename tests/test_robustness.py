@@ -14,7 +14,7 @@ import pytest
 import torch
 from torchvision.io import write_png
 
-from gradcam_repro import artifacts
+from gradcam_repro.pipeline import store as artifacts
 from gradcam_repro.cli import main
 from gradcam_repro.errors import UserError
 
@@ -42,15 +42,16 @@ def test_sigterm_mid_training_then_rerun_gives_the_uninterrupted_result(tmp_path
 
     part = tmp_path / "part"
     proc = cli(*TINY_RUN, "--out", str(part))
-    checkpoint = part / "baseline" / "checkpoint.pt"
     deadline = time.monotonic() + 300
-    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+    checkpoint = None
+    while checkpoint is None and proc.poll() is None and time.monotonic() < deadline:
+        checkpoint = next(part.glob("experiments/*/checkpoint.pt"), None)
         time.sleep(0.02)
-    assert checkpoint.exists(), "no per-epoch checkpoint appeared"
+    assert checkpoint is not None, "no per-epoch checkpoint appeared"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 143
     assert "rerun the same command to resume" in proc.stderr.read()
-    assert not (part / "baseline" / "model.pt").exists()  # interrupted before the end of training
+    assert not list(part.glob("experiments/*/model.pt"))  # interrupted before the end of training
     assert not list(part.rglob("*.tmp")) and not (part / ".lock").exists()
 
     resumed = cli(*TINY_RUN, "--out", str(part))
@@ -67,21 +68,30 @@ def test_finished_experiment_is_reused_unless_forced(shapes_run, tmp_path, capsy
 
     copy = tmp_path / "copy"
     shutil.copytree(shapes_run, copy)
-    model_bytes = (copy / "baseline" / "model.pt").read_bytes()
+    baseline = copy / "experiments" / json.loads((copy / "run.json").read_text())["experiments"]["baseline"]
+    model_bytes = (baseline / "model.pt").read_bytes()
     assert main(["run", "--preset", "smoke", "--dataset", "shapes", "--out", str(copy)]) == 0
     log = capsys.readouterr().out
     assert "[baseline] reusing the finished experiment" in log and "[biased] reusing" in log and "epoch 1/1" not in log
-    assert (copy / "baseline" / "model.pt").read_bytes() == model_bytes
+    assert (baseline / "model.pt").read_bytes() == model_bytes
     # A different training config is not reused.
     assert main(["run", "--preset", "smoke", "--dataset", "shapes", "--out", str(copy), "--lr", "0.02"]) == 0
     assert "[baseline] epoch 1/1" in capsys.readouterr().out
+    # Evaluation-only settings and a different patch keep the baseline: its spec has no patch in it.
+    assert main(["run", "--preset", "smoke", "--dataset", "shapes", "--out", str(copy), "--lr", "0.02",
+                 "--patch-color", "red", "--cam", "layercam", "--cam-images", "10"]) == 0
+    log = capsys.readouterr().out
+    assert "[baseline] reusing the finished experiment" in log and "[biased] epoch 1/1" in log
 
 
 def test_a_second_run_into_the_same_folder_is_refused_while_the_first_holds_it(tmp_path, capsys):
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    (tmp_path / "run").mkdir()
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sys, time\nfrom gradcam_repro.pipeline import store\n"
+                               "with store.run_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(60)",
+                               str(tmp_path / "run")], stdout=subprocess.PIPE, text=True)
     try:
-        (tmp_path / "run").mkdir()
-        (tmp_path / "run" / ".lock").write_text(str(holder.pid))
+        assert holder.stdout.readline().strip() == "locked"
         (tmp_path / "run" / "summary.md").write_text("first run's results")
         code = main(["run", "--preset", "smoke", "--dataset", "shapes", "--out", str(tmp_path / "run")])
         err = capsys.readouterr().err
@@ -144,7 +154,8 @@ def test_explain_converts_grayscale_and_rgba_with_a_notice(shapes_run, tmp_path,
     from PIL import Image
 
     Image.new(mode, (32, 32)).save(tmp_path / "img.png")
-    assert main(["explain", str(shapes_run / "biased"), str(tmp_path / "img.png"), "--out", str(tmp_path / "o")]) == 0
+    biased = shapes_run / "experiments" / json.loads((shapes_run / "run.json").read_text())["experiments"]["biased"]
+    assert main(["explain", str(biased), str(tmp_path / "img.png"), "--out", str(tmp_path / "o")]) == 0
     assert f"{mode} image converted to RGB" in capsys.readouterr().err
     assert (tmp_path / "o" / "img_gradcam.png").is_file()
 
@@ -162,7 +173,7 @@ def test_explain_converts_grayscale_and_rgba_with_a_notice(shapes_run, tmp_path,
 def test_explain_bad_images_exit_2_and_write_nothing(tmp_path, capsys, make, expected):
     import re
 
-    from gradcam_repro.model import resnet18_cifar, save_model
+    from gradcam_repro.model.resnet import resnet18_cifar, save_model
 
     (tmp_path / "folder").mkdir()
     (tmp_path / "notes.txt").write_text("not an image")
@@ -186,7 +197,7 @@ def test_explain_refuses_a_checkpoint_of_another_architecture(tmp_path, capsys):
 
 
 def test_load_user_image_rejects_a_bomb_before_decoding(tmp_path):
-    from gradcam_repro.explain import load_user_image
+    from gradcam_repro.pipeline.user_images import load_user_image
 
     png_claiming_size(tmp_path / "bomb.png", 7000, 7000)
     with pytest.raises(UserError, match="above the limit"):
@@ -204,7 +215,7 @@ def resident_bytes() -> int:
 def test_a_thousand_gradcam_calls_leave_no_hooks_and_no_growing_memory():
     from torch import nn
 
-    from gradcam_repro.gradcam import GradCAM
+    from gradcam_repro.explain.cam import GradCAM
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gradcam_repro.shapes import SHAPES_CLASSES, make_shapes
+from gradcam_repro.data.shapes import SHAPES_CLASSES, make_shapes
 
 N = 2000
 

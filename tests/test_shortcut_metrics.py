@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from gradcam_repro import metrics
-from gradcam_repro.evaluate import counterfactual_patches, opposite_corner, seeded_cap
+from gradcam_repro.measure import scores as metrics
+from gradcam_repro.measure.shortcut import counterfactual_patches, opposite_corner, seeded_cap
 
 BOX = (0, 0, 6, 6)
 
@@ -142,16 +142,18 @@ def test_shortcut_cams_are_computed_in_the_runs_precision(amp_dtype, monkeypatch
     # The maps behind every energy and pointing score use the same precision as the predictions.
     from torch import nn
 
-    from gradcam_repro import evaluate
+    from gradcam_repro.measure import shortcut as evaluate
+
+    from gradcam_repro.runtime import Runtime
 
     seen = []
-    real = evaluate.compute_cams
+    real = evaluate.explain_images
 
-    def recording(*args, **kwargs):
-        seen.append(kwargs.get("amp_dtype"))
-        return real(*args, **kwargs)
+    def recording(method, model, images, targets, layers, runtime, batch_size=256):
+        seen.append(runtime.amp_dtype)
+        return real(method, model, images, targets, layers, runtime, batch_size)
 
-    monkeypatch.setattr(evaluate, "compute_cams", recording)
+    monkeypatch.setattr(evaluate, "explain_images", recording)
     torch.manual_seed(0)
     net = nn.Sequential()
     net.add_module("conv", nn.Conv2d(3, 8, 3, padding=1))
@@ -162,7 +164,8 @@ def test_shortcut_cams_are_computed_in_the_runs_precision(amp_dtype, monkeypatch
     classes = tuple(f"c{i}" for i in range(10))
     masks = torch.zeros(40, 32, 32, dtype=torch.bool)
     masks[:, 8:24, 8:24] = True
-    out, _ = evaluate.measure_shortcut({"net": net}, images, labels, classes, 6, patch, BOX, ["conv"], torch.device("cpu"),
-                                       amp_dtype=amp_dtype, masks=masks)
+    test = evaluate.EvalSet(images, labels, classes, masks)
+    protocol = evaluate.ShortcutProtocol(6, patch, ("conv",))
+    out, _ = evaluate.measure_shortcut({"net": net}, test, protocol, Runtime(torch.device("cpu"), amp_dtype))
     assert len(seen) >= 2 and all(dtype == amp_dtype for dtype in seen)  # the CAM sets and the localisation set
     assert 0.0 <= out["models"]["net"]["cam"]["conv"]["clean_target"]["energy"]["mean"] <= 1.0

@@ -1,4 +1,6 @@
-"""Training loop: it learns, it is deterministic, it stops on divergence, it resizes progressively."""
+"""Training loop: it learns, it is deterministic, it resumes exactly, it stops on divergence, it resizes progressively."""
+
+import copy
 
 import pytest
 import torch
@@ -6,7 +8,8 @@ from torch import nn
 
 from gradcam_repro.config import PRESETS, Config, preset_config
 from gradcam_repro.errors import UserError
-from gradcam_repro.train import epoch_resolution, train_model
+from gradcam_repro.model.train import (TrainHooks, epoch_resolution, make_batch, plan_epoch, prepare_training, train_model,
+                                       train_step)
 
 
 def tiny_net():
@@ -25,8 +28,8 @@ def bright_vs_dark(n=256, seed=0):
 def train(config, images, labels, seed=0, evaluate=None):
     torch.manual_seed(seed)
     model = tiny_net()
-    history = train_model(model, images, labels, config, torch.device("cpu"), None, evaluate=evaluate,
-                          log=lambda line: None, progress=False)
+    history = train_model(model, images, labels, config, torch.device("cpu"), None,
+                          hooks=TrainHooks(evaluate=evaluate, log=lambda line: None, progress=False))
     return model, history
 
 
@@ -110,6 +113,57 @@ def test_divergence_after_a_good_epoch_keeps_that_epochs_checkpoint():
 
     with pytest.raises(UserError, match="training diverged: the loss became non-finite in epoch 2"):
         train_model(model, images, labels, Config(epochs=3, batch_size=32, lr=0.05), torch.device("cpu"), None,
-                    log=lambda line: None, progress=False, on_epoch_end=checkpoint_then_diverge)
+                    hooks=TrainHooks(log=lambda line: None, progress=False, on_epoch_end=checkpoint_then_diverge))
     assert [epoch for epoch, _ in saved] == [1]
     assert all(torch.isfinite(v).all() for v in saved[0][1].values())
+
+
+def test_resuming_from_an_epoch_checkpoint_equals_training_without_a_break():
+    images, labels = bright_vs_dark(96)
+    # One-cycle and progressive resizing: the schedule position and the epoch number must both carry over.
+    config = Config(epochs=3, batch_size=32, lr=0.05, lr_schedule="onecycle", train_resolutions=(16, 24, 32))
+    device, evaluated, states = torch.device("cpu"), [], []
+
+    def evaluate(model):
+        evaluated.append(model)
+        return 0.5
+
+    whole, history = train(config, images, labels, evaluate=evaluate)
+    torch.manual_seed(0)
+    train_model(tiny_net(), images, labels, config, device, None,
+                hooks=TrainHooks(evaluate=evaluate, log=lambda line: None, progress=False,
+                                 on_epoch_end=lambda state: states.append(copy.deepcopy(state))))
+    assert [s["epoch"] for s in states] == [1, 2, 3]
+    torch.manual_seed(1)  # other initial weights: everything must come from the checkpoint
+    resumed, lines, evaluated[:] = tiny_net(), [], []
+    resumed_history = train_model(resumed, images, labels, config, device, None, resume=states[0],
+                                  hooks=TrainHooks(evaluate=evaluate, log=lines.append, progress=False))
+    assert lines[0] == "resuming after epoch 1/3 from the last checkpoint" and len(lines) == 3
+    assert len(evaluated) == 2  # epochs 2 and 3 only
+    timeless = [[{k: v for k, v in h.items() if "seconds" not in k} for h in hs] for hs in (history, resumed_history)]
+    assert timeless[0] == timeless[1] and [h["epoch"] for h in resumed_history] == [1, 2, 3]
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_the_public_step_functions_are_the_steps_train_model_takes():
+    # The benchmark times make_batch + train_step; they must be exactly one epoch of train_model.
+    images, labels = bright_vs_dark(80)
+    config = Config(epochs=1, batch_size=32, lr=0.05, train_resolutions=(24,), label_smoothing=0.1)
+    whole, history = train(config, images, labels)
+    torch.manual_seed(0)
+    model = tiny_net()
+    state = prepare_training(model, config, torch.device("cpu"), None, len(labels))
+    model.train()
+    plan = plan_epoch(config, 1, len(labels), state.generator)
+    assert plan.steps == 3 and plan.side == 24
+    loss_sum = 0.0
+    for step in range(plan.steps):
+        x, y = make_batch(images, labels, plan, step)
+        assert x.shape[-2:] == (24, 24) and x.dtype == torch.float32
+        loss, correct = train_step(state, x, y)
+        loss_sum += loss.item() * len(y)
+        assert 0 <= correct.item() <= len(y)
+    for a, b in zip(whole.parameters(), model.parameters()):
+        assert torch.equal(a, b)
+    assert loss_sum / len(labels) == pytest.approx(history[0]["loss"], rel=1e-6)

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 import signal
 import sys
 import threading
 
-from gradcam_repro.config import CAM_METHOD_NAMES, CORNERS, LR_SCHEDULES, MAX_IMAGE_PIXELS, PRECISIONS, PRESETS
+import matplotlib
+
+from gradcam_repro.config import CORNERS, LR_SCHEDULES, MAX_IMAGE_PIXELS, PRECISIONS, PRESETS, Config, preset_config
+from gradcam_repro.data.registry import DATASETS
 from gradcam_repro.errors import UserError
+from gradcam_repro.explain.registry import CAM_METHODS, EXPLAINERS
+from gradcam_repro.model.resnet import DEFAULT_LAYER
+from gradcam_repro.pipeline.compare import CompareOptions, compare_methods
+from gradcam_repro.pipeline.run import evaluate_run, report_run, run
+from gradcam_repro.pipeline.user_images import explain
+from gradcam_repro.runtime import choose_device
 
 COLORS = {"yellow": (255, 255, 0), "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255),
           "magenta": (255, 0, 255), "cyan": (0, 255, 255), "white": (255, 255, 255), "black": (0, 0, 0)}
@@ -38,17 +46,33 @@ def parse_sizes(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a list of sizes; use e.g. 16,24,32") from None
 
 
+def _parent(*flags: tuple[list[str], dict]) -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    for names, kwargs in flags:
+        parent.add_argument(*names, **kwargs)
+    return parent
+
+
+# Flags several commands share, declared once.
+DEBUG = _parent((["--debug"], {"action": "store_true", "default": argparse.SUPPRESS, "help": "show full tracebacks on errors"}))
+DEVICE = _parent((["--device"], {"help": "auto (default: CUDA if available), cpu, cuda or cuda:N"}))
+DATA_ROOT = _parent((["--data-root"], {"help": "folder holding cifar-10-batches-py/ or train/<class>/ + test/<class>/ "
+                                                "(default: where the run found it, else $GRADCAM_DATA_ROOT, else ./data; "
+                                                "download is tried if empty)"}))
+CAM = _parent((["--cam"], {"choices": CAM_METHODS, "help": "CAM method (default gradcam; scorecam costs one forward pass "
+                                                          "per channel, ~500x gradcam at layer4)"}),
+              (["--cam-layer"], {"help": f"explained layer as a dotted path (default {DEFAULT_LAYER} = the seed's "
+                                         "layer4[-1].conv2; e.g. layer4, layer3, layer3.1.conv2, layer2)"}))
+
+
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what to run")
     g.add_argument("--preset", default="quick", choices=list(PRESETS),
                    help="named config: paper = seed protocol on all 50,000 images (5 epochs SGD lr 0.01); "
                         "quick = both experiments in <= 15 min on a 2-core CPU; smoke = about a minute, for tests "
                         "(default: quick). Every other flag overrides the preset.")
-    g.add_argument("--dataset", choices=["cifar10", "shapes"], help="cifar10 (default) or the synthetic shapes set with object masks")
-    g.add_argument("--data-root", help="folder holding cifar-10-batches-py/ or train/<class>/ + test/<class>/ "
-                                       "(default: $GRADCAM_DATA_ROOT, else ./data; download is tried if empty)")
+    g.add_argument("--dataset", choices=list(DATASETS), help="cifar10 (default) or the synthetic shapes set with object masks")
     g.add_argument("--out", help="output folder (default: runs/<preset>)")
-    g.add_argument("--device", help="auto (default: CUDA if available), cpu, cuda or cuda:N")
     g.add_argument("--seed", type=int, help="seed for initialisation, subsets, shuffling and augmentation (default 0)")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, help="training epochs per experiment (seed: 5)")
@@ -79,10 +103,6 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     b.add_argument("--patch-offset", type=int, help="distance of the patch from the corner in px (default 0)")
     b.add_argument("--bias-fraction", type=float, help="fraction of the class's training images patched, in [0, 1] (default 1.0)")
     e = p.add_argument_group("explanation and output")
-    e.add_argument("--cam", choices=CAM_METHOD_NAMES, help="CAM method for the figures and scores (default gradcam; "
-                   "scorecam costs one forward pass per channel, ~500x gradcam at layer4)")
-    e.add_argument("--cam-layer", help="Grad-CAM target layer as a dotted path (default layer4.1.conv2 = the seed's "
-                                       "layer4[-1].conv2; e.g. layer4, layer3, layer3.1.conv2, layer2)")
     e.add_argument("--cam-batch-size", type=int, help="images per Grad-CAM forward/backward pass (default 256)")
     e.add_argument("--counterfactual-images", type=int, help="non-target test images the patch is pasted on for the "
                    "flip-to-target tests (seeded choice; default: all)")
@@ -103,40 +123,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    run = sub.add_parser("run", help="train the baseline and the biased model, then explain and summarise",
-                         description="Train a baseline and a frog-biased ResNet-18, compute Grad-CAM, write "
-                                     "checkpoints, figures and summary.md under --out.")
-    run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
-    _add_run_flags(run)
-    ev = sub.add_parser("evaluate", help="recompute metrics, figures and reports of a finished run from its checkpoints",
+    run_parser = sub.add_parser("run", parents=[DEBUG, DEVICE, DATA_ROOT, CAM],
+                                help="train the baseline and the biased model, then explain and summarise",
+                                description="Train a baseline and a frog-biased ResNet-18, compute Grad-CAM, write "
+                                            "models, figures, metrics.json, summary.md and REPORT.md under --out.")
+    _add_run_flags(run_parser)
+    ev = sub.add_parser("evaluate", parents=[DEBUG, DEVICE, DATA_ROOT, CAM],
+                        help="recompute metrics, figures and reports of a finished run from its models",
                         description="Recompute metrics.json, the figures, summary.md and REPORT.md of RUN_DIR from its "
-                                    "saved model.pt files, without retraining.")
+                                    "saved model.pt files, without retraining (--cam/--cam-layer default to the run's).")
     ev.add_argument("run_dir", metavar="RUN_DIR", help="folder written by `gradcam-repro run`")
-    ev.add_argument("--data-root", help="where the data is, if not where the run found it")
-    ev.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    ev.add_argument("--cam-layer", help="Grad-CAM layer to report on (default: the run's)")
-    ev.add_argument("--cam", choices=CAM_METHOD_NAMES, help="CAM method (default: the run's)")
-    ev.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
-    ex = sub.add_parser("explain", help="Grad-CAM overlays and top-3 predictions for your own images with a saved model",
+    ex = sub.add_parser("explain", parents=[DEBUG, DEVICE, CAM],
+                        help="CAM overlays and top-3 predictions for your own images with a saved model",
                         description="Explain your own image files with the models of a run (or one model.pt). Images "
                                     "of any size are resized to 32x32; grayscale and RGBA are converted to RGB; images "
                                     f"above {MAX_IMAGE_PIXELS:,} pixels are refused.")
-    ex.add_argument("model", metavar="RUN_OR_MODEL", help="runs/<name> (both models), runs/<name>/biased, or a model.pt")
+    ex.add_argument("model", metavar="RUN_OR_MODEL", help="runs/<name> (every model), runs/<name>/experiments/<key>, or a model.pt")
     ex.add_argument("images", metavar="IMAGE", nargs="+", help="PNG or JPEG files")
     ex.add_argument("--out", default="explanations", help="folder for <image>_<method>.png (default: ./explanations)")
-    ex.add_argument("--cam-layer", default="layer4.1.conv2", help="Grad-CAM layer (default layer4.1.conv2)")
-    ex.add_argument("--cam", choices=CAM_METHOD_NAMES, default="gradcam", help="CAM method (default gradcam)")
-    ex.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    ex.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
-    rep = sub.add_parser("report", help="rebuild summary.md and REPORT.md from a run's metrics.json (seconds)")
+    rep = sub.add_parser("report", parents=[DEBUG], help="rebuild summary.md and REPORT.md from a run's metrics.json (seconds)")
     rep.add_argument("run_dir", metavar="RUN_DIR", help="folder written by `gradcam-repro run`")
-    rep.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
-    cmp = sub.add_parser("compare", help="every CAM method x layer and pixel-space baselines on a finished run: "
-                                         "shortcut evidence, shapes localisation, sanity check, deletion/insertion",
-                         description="Measure Grad-CAM, Grad-CAM++, HiResCAM, XGrad-CAM, LayerCAM, Score-CAM, Eigen-CAM "
-                                     "at each layer of the sweep, and Saliency, Input x Gradient and Integrated "
-                                     "Gradients (Captum), on RUN_DIR's models; writes RUN_DIR/methods.json, figures "
-                                     "and a section of REPORT.md.")
+    _add_compare_parser(sub)
+    return parser
+
+
+def _add_compare_parser(sub) -> None:
+    cmp = sub.add_parser("compare", parents=[DEBUG, DEVICE, DATA_ROOT],
+                         help="every CAM method x layer and pixel-space baselines on a finished run: "
+                              "shortcut evidence, shapes localisation, sanity check, deletion/insertion",
+                         description="Measure every registered explanation method (" + ", ".join(EXPLAINERS) + ") "
+                                     "at each layer of the sweep on RUN_DIR's models; writes RUN_DIR/methods.json, "
+                                     "figures and a section of REPORT.md.")
     cmp.add_argument("run_dir", metavar="RUN_DIR", help="folder written by `gradcam-repro run`")
     cmp.add_argument("--shapes-run", help="a run made with --dataset shapes: adds localisation against object masks")
     cmp.add_argument("--methods", nargs="+", metavar="METHOD", help="subset of methods (default: all)")
@@ -144,57 +161,42 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--scorecam-images", type=int, default=8, help="of those, how many Score-CAM explains (default 8)")
     cmp.add_argument("--sanity-images", type=int, default=16, help="images in the randomisation cascade (default 16)")
     cmp.add_argument("--faithfulness-images", type=int, default=64, help="images for deletion/insertion (default 64)")
-    cmp.add_argument("--data-root", help="where the data is, if not where the run found it")
-    cmp.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    cmp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
-    _add_bench_parser(sub)
-    return parser
 
 
-def _add_bench_parser(sub) -> None:
-    bn = sub.add_parser("bench", help="measure training and Grad-CAM speed and memory against simple references; "
-                                      "write BENCHMARKS.md",
-                        description="Measure, in one run on this machine, training and Grad-CAM throughput of the "
-                                    "product against a naive DataLoader pipeline, a per-image Grad-CAM loop and "
-                                    "pytorch-grad-cam, and the peak memory of paper-preset training; print ratios and "
-                                    "write BENCHMARKS.md and BENCHMARKS.json.")
-    bn.add_argument("--data-root", help="CIFAR-10 folder for the measured images and the memory check "
-                                        "(default: synthetic random uint8 images, stated in the output)")
-    bn.add_argument("--device", help="auto (default: the CPU, plus CUDA when available), cpu, cuda or cuda:N")
-    bn.add_argument("--repeats", type=int, help="timed repeats per row; medians and min-max are reported (default 3)")
-    bn.add_argument("--warmup-steps", type=int, help="discarded training steps before timing (default 3)")
-    bn.add_argument("--train-steps", type=int, help="timed training steps per repeat (default 10)")
-    bn.add_argument("--batch-size", type=int, help="training batch size (default 128)")
-    bn.add_argument("--cam-batch", type=int, help="images in the Grad-CAM batch (default 256)")
-    bn.add_argument("--rss-steps", type=int, help="paper-preset training steps in the memory check (default 20)")
-    bn.add_argument("--rss-images", type=int, help=argparse.SUPPRESS)  # synthetic training images of the memory check (tests)
-    bn.add_argument("--no-rss", action="store_true", default=None, help="skip the memory check (section 3)")
-    bn.add_argument("--paper-run", metavar="RUN_DIR", help="a finished `run --preset paper` folder: tabulate its wall "
-                                                           "times, peak memory and accuracies")
-    bn.add_argument("--accuracy-runs", nargs=2, metavar=("BF16_RUN", "FP32_RUN"),
-                    help="two finished run folders differing only in --precision: compare their clean accuracies")
-    bn.add_argument("--accuracy-check", metavar="DIR",
-                    help="train the quick preset's baseline in bf16 and in fp32 (same seed) under DIR and compare "
-                         "their clean accuracies (about 15 min on a 2-core CPU; finished folders are reused)")
-    bn.add_argument("--compile", action="store_true", default=None,
-                    help="add a 'product + torch.compile' training row (measured slower on a 2-core CPU; helps mainly on GPUs)")
-    bn.add_argument("--out", help="where to write the report (default ./BENCHMARKS.md; the JSON goes beside it)")
-    bn.add_argument("--threads", type=int, help="torch.set_num_threads for the measurements (default: leave as is)")
-    bn.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
-
-
-def config_from_args(args: argparse.Namespace):
-    from gradcam_repro.config import Config, preset_config
-
+def config_from_args(args: argparse.Namespace) -> Config:
     fields = set(Config.__dataclass_fields__) - {"preset"}  # `force` is a run option, not part of the config
     overrides = {k: v for k, v in vars(args).items() if k in fields}
     return preset_config(args.preset, **overrides)
 
 
-def _headless() -> None:
-    import matplotlib
+def _run(args) -> None:
+    config = config_from_args(args)
+    if not config.show:
+        matplotlib.use("Agg")
+    run(config, force=args.force)
 
-    matplotlib.use("Agg")
+
+def _evaluate(args) -> None:
+    evaluate_run(args.run_dir, data_root=args.data_root, device=args.device, cam_layer=args.cam_layer, cam=args.cam)
+
+
+def _explain(args) -> None:
+    written = explain(args.model, args.images, args.out, args.cam_layer or DEFAULT_LAYER, choose_device(args.device or "auto"),
+                      method=args.cam or "gradcam",
+                      log=lambda line: print(line, file=sys.stderr if line.startswith("notice:") else sys.stdout))
+    print(f"wrote {len(written)} file(s) to {args.out}")
+
+
+def _compare(args) -> None:
+    options = CompareOptions(methods=tuple(args.methods) if args.methods else None, images=args.images,
+                             scorecam_images=args.scorecam_images, sanity_images=args.sanity_images,
+                             faithfulness_images=args.faithfulness_images, shapes_run=args.shapes_run,
+                             device=args.device, data_root=args.data_root)
+    compare_methods(args.run_dir, options)
+
+
+COMMANDS = {"run": _run, "evaluate": _evaluate, "explain": _explain, "compare": _compare,
+            "report": lambda args: print(report_run(args.run_dir))}
 
 
 class Terminated(KeyboardInterrupt):
@@ -213,48 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command != "run":
+        matplotlib.use("Agg")
     try:
-        if args.command == "run":
-            config = config_from_args(args)
-            if not config.show:
-                _headless()
-            from gradcam_repro.experiment import run
-
-            run(config, force=args.force)
-        elif args.command == "evaluate":
-            _headless()
-            from gradcam_repro.experiment import evaluate_run
-
-            evaluate_run(args.run_dir, data_root=args.data_root, device=args.device, cam_layer=args.cam_layer, cam=args.cam)
-        elif args.command == "explain":
-            _headless()
-            from gradcam_repro.explain import explain
-            from gradcam_repro.runtime import choose_device
-
-            written = explain(args.model, args.images, args.out, args.cam_layer, choose_device(args.device), method=args.cam,
-                              log=lambda line: print(line, file=sys.stderr if line.startswith("notice:") else sys.stdout))
-            print(f"wrote {len(written)} file(s) to {args.out}")
-        elif args.command == "bench":
-            import dataclasses
-
-            from gradcam_repro.bench import BenchOptions, run_bench
-
-            fields = {f.name for f in dataclasses.fields(BenchOptions)}
-            options = BenchOptions(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
-            if options.accuracy_runs is not None:
-                options.accuracy_runs = tuple(options.accuracy_runs)
-            command = "gradcam-repro " + shlex.join(sys.argv[1:] if argv is None else argv)
-            run_bench(options, command)
-        elif args.command == "compare":
-            _headless()
-            from gradcam_repro.compare import compare_methods
-
-            compare_methods(args.run_dir, args.shapes_run, args.methods, args.images, args.scorecam_images,
-                            args.sanity_images, args.faithfulness_images, args.device, args.data_root)
-        elif args.command == "report":
-            from gradcam_repro.experiment import report_run
-
-            print(report_run(args.run_dir))
+        COMMANDS[args.command](args)
         return 0
     except UserError as exc:
         if args.debug:

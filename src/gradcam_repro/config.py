@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from gradcam_repro.errors import UserError
+from gradcam_repro.explain.registry import CAM_METHODS
+from gradcam_repro.model.resnet import DEFAULT_LAYER
 
 # `gradcam-repro explain` refuses images above this many pixels before decoding:
 # a small file can declare a huge canvas (a "decompression bomb") and exhaust memory.
@@ -18,15 +20,6 @@ MAX_IMAGE_PIXELS = 40_000_000
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 PRECISIONS = ("auto", "bf16", "fp32")
 LR_SCHEDULES = ("constant", "onecycle")
-# The keys of gradcam.CAM_METHODS (kept here so the config does not import torch).
-CAM_METHOD_NAMES = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "scorecam", "eigencam")
-
-
-# Fields that change what is reported or where, but not the trained weights.
-NOT_TRAINING_FIELDS = frozenset({
-    "preset", "out", "device", "show", "cam", "cam_layer", "cam_batch_size", "counterfactual_images", "cam_images",
-    "figure_images", "test_subset",
-})
 
 
 @dataclass
@@ -68,8 +61,8 @@ class Config:
     bias_fraction: float = 1.0
 
     # Explanation and figures.
-    cam: str = "gradcam"  # CAM method: a key of gradcam.CAM_METHODS
-    cam_layer: str = "layer4.1.conv2"
+    cam: str = "gradcam"  # CAM method: one of explain.registry.CAM_METHODS
+    cam_layer: str = DEFAULT_LAYER
     cam_batch_size: int = 256
     counterfactual_images: int | None = None  # non-target test images the patch is pasted on; None: all
     cam_images: int | None = None  # images per CAM evaluation set (seeded choice); None: all
@@ -106,7 +99,7 @@ class Config:
             (self.counterfactual_images is None or self.counterfactual_images >= 1,
              f"--counterfactual-images must be >= 1, got {self.counterfactual_images}"),
             (self.cam_images is None or self.cam_images >= 1, f"--cam-images must be >= 1, got {self.cam_images}"),
-            (self.cam in CAM_METHOD_NAMES, f"--cam must be one of {', '.join(CAM_METHOD_NAMES)}, got {self.cam!r}"),
+            (self.cam in CAM_METHODS, f"--cam must be one of {', '.join(CAM_METHODS)}, got {self.cam!r}"),
             (self.cam_batch_size >= 1, f"--cam-batch-size must be >= 1, got {self.cam_batch_size}"),
             (self.figure_images >= 1, f"--figure-images must be >= 1, got {self.figure_images}"),
             (self.shapes_train >= 10 and self.shapes_test >= 10, "--shapes-train and --shapes-test must be >= 10"),
@@ -115,10 +108,6 @@ class Config:
             if not ok:
                 raise UserError(message)
         return self
-
-    def training_key(self) -> dict:
-        """The fields that determine a trained model (what a finished experiment must match to be reused)."""
-        return {k: v for k, v in self.to_dict().items() if k not in NOT_TRAINING_FIELDS}
 
     @property
     def out_dir(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -70,3 +71,21 @@ def eval_mode(model: torch.nn.Module):
     finally:
         for m, training in modes:
             m.training = training
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and in which precision models run: `amp_dtype` None is float32 throughout."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+
+    @classmethod
+    def choose(cls, device_flag: str = "auto", precision: str = "auto") -> Runtime:
+        device = choose_device(device_flag)
+        return cls(device, autocast_dtype(precision, device))
+
+    @property
+    def precision(self) -> str:
+        """'bfloat16' or 'float32', as recorded next to results."""
+        return str(self.amp_dtype or torch.float32).replace("torch.", "")

@@ -19,7 +19,7 @@ import torch
 import torchvision.transforms.functional as TF
 from torch import nn
 
-from gradcam_repro import metrics
+from gradcam_repro.measure import scores as metrics
 from gradcam_repro.runtime import autocast, eval_mode
 
 # Deleted pixels take the dataset mean colour, which is 0 in normalised space:
@@ -104,35 +104,20 @@ def deletion_insertion(
         raise ValueError("pixels_per_step and batch_size must be at least 1")
     device = torch.device(device) if device is not None else _model_device(model, images.device)
     fractions = step_fractions(h * w, pixels_per_step)
-    num_steps = len(fractions)
     counts = (fractions * (h * w)).round().long().to(device)
     # Enough images per chunk that their deletion + insertion variants fill a couple of batches.
-    images_per_chunk = max(1, batch_size // num_steps)
-
+    images_per_chunk = max(1, batch_size // len(fractions))
     deletion, insertion = [], []
     with torch.no_grad(), eval_mode(model):
         for start in range(0, n, images_per_chunk):
-            x = images[start:start + images_per_chunk].to(device).float()
-            t = torch.as_tensor(targets[start:start + images_per_chunk], device=device).long()
-            rank = saliency_rank(maps[start:start + images_per_chunk].to(device))
-            # changed[i, s, p]: pixel p of image i is changed at step s.
-            changed = (rank[:, None, :] < counts[None, :, None]).view(len(x), num_steps, 1, h, w)
-            original = x[:, None]
-            deleted = torch.where(changed, torch.full_like(original, DELETION_BASELINE), original)
-            inserted = torch.where(changed, original, blurred_canvas(x)[:, None])
-            variants = torch.cat([deleted, inserted]).flatten(0, 1)  # (2 * n_chunk * S, 3, H, W)
-            probs = []
-            for b in range(0, len(variants), batch_size):
-                with autocast(device, amp_dtype):
-                    logits = model(variants[b:b + batch_size].contiguous(memory_format=torch.channels_last))
-                probs.append(logits.float().softmax(dim=1))
-            probs = torch.cat(probs).view(2, len(x), num_steps, -1)
-            p_target = probs.gather(3, t.view(1, -1, 1, 1).expand(2, -1, num_steps, 1))[..., 0].cpu()
-            deletion.append(p_target[0])
-            insertion.append(p_target[1])
-
-    deletion = torch.cat(deletion) if deletion else torch.empty(0, num_steps)
-    insertion = torch.cat(insertion) if insertion else torch.empty(0, num_steps)
+            chunk = slice(start, start + images_per_chunk)
+            curves = _chunk_curves(model, images[chunk].to(device).float(),
+                                   torch.as_tensor(targets[chunk], device=device).long(), maps[chunk].to(device), counts,
+                                   batch_size, amp_dtype)
+            deletion.append(curves[0])
+            insertion.append(curves[1])
+    deletion = torch.cat(deletion) if deletion else torch.empty(0, len(fractions))
+    insertion = torch.cat(insertion) if insertion else torch.empty(0, len(fractions))
     return {
         "fractions": fractions,
         "deletion": deletion,
@@ -140,6 +125,30 @@ def deletion_insertion(
         "deletion_auc": torch.trapezoid(deletion, fractions, dim=1),
         "insertion_auc": torch.trapezoid(insertion, fractions, dim=1),
     }
+
+
+def _chunk_curves(model: nn.Module, x: torch.Tensor, t: torch.Tensor, maps: torch.Tensor, counts: torch.Tensor,
+                  batch_size: int, amp_dtype: torch.dtype | None) -> torch.Tensor:
+    """(2, n, S) target probabilities of n images along the deletion and insertion paths (CPU).
+
+    `counts` (S,): pixels changed at each step; the variants of all steps go through in large batches.
+    """
+    n, _, h, w = x.shape
+    num_steps = len(counts)
+    rank = saliency_rank(maps)
+    # changed[i, s, p]: pixel p of image i is changed at step s.
+    changed = (rank[:, None, :] < counts[None, :, None]).view(n, num_steps, 1, h, w)
+    original = x[:, None]
+    deleted = torch.where(changed, torch.full_like(original, DELETION_BASELINE), original)
+    inserted = torch.where(changed, original, blurred_canvas(x)[:, None])
+    variants = torch.cat([deleted, inserted]).flatten(0, 1)  # (2 * n * S, 3, H, W)
+    probs = []
+    for b in range(0, len(variants), batch_size):
+        with autocast(x.device, amp_dtype):
+            logits = model(variants[b:b + batch_size].contiguous(memory_format=torch.channels_last))
+        probs.append(logits.float().softmax(dim=1))
+    probs = torch.cat(probs).view(2, n, num_steps, -1)
+    return probs.gather(3, t.view(1, -1, 1, 1).expand(2, -1, num_steps, 1))[..., 0].cpu()
 
 
 def random_maps(n: int, size: int | tuple[int, int], seed: int) -> torch.Tensor:

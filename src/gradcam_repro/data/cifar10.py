@@ -15,54 +15,20 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torchvision.datasets import CIFAR10
+from torchvision.io import ImageReadMode, decode_image, read_file
 
-from gradcam_repro import artifacts
+from gradcam_repro.data.images import IMAGE_SIZE, ImageData, tensor_fingerprint
 from gradcam_repro.errors import UserError
+from gradcam_repro.pipeline.store import torch_save
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-IMAGE_SIZE = 32
 # Bump when the cache layout or the decoder changes, so stale caches are not reused.
 _CACHE_VERSION = 1
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
-
-
-@dataclass
-class ImageData:
-    """A train/test split held in memory.
-
-    images: (N, 3, 32, 32) uint8; labels: (N,) int64 in [0, len(classes));
-    masks (shapes only): (N, 32, 32) bool, True on the object.
-    """
-
-    name: str
-    classes: tuple[str, ...]
-    train_images: torch.Tensor
-    train_labels: torch.Tensor
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
-    fingerprint: str  # sha256 of the decoded tensors: identifies the exact pixels used
-    source: str  # where it came from, for the record
-    train_masks: torch.Tensor | None = None
-    test_masks: torch.Tensor | None = None
-
-    def class_index(self, name: str) -> int:
-        if name not in self.classes:
-            raise UserError(f"unknown class {name!r}; fix: use one of {', '.join(self.classes)}")
-        return self.classes.index(name)
-
-
-def tensor_fingerprint(*tensors: torch.Tensor) -> str:
-    """sha256 over the tensors' shapes, dtypes and bytes."""
-    digest = hashlib.sha256()
-    for t in tensors:
-        t = t.contiguous().cpu()
-        digest.update(f"{tuple(t.shape)}{t.dtype}".encode())
-        digest.update(t.numpy().tobytes())
-    return digest.hexdigest()
 
 
 def resolve_data_root(flag: str | None) -> Path:
@@ -105,8 +71,6 @@ def _find_batches_folder(root: Path) -> Path | None:
 
 def _try_download(root: Path) -> str | None:
     """Try torchvision's download into `root`; return None on success, else a short reason."""
-    from torchvision.datasets import CIFAR10
-
     try:
         root.mkdir(parents=True, exist_ok=True)
         CIFAR10(str(root), train=True, download=True)
@@ -117,8 +81,6 @@ def _try_download(root: Path) -> str | None:
 
 
 def _load_batches_py(folder: Path) -> ImageData:
-    from torchvision.datasets import CIFAR10
-
     root = folder.parent
     if folder.name != "cifar-10-batches-py":
         raise UserError(
@@ -174,8 +136,6 @@ def _tree_key(listing: dict[str, list[tuple[Path, int]]], root: Path) -> str:
 
 
 def _decode_file(path: Path) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_image, read_file
-
     if path.suffix.lower() not in _IMAGE_SUFFIXES:
         raise UserError(f"not an image file: {path}; fix: remove it from the data tree (images must be .jpg or .png)")
     try:
@@ -219,37 +179,7 @@ def _load_image_tree(root: Path, cache_dir: Path) -> ImageData:
         tensors["train_images"], tensors["train_labels"], tensors["test_images"], tensors["test_labels"]
     )
     try:
-        artifacts.torch_save(cache_file, {**tensors, "fingerprint": fingerprint})
+        torch_save(cache_file, {**tensors, "fingerprint": fingerprint})
     except OSError:
         pass  # a read-only cache folder only costs the decode next time
     return ImageData("cifar10", CIFAR10_CLASSES, fingerprint=fingerprint, source=str(root.resolve()), **tensors)
-
-
-def load_shapes(n_train: int, n_test: int, seed: int) -> ImageData:
-    """The synthetic shapes set; train and test come from independent seeds derived from `seed`."""
-    from gradcam_repro.shapes import SHAPES_CLASSES, make_shapes
-
-    tr_x, tr_y, tr_m = make_shapes(n_train, seed=2 * seed + 1)
-    te_x, te_y, te_m = make_shapes(n_test, seed=2 * seed + 2)
-    return ImageData(
-        "shapes", tuple(SHAPES_CLASSES), tr_x, tr_y, te_x, te_y,
-        fingerprint=tensor_fingerprint(tr_x, tr_y, tr_m, te_x, te_y, te_m),
-        source=f"generated: make_shapes(seed={seed})", train_masks=tr_m, test_masks=te_m,
-    )
-
-
-def stratified_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """Indices of `n` examples with classes as balanced as the data allows, chosen by `seed` (sorted)."""
-    if n >= len(labels):
-        return torch.arange(len(labels))
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(labels), generator=gen)
-    # Rank each example within its class in the random order; taking the lowest
-    # ranks first interleaves the classes, so any prefix is class-balanced.
-    shuffled = labels[order]
-    rank = torch.empty_like(order)
-    for c in shuffled.unique():
-        where = (shuffled == c).nonzero().squeeze(1)
-        rank[where] = torch.arange(len(where))
-    keep = order[torch.argsort(rank * len(labels) + torch.arange(len(labels)), stable=True)[:n]]
-    return keep.sort().values

@@ -10,9 +10,10 @@ activations and gradients (`cam_from`). Score-CAM replaces gradients by one
 forward pass per channel (batched over channels), Eigen-CAM uses no gradients.
 
 Works on any torch model whose target layer outputs an (N, K, h, w) tensor.
-Hooks exist only for the duration of a call, the model's train/eval mode and
-`requires_grad` flags are restored afterwards, and several layers can be
-explained from the same single forward/backward pass.
+Inside a `with` block the forward hooks are registered once on entry and
+removed on exit; a call outside one registers and removes its own. The
+model's train/eval mode and `requires_grad` flags are restored after every
+call, and several layers are explained from the same forward/backward pass.
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradcam_repro.errors import UserError
+from gradcam_repro.model.resnet import DEFAULT_LAYER
 from gradcam_repro.runtime import autocast, eval_mode
-
-DEFAULT_LAYER = "layer4.1.conv2"  # the seed's layer4[-1].conv2
 
 
 @dataclass
@@ -72,9 +72,10 @@ def upsample_and_scale(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
 class BaseCAM:
     """Batched class activation maps at one or more layers of `model`.
 
-    >>> with GradCAM(model, "layer4.1.conv2") as cam:
+    >>> with GradCAM(model, "layer4.1.conv2") as cam:   # hooks registered here ...
     ...     result = cam(images)            # explains the predicted classes
     ...     result = cam(images, targets)   # or one given class per image
+    ... # ... and removed here
 
     `images`: (N, C, H, W) float, already normalised as the model expects.
     `targets`: None (predicted class), or N class indices (tensor or sequence).
@@ -85,6 +86,7 @@ class BaseCAM:
     """
 
     name = "base"
+    display_name = "CAM"
     uses_gradients = True
 
     def __init__(self, model: nn.Module, layers: str | Sequence[str] = DEFAULT_LAYER, autocast_dtype: torch.dtype | None = None):
@@ -94,13 +96,45 @@ class BaseCAM:
             raise ValueError(f"{type(self).__name__} needs at least one layer")
         self.modules = {name: get_layer(model, name) for name in self.layers}
         self.autocast_dtype = autocast_dtype
+        self._handles: list = []
+        self._activations: dict[str, torch.Tensor] = {}
 
     def __enter__(self) -> BaseCAM:
+        """Register the forward hooks once for the whole block (calls outside a block register their own)."""
+        if self._handles:
+            raise RuntimeError(f"this {type(self).__name__} is already in use as a context manager")
+        self._handles = self._register_hooks()
         return self
 
     def __exit__(self, *exc) -> None:
-        # Hooks are registered and removed inside each call; nothing is left to release.
-        return None
+        self._remove_hooks()
+
+    def _register_hooks(self) -> list:
+        return [module.register_forward_hook(self._make_hook(name)) for name, module in self.modules.items()]
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _make_hook(self, name: str):
+        def hook(module, inputs, output):
+            if not torch.is_tensor(output) or output.dim() != 4:
+                raise ValueError(f"layer {name!r} must output an (N, K, h, w) tensor to be explained")
+            if self.uses_gradients and not output.requires_grad:
+                # Nothing upstream needs gradients: start the graph here, so
+                # backward stops at the earliest explained layer.
+                output = output.detach().requires_grad_(True)
+            self._activations[name] = output if self.uses_gradients else output.detach()
+            # Downstream in-place ops (e.g. the residual `out += identity`)
+            # must not alter the stored activation.
+            return output.clone()
+
+        return hook
+
+    def maps(self, images: torch.Tensor, targets) -> dict[str, torch.Tensor]:
+        """The explainer protocol: {layer: (N, H, W) maps in [0, 1]} for normalised float `images`."""
+        return {name: result.maps for name, result in self.per_layer(images, targets).items()}
 
     def __call__(self, images: torch.Tensor, targets=None) -> CAMResult:
         if len(self.layers) != 1:
@@ -117,61 +151,52 @@ class BaseCAM:
         return self.cam_from(activations, gradients)
 
     def per_layer(self, images: torch.Tensor, targets=None) -> dict[str, CAMResult]:
+        """{layer: CAMResult} for (N, C, H, W) normalised float `images` from one forward/backward pass."""
         if images.dim() != 4:
             raise ValueError(f"expected (N, C, H, W) images, got shape {tuple(images.shape)}")
-        activations: dict[str, torch.Tensor] = {}
-        track = self.uses_gradients
-
-        def make_hook(name):
-            def hook(module, inputs, output):
-                if not torch.is_tensor(output) or output.dim() != 4:
-                    raise ValueError(f"layer {name!r} must output an (N, K, h, w) tensor to be explained")
-                if track and not output.requires_grad:
-                    # Nothing upstream needs gradients: start the graph here, so
-                    # backward stops at the earliest explained layer.
-                    output = output.detach().requires_grad_(True)
-                activations[name] = output if track else output.detach()
-                # Downstream in-place ops (e.g. the residual `out += identity`)
-                # must not alter the stored activation.
-                return output.clone()
-
-            return hook
-
-        model = self.model
-        grad_flags = [(p, p.requires_grad) for p in model.parameters()]
-        handles = [module.register_forward_hook(make_hook(name)) for name, module in self.modules.items()]
+        temporary = not self._handles
+        if temporary:
+            self._handles = self._register_hooks()
         try:
-            with eval_mode(model):
-                for p, _ in grad_flags:
-                    p.requires_grad_(False)  # no weight gradients: only d(logit)/d(activation) is needed
-                with torch.set_grad_enabled(track), autocast(images.device, self.autocast_dtype):
-                    logits = model(images)
-                logits = logits.float()
-                targets = self._check_targets(targets, logits)
-                missing = [n for n in self.layers if n not in activations]
-                if missing:
-                    raise ValueError(f"layers {missing} were not used in the forward pass")
-                acts = [activations[n] for n in self.layers]
-                if track:
-                    score = logits.gather(1, targets[:, None]).sum()
-                    grads = torch.autograd.grad(score, acts, allow_unused=True)
-                else:
-                    grads = [None] * len(acts)
+            logits, targets, acts, grads = self._forward_backward(images, targets)
         finally:
-            for h in handles:
-                h.remove()
-            for p, flag in grad_flags:
-                p.requires_grad_(flag)
-
+            self._activations = {}
+            if temporary:
+                self._remove_hooks()
         size = tuple(images.shape[-2:])
         results = {}
         for name, act, grad in zip(self.layers, acts, grads):
             act = act.detach().float()
-            if track:
+            if self.uses_gradients:
                 grad = torch.zeros_like(act) if grad is None else grad.float()
             raw = F.relu(self.layer_map(act, grad, images, targets))
             results[name] = CAMResult(upsample_and_scale(raw, size), raw, logits.detach(), targets)
         return results
+
+    def _forward_backward(self, images: torch.Tensor, targets):
+        """One forward pass (hooks record the activations) and, for gradient methods, one backward pass."""
+        model = self.model
+        grad_flags = [(p, p.requires_grad) for p in model.parameters()]
+        try:
+            with eval_mode(model):
+                for p, _ in grad_flags:
+                    p.requires_grad_(False)  # no weight gradients: only d(logit)/d(activation) is needed
+                with torch.set_grad_enabled(self.uses_gradients), autocast(images.device, self.autocast_dtype):
+                    logits = model(images)
+                logits = logits.float()
+                targets = self._check_targets(targets, logits)
+                missing = [n for n in self.layers if n not in self._activations]
+                if missing:
+                    raise ValueError(f"layers {missing} were not used in the forward pass")
+                acts = [self._activations[n] for n in self.layers]
+                grads = [None] * len(acts)
+                if self.uses_gradients:
+                    score = logits.gather(1, targets[:, None]).sum()
+                    grads = torch.autograd.grad(score, acts, allow_unused=True)
+        finally:
+            for p, flag in grad_flags:
+                p.requires_grad_(flag)
+        return logits, targets, acts, grads
 
     @staticmethod
     def _check_targets(targets, logits: torch.Tensor) -> torch.Tensor:
@@ -194,6 +219,7 @@ class GradCAM(BaseCAM):
     """Grad-CAM (Selvaraju et al., 2017): channel weights = spatial mean of the gradient."""
 
     name = "gradcam"
+    display_name = "Grad-CAM"
 
     def cam_from(self, activations, gradients):
         weights = gradients.mean(dim=(2, 3), keepdim=True)
@@ -208,6 +234,7 @@ class GradCAMPlusPlus(BaseCAM):
     """
 
     name = "gradcam++"
+    display_name = "Grad-CAM++"
     EPS = 1e-6  # keeps the denominator away from zero, as in the reference implementation
 
     def cam_from(self, activations, gradients):
@@ -222,6 +249,7 @@ class HiResCAM(BaseCAM):
     """HiResCAM (Draelos & Carin, 2020): element-wise gradient x activation, summed over channels."""
 
     name = "hirescam"
+    display_name = "HiResCAM"
 
     def cam_from(self, activations, gradients):
         return (gradients * activations).sum(dim=1)
@@ -231,6 +259,7 @@ class XGradCAM(BaseCAM):
     """XGrad-CAM (Fu et al., 2020): weights = sum_ij g A / sum_ij A."""
 
     name = "xgradcam"
+    display_name = "XGrad-CAM"
     EPS = 1e-7  # as in the reference implementation
 
     def cam_from(self, activations, gradients):
@@ -242,6 +271,7 @@ class LayerCAM(BaseCAM):
     """LayerCAM (Jiang et al., 2021): element-wise ReLU(gradient) x activation, summed over channels."""
 
     name = "layercam"
+    display_name = "LayerCAM"
 
     def cam_from(self, activations, gradients):
         return (F.relu(gradients) * activations).sum(dim=1)
@@ -256,6 +286,7 @@ class EigenCAM(BaseCAM):
     """
 
     name = "eigencam"
+    display_name = "Eigen-CAM"
     uses_gradients = False
 
     def cam_from(self, activations, gradients):
@@ -277,6 +308,7 @@ class ScoreCAM(BaseCAM):
     """
 
     name = "scorecam"
+    display_name = "Score-CAM"
     uses_gradients = False
     EPS = 1e-8  # as in the reference implementation
 
@@ -307,16 +339,5 @@ class ScoreCAM(BaseCAM):
         return (weights * activations).sum(dim=1)
 
 
-# Every CAM method by its CLI name (`--cam`), in the order reports list them.
-CAM_METHODS: dict[str, type[BaseCAM]] = {
-    cls.name: cls for cls in (GradCAM, GradCAMPlusPlus, HiResCAM, XGradCAM, LayerCAM, ScoreCAM, EigenCAM)
-}
-CAM_DISPLAY_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM", "xgradcam": "XGrad-CAM",
-                     "layercam": "LayerCAM", "scorecam": "Score-CAM", "eigencam": "Eigen-CAM"}
-
-
-def make_cam(method: str, model: nn.Module, layers: str | Sequence[str], autocast_dtype: torch.dtype | None = None) -> BaseCAM:
-    """The CAM method named `method` (a key of CAM_METHODS) on `model` at `layers`."""
-    if method not in CAM_METHODS:
-        raise UserError(f"unknown CAM method {method!r}; fix: use one of {', '.join(CAM_METHODS)}")
-    return CAM_METHODS[method](model, layers, autocast_dtype=autocast_dtype)
+# The CAM family, in the order reports list them (the registry in explain.registry names them).
+CAM_FAMILY: tuple[type[BaseCAM], ...] = (GradCAM, GradCAMPlusPlus, HiResCAM, XGradCAM, LayerCAM, ScoreCAM, EigenCAM)

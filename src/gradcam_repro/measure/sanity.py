@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradcam_repro import metrics
+from gradcam_repro.measure import scores as metrics
 
 # Verdict rule, fixed before any result was looked at: Adebayo et al. show that
 # maps which ignore the weights keep a rank correlation near 1 through the whole

@@ -1,4 +1,4 @@
-"""`gradcam-repro bench`: its references are what they claim to be, and its report holds what it promises.
+"""`python -m benchmarks.bench`: its references are what they claim to be, and its report holds what it promises.
 
 Everything runs on tiny settings (a few images, one or two steps, one thread);
 the numbers are not benchmarks, only the plumbing and the references are checked.
@@ -7,18 +7,19 @@ the numbers are not benchmarks, only the plumbing and the references are checked
 from __future__ import annotations
 
 import json
+import math
+import os
 
 import pytest
 import torch
 from PIL import Image
 from torch import nn
 
-from gradcam_repro import bench
-from gradcam_repro.cli import build_parser, config_from_args, main
-from gradcam_repro.config import Config
-from gradcam_repro.evaluate import compute_cams
-from gradcam_repro.model import normalize, resnet18_cifar
-from gradcam_repro.train import random_crop_flip, train_model
+from benchmarks import bench
+from gradcam_repro.config import Config, preset_config
+from gradcam_repro.explain.cam import GradCAM
+from gradcam_repro.model.resnet import normalize, resnet18_cifar
+from gradcam_repro.model.train import TrainHooks, random_crop_flip, train_model
 
 TINY = ["--repeats", "1", "--warmup-steps", "1", "--train-steps", "1", "--batch-size", "8", "--cam-batch", "4",
         "--threads", "1"]
@@ -60,14 +61,14 @@ def test_per_image_loop_is_the_same_grad_cam_as_the_product():
     torch.manual_seed(0)
     model = resnet18_cifar().eval()
     images, targets = random_images(4, seed=1), torch.tensor([0, 3, 6, 9])
-    ours = compute_cams(model, images, "layer4.1.conv2", torch.device("cpu"), targets=targets)["layer4.1.conv2"]["maps"]
+    ours = GradCAM(model, "layer4.1.conv2").per_layer(normalize(images), targets)["layer4.1.conv2"].maps
     theirs = bench.per_image_gradcam(model, normalize(images), targets, "layer4.1.conv2")
     assert (ours.amax(dim=(1, 2)) > 0).sum() >= 2  # non-zero maps, or the comparison proves little
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
     assert not any(m._forward_hooks for m in model.modules())
 
 
-# --------------------------------------------------------------------------- train_model(max_steps=...)
+# --------------------------------------------------------------------------- the product rows time the product's steps
 
 
 def counting_net() -> tuple[nn.Module, list[int]]:
@@ -77,18 +78,23 @@ def counting_net() -> tuple[nn.Module, list[int]]:
     return net, seen
 
 
-@pytest.mark.parametrize("n_images, epochs, max_steps, expected_per_epoch", [(100, 1, 2, 16), (100, 2, 2, 16), (20, 1, 5, 20)])
-def test_max_steps_stops_each_epoch_after_that_many_batches(n_images, epochs, max_steps, expected_per_epoch):
+def test_product_steps_are_the_steps_of_train_model():
+    cpu, config = torch.device("cpu"), Config(epochs=1, batch_size=8, lr=0.05)
+    images, labels = random_images(20), torch.arange(20) % 10
+    torch.manual_seed(0)
+    expected, _ = counting_net()
+    train_model(expected, images, labels, config, cpu, None, hooks=TrainHooks(log=lambda s: None, progress=False))
+    torch.manual_seed(0)
     net, seen = counting_net()
-    images, labels = random_images(n_images), torch.arange(n_images) % 10
-    history = train_model(net, images, labels, Config(epochs=epochs, batch_size=8), torch.device("cpu"), None,
-                          log=lambda s: None, progress=False, max_steps=max_steps)
-    assert sum(seen) == epochs * expected_per_epoch
-    assert [h["epoch"] for h in history] == list(range(1, epochs + 1))
-    for record in history:
-        # Accuracy is counted over the images seen, so it is a whole number of them.
-        correct = record["train_acc"] * expected_per_epoch
-        assert abs(correct - round(correct)) < 1e-9 and torch.isfinite(torch.tensor(record["loss"]))
+    steps = bench.ProductSteps(net, images, labels, config, cpu, None)
+    assert steps.run(2) == 16 and steps.run(1) == 4 and seen == [8, 8, 4]
+    # The same epoch, step by step, leaves exactly the weights train_model leaves.
+    for a, b in zip(expected.parameters(), net.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="call new_epoch"):
+        steps.run(1)
+    steps.new_epoch()
+    assert steps.run(3) == 20 and len(seen) == 6
 
 
 def test_compile_flag_trains_through_torch_compile(monkeypatch):
@@ -102,9 +108,11 @@ def test_compile_flag_trains_through_torch_compile(monkeypatch):
     net, seen = counting_net()
     before = [p.detach().clone() for p in net.parameters()]
     train_model(net, random_images(16), torch.arange(16) % 10, Config(epochs=1, batch_size=8, compile=True),
-                torch.device("cpu"), None, log=lambda s: None, progress=False)
+                torch.device("cpu"), None, hooks=TrainHooks(log=lambda s: None, progress=False))
     assert calls == [net] and sum(seen) == 16
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    from gradcam_repro.cli import build_parser, config_from_args  # only this test needs the product's CLI
+
     assert config_from_args(build_parser().parse_args(["run", "--compile"])).compile is True
     assert config_from_args(build_parser().parse_args(["run"])).compile is False
 
@@ -135,13 +143,13 @@ def test_bench_writes_tables_command_and_machine(tmp_path, one_thread, capsys):
     paper = fake_run(tmp_path / "paper", "bf16", 0.80, end_to_end_s=80 * 60)
     fp32 = fake_run(tmp_path / "fp32", "fp32", 0.79, end_to_end_s=60 * 60)
     out = tmp_path / "report" / "BENCHMARKS.md"
-    argv = ["bench", *TINY, "--no-rss", "--out", str(out), "--paper-run", str(paper), "--accuracy-runs", str(paper), str(fp32)]
-    assert main(argv) == 0
+    argv = [*TINY, "--no-rss", "--out", str(out), "--paper-run", str(paper), "--accuracy-runs", str(paper), str(fp32)]
+    assert bench.main(argv) == 0
     printed = capsys.readouterr().out
     text = out.read_text()
     assert "| product fp32 |" in printed and "| per-image loop fp32 |" in printed  # tables printed as measured
-    assert f"`gradcam-repro {' '.join(argv)}`" in text
-    from gradcam_repro.artifacts import environment_info
+    assert f"`python -m benchmarks.bench {' '.join(argv)}`" in text
+    from gradcam_repro.pipeline.store import environment_info
 
     assert environment_info()["processor"] in text and "torch / torchvision" in text
     for heading in ("## 1. Training throughput", "### Training throughput (cpu)", "### Grad-CAM throughput (cpu, 4 images",
@@ -205,7 +213,7 @@ def test_accuracy_check_trains_one_baseline_per_precision_from_the_same_seed(tmp
     assert all(0.0 <= r["clean_test_acc"] <= 1.0 and r["train_seconds"] > 0 for r in result["runs"].values())
     assert result["diff_points"] == pytest.approx(100 * (result["runs"]["bf16"]["clean_test_acc"]
                                                          - result["runs"]["fp32"]["clean_test_acc"]))
-    assert not (tmp_path / "smoke-bf16" / "biased").exists()  # the baseline only
+    assert len(list((tmp_path / "smoke-bf16" / "experiments").iterdir())) == 1  # the baseline only
     # A second call reuses both finished baselines instead of training again.
     lines.clear()
     assert bench.train_accuracy_runs(tmp_path, None, "cpu", lines.append, preset="smoke", dataset="shapes") == runs
@@ -213,7 +221,7 @@ def test_accuracy_check_trains_one_baseline_per_precision_from_the_same_seed(tmp
 
 
 def test_time_budget_compares_a_paper_run_with_the_measured_throughput(tmp_path):
-    from gradcam_repro.artifacts import environment_info
+    from gradcam_repro.pipeline.store import environment_info
 
     env = {**environment_info("cpu"), "device": "cpu"}
     paper = {"images_trained": 500_000, "seconds": {"end_to_end": 80 * 60.0}, "environment": env}
@@ -234,7 +242,7 @@ def test_time_budget_compares_a_paper_run_with_the_measured_throughput(tmp_path)
 ])
 def test_bad_input_is_one_line_exit_2_before_measuring(flags, expected, tmp_path, capsys):
     out = tmp_path / "BENCHMARKS.md"
-    code = main(["bench", *TINY, "--no-rss", "--out", str(out), *(f.format(tmp=tmp_path) for f in flags)])
+    code = bench.main([*TINY, "--no-rss", "--out", str(out), *(f.format(tmp=tmp_path) for f in flags)])
     captured = capsys.readouterr()
     assert code == 2
     assert expected.format(tmp=tmp_path) in captured.err
@@ -242,19 +250,27 @@ def test_bad_input_is_one_line_exit_2_before_measuring(flags, expected, tmp_path
     assert captured.out == "" and not out.exists()  # nothing measured, nothing written
 
 
-def test_memory_check_runs_in_a_child_and_reports_peak_rss():
-    options = bench.BenchOptions(rss_images=64, rss_steps=1, threads=1)
+def test_memory_check_runs_in_a_child_and_reports_peak_rss(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the child finds `benchmarks` from the repository root, not the caller's folder
+    n = 4_000  # 12 MiB of training images: a unit slip (KiB or bytes read as MiB) shows against it
+    options = bench.BenchOptions(rss_images=n, rss_steps=1, threads=1)
     result = bench.bench_rss(options, torch.device("cpu"), log=lambda s: None)
     assert "error" not in result, result.get("error")
-    assert result["peak_rss_mb"] > 0
-    assert (result["train_images"], result["test_images"], result["images_seen"]) == (64, 12, 64)
-    assert result["targets"][0]["verdict"] in ("PASS", f"MISS by {result['peak_rss_mb'] - 4096:,.0f} MB")
+    batch = preset_config("paper").batch_size
+    assert (result["train_images"], result["test_images"], result["images_seen"]) == (n, n // 5, batch)
+    peak, data_mib = result["peak_rss_mb"], (n + n // 5) * 3 * 32 * 32 / 2**20
+    physical_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    # The child held the images, so its peak exceeds them; no process peaks above the machine's memory.
+    assert math.isfinite(peak) and data_mib < peak < physical_mib
+    target = result["targets"][0]
+    assert target == bench.check("peak RSS, paper-preset training", peak, bench.RSS_TARGET_MB, False, " MB", 0)
+    assert target["verdict"] == ("PASS" if peak <= 4096 else f"MISS by {peak - 4096:,.0f} MB")
 
 
 def test_baseline_accuracy_of_a_run_folder_equals_its_metrics(shapes_run):
     # The fallback for a folder where only the baseline was trained must be the same
     # measurement as the run's own clean_test_acc (same test subset, same precision).
-    from gradcam_repro.bench import baseline_accuracy
+    from benchmarks.bench import baseline_accuracy
 
     metrics = json.loads((shapes_run / "metrics.json").read_text())
     measured = baseline_accuracy(shapes_run)

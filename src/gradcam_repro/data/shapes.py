@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gradcam_repro.data.images import ImageData, tensor_fingerprint
+
 # Shape predicates take object-centred coordinates ``u`` (right) and ``v``
 # (down), both float32 arrays of shape (k, H, W) scaled so that the object's
 # bounding box is [-1, 1] x [-1, 1], and return a bool array of the same
@@ -193,4 +195,15 @@ def make_shapes(n: int, seed: int, image_size: int = 32) -> tuple[torch.Tensor, 
         torch.from_numpy(images),
         torch.from_numpy(labels.astype(np.int64)),
         torch.from_numpy(masks),
+    )
+
+
+def load_shapes(n_train: int, n_test: int, seed: int) -> ImageData:
+    """The synthetic shapes set; train and test come from independent seeds derived from `seed`."""
+    tr_x, tr_y, tr_m = make_shapes(n_train, seed=2 * seed + 1)
+    te_x, te_y, te_m = make_shapes(n_test, seed=2 * seed + 2)
+    return ImageData(
+        "shapes", tuple(SHAPES_CLASSES), tr_x, tr_y, te_x, te_y,
+        fingerprint=tensor_fingerprint(tr_x, tr_y, tr_m, te_x, te_y, te_m),
+        source=f"generated: make_shapes(seed={seed})", train_masks=tr_m, test_masks=te_m,
     )

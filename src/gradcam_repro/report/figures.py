@@ -1,4 +1,4 @@
-"""Figures: image | Grad-CAM overlay grids, model side-by-sides, training curves.
+"""Figures: image | CAM overlay grids, model side-by-sides, training curves, score plots.
 
 The CLI selects the headless Agg backend unless `--show` is given. Functions return matplotlib
 figures; saving goes through `artifacts.save_figure` (atomic).
@@ -12,8 +12,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from gradcam_repro.measure.scores import POINTS_AT_PATCH_RATIO, cam_energy_in_box
 
 CAM_ALPHA = 0.5  # heatmap opacity over the image
+PAIRS_PER_ROW = 2  # (image | overlay) pairs per row in `cam_grid`
+SUPTITLE_MARGIN_IN = 0.08  # inches between the figure's top edge and its suptitle
+RATIO_FLOOR = 1e-3  # energy ratios at or below 0 are drawn here on the log axis
 
 
 def to_hwc(image: torch.Tensor) -> np.ndarray:
@@ -35,27 +41,43 @@ def _show(ax, picture: np.ndarray, title: str, box=None, fontsize: int = 8) -> N
     ax.axis("off")
 
 
+def _layout_under_suptitle(fig, title: str, fontsize: int = 10) -> None:
+    """Set the figure's suptitle at the top and lay the panels, their titles included, out below it.
+
+    The suptitle hangs a fixed SUPTITLE_MARGIN_IN below the top edge (matplotlib's default, 2% of the
+    height, grows past tight_layout's padding in tall figures and puts it over the first row).
+    tight_layout runs twice: image panels keep their aspect, so where their titles end up is only known
+    once the panels are placed, and a single pass can leave the first row's titles under the suptitle.
+    """
+    fig.suptitle(title, fontsize=fontsize, y=1 - SUPTITLE_MARGIN_IN / fig.get_figheight(), va="top")
+    for _ in range(2):
+        fig.tight_layout()
+
+
 def _draw_box(ax, box):
     if box is not None:
         top, left, bottom, right = box
         ax.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False, edgecolor="white", lw=1.2, ls="--"))
 
 
-def cam_grid(images, maps, true_labels, pred_labels, classes, title, box=None, pairs_per_row=2, cam_label="Grad-CAM"):
-    """Pairs of (original | overlay) panels titled 'true: X / pred: Y'."""
+def cam_grid(images, maps, true_labels, pred_labels, classes, title, box=None, cam_label="Grad-CAM"):
+    """Pairs of (original | overlay) panels, PAIRS_PER_ROW to a row, titled 'true: X / pred: Y'.
+
+    cam_label titles each overlay panel: the display name of the CAM method that made the maps.
+    """
     n = len(images)
-    rows = max(1, math.ceil(n / pairs_per_row))
-    fig, axes = plt.subplots(rows, 2 * pairs_per_row, figsize=(2.1 * 2 * pairs_per_row, 2.3 * rows), squeeze=False)
+    rows = max(1, math.ceil(n / PAIRS_PER_ROW))
+    fig, axes = plt.subplots(rows, 2 * PAIRS_PER_ROW, figsize=(2.1 * 2 * PAIRS_PER_ROW, 2.3 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i in range(n):
-        ax_img, ax_cam = axes[i // pairs_per_row, 2 * (i % pairs_per_row)], axes[i // pairs_per_row, 2 * (i % pairs_per_row) + 1]
+        row, col = divmod(i, PAIRS_PER_ROW)
+        ax_img, ax_cam = axes[row, 2 * col], axes[row, 2 * col + 1]
         _show(ax_img, to_hwc(images[i]), f"true: {classes[int(true_labels[i])]}\npred: {classes[int(pred_labels[i])]}")
         if int(true_labels[i]) != int(pred_labels[i]):
             ax_img.title.set_color("firebrick")
         _show(ax_cam, overlay(images[i], maps[i]), cam_label, box)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    _layout_under_suptitle(fig, title)
     return fig
 
 
@@ -69,8 +91,7 @@ def side_by_side(images, maps_by_model: dict, preds_by_model: dict, classes, tit
         for j, name in enumerate(names, start=1):
             _show(axes[i, j], overlay(images[i], maps_by_model[name][i]),
                   f"{name}\npred: {classes[int(preds_by_model[name][i])]}", box)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    _layout_under_suptitle(fig, title)
     return fig
 
 
@@ -101,39 +122,47 @@ def across_layers(image, maps_by_model: dict[str, dict[str, torch.Tensor]], titl
         _show(axes[r, 0], to_hwc(image), f"{name}\ninput")
         for c, layer in enumerate(layers, start=1):
             _show(axes[r, c], overlay(image, maps_by_model[name][layer]), layer, box)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    _layout_under_suptitle(fig, title)
     return fig
 
 
-def counterfactual_gallery(originals, pasted, preds_by_model: dict, maps_by_model: dict, classes, title, box=None):
-    """Rows: original | with patch | each model's CAM on the patched image; titles give predictions before -> after."""
+def counterfactual_gallery(originals, pasted, preds_by_model: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                           maps_by_model: dict[str, torch.Tensor], classes, title, box=None):
+    """Rows: original | with patch | each model's CAM on the patched image.
+
+    Each model's panel is titled with its prediction on the clean and on the patched image
+    (preds_by_model[name] = (clean predictions, patched predictions)), in red where the patch changed it.
+    The caller picks the rows: show one image per source class, not the first flipped images, which
+    tend to share a class and say nothing about the others.
+    """
     names = list(maps_by_model)
     n = len(originals)
-    fig, axes = plt.subplots(n, 2 + len(names), figsize=(2.1 * (2 + len(names)), 2.2 * n), squeeze=False)
+    fig, axes = plt.subplots(n, 2 + len(names), figsize=(2.1 * (2 + len(names)), 2.5 * n), squeeze=False)
     for i in range(n):
         _show(axes[i, 0], to_hwc(originals[i]), "original")
         _show(axes[i, 1], to_hwc(pasted[i]), "patch pasted")
         for j, name in enumerate(names, start=2):
-            before, after = preds_by_model[name][0][i], preds_by_model[name][1][i]
+            clean, patched = int(preds_by_model[name][0][i]), int(preds_by_model[name][1][i])
             _show(axes[i, j], overlay(pasted[i], maps_by_model[name][i]),
-                  f"{name}: {classes[int(before)]}\n-> {classes[int(after)]}", box)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+                  f"{name}\nclean: {classes[clean]}\npatched: {classes[patched]}", box)
+            if clean != patched:
+                axes[i, j].title.set_color("firebrick")
+    _layout_under_suptitle(fig, title)
     return fig
 
 
-def energy_histograms(maps_by_model: dict[str, torch.Tensor], box, uniform: float, title):
-    """Distribution of per-image energy in the box, one histogram per model, uniform value marked."""
-    from gradcam_repro.metrics import cam_energy_in_box
+def energy_histograms(maps_by_model: dict[str, torch.Tensor], box, uniform: float, title, method: str = "Grad-CAM"):
+    """Distribution of per-image energy in the box, one histogram per model, uniform value marked.
 
+    method is the display name of the CAM method that made the maps.
+    """
     fig, ax = plt.subplots(figsize=(6, 3.4))
     bins = np.linspace(0, 1, 41)
     for name, maps in maps_by_model.items():
         if len(maps):
             ax.hist(cam_energy_in_box(maps, box).numpy(), bins=bins, alpha=0.55, label=f"{name} (n={len(maps)})")
     ax.axvline(uniform, color="black", ls="--", lw=1, label=f"uniform map ({uniform:.3f})")
-    ax.set(xlabel="fraction of Grad-CAM mass inside the patch box", ylabel="images", title=title)
+    ax.set(xlabel=f"fraction of {method} mass inside the patch box", ylabel="images", title=title)
     ax.title.set_fontsize(9)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -157,23 +186,71 @@ def per_class_accuracy(acc_by_model: dict[str, dict[str, float]]):
     return fig
 
 
-def layer_sweep(cam_by_model: dict[str, dict], uniform: dict):
-    """Energy in box and pointing game per layer (patched target images called target), with 95% CIs."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-    for ax, score, base in ((axes[0], "energy", uniform["energy_in_box"]), (axes[1], "pointing", uniform["pointing"])):
-        for name, per_layer in cam_by_model.items():
-            layers = list(per_layer)
-            stats = [per_layer[lay]["patched_target"][score] for lay in layers]
-            mean = np.array([s["mean"] for s in stats])
-            err = np.array([[s["mean"] - s["low"] for s in stats], [s["high"] - s["mean"] for s in stats]])
-            ax.errorbar(np.arange(len(layers)), mean, yerr=np.nan_to_num(err), marker="o", capsize=3, label=name)
-        ax.axhline(base, color="black", ls="--", lw=1, label="uniform map")
-        ax.set_xticks(np.arange(len(layers)), layers, fontsize=8, rotation=15)
-        ax.set(ylim=(0, 1), ylabel="energy in patch box" if score == "energy" else "pointing-game hit rate")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("Grad-CAM on patched target images the model calls target, by layer (95% CI)", fontsize=10)
-    fig.tight_layout()
+def _sweep_errorbars(ax, cam_by_model: dict[str, dict], score: str, scale: float = 1.0) -> list[str]:
+    """One errorbar series per model: the mean of `score` per layer over `scale`, 95% CI as bars.
+
+    Returns the layers in x order (the union over models, first seen first). Models are nudged apart on x.
+    """
+    layers = list(dict.fromkeys(lay for per_layer in cam_by_model.values() for lay in per_layer))
+    for k, (name, per_layer) in enumerate(cam_by_model.items()):
+        stats = [per_layer[lay]["patched_target"][score] for lay in per_layer]
+        mean, low, high = (np.array([st[key] for st in stats], dtype=float) / scale for key in ("mean", "low", "high"))
+        if ax.get_yscale() == "log":
+            mean, low, high = (np.clip(v, RATIO_FLOOR, None) for v in (mean, low, high))
+        x = np.array([layers.index(lay) for lay in per_layer]) + 0.08 * (k - (len(cam_by_model) - 1) / 2)
+        err = np.nan_to_num(np.clip(np.stack([mean - low, high - mean]), 0, None))
+        ax.errorbar(x, mean, yerr=err, marker="o", capsize=3, label=name)
+    ax.set_xticks(np.arange(len(layers)), layers, fontsize=8, rotation=15)
+    ax.set_xlabel("layer")
+    ax.grid(alpha=0.3)
+    return layers
+
+
+def _ratio_axis(ax, cam_by_model: dict[str, dict], scale: float) -> None:
+    """Limits and "2x"-style ticks for the log energy-ratio axis.
+
+    Every mean, 1x and twice the threshold stay in view; a CI bar reaching towards 0 may leave the bottom
+    rather than stretch the axis over decades nobody reads (a mean at or below 0 still shows, at the floor).
+    """
+    stats = [s["patched_target"]["energy"] for per_layer in cam_by_model.values() for s in per_layer.values()]
+    means = np.array([st["mean"] for st in stats], dtype=float) / scale
+    highs = np.array([st["high"] for st in stats], dtype=float) / scale
+    means, highs = means[np.isfinite(means)], highs[np.isfinite(highs)]
+    if (means <= 0).any():
+        bottom = RATIO_FLOOR / 1.5
+    else:
+        bottom = max(RATIO_FLOOR, min(0.5, 0.5 * means.min()) if means.size else 0.5)
+    top = max(2 * POINTS_AT_PATCH_RATIO, 1.5 * highs.max() if highs.size else 0.0)
+    ax.set_ylim(bottom, top)
+    subs = (1.0, 2.0, 5.0) if np.log10(top / bottom) <= 2.5 else (1.0,)
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def layer_sweep(cam_by_model: dict[str, dict], uniform: dict, method: str = "Grad-CAM"):
+    """Energy in box and pointing game per layer (patched target images called target), with 95% CIs.
+
+    cam_by_model[model][layer]["patched_target"]["energy" | "pointing"] = {"mean", "low", "high", "n"};
+    uniform holds a uniform map's "energy_in_box" and "pointing". Energy is drawn as a ratio to the
+    uniform map's on a log axis, with the "points at the patch" threshold (POINTS_AT_PATCH_RATIO x
+    uniform) marked; the pointing game as a hit rate in [0, 1]. method is the CAM method's display name.
+    """
+    fig, (ax_energy, ax_point) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax_energy.set_yscale("log")
+    _sweep_errorbars(ax_energy, cam_by_model, "energy", uniform["energy_in_box"])
+    ax_energy.axhline(1.0, color="black", ls="--", lw=1, label=f"uniform map ({uniform['energy_in_box']:.3f} of the mass)")
+    ax_energy.axhline(POINTS_AT_PATCH_RATIO, color="firebrick", ls=":", lw=1.2,
+                      label=f"points at the patch ({POINTS_AT_PATCH_RATIO:g}x uniform)")
+    _ratio_axis(ax_energy, cam_by_model, uniform["energy_in_box"])
+    ax_energy.set(ylabel="energy in patch box / uniform", title=f"{method} energy in the patch box, ratio to a uniform map")
+    _sweep_errorbars(ax_point, cam_by_model, "pointing")
+    ax_point.axhline(uniform["pointing"], color="black", ls="--", lw=1, label="uniform map")
+    ax_point.set(ylim=(0, 1), ylabel="pointing-game hit rate", title=f"{method} pointing game")
+    for ax in (ax_energy, ax_point):
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7)
+    _layout_under_suptitle(fig, f"{method} on patched target images the model calls target, by layer (95% CI)")
     return fig
 
 
@@ -185,8 +262,7 @@ def explanation(image, maps_by_model: dict, top3_by_model: dict, title):
     for j, name in enumerate(names, start=1):
         top = "\n".join(f"{c} {p:.2f}" for c, p in top3_by_model[name])
         _show(axes[0, j], overlay(image, maps_by_model[name]), f"{name}\n{top}")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    _layout_under_suptitle(fig, title, fontsize=9)
     return fig
 
 
@@ -208,8 +284,7 @@ def sanity_cascade(image, maps_by_step: dict[str, torch.Tensor], title):
     _show(axes[0, 0], to_hwc(image), "input")
     for c, step in enumerate(steps, start=1):
         _show(axes[0, c], overlay(image, maps_by_step[step]), step)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    _layout_under_suptitle(fig, title)
     return fig
 
 
@@ -231,8 +306,7 @@ def deletion_insertion_curves(curves_by_method: dict[str, dict], title):
                title=f"{kind} ({better} AUC is more faithful)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    _layout_under_suptitle(fig, title)
     return fig
 
 
@@ -269,7 +343,6 @@ def method_layer_heatmap(methods: dict, names: dict[str, str]):
         ax.set_title(title, fontsize=9)
         fig.colorbar(image, ax=ax, fraction=0.046)
     uniform = methods["uniform"]
-    fig.suptitle(f"mean energy by method and layer (uniform map: box {uniform['energy_in_box']:.3f}"
-                 + (f", mask {uniform['energy_in_mask']:.3f}" if "energy_in_mask" in uniform else "") + ")", fontsize=10)
-    fig.tight_layout()
+    _layout_under_suptitle(fig, f"mean energy by method and layer (uniform map: box {uniform['energy_in_box']:.3f}"
+                           + (f", mask {uniform['energy_in_mask']:.3f}" if "energy_in_mask" in uniform else "") + ")")
     return fig

@@ -1,16 +1,19 @@
-"""`gradcam-repro bench`: the product's speed and memory against simple references, measured in one run.
+"""`python -m benchmarks.bench` (`make bench`): the product's speed and memory against simple references, in one run.
 
 Sections (each a table in BENCHMARKS.md; the raw numbers go to BENCHMARKS.json):
-  1. training throughput: `train.train_model` against a per-sample DataLoader reference;
-  2. Grad-CAM throughput: batched `GradCAM` against a per-image loop and pytorch-grad-cam;
+  1. training throughput: the product's training step (`model.train.make_batch` + `train_step`)
+     against a per-sample DataLoader reference;
+  2. Grad-CAM throughput: batched `explain.cam.GradCAM` against a per-image loop and pytorch-grad-cam;
   3. peak resident memory of a (partial) paper-preset epoch, in a child process;
   4. a finished paper run's wall times and accuracies (`--paper-run`);
-  5. bf16 against fp32 clean accuracy of two finished runs (`--accuracy-runs`).
+  5. bf16 against fp32 clean accuracy of two finished runs (`--accuracy-runs`, or `--accuracy-check`).
 Sections 1 and 2 run on the CPU and, when there is one, on the GPU.
 
 Every throughput is the median of `repeats` steady-state measurements (warm-up
 first) with its min-max spread; ratios are of medians. The references are
 written here, in the style they stand for, so that the comparison is explicit.
+This module lives outside the `gradcam_repro` package: the product never imports
+it, nor pytorch-grad-cam (a test extra) that it compares against.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -34,16 +38,20 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from gradcam_repro import artifacts
 from gradcam_repro.config import Config, preset_config
-from gradcam_repro.data import load_cifar10, resolve_data_root
+from gradcam_repro.data.cifar10 import load_cifar10, resolve_data_root
 from gradcam_repro.errors import UserError
-from gradcam_repro.evaluate import compute_cams, predict_logits
-from gradcam_repro.gradcam import DEFAULT_LAYER, get_layer
-from gradcam_repro.model import CIFAR10_MEAN, CIFAR10_STD, normalize, resnet18_cifar
-from gradcam_repro.runtime import autocast_dtype, choose_device
-from gradcam_repro.train import train_model
+from gradcam_repro.explain.cam import DEFAULT_LAYER, get_layer
+from gradcam_repro.explain.registry import explain_images
+from gradcam_repro.measure.predict import accuracy, predict_logits
+from gradcam_repro.model.resnet import CIFAR10_MEAN, CIFAR10_STD, normalize, resnet18_cifar
+from gradcam_repro.model.train import make_batch, plan_epoch, prepare_training, train_step
+from gradcam_repro.pipeline import store as artifacts
+from gradcam_repro.runtime import Runtime, autocast_dtype, choose_device
 
+# The memory check's child runs `python -m benchmarks.bench` from here, whatever the caller's cwd.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PROG = "python -m benchmarks.bench"
 # Targets, as ratios of medians (or absolute limits).
 TRAIN_TARGET_X = 2.5  # product / faster naive reference
 CAM_PER_IMAGE_TARGET_X = 10.0  # product / one forward+backward per image
@@ -61,7 +69,7 @@ Timer = Callable[[], float]  # one timed measurement -> items per second
 
 @dataclass
 class BenchOptions:
-    """All knobs of one `gradcam-repro bench`; each maps onto the flag of the same name."""
+    """All knobs of one `python -m benchmarks.bench`; each maps onto the flag of the same name."""
 
     data_root: str | None = None  # None: synthetic random uint8 images
     device: str = "auto"  # auto: the CPU, plus the GPU when there is one
@@ -102,7 +110,7 @@ class BenchOptions:
         if self.paper_run is not None:
             metrics_path(self.paper_run, "--paper-run")
         for run_dir in self.accuracy_runs or ():
-            if not (Path(run_dir) / "baseline" / "model.pt").is_file():  # a finished baseline is enough here
+            if finished_baseline(run_dir) is None:  # a finished baseline is enough here
                 metrics_path(run_dir, "--accuracy-runs")
         return self
 
@@ -121,12 +129,9 @@ def metrics_path(run_dir: str | Path, flag: str) -> Path:
 
 
 def read_metrics(run_dir: str | Path, flag: str) -> dict:
-    path = metrics_path(run_dir, flag)
-    try:
-        return artifacts.read_json(path)
-    except (ValueError, OSError) as exc:
-        raise UserError(f"cannot read {path} ({type(exc).__name__}); fix: rerun "
-                        f"`gradcam-repro evaluate {run_dir}` to rewrite it, or leave {flag} out") from None
+    """A finished run's metrics.json; a one-line `UserError` naming `flag` if it is missing or unreadable."""
+    return artifacts.read_json(metrics_path(run_dir, flag),
+                               fix=f"fix: rerun `gradcam-repro evaluate {run_dir}` to rewrite it, or leave {flag} out")
 
 
 # --------------------------------------------------------------------------- data
@@ -218,26 +223,57 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class ProductSteps:
+    """The product's own training steps, driven one at a time.
+
+    Set up as `train_model` sets up a run (`prepare_training`: model on the device
+    in channels_last, optimiser, schedule, `torch.compile` when `config.compile`),
+    then each step is the product's `make_batch` + `train_step`, the code its epoch
+    loop runs. `images`: (N, 3, 32, 32) uint8 and `labels`: (N,) int64, moved to `device`.
+    """
+
+    def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: Config,
+                 device: torch.device, amp_dtype: torch.dtype | None):
+        self.images, self.labels = images.to(device), labels.to(device)
+        self.state = prepare_training(model, config, device, amp_dtype, len(self.labels))
+        self.config = config
+        model.train()
+        self.new_epoch()
+
+    def new_epoch(self) -> None:
+        """Draw a fresh epoch (order, crops, flips) from the product's shuffling generator; steps restart at 0."""
+        self.plan = plan_epoch(self.config, 1, len(self.labels), self.state.generator)
+        self.next_step = 0
+
+    def run(self, steps: int) -> int:
+        """Take the next `steps` steps of the current epoch; returns the images trained on."""
+        if self.next_step + steps > self.plan.steps:
+            raise ValueError(f"{steps} more steps do not fit in an epoch of {self.plan.steps}; call new_epoch() first")
+        seen = 0
+        for step in range(self.next_step, self.next_step + steps):
+            x, y = make_batch(self.images, self.labels, self.plan, step)
+            train_step(self.state, x, y)
+            seen += len(y)
+        self.next_step += steps
+        return seen
+
+
 def product_training_timer(images: torch.Tensor, labels: torch.Tensor, config: Config, device: torch.device,
                            amp_dtype: torch.dtype | None, warmup_steps: int, train_steps: int, seed: int = 0) -> Timer:
-    """Images/s of `train_model` capped at `train_steps` steps, after one discarded warm-up call.
+    """Images/s of the product's training steps, after `warmup_steps` discarded ones.
 
-    Each timed call includes its per-call set-up (optimiser, shuffle, augmentation draws).
+    Each measurement draws a new epoch (off the clock: once per epoch, not per
+    step), then times `train_steps` steps. Needs len(labels) >= train_steps * batch size.
     """
     torch.manual_seed(seed)
-    model = resnet18_cifar()
-
-    def train(steps: int) -> None:
-        train_model(model, images, labels, config, device, amp_dtype, evaluate=None, log=lambda s: None,
-                    progress=False, max_steps=steps)
-
-    train(warmup_steps)  # one-off costs: first allocations, oneDNN kernel choice, torch.compile
-    seen = min(len(labels), train_steps * config.batch_size)
+    steps = ProductSteps(resnet18_cifar(), images, labels, config, device, amp_dtype)
+    steps.run(warmup_steps)  # one-off costs: first allocations, oneDNN kernel choice, torch.compile
 
     def measure() -> float:
+        steps.new_epoch()
         _sync(device)
         start = time.perf_counter()
-        train(train_steps)
+        seen = steps.run(train_steps)
         _sync(device)
         return seen / (time.perf_counter() - start)
 
@@ -366,7 +402,8 @@ def check(what: str, value: float | None, limit: float, at_least: bool, unit: st
 def bench_training(images: torch.Tensor, labels: torch.Tensor, device: torch.device, amp: torch.dtype | None,
                    options: BenchOptions, log) -> dict:
     """Section 1 on one device: images/s of the product (bf16, fp32) and the naive reference (0 and 2 workers)."""
-    # One capped epoch of the seed protocol: SGD lr 0.01 momentum 0.9, crop+flip, 32 px.
+    # The seed protocol's step: SGD lr 0.01 momentum 0.9, crop+flip, 32 px. The lr is constant,
+    # so the schedule's length (one epoch of the pool) does not matter.
     base = Config(epochs=1, batch_size=options.batch_size, seed=0, device=str(device))
     steps = {"warmup_steps": options.warmup_steps, "train_steps": options.train_steps}
 
@@ -412,9 +449,11 @@ def bench_gradcam(images: torch.Tensor, labels: torch.Tensor, device: torch.devi
     targets = labels.to(device)
 
     def product(dtype):
-        # The product path end to end: uint8 in, normalise, one forward+backward, maps back on the CPU.
-        return lambda: _timed_calls(lambda: compute_cams(model, images, layer, device, targets=labels, batch_size=n,
-                                                         amp_dtype=dtype), n, device)
+        # The path `gradcam-repro run` takes: uint8 in, normalise on the device, one batched
+        # forward+backward (`GradCAM`), maps back on the CPU.
+        runtime = Runtime(device, dtype)
+        return lambda: _timed_calls(lambda: explain_images("gradcam", model, images, labels, layer, runtime, batch_size=n),
+                                    n, device)
 
     def per_image():
         def call():
@@ -453,51 +492,60 @@ def bench_gradcam(images: torch.Tensor, labels: torch.Tensor, device: torch.devi
 # --------------------------------------------------------------------------- section 3: memory
 
 
-def rss_child(data_root: str | None, steps: int, synthetic_images: int, device_flag: str = "cpu") -> dict:
-    """Load data as the paper preset does, train `steps` steps, predict the test set once; report peak RSS.
+def rss_data(data_root: str | None, synthetic_images: int, device: torch.device) -> dict:
+    """The paper preset's config and data, as `gradcam-repro run --preset paper` loads them.
 
-    Without `data_root`: `synthetic_images` random uint8 training images and a fifth as many test images.
-    Meant to run in a fresh process, so that the peak belongs to this work alone.
+    Without `data_root`: `synthetic_images` random (N, 3, 32, 32) uint8 training images
+    and a fifth as many test images. Returns {"config", "amp_dtype", "train_x", "train_y", "test_x", "source"}.
     """
-    device = choose_device(device_flag)
-    start = time.perf_counter()
     if data_root is not None:
-        from gradcam_repro.experiment import prepare
+        # Imported here: the pipeline pulls in matplotlib, which the synthetic check does not need to hold.
+        from gradcam_repro.pipeline.run import prepare
 
         with tempfile.TemporaryDirectory() as out:  # prepare() checks --out is writable; nothing is written
             p = prepare(preset_config("paper", data_root=data_root, device=str(device), out=out),
                         log=lambda line: print(line, file=sys.stderr))
-        config, amp, data = p.config, p.amp_dtype, p.data
-        train_x, train_y, test_x = data.train_images[p.train_index], data.train_labels[p.train_index], data.test_images
-        source = f"CIFAR-10 from {data.source}"
-    else:
-        config = preset_config("paper", device=str(device))
-        amp = autocast_dtype(config.precision, device)
-        gen = torch.Generator().manual_seed(0)
-        train_x = torch.randint(0, 256, (synthetic_images, 3, 32, 32), dtype=torch.uint8, generator=gen)
-        train_y = torch.randint(0, 10, (synthetic_images,), generator=gen)
-        test_x = torch.randint(0, 256, (synthetic_images // 5, 3, 32, 32), dtype=torch.uint8, generator=gen)
-        source = "synthetic random uint8 images"
+        index, data = p.training.train_index, p.data
+        return {"config": p.config, "amp_dtype": p.runtime.amp_dtype, "train_x": data.train_images[index],
+                "train_y": data.train_labels[index], "test_x": data.test_images, "source": f"CIFAR-10 from {data.source}"}
+    config = preset_config("paper", device=str(device))
+    gen = torch.Generator().manual_seed(0)
+    return {"config": config, "amp_dtype": autocast_dtype(config.precision, device),
+            "train_x": torch.randint(0, 256, (synthetic_images, 3, 32, 32), dtype=torch.uint8, generator=gen),
+            "train_y": torch.randint(0, 10, (synthetic_images,), generator=gen),
+            "test_x": torch.randint(0, 256, (synthetic_images // 5, 3, 32, 32), dtype=torch.uint8, generator=gen),
+            "source": "synthetic random uint8 images"}
+
+
+def rss_child(data_root: str | None, steps: int, synthetic_images: int, device_flag: str = "cpu") -> dict:
+    """Load data as the paper preset does, take `steps` product training steps, predict the test set once.
+
+    Returns the peak RSS (MiB) and what was done. `steps` is capped at one epoch. Meant to
+    run in a fresh process, so that the peak belongs to this work alone.
+    """
+    device = choose_device(device_flag)
+    start = time.perf_counter()
+    d = rss_data(data_root, synthetic_images, device)
     model = resnet18_cifar()
-    train_model(model, train_x, train_y, config, device, amp, evaluate=None, log=lambda s: None, progress=False,
-                max_steps=steps)
-    predict_logits(model, test_x, device, amp_dtype=amp)
-    return {"peak_rss_mb": artifacts.peak_rss_mb(), "steps": steps,
-            "images_seen": min(len(train_y), steps * config.batch_size), "train_images": len(train_y),
-            "test_images": len(test_x), "data": source, "precision": "bf16" if amp else "fp32",
-            "device": str(device), "seconds": time.perf_counter() - start}
+    training = ProductSteps(model, d["train_x"], d["train_y"], d["config"], device, d["amp_dtype"])
+    seen = training.run(min(steps, training.plan.steps))
+    predict_logits(model, d["test_x"], Runtime(device, d["amp_dtype"]))
+    return {"peak_rss_mb": artifacts.peak_rss_mb(), "steps": steps, "images_seen": seen,
+            "train_images": len(d["train_y"]), "test_images": len(d["test_x"]), "data": d["source"],
+            "precision": "bf16" if d["amp_dtype"] else "fp32", "device": str(device),
+            "seconds": time.perf_counter() - start}
 
 
 def bench_rss(options: BenchOptions, device: torch.device, log) -> dict:
     """Section 3: run `rss_child` in a fresh interpreter; a failure is reported, not raised."""
-    command = [sys.executable, "-m", "gradcam_repro.bench", "--rss-child", "--rss-steps", str(options.rss_steps),
+    command = [sys.executable, "-m", "benchmarks.bench", "--rss-child", "--rss-steps", str(options.rss_steps),
                "--rss-images", str(options.rss_images), "--device", str(device)]
     if options.data_root is not None:
         command += ["--data-root", options.data_root]
     if options.threads is not None:
         command += ["--threads", str(options.threads)]
     log(f"  child process: {_plural(options.rss_steps, 'paper-preset training step')} and one test-set prediction")
-    proc = subprocess.run(command, capture_output=True, text=True)
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)  # `-m benchmarks` resolves from the root
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         reason = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
@@ -547,23 +595,33 @@ def paper_run_summary(run_dir: str | Path) -> dict:
     }
 
 
+def finished_baseline(run_dir: str | Path) -> Path | None:
+    """RUN/experiments/<key>/ of the baseline that RUN/run.json names, if it finished training; else None."""
+    manifest = Path(run_dir) / "run.json"
+    if not manifest.is_file():
+        return None
+    try:
+        key = artifacts.read_json(manifest)["experiments"]["baseline"]
+    except (UserError, KeyError, TypeError):
+        return None
+    folder = Path(run_dir) / "experiments" / str(key)
+    return folder if all((folder / f).is_file() for f in ("model.pt", "spec.json")) else None
+
+
 def baseline_accuracy(run_dir: str | Path) -> dict:
-    """Clean accuracy of a finished baseline experiment (RUN/baseline) on the run's test set, in its own precision.
+    """Clean accuracy of a run's finished baseline experiment on the run's test set, in its own precision.
 
     The same measurement as `metrics.json`'s clean_test_acc, for a folder where only
     the baseline was trained (e.g. an fp32 reference of the quick preset).
     """
-    from gradcam_repro.evaluate import accuracy
-    from gradcam_repro.experiment import load_run_config, prepare
-    from gradcam_repro.model import load_model
+    from gradcam_repro.pipeline.run import load_run  # the pipeline (and matplotlib) only where a run is read
 
-    config = replace(load_run_config(run_dir), out=str(run_dir))
-    p = prepare(config, log=lambda line: None)
-    model = load_model(Path(run_dir) / "baseline" / "model.pt", len(p.data.classes), p.device)
-    logits = predict_logits(model, p.data.test_images, p.device, amp_dtype=p.amp_dtype)
-    record = artifacts.read_json(Path(run_dir) / "baseline" / "config.json")
+    p, experiments = load_run(run_dir, log=lambda line: None)
+    baseline = experiments["baseline"]
+    logits = predict_logits(baseline.model, p.data.test_images, p.runtime)
     return {"run": str(run_dir), "clean_test_acc": accuracy(logits, p.data.test_labels),
-            "precision": record.get("precision"), "config": config.to_dict()}
+            "precision": baseline.record.get("precision"), "config": p.config.to_dict(),
+            "train_seconds": baseline.record.get("train_seconds")}
 
 
 def _training_fields(config: dict) -> dict:
@@ -577,33 +635,33 @@ def train_accuracy_runs(folder: str | Path, data_root: str | None, device: str, 
                         **overrides) -> tuple[str, str]:
     """Train `preset`'s baseline in bf16 and in fp32 (same seed, same data) under `folder`.
 
-    Returns the two run folders (bf16 first) for `accuracy_comparison`. A finished
-    baseline with the same config and data is reused, as `gradcam-repro run` does.
+    Returns the two run folders (bf16 first) for `accuracy_comparison`. Each holds a
+    run.json naming only its baseline, so it reads like a run's folder; a finished
+    baseline of the same spec is reused, as `gradcam-repro run` does.
     `overrides` are config fields (tests use a tiny preset and dataset).
     """
-    from gradcam_repro.experiment import prepare, train_experiment
+    from gradcam_repro.pipeline.experiment import train_experiment
+    from gradcam_repro.pipeline.run import prepare
 
     runs = []
     for precision in ("bf16", "fp32"):
         out = Path(folder) / f"{preset}-{precision}"
         config = preset_config(preset, precision=precision, out=str(out), data_root=data_root, device=device, **overrides)
         p = prepare(config, log=lambda line: None)
-        train_experiment(p, "baseline", log=lambda line, tag=precision: log(f"  [{tag}] {line}"))
+        spec = p.specs["baseline"]
+        with artifacts.run_lock(out):
+            artifacts.write_json(out / "run.json", {"config": p.config.to_dict(), "experiments": {"baseline": spec.key}})
+            train_experiment(spec, p.training, out, "baseline", log=lambda line, tag=precision: log(f"  [{tag}] {line}"))
         runs.append(str(out))
     return runs[0], runs[1]
-
-
-def _baseline_train_seconds(run_dir: str | Path) -> float | None:
-    path = Path(run_dir) / "baseline" / "config.json"
-    return artifacts.read_json(path).get("train_seconds") if path.is_file() else None
 
 
 def accuracy_comparison(bf16_run: str | Path, fp32_run: str | Path) -> dict:
     """Section 5: baseline clean accuracy of a bf16 and an fp32 run, and whether their configs differ otherwise."""
     runs = {}
     for label, run_dir in (("bf16", bf16_run), ("fp32", fp32_run)):
-        if not (Path(run_dir) / "metrics.json").is_file() and (Path(run_dir) / "baseline" / "model.pt").is_file():
-            runs[label] = {**baseline_accuracy(run_dir), "train_seconds": _baseline_train_seconds(run_dir)}
+        if not (Path(run_dir) / "metrics.json").is_file() and finished_baseline(run_dir) is not None:
+            runs[label] = baseline_accuracy(run_dir)
             continue
         m = read_metrics(run_dir, "--accuracy-runs")
         try:
@@ -818,74 +876,88 @@ def benchmarks_markdown(results: dict) -> str:
             ["torch / torchvision", f"{m['torch']} / {m['torchvision']}"], ["python", m["python"]],
             ["devices benchmarked", m["device"]], ["GPU", results["gpu"]], ["data", results["data"]],
         ]),
-        "## Targets",
-        targets_markdown(all_targets(results)),
-        "## 1. Training throughput",
-        f"Steady-state images per second at 32 px, batch {o['batch_size']}, the same `resnet18_cifar`, SGD lr 0.01 "
-        "momentum 0.9, cross-entropy, random crop (zero pad 4) + horizontal flip. **Product** rows: wall time around one "
-        f"`train.train_model(..., max_steps={o['train_steps']})` call (a one-epoch config capped at that many steps), "
-        f"after one discarded warm-up call of {_plural(o['warmup_steps'], 'step')}; each timed call includes its own set-up "
-        "(optimiser, shuffle, augmentation draws). **Naive reference** (written in `gradcam_repro/bench.py`): a "
-        "`Dataset` over an HWC uint8 numpy array that builds a PIL image per item, torchvision `RandomCrop(32, "
-        "padding=4)`, `RandomHorizontalFlip`, `ToTensor`, `Normalize`, a `DataLoader(shuffle=True)`, fp32, NCHW, and "
-        "`loss.item()` each step as in the PyTorch CIFAR-10 tutorial. Its DataLoader iterator (and so its workers) is "
-        f"created and {_plural(o['warmup_steps'], 'warm-up step')} run before the clock starts, so worker start-up is not "
-        f"counted. It runs with {' and '.join(map(str, NAIVE_WORKERS))} workers and the faster one is the reference "
-        f"(conservative). Every row: median and min–max over {_plural(o['repeats'], 'repeat')} of "
-        f"{_plural(o['train_steps'], 'timed step')}, repeats interleaved across rows so that changing machine load "
-        "hits all rows alike; ratios are of medians. The bf16 rows use autocast; fp32 rows show how much of the gain "
-        "is the pipeline rather than the precision."
-        + (" The torch.compile row trains through `torch.compile(model)` (`--compile`); compilation happens in its "
-           "warm-up call." if o["compile"] else ""),
+        "## Targets", targets_markdown(all_targets(results)),
+        "## 1. Training throughput", training_intro(o),
+        *(training_markdown(section["training"], device) for device, section in results["devices"].items()),
+        "## 2. Grad-CAM throughput", gradcam_intro(o),
+        *(gradcam_markdown(section["gradcam"], device) for device, section in results["devices"].items()),
+        "## 3. Peak resident memory, paper-preset training",
+        *(["Not measured (--no-rss)."] if results["rss"] is None else [rss_intro(o), rss_markdown(results["rss"])]),
+        "## 4. Paper run",
+        paper_markdown(results["paper_run"]) if results["paper_run"] else "Not measured (no --paper-run RUN_DIR).",
+        *filter(None, [paper_time_budget(results)]),
+        "## 5. bf16 vs fp32 clean accuracy",
+        *filter(None, [accuracy_intro(o) if results["accuracy"] else None]),
+        accuracy_markdown(results["accuracy"]) if results["accuracy"] else
+        "Not measured (no --accuracy-check DIR or --accuracy-runs BF16_RUN FP32_RUN).",
+        "## GPU", results["gpu"] + ".",
     ]
-    for device, section in results["devices"].items():
-        parts.append(training_markdown(section["training"], device))
-    parts += [
-        "## 2. Grad-CAM throughput",
+    return "\n\n".join(parts) + "\n"
+
+
+def training_intro(o: dict) -> str:
+    """How section 1 measures, from the options `o` it ran with."""
+    return (
+        f"Steady-state images per second at 32 px, batch {o['batch_size']}, the same `resnet18_cifar`, SGD lr 0.01 "
+        "momentum 0.9, cross-entropy, random crop (zero pad 4) + horizontal flip. **Product** rows: the product's own "
+        "training step, `model.train.make_batch` (gather, crop/flip, normalise on the device) + `model.train.train_step` "
+        "(forward, loss, backward, SGD and schedule step), set up by `model.train.prepare_training` as `train_model` sets "
+        f"up a run; after {_plural(o['warmup_steps'], 'discarded warm-up step')}, each timed call draws a new epoch "
+        "(order, crops, flips; off the clock, once per epoch) and then takes the timed steps. **Naive reference** "
+        "(written in `benchmarks/bench.py`): a `Dataset` over an HWC uint8 numpy array that builds a PIL image per item, "
+        "torchvision `RandomCrop(32, padding=4)`, `RandomHorizontalFlip`, `ToTensor`, `Normalize`, a "
+        "`DataLoader(shuffle=True)`, fp32, NCHW, and `loss.item()` each step as in the PyTorch CIFAR-10 tutorial. Its "
+        f"DataLoader iterator (and so its workers) is created and {_plural(o['warmup_steps'], 'warm-up step')} run "
+        f"before the clock starts, so worker start-up is not counted. It runs with {' and '.join(map(str, NAIVE_WORKERS))} "
+        "workers and the faster one is the reference (conservative). Every row: median and min–max over "
+        f"{_plural(o['repeats'], 'repeat')} of {_plural(o['train_steps'], 'timed step')}, repeats interleaved across "
+        "rows so that changing machine load hits all rows alike; ratios are of medians. The bf16 rows use autocast; "
+        "fp32 rows show how much of the gain is the pipeline rather than the precision."
+        + (" The torch.compile row trains through `torch.compile(model)` (`--compile`); compilation happens in its "
+           "warm-up steps." if o["compile"] else "")
+    )
+
+
+def gradcam_intro(o: dict) -> str:
+    """How section 2 measures."""
+    return (
         f"Maps per second for one batch of {o['cam_batch']} images at `{DEFAULT_LAYER}`, each explaining its label, "
         "on an untrained `resnet18_cifar` (speed does not depend on the weights). **Product**: "
-        "`evaluate.compute_cams` (batched `GradCAM`: one forward and one backward pass for the whole batch, uint8 "
-        "images in, maps on the CPU out), under bf16 autocast or in fp32; `gradcam-repro run` computes its CAMs in "
-        "the run's precision (bf16 autocast where the device has native bf16, as training and predictions; "
-        "`--precision fp32` for fp32). **Per-image loop** (in `bench.py`, the seed's style): a forward hook keeps the activation and "
+        "`explain.registry.explain_images(\"gradcam\", ...)`, the path `gradcam-repro run` takes (batched "
+        "`explain.cam.GradCAM`: one forward and one backward pass for the whole batch, uint8 images in, maps on the CPU "
+        "out), under bf16 autocast or in fp32; `gradcam-repro run` computes its CAMs in the run's precision (bf16 "
+        "autocast where the device has native bf16, as training and predictions; `--precision fp32` for fp32). "
+        "**Per-image loop** (in `benchmarks/bench.py`, the seed's style): a forward hook keeps the activation and "
         "`register_hook` its gradient, backward of the target logit, channel weights = spatial mean of the gradient, "
         "ReLU, bilinear upsampling; one forward and backward per image, fp32; tests check its maps equal the "
         "product's. **pytorch-grad-cam**: `pytorch_grad_cam.GradCAM(model, target_layers=[layer])` with a "
         "`ClassifierOutputTarget` per image on the same normalised batch, fp32, hooks released after each call. One "
-        f"discarded warm-up call per row, then {_plural(o['repeats'], 'timed call')}, interleaved across rows.",
-    ]
-    for device, section in results["devices"].items():
-        parts.append(gradcam_markdown(section["gradcam"], device))
-    parts.append("## 3. Peak resident memory, paper-preset training")
-    if results["rss"] is None:
-        parts.append("Not measured (--no-rss).")
-    else:
-        parts += [
-            f"A child process (`python -m gradcam_repro.bench --rss-child`) loads the data as `gradcam-repro run "
-            "--preset paper` does (without --data-root: 50,000 + 10,000 synthetic CIFAR-shaped uint8 images), trains the "
-            f"paper config for {_plural(o['rss_steps'], 'step')}, predicts the whole test set once and reports its peak resident "
-            "set size (`getrusage`). This is a partial epoch: the dataset and the model are fully resident from the "
-            "start, so the peak is reached in the first steps. A full run also holds the second model and the "
-            "evaluation sets; section 4 shows a finished run's recorded peak when --paper-run is given.",
-            rss_markdown(results["rss"]),
-        ]
-    parts.append("## 4. Paper run")
-    parts.append(paper_markdown(results["paper_run"]) if results["paper_run"] else "Not measured (no --paper-run RUN_DIR).")
-    budget = paper_time_budget(results)
-    if budget:
-        parts.append(budget)
-    parts.append("## 5. bf16 vs fp32 clean accuracy")
-    if results["accuracy"] and o.get("accuracy_check"):
-        quick = preset_config("quick")  # what train_accuracy_runs trains
-        parts.append(f"The quick preset's baseline (its class-balanced {quick.train_subset:,}-image subset, {quick.epochs} "
-                     f"epochs at {'/'.join(map(str, quick.train_resolutions))} px, "
-                     f"{'one-cycle' if quick.lr_schedule == 'onecycle' else quick.lr_schedule} SGD) trained twice "
-                     f"from the same seed under `{o['accuracy_check']}`: once under bf16 autocast, once in fp32. Clean "
-                     "accuracy on all 10,000 test images, each model in its own precision.")
-    parts.append(accuracy_markdown(results["accuracy"]) if results["accuracy"] else
-                 "Not measured (no --accuracy-check DIR or --accuracy-runs BF16_RUN FP32_RUN).")
-    parts += ["## GPU", results["gpu"] + "."]
-    return "\n\n".join(parts) + "\n"
+        f"discarded warm-up call per row, then {_plural(o['repeats'], 'timed call')}, interleaved across rows."
+    )
+
+
+def rss_intro(o: dict) -> str:
+    """How section 3 measures."""
+    return (
+        f"A child process (`{PROG} --rss-child`) loads the data as `gradcam-repro run --preset paper` does (without "
+        "--data-root: 50,000 + 10,000 synthetic CIFAR-shaped uint8 images), takes "
+        f"{_plural(o['rss_steps'], 'product training step')} of the paper config, predicts the whole test set once and "
+        "reports its peak resident set size (`getrusage`). This is a partial epoch: the dataset and the model are fully "
+        "resident from the start, so the peak is reached in the first steps. A full run also holds the second model "
+        "and the evaluation sets; section 4 shows a finished run's recorded peak when --paper-run is given."
+    )
+
+
+def accuracy_intro(o: dict) -> str | None:
+    """What `--accuracy-check` trained; None when the runs were given (`--accuracy-runs`)."""
+    if not o.get("accuracy_check"):
+        return None
+    quick = preset_config("quick")  # what train_accuracy_runs trains
+    schedule = "one-cycle" if quick.lr_schedule == "onecycle" else quick.lr_schedule
+    return (f"The quick preset's baseline (its class-balanced {quick.train_subset:,}-image subset, {quick.epochs} "
+            f"epochs at {'/'.join(map(str, quick.train_resolutions))} px, {schedule} SGD) trained twice from the same "
+            f"seed under `{o['accuracy_check']}`: once under bf16 autocast, once in fp32. Clean accuracy on all "
+            "10,000 test images, each model in its own precision.")
 
 
 def paper_time_budget(results: dict) -> str | None:
@@ -932,27 +1004,69 @@ def _package_version(name: str) -> str | None:
         return None
 
 
-def _child_main(argv: list[str] | None = None) -> int:
-    """`python -m gradcam_repro.bench --rss-child ...`: section 3's child; prints one JSON line."""
-    parser = argparse.ArgumentParser(prog="python -m gradcam_repro.bench",
-                                     description="internal: the memory check run by `gradcam-repro bench`")
-    parser.add_argument("--rss-child", action="store_true", required=True)
-    parser.add_argument("--rss-steps", type=int, default=BenchOptions.rss_steps)
-    parser.add_argument("--rss-images", type=int, default=BenchOptions.rss_images)
-    parser.add_argument("--data-root")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int)
-    args = parser.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of `python -m benchmarks.bench`; each maps onto the `BenchOptions` field of the same name."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Measure, in one run on this machine, training and Grad-CAM throughput of the product against a "
+                    "naive DataLoader pipeline, a per-image Grad-CAM loop and pytorch-grad-cam, and the peak memory of "
+                    "paper-preset training; print ratios and write BENCHMARKS.md and BENCHMARKS.json.")
+    add = parser.add_argument
+    add("--data-root", help="CIFAR-10 folder for the measured images and the memory check "
+                            "(default: synthetic random uint8 images, stated in the output)")
+    add("--device", help="auto (default: the CPU, plus CUDA when available), cpu, cuda or cuda:N")
+    add("--repeats", type=int, help="timed repeats per row; medians and min-max are reported (default 3)")
+    add("--warmup-steps", type=int, help="discarded training steps before timing (default 3)")
+    add("--train-steps", type=int, help="timed training steps per repeat (default 10)")
+    add("--batch-size", type=int, help="training batch size (default 128)")
+    add("--cam-batch", type=int, help="images in the Grad-CAM batch (default 256)")
+    add("--rss-steps", type=int, help="paper-preset training steps in the memory check (default 20)")
+    add("--rss-images", type=int, help=argparse.SUPPRESS)  # synthetic training images of the memory check (tests)
+    add("--no-rss", action="store_true", default=None, help="skip the memory check (section 3)")
+    add("--paper-run", metavar="RUN_DIR", help="a finished `gradcam-repro run --preset paper` folder: tabulate its "
+                                               "wall times, peak memory and accuracies")
+    add("--accuracy-runs", nargs=2, metavar=("BF16_RUN", "FP32_RUN"),
+        help="two finished run folders differing only in --precision: compare their clean accuracies")
+    add("--accuracy-check", metavar="DIR",
+        help="train the quick preset's baseline in bf16 and in fp32 (same seed) under DIR and compare "
+             "their clean accuracies (about 15 min on a 2-core CPU; finished folders are reused)")
+    add("--compile", action="store_true", default=None,
+        help="add a 'product + torch.compile' training row (measured slower on a 2-core CPU; helps mainly on GPUs)")
+    add("--out", help="where to write the report (default ./BENCHMARKS.md; the JSON goes beside it)")
+    add("--threads", type=int, help="torch.set_num_threads for the measurements (default: leave as is)")
+    add("--debug", action="store_true", help="show full tracebacks on errors")
+    # Internal: section 3's child process (see `bench_rss`), run with the flags above that it reads.
+    add("--rss-child", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def options_from_args(args: argparse.Namespace) -> BenchOptions:
+    """`BenchOptions` from parsed flags; a flag left out keeps the field's default."""
+    names = {f.name for f in fields(BenchOptions)}
+    options = BenchOptions(**{k: v for k, v in vars(args).items() if k in names and v is not None})
+    if options.accuracy_runs is not None:
+        options.accuracy_runs = tuple(options.accuracy_runs)
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m benchmarks.bench [flags]`: 0 when the report is written, 2 (one line on stderr) on bad input."""
+    args = build_parser().parse_args(argv)
+    options = options_from_args(args)
     try:
-        result = rss_child(args.data_root, args.rss_steps, args.rss_images, args.device)
+        if args.rss_child:  # prints one JSON line for the parent to read
+            if options.threads is not None:
+                torch.set_num_threads(options.threads)
+            print(json.dumps(rss_child(options.data_root, options.rss_steps, options.rss_images, args.device or "cpu")))
+        else:
+            run_bench(options, f"{PROG} " + shlex.join(sys.argv[1:] if argv is None else argv))
+        return 0
     except UserError as exc:
-        print(f"gradcam-repro bench: error: {exc}", file=sys.stderr)
+        if args.debug:
+            raise
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    print(json.dumps(result))
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(_child_main())
+    sys.exit(main())

@@ -1,6 +1,9 @@
-"""Markdown written from saved metrics: every number and every sentence comes from metrics.json."""
+"""Markdown written from measured results: every number and every sentence comes from metrics.json (and,
+for the method comparison, methods.json). Pure functions of those dicts; nothing here reads files."""
 
 from __future__ import annotations
+
+from gradcam_repro.explain.registry import display_name
 
 CAM_SETS = {
     "patched_target": "patched {cls} images called {cls}",
@@ -16,10 +19,8 @@ VARIANTS = {
 
 
 def cam_display_name(m: dict) -> str:
-    """The CAM method a run's metrics were computed with, as the papers spell it (runs before --cam: Grad-CAM)."""
-    from gradcam_repro.gradcam import CAM_DISPLAY_NAMES
-
-    return CAM_DISPLAY_NAMES.get(m.get("config", {}).get("cam", "gradcam"), "Grad-CAM")
+    """The CAM method a run's metrics were computed with, as the papers spell it."""
+    return display_name(m["config"].get("cam", "gradcam"))
 
 
 def _pct(x: float) -> str:
@@ -130,46 +131,72 @@ def conclusions(m: dict) -> list[str]:
     return out
 
 
-def report_markdown(m: dict, run_dir=None) -> str:
+def report_markdown(m: dict, methods: dict | None = None) -> str:
     """REPORT.md: config, environment, data, all tables with CIs, verdicts, figures and conclusions.
 
-    With `run_dir`, a methods.json written by `gradcam-repro compare` for the same
-    model files adds the method x layer comparison, sanity check and faithfulness sections.
+    `methods` (a methods.json written by `gradcam-repro compare` for the same models) adds the method x
+    layer comparison, sanity check and faithfulness sections; an empty dict says it is stale.
     """
     cfg, s = m["config"], m["settings"]
-    cls, layer, models = cfg["bias_class"], m["cam_layer"], m["models"]
-    cam = cam_display_name(m)
-    u_box, u_point = m["uniform"]["energy_in_box"], m["uniform"]["pointing"]
-    pct = lambda st: _ci(st, pct=True)  # noqa: E731
-    lines = [f"# {cam} and the {cls} shortcut: {cfg['preset']} preset", "", *_header(m), "",
+    lines = [f"# {cam_display_name(m)} and the {cfg['bias_class']} shortcut: {cfg['preset']} preset", "", *_header(m), "",
              f"Every mean and rate carries a 95% {s['bootstrap_method']} bootstrap interval "
              f"({s['bootstrap_resamples']} resamples, seed {cfg['seed']}), written `mean [low, high]`.", "",
              "## Conclusions", "", *[f"- {c}" for c in conclusions(m)], "",
-             "## Training", "", *_figure(m, "figures/training_curves.png", "training curves"),
+             *_training_section(m), *_accuracy_section(m), *_counterfactual_section(m), *_cam_section(m),
+             *_verdict_section(m), *_localisation_section(m),
+             "", "## Figures", "", *[f"- [{f}]({f})" for f in m["figures"]], "",
+             "## Reproduce", "",
+             f"`gradcam-repro run --preset {cfg['preset']}` with the config in `run.json` "
+             "(every value can be passed as a flag); `gradcam-repro evaluate RUN` recomputes these numbers from the "
+             "saved models and `gradcam-repro report RUN` rebuilds this file from `metrics.json`.", ""]
+    if methods == {}:
+        lines += ["## Which method and layer see the shortcut", "",
+                  "`methods.json` was measured on other models (the run was retrained); rerun `gradcam-repro compare RUN`.", ""]
+    elif methods is not None:
+        lines += methods_markdown(methods)
+    return "\n".join(lines)
+
+
+def _training_section(m: dict) -> list[str]:
+    lines = ["## Training", "", *_figure(m, "figures/training_curves.png", "training curves"),
              "| model | epoch | loss | train acc | clean test acc (eval subset) | px | seconds |", "|---|---|---|---|---|---|---|"]
     for name, history in m["histories"].items():
         for h in history:
             lines.append(f"| {name} | {h['epoch']} | {h['loss']:.4f} | {h['train_acc']:.3f} | {h['test_acc']:.3f} | "
                          f"{h.get('train_px', 32)} | {h['seconds']:.1f} |")
-    lines += ["", "## Accuracy", "", f"| model | clean test acc | biased test acc | {cls} recall, clean | {cls} recall, patched |",
-              "|---|---|---|---|---|"]
+    return lines
+
+
+def _accuracy_section(m: dict) -> list[str]:
+    cls, models = m["config"]["bias_class"], m["models"]
+    lines = ["", "## Accuracy", "", f"| model | clean test acc | biased test acc | {cls} recall, clean | {cls} recall, patched |",
+             "|---|---|---|---|---|"]
     for name, r in models.items():
-        lines.append(f"| {name} | {pct(r['clean_test_acc'])} | {pct(r['biased_test_acc'])} | "
-                     f"{pct(r['target_recall_clean'])} | {pct(r['target_recall_patched'])} |")
-    lines += ["", *_figure(m, "figures/per_class_accuracy.png", "per-class accuracy"),
-              "## Counterfactual tests: does the model use the patch?", "",
-              f"Flip-to-{cls} rate: the fraction of {m['n']['counterfactual_non_target']} non-{cls} test images "
-              f"predicted *{cls}* after a patch is pasted on them.", "",
-              "| patch pasted | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+        lines.append(f"| {name} | {_ci(r['clean_test_acc'], pct=True)} | {_ci(r['biased_test_acc'], pct=True)} | "
+                     f"{_ci(r['target_recall_clean'], pct=True)} | {_ci(r['target_recall_patched'], pct=True)} |")
+    return [*lines, "", *_figure(m, "figures/per_class_accuracy.png", "per-class accuracy")]
+
+
+def _counterfactual_section(m: dict) -> list[str]:
+    cls, models = m["config"]["bias_class"], m["models"]
+    lines = ["## Counterfactual tests: does the model use the patch?", "",
+             f"Flip-to-{cls} rate: the fraction of {m['n']['counterfactual_non_target']} non-{cls} test images "
+             f"predicted *{cls}* after a patch is pasted on them.", "",
+             "| patch pasted | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
     for variant, label in VARIANTS.items():
         spec = m["counterfactual_patches"].get(variant)
         where = f" (RGB {tuple(spec['color'])}, {spec['corner']})" if spec else ""
-        lines.append(f"| {label}{where} | " + " | ".join(pct(models[n]['flip_to_target'][variant]) for n in models) + " |")
-    lines += ["", *_figure(m, "figures/counterfactual_gallery.png", "counterfactual gallery"),
-              f"## Where {cam} looks: energy in the patch box and pointing game, by layer", "",
-              f"Energy in box: fraction of the map's mass inside the {cfg['patch_size']}x{cfg['patch_size']} patch box "
-              f"(uniform map: {u_box:.4f}). Pointing game: the map's maximum lies within {s['pointing_tolerance_px']} px "
-              f"of the box (a map peaking at a random pixel: {u_point:.4f}). {cam} explains the *{cls}* logit.", ""]
+        lines.append(f"| {label}{where} | " + " | ".join(_ci(models[n]['flip_to_target'][variant], pct=True) for n in models) + " |")
+    return [*lines, "", *_figure(m, "figures/counterfactual_gallery.png", "counterfactual gallery")]
+
+
+def _cam_section(m: dict) -> list[str]:
+    cfg, s, models, layer = m["config"], m["settings"], m["models"], m["cam_layer"]
+    cls, cam, u_box = cfg["bias_class"], cam_display_name(m), m["uniform"]["energy_in_box"]
+    lines = [f"## Where {cam} looks: energy in the patch box and pointing game, by layer", "",
+             f"Energy in box: fraction of the map's mass inside the {cfg['patch_size']}x{cfg['patch_size']} patch box "
+             f"(uniform map: {u_box:.4f}). Pointing game: the map's maximum lies within {s['pointing_tolerance_px']} px "
+             f"of the box (a map peaking at a random pixel: {m['uniform']['pointing']:.4f}). {cam} explains the *{cls}* logit.", ""]
     for set_name, label in CAM_SETS.items():
         lines += [f"### {label.format(cls=cls)}", "",
                   "| layer | " + " | ".join(f"{n} energy | {n} pointing" for n in models) + " | uniform energy |",
@@ -181,69 +208,54 @@ def report_markdown(m: dict, run_dir=None) -> str:
                 cells += [f"{_ci(st['energy'], digits=4)} (n={st['energy']['n']})", _ci(st["pointing"])]
             lines.append(f"| `{lay}`{' (configured)' if lay == layer else ''} | " + " | ".join(cells) + f" | {u_box:.4f} |")
         lines.append("")
-    lines += [*_figure(m, "figures/layer_sweep.png", "layer sweep"), *_figure(m, "figures/layers_one_image.png", "one image across layers"),
-              *_figure(m, "figures/energy_distribution.png", "energy distribution"),
-              "## Verdicts", "",
-              f"Rules fixed before measuring: *{cam} points at the patch* when the lower 95% bound of the mean energy in "
-              f"the box on patched {cls} images called {cls} is at least {s['points_at_patch_ratio']:g}x the uniform "
-              f"{u_box:.4f}; *the model relies on the patch* when the lower 95% bound of the flip-to-{cls} rate is at least "
-              f"{s['relies_flip_rate']:g}. They agree when both say yes or both say no.", "",
-              "| layer | " + " | ".join(f"{n}: points at patch | {n}: relies on patch | {n}: agree?" for n in models) + " |",
-              "|---|" + "---|---|---|" * len(models)]
-    yn = lambda b: "yes" if b else "no"  # noqa: E731
+    return [*lines, *_figure(m, "figures/layer_sweep.png", "layer sweep"),
+            *_figure(m, "figures/layers_one_image.png", "one image across layers"),
+            *_figure(m, "figures/energy_distribution.png", "energy distribution")]
+
+
+def _verdict_section(m: dict) -> list[str]:
+    cfg, s, models = m["config"], m["settings"], m["models"]
+    cls, cam = cfg["bias_class"], cam_display_name(m)
+    lines = ["## Verdicts", "",
+             f"Rules fixed before measuring: *{cam} points at the patch* when the lower 95% bound of the mean energy in "
+             f"the box on patched {cls} images called {cls} is at least {s['points_at_patch_ratio']:g}x the uniform "
+             f"{m['uniform']['energy_in_box']:.4f}; *the model relies on the patch* when the lower 95% bound of the "
+             f"flip-to-{cls} rate is at least {s['relies_flip_rate']:g}. They agree when both say yes or both say no.", "",
+             "| layer | " + " | ".join(f"{n}: points at patch | {n}: relies on patch | {n}: agree?" for n in models) + " |",
+             "|---|" + "---|---|---|" * len(models)]
+    yn = {True: "yes", False: "no"}
     for lay in m["layers"]:
         cells = []
         for n in models:
             v = models[n]["verdict"]
-            cells += [yn(v["points_at_patch"][lay]), yn(v["relies_on_patch"]), "agree" if v["agrees"][lay] else "**disagree**"]
+            cells += [yn[v["points_at_patch"][lay]], yn[v["relies_on_patch"]], "agree" if v["agrees"][lay] else "**disagree**"]
         lines.append(f"| `{lay}` | " + " | ".join(cells) + " |")
-    if any("localisation" in r for r in models.values()):
-        u = m["uniform"]["energy_in_mask"]
-        lines += ["", "## Localisation against the true object masks (shapes)", "",
-                  f"Clean test images, {cam} for the true class; energy in mask (uniform map: mean mask area {u:.4f}) "
-                  "and pointing game (maximum on the mask).", "",
-                  "| layer | " + " | ".join(f"{n} energy in mask | {n} pointing" for n in models) + " |",
-                  "|---|" + "---|---|" * len(models)]
-        for lay in m["layers"]:
-            cells = []
-            for n in models:
-                st = models[n]["localisation"][lay]
-                cells += [_ci(st["energy"]), _ci(st["pointing"])]
-            lines.append(f"| `{lay}` | " + " | ".join(cells) + " |")
-    lines += ["", "## Figures", "", *[f"- [{f}]({f})" for f in m["figures"]], "",
-              "## Reproduce", "",
-              f"`gradcam-repro run --preset {cfg['preset']}` with the config in `baseline/config.json` "
-              "(every value can be passed as a flag); `gradcam-repro evaluate RUN` recomputes these numbers from the "
-              "saved checkpoints and `gradcam-repro report RUN` rebuilds this file from `metrics.json`.", ""]
-    if run_dir is not None:
-        lines += methods_section(run_dir)
-    return "\n".join(lines)
+    return lines
 
 
-def methods_section(run_dir) -> list[str]:
-    """The `gradcam-repro compare` section, if RUN/methods.json exists and measured the current model files."""
-    from pathlib import Path
-
-    from gradcam_repro import artifacts
-    from gradcam_repro.compare import model_fingerprints
-
-    path = Path(run_dir) / "methods.json"
-    if not path.is_file():
+def _localisation_section(m: dict) -> list[str]:
+    models = m["models"]
+    if not any("localisation" in r for r in models.values()):
         return []
-    c = artifacts.read_json(path)
-    if c.get("models") != model_fingerprints(run_dir):
-        return ["## Which method and layer see the shortcut", "",
-                f"`{path.name}` was measured on other model files (the run was retrained); "
-                f"rerun `gradcam-repro compare {run_dir}`.", ""]
-    return methods_markdown(c)
+    u = m["uniform"]["energy_in_mask"]
+    lines = ["", "## Localisation against the true object masks (shapes)", "",
+             f"Clean test images, {cam_display_name(m)} for the true class; energy in mask (uniform map: mean mask area "
+             f"{u:.4f}) and pointing game (maximum on the mask).", "",
+             "| layer | " + " | ".join(f"{n} energy in mask | {n} pointing" for n in models) + " |",
+             "|---|" + "---|---|" * len(models)]
+    for lay in m["layers"]:
+        cells = []
+        for n in models:
+            st = models[n]["localisation"][lay]
+            cells += [_ci(st["energy"]), _ci(st["pointing"])]
+        lines.append(f"| `{lay}` | " + " | ".join(cells) + " |")
+    return lines
 
 
 def methods_markdown(c: dict) -> list[str]:
     """Markdown of a methods.json: method x layer table, sanity check, deletion/insertion AUCs."""
-    from gradcam_repro.compare import DISPLAY_NAMES
-
     st, u = c["settings"], c["uniform"]
-    name = lambda k: DISPLAY_NAMES.get(k, k)  # noqa: E731
+    name = lambda k: "random map" if k == "random" else display_name(k)  # noqa: E731
     has_loc = "localisation" in c
     lines = ["## Which method and layer see the shortcut (`gradcam-repro compare`)", "",
              f"Patched test images each model calls the target class, explained for that class: energy in the patch box "

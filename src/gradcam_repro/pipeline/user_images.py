@@ -6,10 +6,18 @@ from pathlib import Path
 
 import torch
 
-from gradcam_repro import artifacts
 from gradcam_repro.config import MAX_IMAGE_PIXELS
-from gradcam_repro.data import CIFAR10_CLASSES, IMAGE_SIZE
+from gradcam_repro.data.cifar10 import CIFAR10_CLASSES
+from gradcam_repro.data.images import IMAGE_SIZE
 from gradcam_repro.errors import UserError
+from gradcam_repro.explain.cam import get_layer
+from gradcam_repro.explain.registry import display_name, explain_images
+from gradcam_repro.measure.predict import predict_logits
+from gradcam_repro.model.resnet import load_model
+from gradcam_repro.pipeline import store
+from gradcam_repro.pipeline.run import load_run_config
+from gradcam_repro.report import figures
+from gradcam_repro.runtime import Runtime
 
 
 def load_user_image(path: str | Path, size: int = IMAGE_SIZE) -> tuple[torch.Tensor, list[str]]:
@@ -54,23 +62,26 @@ def load_user_image(path: str | Path, size: int = IMAGE_SIZE) -> tuple[torch.Ten
     return pixels.permute(2, 0, 1).contiguous(), notices
 
 
-def load_models_for(target: str | Path, device: torch.device) -> tuple[dict, tuple[str, ...]]:
-    """{name: model} and class names from a run folder (both experiments), an experiment folder or a model.pt."""
-    from gradcam_repro.model import load_model
+def model_paths(target: Path) -> dict[str, Path]:
+    """{name: model.pt} for a run folder (every experiment), an experiment folder or a model.pt file."""
+    if (target / "run.json").is_file():
+        _, keys = load_run_config(target)
+        return {name: target / "experiments" / key / "model.pt" for name, key in keys.items()}
+    if (target / "model.pt").is_file():
+        return {target.name or "model": target / "model.pt"}
+    if target.is_file():
+        return {target.parent.name or "model": target}
+    raise UserError(f"{target} is neither a run folder nor a model.pt; fix: pass runs/<name>, runs/<name>/experiments/<key> "
+                    "or a model.pt file")
 
-    target = Path(target)
-    if (target / "baseline" / "model.pt").is_file() and (target / "biased" / "model.pt").is_file():
-        paths = {"baseline": target / "baseline" / "model.pt", "biased": target / "biased" / "model.pt"}
-    elif (target / "model.pt").is_file():
-        paths = {target.name or "model": target / "model.pt"}
-    elif target.is_file():
-        paths = {target.parent.name or "model": target}
-    else:
-        raise UserError(f"{target} is neither a run folder nor a model.pt; fix: pass runs/<name> or a model.pt file")
+
+def load_models_for(target: str | Path, device: torch.device) -> tuple[dict, tuple[str, ...]]:
+    """{name: model} and class names from a run folder (every experiment), an experiment folder or a model.pt."""
+    paths = model_paths(Path(target))
     classes = CIFAR10_CLASSES
-    record = next(iter(paths.values())).parent / "config.json"
+    record = next(iter(paths.values())).parent / "spec.json"
     if record.is_file():
-        classes = tuple(artifacts.read_json(record)["dataset"]["classes"])
+        classes = tuple(store.read_json(record)["dataset"]["classes"])
     return {name: load_model(path, len(classes), device) for name, path in paths.items()}, classes
 
 
@@ -80,37 +91,43 @@ def top_k(logits: torch.Tensor, classes: tuple[str, ...], k: int = 3) -> list[tu
     return [(classes[int(i)], float(v)) for v, i in zip(values, indices)]
 
 
-def explain(target: str | Path, images: list[str], out_dir: str | Path, layer: str, device: torch.device,
-            log=print, method: str = "gradcam") -> list[Path]:
-    """Write `<out_dir>/<stem>_<method>.png` per image (input | each model's overlay with its top-3)."""
-    from gradcam_repro import figures
-    from gradcam_repro.evaluate import compute_cams, predict_logits
-    from gradcam_repro.gradcam import CAM_DISPLAY_NAMES, get_layer
-
-    models, classes = load_models_for(target, device)
-    for model in models.values():
-        get_layer(model, layer)
+def read_images(images: list[str], log) -> list[tuple[Path, torch.Tensor]]:
+    """Every image read and checked (notices logged) before anything is written."""
     loaded = []
-    for path in images:  # read and check every image before writing anything
+    for path in images:
         pixels, notices = load_user_image(path)
         for notice in notices:
             log(f"notice: {notice}")
         loaded.append((Path(path), pixels))
-    artifacts.check_writable(out_dir)
+    return loaded
+
+
+def explain(target: str | Path, images: list[str], out_dir: str | Path, layer: str, device: torch.device,
+            log=print, method: str = "gradcam") -> list[Path]:
+    """Write `<out_dir>/<stem>_<method>.png` per image (input | each model's overlay with its top-3).
+
+    Each model's map explains its own top class, in float32.
+    """
+    models, classes = load_models_for(target, device)
+    for model in models.values():
+        get_layer(model, layer)
+    loaded = read_images(images, log)
+    store.check_writable(out_dir)
     batch = torch.stack([pixels for _, pixels in loaded])
+    runtime = Runtime(device)
     maps, tops = {}, {}
     for name, model in models.items():
-        logits = predict_logits(model, batch, device)
-        maps[name] = compute_cams(model, batch, layer, device, method=method)[layer]["maps"]
+        logits = predict_logits(model, batch, runtime)
+        maps[name] = explain_images(method, model, batch, logits.argmax(1), layer, runtime)[layer]
         tops[name] = [top_k(row, classes) for row in logits]
     written = []
     for i, (path, pixels) in enumerate(loaded):
         for name in models:
             log(f"{path}: {name}: " + ", ".join(f"{c} {p:.2f}" for c, p in tops[name][i]))
         fig = figures.explanation(pixels, {name: maps[name][i] for name in models},
-                                  {name: tops[name][i] for name in models}, f"{path.name}: {CAM_DISPLAY_NAMES[method]} at {layer}")
+                                  {name: tops[name][i] for name in models}, f"{path.name}: {display_name(method)} at {layer}")
         out = Path(out_dir) / f"{path.stem}_{method.replace('+', 'p')}.png"
-        artifacts.save_figure(fig, out)
+        store.save_figure(fig, out)
         figures.close(fig)
         written.append(out)
     return written

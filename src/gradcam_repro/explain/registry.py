@@ -1,0 +1,76 @@
+"""One explainer protocol and one registry for every explanation method.
+
+An explainer is built as `cls(model, layers, autocast_dtype)` and called as
+`explainer.maps(images, targets) -> {layer: (N, H, W) maps in [0, 1]}` on
+normalised float images: CAM methods give one map per requested layer from one
+pass, pixel-space methods one map under "input". `run`, `evaluate`, `compare`
+and `explain` all reach methods through `explain_images` or `make_explainer`.
+
+Adding a method is one class (a `BaseCAM` subclass with `cam_from`, or a
+`PixelMethod` subclass with `attribute`) and one entry in `EXPLAINERS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from gradcam_repro.errors import UserError
+from gradcam_repro.explain.cam import CAM_FAMILY
+from gradcam_repro.explain.pixel import PIXEL_FAMILY, PIXEL_LAYER
+from gradcam_repro.model.resnet import normalize
+from gradcam_repro.runtime import Runtime
+
+# Every method by its CLI name, CAM family first, in the order reports list them.
+EXPLAINERS: dict[str, type] = {cls.name: cls for cls in (*CAM_FAMILY, *PIXEL_FAMILY)}
+CAM_METHODS = tuple(cls.name for cls in CAM_FAMILY)
+PIXEL_METHODS = tuple(cls.name for cls in PIXEL_FAMILY)
+
+
+def get_explainer(method: str) -> type:
+    """The explainer class registered as `method`; `UserError` listing the registry otherwise."""
+    if method not in EXPLAINERS:
+        raise UserError(f"unknown explanation method {method!r}; fix: use one of {', '.join(EXPLAINERS)}")
+    return EXPLAINERS[method]
+
+
+def display_name(method: str) -> str:
+    """How the papers spell `method` ("gradcam" -> "Grad-CAM"); unknown names are returned as given."""
+    return EXPLAINERS[method].display_name if method in EXPLAINERS else method
+
+
+def map_layers(method: str, layers: Sequence[str]) -> list[str]:
+    """The keys `method`'s maps come under: the requested layers for CAMs, ["input"] for pixel methods."""
+    return [PIXEL_LAYER] if method in PIXEL_METHODS else list(layers)
+
+
+def make_explainer(method: str, model: nn.Module, layers: str | Sequence[str], amp_dtype: torch.dtype | None = None):
+    """An explainer of `model` following the protocol above."""
+    return get_explainer(method)(model, layers, autocast_dtype=amp_dtype)
+
+
+def explain_images(method: str, model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
+                   layers: str | Sequence[str], runtime: Runtime, batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """(N, 3, H, W) uint8 images, (N,) explained classes -> {layer: (N, H, W) maps in [0, 1]} on the CPU.
+
+    Batches of `batch_size` go through the model on `runtime.device` in its precision.
+    """
+    layers = [layers] if isinstance(layers, str) else list(layers)
+    explainer = make_explainer(method, model, layers, runtime.amp_dtype)
+    parts: dict[str, list] = {key: [] for key in map_layers(method, layers)}
+    for start in range(0, len(images), batch_size):
+        x = normalize(images[start:start + batch_size].to(runtime.device)).contiguous(memory_format=torch.channels_last)
+        t = targets[start:start + batch_size].to(runtime.device)
+        for key, maps in explainer.maps(x, t).items():
+            parts[key].append(maps.cpu())
+    h, w = images.shape[-2:]
+    return {key: torch.cat(v) if v else torch.empty(0, h, w) for key, v in parts.items()}
+
+
+def single_layer_explainer(method: str, layer: str, amp_dtype: torch.dtype | None = None
+                           ) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """explain_fn(model, normalised images, targets) -> (N, H, W) maps at `layer` (the sanity check's form)."""
+    key = map_layers(method, [layer])[0]
+    return lambda model, x, t: make_explainer(method, model, [layer], amp_dtype).maps(x, t)[key]

@@ -1,0 +1,184 @@
+"""The shortcut tests: does a model use the patch (counterfactual flips), and does its explanation show it
+(energy in the patch box and pointing game, per layer)?
+
+Pure functions on tensors; every pass over a dataset goes in large batches. `measure_shortcut` returns
+plain results (JSON-ready dicts with confidence intervals) plus the tensors the figures need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gradcam_repro.data.bias import inject_patch, patch_box
+from gradcam_repro.explain.registry import explain_images
+from gradcam_repro.measure import scores
+from gradcam_repro.measure.predict import predict
+from gradcam_repro.runtime import Runtime
+
+# The CAM sets scored per model: (a) patched target images it calls target, (b) pasted non-target
+# images it flipped to target, (c) clean target images (the control).
+CAM_SETS = ("patched_target", "flipped", "clean_target")
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Clean test images (N, 3, H, W) uint8 with (N,) int64 labels; masks (N, H, W) bool on shapes."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+    masks: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class ShortcutProtocol:
+    """What the shortcut study measures, fixed before measuring.
+
+    target: the shortcut class; patch: `inject_patch` keywords; layers: explained at once by `method`;
+    counterfactual_images / cam_images: seeded sample caps (None: all); seed: samples and bootstrap.
+    """
+
+    target: int
+    patch: dict
+    layers: tuple[str, ...]
+    method: str = "gradcam"
+    seed: int = 0
+    counterfactual_images: int | None = None
+    cam_images: int | None = None
+    cam_batch_size: int = 256
+
+    def box(self, image_size: int) -> tuple[int, int, int, int]:
+        return patch_box(image_size, self.patch["patch_size"], self.patch["corner"], self.patch["offset"])
+
+
+def opposite_corner(corner: str) -> str:
+    vertical, _, horizontal = corner.partition("-")
+    return f"{'bottom' if vertical == 'top' else 'top'}-{'right' if horizontal == 'left' else 'left'}"
+
+
+def counterfactual_patches(patch: dict) -> dict[str, dict]:
+    """The configured patch, the same place in the complementary colour, and the same colour at the opposite corner."""
+    other_color = tuple(255 - c for c in patch["color"])
+    return {
+        "patch": dict(patch),
+        "other_color": {**patch, "color": other_color},
+        "other_corner": {**patch, "corner": opposite_corner(patch["corner"])},
+    }
+
+
+def seeded_cap(index: torch.Tensor, cap: int | None, seed: int) -> torch.Tensor:
+    """At most `cap` entries of `index`, a seeded random choice kept in original order."""
+    if cap is None or len(index) <= cap:
+        return index
+    pick = torch.randperm(len(index), generator=torch.Generator().manual_seed(seed))[:cap]
+    return index[pick.sort().values]
+
+
+def score_maps(maps: torch.Tensor, box, seed: int, masks: torch.Tensor | None = None) -> dict:
+    """Energy and pointing game of (N, H, W) maps, against `box` or per-image `masks`, with CIs."""
+    if masks is None:
+        energy, hits = scores.cam_energy_in_box(maps, box), scores.pointing_game(maps, box)
+    else:
+        energy, hits = scores.cam_energy_in_mask(maps, masks), scores.pointing_game_mask(maps, masks)
+    return {"energy": scores.bootstrap_ci(energy, seed), "pointing": scores.bootstrap_ci(hits, seed)}
+
+
+@dataclass
+class Probes:
+    """The images every model is probed with: patched target images and non-target images with each patch."""
+
+    target_idx: torch.Tensor
+    other_idx: torch.Tensor
+    patched_targets: torch.Tensor
+    pasted: dict[str, torch.Tensor]
+
+
+def make_probes(test: EvalSet, protocol: ShortcutProtocol) -> Probes:
+    target_idx = (test.labels == protocol.target).nonzero().squeeze(1)
+    other_idx = seeded_cap((test.labels != protocol.target).nonzero().squeeze(1), protocol.counterfactual_images,
+                           protocol.seed)
+    pasted = {name: inject_patch(test.images[other_idx], **v) for name, v in counterfactual_patches(protocol.patch).items()}
+    return Probes(target_idx, other_idx, inject_patch(test.images[target_idx], **protocol.patch), pasted)
+
+
+def prediction_metrics(model: nn.Module, test: EvalSet, probes: Probes, protocol: ShortcutProtocol,
+                       runtime: Runtime) -> tuple[dict, dict]:
+    """Accuracies, target recall and flip-to-target rates with CIs, and the predictions they came from."""
+    seed, target, labels = protocol.seed, protocol.target, test.labels
+    clean = predict(model, test.images, runtime)
+    patched = predict(model, probes.patched_targets, runtime)
+    biased_preds = clean.clone()
+    biased_preds[probes.target_idx] = patched
+    correct = clean == labels
+    other_labels = labels[probes.other_idx]
+    m = {
+        "clean_test_acc": scores.bootstrap_ci(correct, seed),
+        "per_class_acc": {test.classes[c]: correct[labels == c].float().mean().item() for c in range(len(test.classes))},
+        "biased_test_acc": scores.bootstrap_ci(biased_preds == labels, seed),
+        "target_recall_clean": scores.bootstrap_ci(clean[probes.target_idx] == target, seed),
+        "target_recall_patched": scores.bootstrap_ci(patched == target, seed),
+        "flip_to_target": {"none": scores.bootstrap_ci(
+            scores.flip_to_target_rate(clean[probes.other_idx], other_labels, target), seed)},
+    }
+    preds = {"clean": clean, "patched_targets": patched}
+    for variant, batch in probes.pasted.items():
+        preds[variant] = predict(model, batch, runtime)
+        m["flip_to_target"][variant] = scores.bootstrap_ci(scores.flip_to_target_rate(preds[variant], other_labels, target), seed)
+    return m, preds
+
+
+def measure_model(model: nn.Module, test: EvalSet, probes: Probes, protocol: ShortcutProtocol, runtime: Runtime
+                  ) -> tuple[dict, dict]:
+    """Every number of the shortcut study for one model, and the tensors its figures need."""
+    seed, target, cap, layers = protocol.seed, protocol.target, protocol.cam_images, list(protocol.layers)
+    box = protocol.box(test.images.shape[-1])
+    m, preds = prediction_metrics(model, test, probes, protocol, runtime)
+    sets = {
+        "patched_target": probes.patched_targets[seeded_cap((preds["patched_targets"] == target).nonzero().squeeze(1), cap, seed)],
+        "flipped": probes.pasted["patch"][seeded_cap((preds["patch"] == target).nonzero().squeeze(1), cap, seed)],
+        "clean_target": test.images[probes.target_idx][seeded_cap(torch.arange(len(probes.target_idx)), cap, seed)],
+    }
+    m["cam"] = {layer: {} for layer in layers}
+    patched_maps = {}
+    for set_name, batch in sets.items():
+        maps = explain_images(protocol.method, model, batch, torch.full((len(batch),), target), layers, runtime,
+                              protocol.cam_batch_size)
+        for layer in layers:
+            m["cam"][layer][set_name] = score_maps(maps[layer], box, seed)
+        if set_name == "patched_target":
+            patched_maps = maps
+    if test.masks is not None:  # localisation against the true object masks (shapes)
+        chosen = seeded_cap(torch.arange(len(test.labels)), cap, seed)
+        maps = explain_images(protocol.method, model, test.images[chosen], test.labels[chosen], layers, runtime,
+                              protocol.cam_batch_size)
+        m["localisation"] = {layer: score_maps(maps[layer], None, seed, masks=test.masks[chosen]) for layer in layers}
+    m["verdict"] = scores.verdicts(m, scores.uniform_energy(box, test.images.shape[-1]))
+    return m, {"predictions": preds, "patched_target_maps": patched_maps}
+
+
+def measure_shortcut(models: dict[str, nn.Module], test: EvalSet, protocol: ShortcutProtocol, runtime: Runtime
+                     ) -> tuple[dict, dict]:
+    """Every number of the shortcut study, computed the same way for each model.
+
+    Returns (metrics, examples): metrics is JSON-ready (each mean or rate as {"mean", "low", "high", "n"});
+    examples holds the probes and per-model predictions and maps for the figures. CAMs explain the target
+    class's logit in the runtime's precision (the same as the predictions).
+    """
+    probes = make_probes(test, protocol)
+    size = test.images.shape[-1]
+    box = protocol.box(size)
+    out = {"models": {}}
+    examples = {"probes": probes, "models": {}}
+    for name, model in models.items():
+        out["models"][name], examples["models"][name] = measure_model(model, test, probes, protocol, runtime)
+    out["uniform"] = {"energy_in_box": scores.uniform_energy(box, size), "pointing": scores.uniform_pointing(box, size)}
+    if test.masks is not None:
+        chosen = seeded_cap(torch.arange(len(test.labels)), protocol.cam_images, protocol.seed)
+        out["uniform"]["energy_in_mask"] = scores.uniform_energy(test.masks[chosen])
+    out["counterfactual_patches"] = {k: {**v, "color": list(v["color"])} for k, v in counterfactual_patches(protocol.patch).items()}
+    out["n"] = {"test": len(test.labels), "target_test": len(probes.target_idx),
+                "counterfactual_non_target": len(probes.other_idx)}
+    return out, examples

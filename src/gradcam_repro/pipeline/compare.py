@@ -1,0 +1,154 @@
+"""`gradcam-repro compare RUN [--shapes-run SHAPES_RUN]`: measure every explanation method, then render.
+
+Loads a finished run's experiments (and a shapes run's baseline, for localisation against object
+masks), measures every section with `measure.methods` (shortcut evidence, shapes localisation, sanity
+check, deletion/insertion), draws the figures, writes RUN/methods.json and refreshes RUN/REPORT.md.
+methods.json records the spec key of each experiment it measured; the report shows it only while
+those keys match metrics.json's (see `pipeline.run.methods_for_report`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from torch import nn
+
+from gradcam_repro.errors import UserError
+from gradcam_repro.explain.registry import display_name
+from gradcam_repro.measure.methods import (RANDOM, CompareOptions, MethodSweep, compare_settings, faithfulness_check,
+                                           sanity_check, shapes_localisation, shortcut_evidence)
+from gradcam_repro.measure.shortcut import EvalSet
+from gradcam_repro.pipeline import store
+from gradcam_repro.pipeline.experiment import Experiment
+from gradcam_repro.pipeline.run import Prepared, load_run, load_run_config, shortcut_protocol, sweep_layers, write_reports
+from gradcam_repro.report import figures
+
+__all__ = ["CompareOptions", "compare_methods"]
+
+
+def compare_methods(run_dir: str | Path, options: CompareOptions, log=print) -> dict:
+    """Measure every method of `options` on a finished run; write methods.json, figures and REPORT.md's section.
+
+    Every input is checked (one-line `UserError`) before anything is measured or written. Returns what
+    methods.json holds.
+    """
+    run_dir = Path(run_dir)
+    options.validate()
+    _check_shapes_run(options.shapes_run)
+    wall = time.perf_counter()
+    p, experiments = load_run(run_dir, log, device=options.device, data_root=options.data_root)
+    shapes = _shapes_source(run_dir, p, experiments, options, log)
+    cfg = p.config
+    sweep = MethodSweep(options, tuple(sweep_layers(cfg.cam_layer)), cfg.cam_layer, cfg.seed, p.runtime)
+    out, drawn = _measure(p, experiments, shapes, sweep, log)
+    with store.run_lock(run_dir):
+        out["figures"] = _figures(run_dir, out, drawn)
+        out["seconds"]["total"] = time.perf_counter() - wall
+        out["environment"] = store.environment_info(str(p.runtime.device))
+        store.write_json(run_dir / "methods.json", out)
+        _refresh_report(run_dir)
+    log(f"[compare] done in {out['seconds']['total']:.0f} s: {run_dir / 'methods.json'}, section in {run_dir / 'REPORT.md'}")
+    return out
+
+
+def _check_shapes_run(shapes_run: str | Path | None) -> None:
+    """A --shapes-run must be a run folder with a baseline experiment (its masks are checked once loaded)."""
+    if shapes_run is None:
+        return
+    try:
+        _, keys = load_run_config(shapes_run)
+    except UserError as exc:
+        raise UserError(f"--shapes-run: {exc}") from None
+    if "baseline" not in keys:
+        raise UserError(f"--shapes-run: {shapes_run} has no baseline experiment; fix: pass a folder written by "
+                        "`gradcam-repro run --dataset shapes`")
+
+
+def _shapes_source(run_dir: Path, p: Prepared, experiments: dict[str, Experiment], options: CompareOptions,
+                   log) -> tuple[str, Prepared, nn.Module] | None:
+    """(folder, prepared run, baseline model) to localise on: --shapes-run, else RUN itself if it has masks."""
+    if options.shapes_run is None:
+        return (str(run_dir), p, experiments["baseline"].model) if p.data.test_masks is not None else None
+    sp, shapes_experiments = load_run(options.shapes_run, log, device=options.device)
+    if sp.data.test_masks is None:
+        raise UserError(f"{options.shapes_run} is not a shapes run (no object masks); fix: pass a run made with "
+                        "--dataset shapes")
+    return str(options.shapes_run), sp, shapes_experiments["baseline"].model
+
+
+def _test_set(p: Prepared) -> EvalSet:
+    d = p.data
+    return EvalSet(d.test_images, d.test_labels, d.classes, d.test_masks)
+
+
+def _timed(seconds: dict, section: str, measure, *args) -> dict:
+    start = time.perf_counter()
+    result = measure(*args)
+    seconds[section] = time.perf_counter() - start
+    return result
+
+
+def _measure(p: Prepared, experiments: dict[str, Experiment], shapes, sweep: MethodSweep, log) -> tuple[dict, dict]:
+    """Every section, timed: (methods.json without figures, total and environment; the figures' tensors)."""
+    models = {name: e.model for name, e in experiments.items()}
+    test, cls = _test_set(p), p.config.bias_class
+    out: dict = {"methods": list(sweep.methods), "layers": list(sweep.layers), "cam_layer": sweep.cam_layer,
+                 "experiments": {name: e.spec.key for name, e in experiments.items()},
+                 "settings": compare_settings(sweep.options, sweep.runtime), "seconds": {}}
+    seconds = out["seconds"]
+    # 1. Shortcut evidence: patched target images each model calls target, explained for the target class.
+    found = _timed(seconds, "shortcut", shortcut_evidence, models, test, p.target, shortcut_protocol(p).patch, sweep)
+    for name, n in found["called_target"].items():
+        log(f"[compare] {name}: {n} patched {cls} images called {cls}")
+    out.update({k: found[k] for k in ("shortcut", "uniform", "flags_shortcut")})
+    # 2. Localisation on shapes (true object masks), the shapes run's baseline model in its own precision.
+    if shapes is not None:
+        folder, sp, model = shapes
+        found = _timed(seconds, "localisation", shapes_localisation, model, _test_set(sp), replace(sweep, runtime=sp.runtime))
+        out["localisation"] = found["localisation"]
+        out["uniform"]["energy_in_mask"] = found["energy_in_mask"]
+        out["shapes_run"] = folder
+    # 3. Sanity check: cascading randomisation of the baseline model, clean test images, true class.
+    base = models["baseline"]
+    cascade = _timed(seconds, "sanity", sanity_check, base, test, sweep)
+    out["sanity"] = cascade["sanity"]
+    # 4. Faithfulness: deletion/insertion on clean test images, the baseline model's predicted class.
+    faithful = _timed(seconds, "faithfulness", faithfulness_check, base, test, sweep)
+    out["faithfulness"] = faithful["faithfulness"]
+    return out, {"cascade_maps": cascade["cascade_maps"], "sanity_image": cascade["image"], "curves": faithful["curves"]}
+
+
+def _names(methods: list[str]) -> dict[str, str]:
+    """How figures label each method and the random baseline."""
+    return {**{m: display_name(m) for m in methods}, RANDOM: "random map"}
+
+
+def _figures(run_dir: Path, out: dict, drawn: dict) -> list[str]:
+    """Draw and save the comparison's figures; returns their paths relative to `run_dir`."""
+    names, written = _names(out["methods"]), []
+
+    def save(fig, rel):
+        store.save_figure(fig, run_dir / rel)
+        figures.close(fig)
+        written.append(rel)
+
+    save(figures.method_layer_heatmap(out, names), "figures/methods_layers.png")
+    image = drawn["sanity_image"]
+    if len(image):
+        for method, maps in drawn["cascade_maps"].items():
+            save(figures.sanity_cascade(image[0], maps, f"{names[method]}: cascading randomisation "
+                                                        f"(baseline model, top to bottom)"),
+                 f"figures/sanity_{method.replace('+', 'p')}.png")
+    save(figures.deletion_insertion_curves({names[m]: r for m, r in drawn["curves"].items()},
+                                           "deletion and insertion, baseline model, clean test images"),
+         "figures/deletion_insertion.png")
+    return written
+
+
+def _refresh_report(run_dir: Path) -> None:
+    """Rebuild summary.md and REPORT.md (with the new section) where the run has been evaluated."""
+    path = run_dir / "metrics.json"
+    if path.is_file():
+        write_reports(run_dir, store.read_json(path, fix=f"fix: run `gradcam-repro evaluate {run_dir}` first"))

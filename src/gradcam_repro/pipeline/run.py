@@ -1,0 +1,243 @@
+"""`gradcam-repro run`, `evaluate` and `report`: experiment specs in, results and reports out.
+
+A run is a list of named experiment specs (today "baseline" and "biased"), each trained once into
+`experiments/<key>/` (see `pipeline.experiment`), then measured the same way and reported. Layout of
+`runs/<name>/`:
+    run.json             config and {experiment name: spec key}; written before training
+    experiments/<key>/   model.pt, history.json, history.csv, spec.json (one folder per spec)
+    figures/*.png, metrics.json, summary.md, REPORT.md
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from gradcam_repro.config import Config
+from gradcam_repro.data.bias import patch_box
+from gradcam_repro.data.images import ImageData, stratified_subset
+from gradcam_repro.data.registry import get_dataset
+from gradcam_repro.errors import UserError
+from gradcam_repro.explain.cam import get_layer
+from gradcam_repro.measure import scores
+from gradcam_repro.measure.examples import figure_examples
+from gradcam_repro.measure.shortcut import ShortcutProtocol, EvalSet, measure_shortcut
+from gradcam_repro.model.resnet import resnet18_cifar
+from gradcam_repro.pipeline import store
+from gradcam_repro.pipeline.experiment import Experiment, TrainingSet, load_experiment, train_experiment
+from gradcam_repro.pipeline.spec import BiasSpec, ExperimentSpec
+from gradcam_repro.report import figures
+from gradcam_repro.report.markdown import report_markdown, summary_markdown
+from gradcam_repro.report.run_figures import run_figures
+from gradcam_repro.runtime import Runtime
+
+# Stage outputs scored besides the configured layer: on 32x32 inputs layer1..layer4 run at 32, 16, 8 and 4 px.
+SWEEP_LAYERS = ("layer1", "layer2", "layer3", "layer4", "layer4.1.conv2")
+
+
+@dataclass
+class Prepared:
+    """Validated inputs of a run: everything is checked before anything is written."""
+
+    config: Config
+    training: TrainingSet
+    target: int
+    specs: dict[str, ExperimentSpec]
+
+    @property
+    def data(self) -> ImageData:
+        return self.training.data
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.training.runtime
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        cfg = self.config
+        return patch_box(self.data.test_images.shape[-1], cfg.patch_size, cfg.patch_corner, cfg.patch_offset)
+
+
+def sweep_layers(cam_layer: str) -> list[str]:
+    return list(dict.fromkeys([*SWEEP_LAYERS, cam_layer]))
+
+
+def run_specs(config: Config, fingerprint: str) -> dict[str, ExperimentSpec]:
+    """The experiments of `gradcam-repro run`: a baseline and the same training with the patch planted."""
+    return {"baseline": ExperimentSpec.from_config(config, fingerprint),
+            "biased": ExperimentSpec.from_config(config, fingerprint, BiasSpec.from_config(config))}
+
+
+def prepare(config: Config, log=print) -> Prepared:
+    """Validate the config against the data and the model; raises `UserError` before any output is written."""
+    config.validate()
+    dataset = get_dataset(config.dataset)
+    if config.bias_class is None:
+        config = replace(config, bias_class=dataset.default_bias_class)
+    get_layer(resnet18_cifar(), config.cam_layer)  # unknown layer: fail now, not after training
+    if config.bias_class not in dataset.classes:
+        raise UserError(f"unknown class {config.bias_class!r}; fix: pass --bias-class as one of {', '.join(dataset.classes)}")
+    patch_box(32, config.patch_size, config.patch_corner, config.patch_offset)
+    runtime = Runtime.choose(config.device, config.precision)
+    store.check_writable(config.out_dir)
+    start = time.perf_counter()
+    data = dataset.load(config)
+    log(f"data: {data.name} from {data.source} ({len(data.train_labels)} train / {len(data.test_labels)} test, "
+        f"fingerprint {data.fingerprint[:12]}, {time.perf_counter() - start:.1f} s)")
+    if config.test_subset:
+        data = _subset_test(data, stratified_subset(data.test_labels, config.test_subset, config.seed))
+    train_index = (stratified_subset(data.train_labels, config.train_subset, config.seed)
+                   if config.train_subset else torch.arange(len(data.train_labels)))
+    eval_index = (stratified_subset(data.test_labels, config.eval_subset, config.seed)
+                  if config.eval_subset else torch.arange(len(data.test_labels)))
+    training = TrainingSet(config, data, runtime, train_index, eval_index)
+    return Prepared(config, training, data.class_index(config.bias_class), run_specs(config, data.fingerprint))
+
+
+def _subset_test(data: ImageData, index: torch.Tensor) -> ImageData:
+    masks = data.test_masks[index] if data.test_masks is not None else None
+    return replace(data, test_images=data.test_images[index], test_labels=data.test_labels[index], test_masks=masks)
+
+
+def shortcut_protocol(p: Prepared) -> ShortcutProtocol:
+    cfg = p.config
+    patch = {"patch_size": cfg.patch_size, "color": tuple(cfg.patch_color), "corner": cfg.patch_corner,
+             "offset": cfg.patch_offset}
+    return ShortcutProtocol(p.target, patch, tuple(sweep_layers(cfg.cam_layer)), cfg.cam, cfg.seed,
+                            cfg.counterfactual_images, cfg.cam_images, cfg.cam_batch_size)
+
+
+def settings() -> dict:
+    """The fixed rules and sample settings every verdict was computed with."""
+    return {"bootstrap_resamples": scores.BOOTSTRAP_RESAMPLES, "confidence": scores.CONFIDENCE,
+            "bootstrap_method": "percentile", "pointing_tolerance_px": scores.POINTING_TOLERANCE_PX,
+            "points_at_patch_ratio": scores.POINTS_AT_PATCH_RATIO, "relies_flip_rate": scores.RELIES_FLIP_RATE}
+
+
+def measure_run(p: Prepared, experiments: dict[str, Experiment], log=print) -> tuple[dict, dict]:
+    """Measure every experiment of a run: (metrics for metrics.json, examples for the figures)."""
+    cfg, d = p.config, p.data
+    models = {name: e.model for name, e in experiments.items()}
+    test = EvalSet(d.test_images, d.test_labels, d.classes, d.test_masks)
+    protocol = shortcut_protocol(p)
+    start = time.perf_counter()
+    shortcut, measured = measure_shortcut(models, test, protocol, p.runtime)
+    examples = figure_examples(models, test, measured, protocol, p.runtime, cfg.figure_images, cfg.cam_layer)
+    examples["patched_target_maps"] = {n: m["patched_target_maps"] for n, m in measured["models"].items()}
+    examples["histories"] = {name: e.history for name, e in experiments.items()}
+    for name, m in shortcut["models"].items():
+        log(f"[{name}] " + headline(m, cfg, shortcut["uniform"]["energy_in_box"]))
+    metrics = {
+        "config": cfg.to_dict(),
+        "experiments": {name: e.spec.key for name, e in experiments.items()},
+        "dataset": experiments[next(iter(experiments))].record["dataset"] | {"n_test": len(d.test_labels)},
+        "environment": store.environment_info(str(p.runtime.device)),
+        "precision": p.runtime.precision,
+        "box_tlbr_px": list(p.box),
+        "cam_layer": cfg.cam_layer,
+        "layers": list(protocol.layers),
+        "settings": settings(),
+        **shortcut,
+        "histories": examples["histories"],
+        "seconds": {"evaluate": time.perf_counter() - start},
+    }
+    return metrics, examples
+
+
+def headline(m: dict, cfg: Config, uniform: float) -> str:
+    """One model's headline numbers in one line; says why the CAM energy is missing when it is."""
+    cls, layer = cfg.bias_class, cfg.cam_layer
+    e = m["cam"][layer]["patched_target"]["energy"]
+    energy = (f"energy in patch at {layer} {e['mean']:.3f} (uniform {uniform:.3f})" if e["n"] else
+              f"energy in patch at {layer} not measurable on 0 images (no patched {cls} image was predicted {cls})")
+    return (f"clean test acc {m['clean_test_acc']['mean']:.3f}, {cls} recall clean {m['target_recall_clean']['mean']:.3f} "
+            f"/ patched {m['target_recall_patched']['mean']:.3f}, flip-to-{cls} {m['flip_to_target']['patch']['mean']:.3f}, "
+            + energy)
+
+
+def write_results(out: Path, metrics: dict, examples: dict, show: bool = False) -> dict:
+    """Draw the figures, then write metrics.json, summary.md and REPORT.md (each atomically)."""
+    start = time.perf_counter()
+    figs = run_figures(metrics, examples)
+    for rel, fig in figs.items():
+        store.save_figure(fig, out / rel)
+        if not show:
+            figures.close(fig)
+    metrics["figures"] = list(figs)
+    metrics["seconds"]["figures"] = time.perf_counter() - start
+    metrics["peak_rss_mb"] = store.peak_rss_mb()
+    store.write_json(out / "metrics.json", metrics)
+    write_reports(out, metrics)
+    return metrics
+
+
+def write_reports(out: Path, metrics: dict) -> Path:
+    """summary.md and REPORT.md from `metrics` (and methods.json when it measured these models)."""
+    store.write_text(out / "summary.md", summary_markdown(metrics))
+    store.write_text(out / "REPORT.md", report_markdown(metrics, methods_for_report(out, metrics)))
+    return out / "REPORT.md"
+
+
+def methods_for_report(out: Path, metrics: dict) -> dict | None:
+    """methods.json if present: {} marks it stale (measured other models), None absent."""
+    path = out / "methods.json"
+    if not path.is_file():
+        return None
+    methods = store.read_json(path, fix=f"fix: rerun `gradcam-repro compare {out}`")
+    return methods if methods.get("experiments") == metrics.get("experiments") else {}
+
+
+def run(config: Config, log=print, force: bool = False) -> dict:
+    """Train every experiment of the run (or reuse it), measure, draw and report; returns the metrics."""
+    wall = time.perf_counter()
+    p = prepare(config, log)
+    out = Path(p.config.out_dir)
+    with store.run_lock(out):
+        store.write_json(out / "run.json", {"config": p.config.to_dict(),
+                                            "experiments": {n: s.key for n, s in p.specs.items()}})
+        experiments = {name: train_experiment(spec, p.training, out, name, log, force) for name, spec in p.specs.items()}
+        metrics, examples = measure_run(p, experiments, log)
+        metrics["seconds"].update({f"train_{n}": e.record.get("train_seconds", float("nan")) for n, e in experiments.items()})
+        metrics["seconds"]["end_to_end"] = time.perf_counter() - wall
+        write_results(out, metrics, examples, p.config.show)
+    log(f"done in {time.perf_counter() - wall:.0f} s (peak RSS {store.peak_rss_mb():.0f} MB): {out / 'REPORT.md'}")
+    if p.config.show:
+        figures.show()
+    return metrics
+
+
+def load_run_config(run_dir: str | Path) -> tuple[Config, dict[str, str]]:
+    """The config a run was made with and its {experiment name: spec key}, from run.json."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "run.json").is_file() and (run_dir / "baseline" / "config.json").is_file():
+        raise UserError(f"{run_dir} was written by an older gradcam-repro (baseline/ and biased/ folders); "
+                        "fix: rerun `gradcam-repro run` with the same flags into a new --out")
+    manifest = store.read_json(run_dir / "run.json", fix="fix: pass a folder written by `gradcam-repro run`")
+    return Config.from_dict(manifest["config"]), manifest["experiments"]
+
+
+def load_run(run_dir: str | Path, log=print, **overrides) -> tuple[Prepared, dict[str, Experiment]]:
+    """A finished run's prepared inputs (with `overrides` of evaluation settings) and its trained experiments."""
+    config, keys = load_run_config(run_dir)
+    config = replace(config, out=str(run_dir), **{k: v for k, v in overrides.items() if v is not None})
+    p = prepare(config, log)
+    experiments = {name: load_experiment(Path(run_dir) / "experiments" / key, len(p.data.classes), p.runtime)
+                   for name, key in keys.items()}
+    return p, experiments
+
+
+def evaluate_run(run_dir: str | Path, log=print, **overrides) -> dict:
+    """Recompute every metric, figure and report of a finished run from its saved models."""
+    p, experiments = load_run(run_dir, log, **overrides)
+    with store.run_lock(run_dir):
+        metrics, examples = measure_run(p, experiments, log)
+        return write_results(Path(run_dir), metrics, examples)
+
+
+def report_run(run_dir: str | Path) -> Path:
+    """Rebuild summary.md and REPORT.md from a run's saved metrics.json (no model is run)."""
+    metrics = store.read_json(Path(run_dir) / "metrics.json", fix=f"fix: run `gradcam-repro evaluate {run_dir}` first")
+    return write_reports(Path(run_dir), metrics)

@@ -1,0 +1,95 @@
+"""One experiment = data + an optional bias spec + a training config + a seed, named by its content hash.
+
+`run` is two specs (baseline and biased); a study, an audit or a repaired model
+is more specs, with no special cases. A finished experiment lives in
+`<root>/experiments/<key>/` and is reused by any later run whose spec has the
+same key, whatever the run's name or evaluation settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from gradcam_repro.config import Config
+
+# Config fields that determine a model's weights (besides dataset, bias and seed). Evaluation-only
+# fields (CAM method, layer, sample sizes), paths and the device are left out, so changing them reuses
+# the trained model. `eval_subset` stays in: it changes the recorded per-epoch history.
+TRAINING_FIELDS = ("epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "lr_schedule",
+                   "label_smoothing", "train_subset", "eval_subset", "augment", "train_resolutions", "precision",
+                   "compile")
+SPEC_VERSION = 1  # bump when what a spec means changes, so old folders are not reused by mistake
+
+
+@dataclass(frozen=True)
+class BiasSpec:
+    """The planted shortcut: a `patch_size` px square of RGB `color` at `corner` (+`offset` px) on a
+    seeded `fraction` of the training images of class `class_name`."""
+
+    class_name: str
+    patch_size: int = 6
+    color: tuple[int, int, int] = (255, 255, 0)
+    corner: str = "top-left"
+    offset: int = 0
+    fraction: float = 1.0
+
+    @property
+    def patch(self) -> dict:
+        """Keyword arguments of `data.bias.inject_patch`."""
+        return {"patch_size": self.patch_size, "color": tuple(self.color), "corner": self.corner, "offset": self.offset}
+
+    @classmethod
+    def from_config(cls, config: Config) -> BiasSpec:
+        return cls(config.bias_class, config.patch_size, tuple(config.patch_color), config.patch_corner,
+                   config.patch_offset, config.bias_fraction)
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """Everything that determines one trained model. `data_fingerprint` is the sha256 of the decoded pixels."""
+
+    dataset: str
+    data_fingerprint: str
+    training: tuple[tuple[str, object], ...]
+    seed: int
+    bias: BiasSpec | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, data_fingerprint: str, bias: BiasSpec | None = None) -> ExperimentSpec:
+        """The spec of training `config` on data with `data_fingerprint`; a bias on 0% of images is no bias."""
+        values = config.to_dict()
+        training = tuple((name, _jsonable(values[name])) for name in TRAINING_FIELDS)
+        if bias is not None and bias.fraction == 0:
+            bias = None
+        return cls(config.dataset, data_fingerprint, training, config.seed, bias)
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["training"] = dict(self.training)
+        out["bias"] = None if self.bias is None else {**dataclasses.asdict(self.bias), "color": list(self.bias.color)}
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ExperimentSpec:
+        bias = values.get("bias")
+        return cls(values["dataset"], values["data_fingerprint"], tuple((k, _jsonable(v)) for k, v in values["training"].items()),
+                   values["seed"], None if bias is None else BiasSpec(**{**bias, "color": tuple(bias["color"])}))
+
+    @property
+    def key(self) -> str:
+        """A stable 16-hex-digit content hash: the same spec gives the same key on every machine."""
+        text = json.dumps({"version": SPEC_VERSION, **self.to_dict()}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def folder(self, root: str | Path) -> Path:
+        """Where this experiment's model, history and record live under a run or study folder."""
+        return Path(root) / "experiments" / self.key
+
+
+def _jsonable(value):
+    """Tuples as lists, so that a spec read back from JSON hashes like the one it was written from."""
+    return [_jsonable(v) for v in value] if isinstance(value, (list, tuple)) else value
