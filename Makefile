@@ -36,7 +36,7 @@ shapes: install
 # (plus localisation when `make shapes` has been run); adds a section to runs/$(PRESET)/REPORT.md.
 compare: install
 	$(VENV)/bin/gradcam-repro compare runs/$(PRESET) --data-root $(DATA_ROOT) \
-		$(if $(wildcard runs/$(PRESET)-shapes/baseline/model.pt),--shapes-run runs/$(PRESET)-shapes)
+		$(if $(wildcard runs/$(PRESET)-shapes/metrics.json),--shapes-run runs/$(PRESET)-shapes)
 
 # A finished paper run is added to the benchmark where it exists. `make bench ACCURACY=1` also trains
 # the quick preset's baseline in bf16 and in fp32 (about 15 min on 2 cores; reused once finished).
@@ -44,7 +44,7 @@ BENCH_RUNS := $(if $(wildcard runs/paper/metrics.json),--paper-run runs/paper) \
 	$(if $(ACCURACY),--accuracy-check runs/bench-accuracy)
 
 bench: install-test
-	$(VENV)/bin/gradcam-repro bench --data-root $(DATA_ROOT) $(BENCH_RUNS)
+	$(PY) -m benchmarks.bench --data-root $(DATA_ROOT) $(BENCH_RUNS)
 
 test: install-test
 	$(PY) -m pytest -q

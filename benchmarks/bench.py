@@ -47,11 +47,13 @@ from gradcam_repro.measure.predict import accuracy, predict_logits
 from gradcam_repro.model.resnet import CIFAR10_MEAN, CIFAR10_STD, normalize, resnet18_cifar
 from gradcam_repro.model.train import make_batch, plan_epoch, prepare_training, train_step
 from gradcam_repro.pipeline import store as artifacts
+from gradcam_repro.pipeline.spec import TRAINING_FIELDS
 from gradcam_repro.runtime import Runtime, autocast_dtype, choose_device
 
 # The memory check's child runs `python -m benchmarks.bench` from here, whatever the caller's cwd.
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROG = "python -m benchmarks.bench"
+
 # Targets, as ratios of medians (or absolute limits).
 TRAIN_TARGET_X = 2.5  # product / faster naive reference
 CAM_PER_IMAGE_TARGET_X = 10.0  # product / one forward+backward per image
@@ -625,10 +627,11 @@ def baseline_accuracy(run_dir: str | Path) -> dict:
 
 
 def _training_fields(config: dict) -> dict:
-    """The training-relevant fields of a recorded config, defaults filled in, values as JSON writes them."""
+    """The fields of a recorded config that shape a model's weights, as an experiment spec counts them
+    (dataset, seed, `pipeline.spec.TRAINING_FIELDS`); defaults filled in, tuples as the lists JSON writes."""
     known = {k: v for k, v in config.items() if k in Config.__dataclass_fields__}
-    key = Config.from_dict({**Config().to_dict(), **known}).training_key()
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in key.items()}
+    full = Config.from_dict({**Config().to_dict(), **known}).to_dict()
+    return {k: list(full[k]) if isinstance(full[k], tuple) else full[k] for k in ("dataset", "seed", *TRAINING_FIELDS)}
 
 
 def train_accuracy_runs(folder: str | Path, data_root: str | None, device: str, log=print, preset: str = "quick",
@@ -671,9 +674,8 @@ def accuracy_comparison(bf16_run: str | Path, fp32_run: str | Path) -> dict:
                             "`gradcam-repro run` to --accuracy-runs") from None
         runs[label] = {"run": str(run_dir), "clean_test_acc": acc, "precision": m.get("precision"), "config": m.get("config", {}),
                        "train_seconds": m.get("seconds", {}).get("train_baseline")}
-    # Only what shapes the trained weights counts; evaluation sample sizes and the like
-    # (config.NOT_TRAINING_FIELDS) do not. Runs made before a field existed lack it: compare
-    # them as if they had its default. Config.from_dict also reads JSON lists back as tuples.
+    # Only what shapes the trained weights counts; evaluation sample sizes and the like do not.
+    # Runs made before a field existed lack it: compare them as if they had its default.
     a, b = (_training_fields(runs[k]["config"]) for k in ("bf16", "fp32"))
     other = {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b)) if k not in PRECISION_ONLY_IGNORED and a.get(k) != b.get(k)}
     diff_points = 100 * (runs["bf16"]["clean_test_acc"] - runs["fp32"]["clean_test_acc"])

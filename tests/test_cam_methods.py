@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from cam_helpers import all_hooks_empty, minmax
 
-from gradcam_repro.explain.pixel import reduce_to_map
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.cam import GradCAM
+from gradcam_repro.explain.pixel import reduce_to_map
 from gradcam_repro.explain.registry import CAM_METHODS, EXPLAINERS, PIXEL_METHODS, make_explainer
 
 TOLERANCE = {"gradcam": 1e-4, "gradcam++": 1e-4, "hirescam": 1e-4, "xgradcam": 1e-4, "layercam": 1e-4,

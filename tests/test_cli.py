@@ -98,3 +98,24 @@ def test_patch_color_parsing():
 def test_an_explicit_bias_class_is_never_silently_replaced(tmp_path, capsys):
     code = main(["run", "--preset", "smoke", "--dataset", "shapes", "--bias-class", "frog", "--out", str(tmp_path)])
     assert code == 2 and "unknown class 'frog'; fix: pass --bias-class as one of circle" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command, broken, expected",
+    [
+        ("report", "metrics.json", r"cannot read \S*metrics\.json \(truncated or not JSON.*fix: run `gradcam-repro evaluate"),
+        ("evaluate", "run.json", r"cannot read \S*run\.json \(truncated or not JSON.*fix: pass a folder written by"),
+    ],
+)
+def test_a_truncated_saved_file_is_a_one_line_error_naming_it_and_the_fix(tmp_path, capsys, command, broken, expected):
+    import re
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / broken).write_text('{"config": {"preset": "quick", "see')  # cut off mid-write
+    (run / "REPORT.md").write_text("earlier report")
+    assert main([command, str(run)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(expected, err), err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert (run / "REPORT.md").read_text() == "earlier report"

@@ -25,7 +25,7 @@ def _functions():
 def test_no_function_is_longer_than_a_screen():
     long = [f"{path}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
             for path, node in _functions() if node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
-    assert not long, "functions over %d lines:\n%s" % (MAX_FUNCTION_LINES, "\n".join(long))
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines:\n" + "\n".join(long)
 
 
 def test_no_function_takes_more_than_eight_parameters():
@@ -36,7 +36,7 @@ def test_no_function_takes_more_than_eight_parameters():
 
     many = [f"{path}:{node.lineno} {node.name} ({count(node)} parameters)"
             for path, node in _functions() if count(node) > MAX_PARAMETERS]
-    assert not many, "functions over %d parameters:\n%s" % (MAX_PARAMETERS, "\n".join(many))
+    assert not many, f"functions over {MAX_PARAMETERS} parameters:\n" + "\n".join(many)
 
 
 def test_imports_inside_functions_are_only_for_optional_heavy_dependencies():

@@ -119,9 +119,9 @@ def test_a_retrained_experiment_makes_the_section_say_it_is_stale(compared, tmp_
     run, _ = compared
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    # A retrained biased model is a new spec key in metrics.json; methods.json still names the old one.
+    # A retrained biased model (same spec, other weights, e.g. --force) has another model hash in metrics.json.
     metrics = json.loads((copy / "metrics.json").read_text())
-    metrics["experiments"]["biased"] = "0" * 16
+    metrics["experiments"]["biased"]["model_sha256"] = "0" * 64
     (copy / "metrics.json").write_text(json.dumps(metrics))
     assert main(["report", str(copy)]) == 0
     report = (copy / "REPORT.md").read_text()
@@ -138,7 +138,7 @@ def test_explain_images_grad_cam_equals_the_grad_cam_class(resnet):
     pixel = explain_images("saliency", resnet, images, targets, ["layer3"], CPU)
     assert list(pixel) == ["input"] and pixel["input"].shape == (3, 32, 32)
     direct = make_explainer("saliency", resnet, ["layer3"]).maps(normalize(images), targets)
-    torch.testing.assert_close(pixel["input"], direct["input"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(pixel["input"], direct["input"], atol=1e-5, rtol=0)  # channels_last vs not
 
 
 def test_the_flag_rule_needs_both_the_uniform_and_the_baseline_bound():

@@ -19,8 +19,16 @@ import pytest
 import torch
 from torch import nn
 
+from gradcam_repro.measure.faithfulness import (
+    DELETION_BASELINE,
+    blurred_canvas,
+    deletion_insertion,
+    random_maps,
+    saliency_rank,
+    step_fractions,
+    summarise_faithfulness,
+)
 from gradcam_repro.report import figures
-from gradcam_repro.measure.faithfulness import DELETION_BASELINE, blurred_canvas, deletion_insertion, random_maps, saliency_rank, step_fractions, summarise_faithfulness
 
 BOX = (4, 4, 12, 12)  # top, left, bottom, right: an 8x8 = 64 px region of a 32x32 image
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gradcam_repro.measure.shortcut import accuracy
+from gradcam_repro.measure.predict import accuracy
 from gradcam_repro.measure.scores import cam_energy_in_box
 from gradcam_repro.measure.scores import uniform_energy as uniform_energy_in_box
 

@@ -1,5 +1,6 @@
 """End to end: `gradcam-repro run --preset smoke` on shapes and on a real CIFAR-10 subset."""
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -7,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradcam_repro.data.bias import inject_patch
 from gradcam_repro.cli import main
+from gradcam_repro.data.bias import inject_patch
 from gradcam_repro.explain.cam import GradCAM
 from gradcam_repro.model.resnet import load_model, normalize, resnet18_cifar
 
@@ -43,7 +44,8 @@ def check_run_folder(out: Path, dataset: str) -> dict:
             assert (folder / rel).is_file(), f"missing {name}: {rel}"
         record = json.loads((folder / "spec.json").read_text())
         assert record["name"] == name and record["spec"]["seed"] == 0 and record["key"] == folder.name
-        assert record["key"] == metrics["experiments"][name]
+        assert metrics["experiments"][name] == {"key": record["key"], "model_sha256": record["model_sha256"]}
+        assert hashlib.sha256((folder / "model.pt").read_bytes()).hexdigest() == record["model_sha256"]
         assert record["dataset"]["fingerprint"] == metrics["dataset"]["fingerprint"] == record["spec"]["data_fingerprint"]
         assert (record["spec"]["bias"] is None) == (name == "baseline")
         history = json.loads((folder / "history.json").read_text())

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from gradcam_repro.data.bias import bias_dataset
-from gradcam_repro.measure.shortcut import ShortcutProtocol, EvalSet, measure_shortcut
+from gradcam_repro.measure.shortcut import EvalSet, ShortcutProtocol, measure_shortcut
 from gradcam_repro.runtime import Runtime
 
 EXPECTED = Path(__file__).parent / "data" / "regression_expected.json"

@@ -14,9 +14,9 @@ import pytest
 import torch
 from torchvision.io import write_png
 
-from gradcam_repro.pipeline import store as artifacts
 from gradcam_repro.cli import main
 from gradcam_repro.errors import UserError
+from gradcam_repro.pipeline import store as artifacts
 
 TINY_RUN = ["run", "--preset", "smoke", "--dataset", "shapes", "--epochs", "3", "--train-subset", "400",
             "--test-subset", "100", "--counterfactual-images", "40", "--cam-images", "20", "--figure-images", "2"]

@@ -19,10 +19,17 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
-from gradcam_repro.report import figures
 from gradcam_repro.explain.cam import GradCAM
+from gradcam_repro.measure.sanity import (
+    SANITY_MAX_SPEARMAN,
+    cascade_steps,
+    cascading_randomisation,
+    sanity_verdict,
+    spearman_per_image,
+    ssim_per_image,
+)
 from gradcam_repro.model.resnet import resnet18_cifar
-from gradcam_repro.measure.sanity import SANITY_MAX_SPEARMAN, cascade_steps, cascading_randomisation, sanity_verdict, spearman_per_image, ssim_per_image
+from gradcam_repro.report import figures
 
 # --------------------------------------------------------------------------- helpers
 

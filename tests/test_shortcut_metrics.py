@@ -143,7 +143,6 @@ def test_shortcut_cams_are_computed_in_the_runs_precision(amp_dtype, monkeypatch
     from torch import nn
 
     from gradcam_repro.measure import shortcut as evaluate
-
     from gradcam_repro.runtime import Runtime
 
     seen = []

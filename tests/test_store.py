@@ -35,7 +35,7 @@ def test_a_truncated_json_names_the_file_the_reason_and_the_default_fix(tmp_path
     store.write_json(path, {"models": {"baseline": {"accuracy": 0.9}}, "histories": {}})
     path.write_bytes(path.read_bytes()[:30])
     message = _one_line_error(lambda: store.read_json(path))
-    assert f"metrics.json in {path.parent}" in message
+    assert f"cannot read {path} (" in message
     assert "truncated or not JSON" in message and "at line" in message
     assert "gradcam-repro evaluate" in message
 
@@ -53,7 +53,7 @@ def test_a_caller_fix_replaces_the_default(tmp_path):
 
 def test_a_missing_json_names_the_file_and_folder(tmp_path):
     message = _one_line_error(lambda: store.read_json(tmp_path / "run" / "history.json"))
-    assert message.startswith(f"no history.json in {tmp_path / 'run'}; fix:")
+    assert message.startswith(f"no history.json at {tmp_path / 'run' / 'history.json'}; fix:")
 
 
 def test_a_json_that_is_not_text_or_not_a_file_is_a_user_error(tmp_path):
@@ -88,15 +88,15 @@ def test_a_truncated_checkpoint_is_a_one_line_user_error(saved_model, tmp_path):
         path.parent.mkdir(exist_ok=True)
         data = saved_model.read_bytes()
         path.write_bytes(data[: int(len(data) * fraction)])
-        message = _one_line_error(lambda: load_model(path))
-        assert f"model.pt in {path.parent}" in message
+        message = _one_line_error(lambda path=path: load_model(path))
+        assert f"cannot read {path} (" in message
         assert "truncated or not a checkpoint" in message
         assert "fix: pass a model.pt written by gradcam-repro" in message
 
 
 def test_torch_load_errors_name_the_file(tmp_path, saved_model):
     assert _one_line_error(lambda: store.torch_load(tmp_path / "checkpoint.pt")).startswith(
-        f"no checkpoint.pt in {tmp_path}; fix:")
+        f"no checkpoint.pt at {tmp_path / 'checkpoint.pt'}; fix:")
     (tmp_path / "empty.pt").write_bytes(b"")
     assert "empty.pt" in _one_line_error(lambda: store.torch_load(tmp_path / "empty.pt"))
     (tmp_path / "dir.pt").mkdir()

@@ -8,8 +8,15 @@ from torch import nn
 
 from gradcam_repro.config import PRESETS, Config, preset_config
 from gradcam_repro.errors import UserError
-from gradcam_repro.model.train import (TrainHooks, epoch_resolution, make_batch, plan_epoch, prepare_training, train_model,
-                                       train_step)
+from gradcam_repro.model.train import (
+    TrainHooks,
+    epoch_resolution,
+    make_batch,
+    plan_epoch,
+    prepare_training,
+    train_model,
+    train_step,
+)
 
 
 def tiny_net():

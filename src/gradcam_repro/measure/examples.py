@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from gradcam_repro.explain.registry import explain_images
-from gradcam_repro.measure.shortcut import ShortcutProtocol, EvalSet
+from gradcam_repro.measure.shortcut import EvalSet, ShortcutProtocol
 from gradcam_repro.runtime import Runtime
 
 SIDE_BY_SIDE_IMAGES = 6

@@ -17,11 +17,19 @@ from torch import nn
 
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.registry import display_name
-from gradcam_repro.measure.methods import (RANDOM, CompareOptions, MethodSweep, compare_settings, faithfulness_check,
-                                           sanity_check, shapes_localisation, shortcut_evidence)
+from gradcam_repro.measure.methods import (
+    RANDOM,
+    CompareOptions,
+    MethodSweep,
+    compare_settings,
+    faithfulness_check,
+    sanity_check,
+    shapes_localisation,
+    shortcut_evidence,
+)
 from gradcam_repro.measure.shortcut import EvalSet
 from gradcam_repro.pipeline import store
-from gradcam_repro.pipeline.experiment import Experiment
+from gradcam_repro.pipeline.experiment import Experiment, experiment_ids
 from gradcam_repro.pipeline.run import Prepared, load_run, load_run_config, shortcut_protocol, sweep_layers, write_reports
 from gradcam_repro.report import figures
 
@@ -95,7 +103,7 @@ def _measure(p: Prepared, experiments: dict[str, Experiment], shapes, sweep: Met
     models = {name: e.model for name, e in experiments.items()}
     test, cls = _test_set(p), p.config.bias_class
     out: dict = {"methods": list(sweep.methods), "layers": list(sweep.layers), "cam_layer": sweep.cam_layer,
-                 "experiments": {name: e.spec.key for name, e in experiments.items()},
+                 "experiments": experiment_ids(experiments),
                  "settings": compare_settings(sweep.options, sweep.runtime), "seconds": {}}
     seconds = out["seconds"]
     # 1. Shortcut evidence: patched target images each model calls target, explained for the target class.

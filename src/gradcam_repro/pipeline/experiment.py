@@ -11,6 +11,7 @@ Layout of `<root>/experiments/<key>/`:
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import time
 from dataclasses import dataclass
@@ -50,6 +51,11 @@ class Experiment:
     model: nn.Module
     history: list[dict]
     record: dict
+
+
+def experiment_ids(experiments: dict[str, Experiment]) -> dict[str, dict]:
+    """{name: {"key", "model_sha256"}}: which trained models a result was measured on (its staleness check)."""
+    return {name: {"key": e.spec.key, "model_sha256": e.record.get("model_sha256")} for name, e in experiments.items()}
 
 
 def finished_record(folder: Path, spec: ExperimentSpec) -> dict | None:
@@ -132,6 +138,7 @@ def train_experiment(spec: ExperimentSpec, ts: TrainingSet, root: Path, name: st
                           resume=None if force else _resume_state(checkpoint, spec, log))
     record = experiment_record(spec, ts, name, {"bias": bias, "train_seconds": time.perf_counter() - start})
     save_model(model, folder / "model.pt")
+    record["model_sha256"] = hashlib.sha256((folder / "model.pt").read_bytes()).hexdigest()
     store.write_json(folder / "history.json", history)
     store.write_text(folder / "history.csv", _history_csv(history))
     store.write_json(folder / "spec.json", record)  # last: marks the experiment finished and reusable

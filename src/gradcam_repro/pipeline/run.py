@@ -24,10 +24,10 @@ from gradcam_repro.errors import UserError
 from gradcam_repro.explain.cam import get_layer
 from gradcam_repro.measure import scores
 from gradcam_repro.measure.examples import figure_examples
-from gradcam_repro.measure.shortcut import ShortcutProtocol, EvalSet, measure_shortcut
-from gradcam_repro.model.resnet import resnet18_cifar
+from gradcam_repro.measure.shortcut import EvalSet, ShortcutProtocol, measure_shortcut
+from gradcam_repro.model.resnet import DEFAULT_LAYER, resnet18_cifar
 from gradcam_repro.pipeline import store
-from gradcam_repro.pipeline.experiment import Experiment, TrainingSet, load_experiment, train_experiment
+from gradcam_repro.pipeline.experiment import Experiment, TrainingSet, experiment_ids, load_experiment, train_experiment
 from gradcam_repro.pipeline.spec import BiasSpec, ExperimentSpec
 from gradcam_repro.report import figures
 from gradcam_repro.report.markdown import report_markdown, summary_markdown
@@ -35,7 +35,7 @@ from gradcam_repro.report.run_figures import run_figures
 from gradcam_repro.runtime import Runtime
 
 # Stage outputs scored besides the configured layer: on 32x32 inputs layer1..layer4 run at 32, 16, 8 and 4 px.
-SWEEP_LAYERS = ("layer1", "layer2", "layer3", "layer4", "layer4.1.conv2")
+SWEEP_LAYERS = ("layer1", "layer2", "layer3", "layer4", DEFAULT_LAYER)
 
 
 @dataclass
@@ -132,7 +132,7 @@ def measure_run(p: Prepared, experiments: dict[str, Experiment], log=print) -> t
         log(f"[{name}] " + headline(m, cfg, shortcut["uniform"]["energy_in_box"]))
     metrics = {
         "config": cfg.to_dict(),
-        "experiments": {name: e.spec.key for name, e in experiments.items()},
+        "experiments": experiment_ids(experiments),
         "dataset": experiments[next(iter(experiments))].record["dataset"] | {"n_test": len(d.test_labels)},
         "environment": store.environment_info(str(p.runtime.device)),
         "precision": p.runtime.precision,
@@ -182,7 +182,7 @@ def write_reports(out: Path, metrics: dict) -> Path:
 
 
 def methods_for_report(out: Path, metrics: dict) -> dict | None:
-    """methods.json if present: {} marks it stale (measured other models), None absent."""
+    """methods.json if present: {} marks it stale (measured other models: other keys or model files), None absent."""
     path = out / "methods.json"
     if not path.is_file():
         return None

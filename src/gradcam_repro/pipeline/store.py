@@ -113,11 +113,11 @@ def _first_line(text: str, limit: int = 120) -> str:
 
 
 def _missing_message(path: Path, fix: str | None) -> str:
-    return f"no {path.name} in {path.parent}; {_fix_text(fix)}"
+    return f"no {path.name} at {path}; {_fix_text(fix)}"
 
 
 def _unreadable_message(path: Path, reason: str, fix: str | None) -> str:
-    return f"cannot read {path.name} in {path.parent} ({_first_line(reason)}); {_fix_text(fix)}"
+    return f"cannot read {path} ({_first_line(reason)}); {_fix_text(fix)}"
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
