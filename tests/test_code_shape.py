@@ -11,7 +11,10 @@ MAX_PARAMETERS = 8
 # Heavy or optional dependencies that may be imported where they are used, so that `import gradcam_repro`
 # and `--help` stay fast and the package works without them.
 LAZY_IMPORTS_ALLOWED = {"captum", "captum.attr", "scipy.stats", "skimage.metrics", "PIL", "tqdm.auto", "ray",
-                        "matplotlib", "resource", "fcntl", "webbrowser", "http.server", "sklearn"}
+                        "matplotlib", "resource", "fcntl", "webbrowser", "http.server", "sklearn",
+                        # the shortcut audit (measure/audit.py): heavy, only `audit` needs them
+                        "sklearn.cluster", "sklearn.neighbors", "sklearn.metrics", "scipy.ndimage", "scipy.sparse",
+                        "scipy.sparse.csgraph", "scipy.sparse.linalg"}
 
 
 def _functions():

@@ -12,6 +12,7 @@ from gradcam_repro.model.train import (
     TrainHooks,
     epoch_resolution,
     make_batch,
+    make_optimizer,
     plan_epoch,
     prepare_training,
     train_model,
@@ -174,3 +175,18 @@ def test_the_public_step_functions_are_the_steps_train_model_takes():
     for a, b in zip(whole.parameters(), model.parameters()):
         assert torch.equal(a, b)
     assert loss_sum / len(labels) == pytest.approx(history[0]["loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 7, 8, 40])
+def test_onecycle_schedule_works_for_any_number_of_steps_and_keeps_its_shape(steps):
+    # Tiny runs (fewer than 8 steps) used to divide by zero inside OneCycleLR.
+    config = Config(lr=0.1, lr_schedule="onecycle")
+    _, scheduler = make_optimizer(nn.Linear(2, 2), config, steps)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(scheduler.get_last_lr()[0])
+        scheduler.optimizer.step()
+        scheduler.step()
+    assert all(0 < lr <= 0.1 + 1e-12 for lr in lrs)
+    if steps >= 8:  # unchanged: the lr peaks at the end of the first quarter of the steps
+        assert max(range(steps), key=lambda i: lrs[i]) == int(0.25 * steps) - 1

@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 import threading
+import time
 
 import matplotlib
 
@@ -13,10 +14,17 @@ from gradcam_repro.config import CORNERS, LR_SCHEDULES, MAX_IMAGE_PIXELS, PRECIS
 from gradcam_repro.data.registry import DATASETS
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.registry import CAM_METHODS, EXPLAINERS
+from gradcam_repro.measure.audit import DEFAULT_LAYER as AUDIT_LAYER
+from gradcam_repro.measure.audit import DEFAULT_METHOD as AUDIT_METHOD
+from gradcam_repro.measure.audit import TOP_CANDIDATES as AUDIT_CANDIDATES
 from gradcam_repro.model.resnet import DEFAULT_LAYER
+from gradcam_repro.pipeline.audit import AuditOptions, audit, audit_summary
 from gradcam_repro.pipeline.compare import CompareOptions, compare_methods
+from gradcam_repro.pipeline.progress import Reporter, compare_summary, final_line, run_summary
 from gradcam_repro.pipeline.run import evaluate_run, report_run, run
+from gradcam_repro.pipeline.study import DEFAULT_METHODS, StudyOptions, read_study_file, run_study, study_grid
 from gradcam_repro.pipeline.user_images import explain
+from gradcam_repro.pipeline.view import DEFAULT_PORT, open_report, serve
 from gradcam_repro.runtime import choose_device
 
 COLORS = {"yellow": (255, 255, 0), "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255),
@@ -63,14 +71,19 @@ CAM = _parent((["--cam"], {"choices": CAM_METHODS, "help": "CAM method (default 
                                                           "per channel, ~500x gradcam at layer4)"}),
               (["--cam-layer"], {"help": f"explained layer as a dotted path (default {DEFAULT_LAYER} = the seed's "
                                          "layer4[-1].conv2; e.g. layer4, layer3, layer3.1.conv2, layer2)"}))
+OUTPUT = _parent((["--quiet"], {"action": "store_true", "help": "print only errors and the final line (no progress bars, "
+                                                               "no log lines)"}),
+                 (["--json"], {"action": "store_true", "help": "for scripts: stdout gets one JSON summary at the end and "
+                                                              "nothing else (log lines and progress go to stderr)"}))
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what to run")
     g.add_argument("--preset", default="quick", choices=list(PRESETS),
                    help="named config: paper = seed protocol on all 50,000 images (5 epochs SGD lr 0.01); "
-                        "quick = both experiments in <= 15 min on a 2-core CPU; smoke = about a minute, for tests "
-                        "(default: quick). Every other flag overrides the preset.")
+                        "quick = both experiments in <= 15 min on a 2-core CPU; sweep = one `study` cell (21 in "
+                        "<= 60 min); smoke = about a minute, for tests (default: quick; study: sweep). Every other "
+                        "flag overrides the preset.")
     g.add_argument("--dataset", choices=list(DATASETS), help="cifar10 (default) or the synthetic shapes set with object masks")
     g.add_argument("--out", help="output folder (default: runs/<preset>)")
     g.add_argument("--seed", type=int, help="seed for initialisation, subsets, shuffling and augmentation (default 0)")
@@ -123,17 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    run_parser = sub.add_parser("run", parents=[DEBUG, DEVICE, DATA_ROOT, CAM],
+    run_parser = sub.add_parser("run", parents=[DEBUG, DEVICE, DATA_ROOT, CAM, OUTPUT],
                                 help="train the baseline and the biased model, then explain and summarise",
                                 description="Train a baseline and a frog-biased ResNet-18, compute Grad-CAM, write "
                                             "models, figures, metrics.json, summary.md and REPORT.md under --out.")
     _add_run_flags(run_parser)
-    ev = sub.add_parser("evaluate", parents=[DEBUG, DEVICE, DATA_ROOT, CAM],
+    ev = sub.add_parser("evaluate", parents=[DEBUG, DEVICE, DATA_ROOT, CAM, OUTPUT],
                         help="recompute metrics, figures and reports of a finished run from its models",
                         description="Recompute metrics.json, the figures, summary.md and REPORT.md of RUN_DIR from its "
                                     "saved model.pt files, without retraining (--cam/--cam-layer default to the run's).")
     ev.add_argument("run_dir", metavar="RUN_DIR", help="folder written by `gradcam-repro run`")
-    ex = sub.add_parser("explain", parents=[DEBUG, DEVICE, CAM],
+    ex = sub.add_parser("explain", parents=[DEBUG, DEVICE, CAM, OUTPUT],
                         help="CAM overlays and top-3 predictions for your own images with a saved model",
                         description="Explain your own image files with the models of a run (or one model.pt). Images "
                                     "of any size are resized to 32x32; grayscale and RGBA are converted to RGB; images "
@@ -141,14 +154,56 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("model", metavar="RUN_OR_MODEL", help="runs/<name> (every model), runs/<name>/experiments/<key>, or a model.pt")
     ex.add_argument("images", metavar="IMAGE", nargs="+", help="PNG or JPEG files")
     ex.add_argument("--out", default="explanations", help="folder for <image>_<method>.png (default: ./explanations)")
-    rep = sub.add_parser("report", parents=[DEBUG], help="rebuild summary.md and REPORT.md from a run's metrics.json (seconds)")
+    rep = sub.add_parser("report", parents=[DEBUG], help="rebuild summary.md, REPORT.md and REPORT.html from a run's metrics.json (seconds)")
     rep.add_argument("run_dir", metavar="RUN_DIR", help="folder written by `gradcam-repro run`")
     _add_compare_parser(sub)
+    _add_study_parser(sub)
+    _add_view_parser(sub)
+    _add_audit_parser(sub)
     return parser
 
 
+def _add_view_parser(sub) -> None:
+    view = sub.add_parser("view", parents=[DEBUG], help="open a run's REPORT.html in the browser, or serve it (--serve)",
+                          description="Open RUN_DIR/REPORT.html in the default browser. On a remote machine, --serve "
+                                      "serves the run folder on 127.0.0.1 and prints the URL (reach it through "
+                                      "`ssh -L PORT:127.0.0.1:PORT HOST`); Ctrl-C stops it.")
+    view.add_argument("run_dir", metavar="RUN_DIR", help="folder written by `gradcam-repro run`")
+    view.add_argument("--serve", action="store_true", help="serve the run folder over HTTP on 127.0.0.1 instead")
+    view.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port for --serve (default {DEFAULT_PORT}; 0: any free port)")
+
+
+
+def _add_audit_parser(sub) -> None:
+    au = sub.add_parser("audit", parents=[DEBUG, DEVICE, DATA_ROOT, OUTPUT],
+                        help="find and causally confirm a shortcut nobody told you about (SpRAy clustering of "
+                             "explanations, then transplant/removal tests)",
+                        description="Cluster each class's explanation maps spectrally (SpRAy), rank classes and clusters "
+                                    "by how consistently relevance sits at one place, and test the top candidates "
+                                    "causally: paste the region's pixels on other classes' images, remove them from the "
+                                    "cluster's own. Writes audit.json, AUDIT.md and figures under --out.")
+    au.add_argument("model", metavar="MODEL_OR_RUN", help="runs/<name> (its biased experiment; see --experiment), "
+                                                          "runs/<name>/experiments/<key>, or a model.pt")
+    au.add_argument("--experiment", help="which experiment of a run folder to audit (default: biased)")
+    au.add_argument("--dataset", choices=list(DATASETS), help="dataset of the test images (default: the one the model was "
+                                                              "trained on, from spec.json; cifar10 for a bare model.pt)")
+    au.add_argument("--method", default=AUDIT_METHOD, choices=list(EXPLAINERS),
+                    help=f"explanation method (default {AUDIT_METHOD}: see README, Finding a shortcut)")
+    au.add_argument("--layer", default=AUDIT_LAYER, help=f"explained layer, a dotted path (default {AUDIT_LAYER})")
+    au.add_argument("--out", help="output folder (default: <run>/audit, or audits/<model> for a model.pt)")
+    au.add_argument("--images", type=int, help="audit a class-balanced subset of this many test images (default: all)")
+    au.add_argument("--classes", nargs="+", metavar="CLASS", help="audit only these classes (default: all)")
+    au.add_argument("--candidates", type=int, default=AUDIT_CANDIDATES,
+                    help=f"how many top-ranked classes are tested causally (default {AUDIT_CANDIDATES})")
+    au.add_argument("--patch-test-fraction", type=float, metavar="F",
+                    help="paste the run's patch (its size, colour, corner) on a seeded share F of --patch-test-class's "
+                         "test images, recorded in audit.json, to check the audit (default: the test set as it is)")
+    au.add_argument("--patch-test-class", help="class whose test images get the patch (default: the run's bias class)")
+    au.add_argument("--seed", type=int, default=0, help="seed of the subsets, the pasted share, clustering and bootstrap (default 0)")
+
+
 def _add_compare_parser(sub) -> None:
-    cmp = sub.add_parser("compare", parents=[DEBUG, DEVICE, DATA_ROOT],
+    cmp = sub.add_parser("compare", parents=[DEBUG, DEVICE, DATA_ROOT, OUTPUT],
                          help="every CAM method x layer and pixel-space baselines on a finished run: "
                               "shortcut evidence, shapes localisation, sanity check, deletion/insertion",
                          description="Measure every registered explanation method (" + ", ".join(EXPLAINERS) + ") "
@@ -163,28 +218,73 @@ def _add_compare_parser(sub) -> None:
     cmp.add_argument("--faithfulness-images", type=int, default=64, help="images for deletion/insertion (default 64)")
 
 
+def _add_study_parser(sub) -> None:
+    st = sub.add_parser("study", parents=[DEBUG, DEVICE, DATA_ROOT, CAM, OUTPUT],
+                        help="a grid of seeds x bias fraction x patch size ... on Ray, aggregated across seeds",
+                        description="Train and measure every cell of a grid (default: seeds 0 1 2 x fractions 0 0.01 "
+                                    "0.03 0.1 0.3 0.6 1.0 with --preset sweep) on Ray, then write study.json, STUDY.md "
+                                    "and dose-response figures under --out (default runs/study). Finished cells are "
+                                    "skipped on a rerun. Every `run` flag sets a value fixed for all cells.")
+    st.add_argument("study_file", metavar="STUDY_FILE", nargs="?", help="TOML study file (see README, Studies); flags win")
+    _add_run_flags(st)
+    st.set_defaults(preset=None)  # a study file's preset, else sweep
+    g = st.add_argument_group("grid axes (every combination is one cell)")
+    g.add_argument("--seeds", type=int, nargs="+", metavar="N", help="seeds (default 0 1 2)")
+    g.add_argument("--fractions", type=float, nargs="+", metavar="F", dest="bias_fraction_axis",
+                   help="bias fractions in [0, 1]; 0 is each seed's shared baseline (default 0 0.01 0.03 0.1 0.3 0.6 1.0)")
+    g.add_argument("--patch-sizes", type=int, nargs="+", metavar="PX", help="patch sides in px")
+    g.add_argument("--patch-colors", type=parse_color, nargs="+", metavar="COLOR", help="R,G,B or colour names")
+    g.add_argument("--bias-classes", nargs="+", metavar="CLASS", help="shortcut classes")
+    g.add_argument("--presets", nargs="+", choices=list(PRESETS), help="training presets")
+    g.add_argument("--methods", nargs="+", choices=list(EXPLAINERS), metavar="METHOD",
+                   help=f"explanation methods scored in every cell (default {' '.join(DEFAULT_METHODS)})")
+    r = st.add_argument_group("Ray")
+    r.add_argument("--address", help="join this Ray cluster unchanged (default: $RAY_ADDRESS, else start a local Ray "
+                                     "with one worker per core)")
+    r.add_argument("--cpus-per-cell", type=int, default=1, help="Ray CPUs and torch threads per cell (default 1)")
+    r.add_argument("--gpus-per-cell", type=float, default=0.0, help="Ray GPUs per cell; fractions share a GPU (default 0)")
+    r.add_argument("--max-retries", type=int, default=2, help="retries of a failed cell before it is reported (default 2)")
+
+
+STUDY_AXIS_FLAGS = {"seeds": "seed", "bias_fraction_axis": "bias_fraction", "patch_sizes": "patch_size",
+                    "patch_colors": "patch_color", "bias_classes": "bias_class", "presets": "preset"}
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     fields = set(Config.__dataclass_fields__) - {"preset"}  # `force` is a run option, not part of the config
     overrides = {k: v for k, v in vars(args).items() if k in fields}
     return preset_config(args.preset, **overrides)
 
 
+def reporter_for(args) -> Reporter:
+    """What a command prints: progress and log lines (default), only the final line (--quiet), JSON (--json)."""
+    return Reporter("quiet" if args.quiet else "auto", json=args.json)
+
+
 def _run(args) -> None:
     config = config_from_args(args)
     if not config.show:
         matplotlib.use("Agg")
-    run(config, force=args.force)
+    reporter = reporter_for(args)
+    metrics = run(config, log=reporter, force=args.force)
+    reporter.summary(run_summary(metrics, config.out_dir))
 
 
 def _evaluate(args) -> None:
-    evaluate_run(args.run_dir, data_root=args.data_root, device=args.device, cam_layer=args.cam_layer, cam=args.cam)
+    reporter, start = reporter_for(args), time.perf_counter()
+    metrics = evaluate_run(args.run_dir, log=reporter, data_root=args.data_root, device=args.device,
+                           cam_layer=args.cam_layer, cam=args.cam)
+    reporter.final(final_line(metrics, args.run_dir, time.perf_counter() - start))
+    reporter.summary(run_summary(metrics, args.run_dir, command="evaluate"))
 
 
 def _explain(args) -> None:
+    reporter = reporter_for(args)
     written = explain(args.model, args.images, args.out, args.cam_layer or DEFAULT_LAYER, choose_device(args.device or "auto"),
                       method=args.cam or "gradcam",
-                      log=lambda line: print(line, file=sys.stderr if line.startswith("notice:") else sys.stdout))
-    print(f"wrote {len(written)} file(s) to {args.out}")
+                      log=lambda line: (reporter.notice if line.startswith("notice:") else reporter.log)(line))
+    reporter.final(f"wrote {len(written)} file(s) to {args.out}")
+    reporter.summary({"command": "explain", "out": args.out, "files": [w["file"] for w in written], "images": written})
 
 
 def _compare(args) -> None:
@@ -192,11 +292,41 @@ def _compare(args) -> None:
                              scorecam_images=args.scorecam_images, sanity_images=args.sanity_images,
                              faithfulness_images=args.faithfulness_images, shapes_run=args.shapes_run,
                              device=args.device, data_root=args.data_root)
-    compare_methods(args.run_dir, options)
+    reporter = reporter_for(args)
+    methods = compare_methods(args.run_dir, options, log=reporter)
+    reporter.summary(compare_summary(methods, args.run_dir))
 
 
-COMMANDS = {"run": _run, "evaluate": _evaluate, "explain": _explain, "compare": _compare,
-            "report": lambda args: print(report_run(args.run_dir))}
+def _study(args) -> None:
+    settings = {k: v for k, v in vars(args).items() if k in Config.__dataclass_fields__ and k not in ("out", "show")
+                and v is not None}
+    axes = {axis: getattr(args, flag) for flag, axis in STUDY_AXIS_FLAGS.items() if getattr(args, flag)}
+    grid = study_grid(read_study_file(args.study_file) if args.study_file else {}, settings, axes, args.methods)
+    options = StudyOptions(out=args.out or "runs/study", address=args.address, cpus_per_cell=args.cpus_per_cell,
+                           gpus_per_cell=args.gpus_per_cell, max_retries=args.max_retries, force=args.force)
+    reporter = reporter_for(args)
+    study = run_study(grid, options, log=reporter)
+    reporter.summary({"command": "study", "out": options.out, "study_md": f"{options.out}/STUDY.md",
+                      "cells": study["cells"], "thresholds": study["thresholds"]})
+
+
+
+def _audit(args) -> None:
+    options = AuditOptions(experiment=args.experiment, dataset=args.dataset, data_root=args.data_root, method=args.method,
+                           layer=args.layer, out=args.out, device=args.device, images=args.images,
+                           classes=tuple(args.classes) if args.classes else None, candidates=args.candidates,
+                           patch_test_fraction=args.patch_test_fraction, patch_test_class=args.patch_test_class,
+                           seed=args.seed)
+    reporter = reporter_for(args)
+    result = audit(args.model, options, log=reporter)
+    reporter.final(result["final_line"])
+    reporter.summary(audit_summary(result))
+
+
+COMMANDS = {"run": _run, "evaluate": _evaluate, "explain": _explain, "compare": _compare, "study": _study,
+            "report": lambda args: print(report_run(args.run_dir)),
+            "view": lambda args: serve(args.run_dir, args.port) if args.serve else open_report(args.run_dir),
+            "audit": _audit}
 
 
 class Terminated(KeyboardInterrupt):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,6 +30,8 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 # Bump when the cache layout or the decoder changes, so stale caches are not reused.
 _CACHE_VERSION = 1
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+# Decoded images between two progress calls (a few ms of work each time).
+_PROGRESS_EVERY = 500
 
 
 def resolve_data_root(flag: str | None) -> Path:
@@ -40,14 +43,18 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("GRADCAM_CACHE_DIR") or "data/cache").expanduser()
 
 
-def load_cifar10(root: str | Path, cache_dir: str | Path | None = None, download: bool = True) -> ImageData:
-    """CIFAR-10 from `root` (see module docstring); raises `UserError` with the fix if absent or corrupt."""
+def load_cifar10(root: str | Path, cache_dir: str | Path | None = None, download: bool = True,
+                 progress: Callable[[int, int], None] | None = None) -> ImageData:
+    """CIFAR-10 from `root` (see module docstring); raises `UserError` with the fix if absent or corrupt.
+
+    progress(done, total): images decoded so far, while an image-folder tree is decoded (not from the cache).
+    """
     root = Path(root)
     batches = _find_batches_folder(root)
     if batches is not None:
         return _load_batches_py(batches)
     if (root / "train").is_dir() and (root / "test").is_dir():
-        return _load_image_tree(root, Path(cache_dir) if cache_dir else default_cache_dir())
+        return _load_image_tree(root, Path(cache_dir) if cache_dir else default_cache_dir(), progress)
     if download:
         error = _try_download(root)
         if error is None:
@@ -155,7 +162,7 @@ def _decode_file(path: Path) -> torch.Tensor:
     return image
 
 
-def _load_image_tree(root: Path, cache_dir: Path) -> ImageData:
+def _load_image_tree(root: Path, cache_dir: Path, progress: Callable[[int, int], None] | None = None) -> ImageData:
     listing = _list_tree(root)
     key = _tree_key(listing, root)
     cache_file = cache_dir / f"cifar10-tree-{key[:20]}.pt"
@@ -165,7 +172,9 @@ def _load_image_tree(root: Path, cache_dir: Path) -> ImageData:
             return ImageData("cifar10", CIFAR10_CLASSES, fingerprint=cached.pop("fingerprint"), source=str(root.resolve()), **cached)
         except Exception:
             pass  # an unreadable cache is rebuilt below
-    tensors = {}
+    tensors, done, total = {}, 0, sum(len(files) for files in listing.values())
+    if progress is not None:
+        progress(0, total)
     for split, files in listing.items():
         images = torch.empty((len(files), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
         with warnings.catch_warnings():
@@ -173,6 +182,9 @@ def _load_image_tree(root: Path, cache_dir: Path) -> ImageData:
             warnings.simplefilter("ignore", DeprecationWarning)
             for i, (path, _) in enumerate(files):
                 images[i] = _decode_file(path)
+                done += 1
+                if progress is not None and (done % _PROGRESS_EVERY == 0 or done == total):
+                    progress(done, total)
         tensors[f"{split}_images"] = images
         tensors[f"{split}_labels"] = torch.tensor([label for _, label in files], dtype=torch.int64)
     fingerprint = tensor_fingerprint(

@@ -52,19 +52,25 @@ def make_explainer(method: str, model: nn.Module, layers: str | Sequence[str], a
 
 
 def explain_images(method: str, model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
-                   layers: str | Sequence[str], runtime: Runtime, batch_size: int = 256) -> dict[str, torch.Tensor]:
+                   layers: str | Sequence[str], runtime: Runtime, batch_size: int = 256,
+                   progress: Callable[[int, int], None] | None = None) -> dict[str, torch.Tensor]:
     """(N, 3, H, W) uint8 images, (N,) explained classes -> {layer: (N, H, W) maps in [0, 1]} on the CPU.
 
-    Batches of `batch_size` go through the model on `runtime.device` in its precision.
+    Batches of `batch_size` go through the model on `runtime.device` in its precision;
+    `progress(done, N)` is called before the first batch and after each one with the images explained so far.
     """
     layers = [layers] if isinstance(layers, str) else list(layers)
     explainer = make_explainer(method, model, layers, runtime.amp_dtype)
     parts: dict[str, list] = {key: [] for key in map_layers(method, layers)}
+    if progress is not None:
+        progress(0, len(images))
     for start in range(0, len(images), batch_size):
         x = normalize(images[start:start + batch_size].to(runtime.device)).contiguous(memory_format=torch.channels_last)
         t = targets[start:start + batch_size].to(runtime.device)
         for key, maps in explainer.maps(x, t).items():
             parts[key].append(maps.cpu())
+        if progress is not None:
+            progress(min(start + batch_size, len(images)), len(images))
     h, w = images.shape[-2:]
     return {key: torch.cat(v) if v else torch.empty(0, h, w) for key, v in parts.items()}
 

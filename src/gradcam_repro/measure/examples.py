@@ -12,10 +12,16 @@ import torch
 from torch import nn
 
 from gradcam_repro.explain.registry import explain_images
+from gradcam_repro.measure import scores
 from gradcam_repro.measure.shortcut import EvalSet, ShortcutProtocol
 from gradcam_repro.runtime import Runtime
 
 SIDE_BY_SIDE_IMAGES = 6
+# The HTML report's gallery: this many patched target images and as many non-target images with the patch
+# pasted, each under every model, layer and method below (12 images x 2 models x 16 maps stay under 1 MB).
+GALLERY_IMAGES = 6
+# Shown beside the run's own --cam: a sharper CAM, one that weighs each position, and a pixel-space method.
+GALLERY_METHODS = ("hirescam", "layercam", "inputxgradient")
 
 
 @dataclass(frozen=True)
@@ -91,3 +97,49 @@ def _gallery(models, test: EvalSet, probes, preds: dict, protocol: ShortcutProto
         labels[nm] = torch.stack([preds[nm]["clean"][probes.other_idx][rows], preds[nm]["patch"][rows]]) if len(rows) \
             else torch.empty(2, 0, dtype=torch.int64)
     return Panel(pasted, maps, labels, originals=test.images[probes.other_idx][rows])
+
+
+def gallery_methods(cam: str) -> list[str]:
+    """The methods the report's gallery shows: the run's `cam` first, then GALLERY_METHODS."""
+    return list(dict.fromkeys([cam, *GALLERY_METHODS]))
+
+
+def _seeded_rows(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """`n` seeded indices into `labels`, one per class first (a seeded shuffle, then `one_per_class`)."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    return order[one_per_class(labels[order], torch.ones(len(labels), dtype=torch.bool), n)]
+
+
+def gallery_maps(models: dict[str, nn.Module], test: EvalSet, measured: dict, protocol: ShortcutProtocol,
+                 runtime: Runtime, n: int = GALLERY_IMAGES) -> dict:
+    """The same 2n test images under every model, layer and method, for the report's interactive gallery.
+
+    Images (M = up to 2n): n patched target images, whatever the models call them, then n non-target images
+    with the patch pasted (one per source class first); both seeded choices. Every map explains the target
+    class (as the shortcut metrics do). Returns
+    {"images": (M, 3, H, W) uint8 as shown, "labels": (M,) true classes, "patched_target": (M,) bool,
+     "target": int, "layers": {method: [layers]} ("input" for pixel methods),
+     "models": {name: {"clean": (M,) predictions without the patch, "shown": (M,) predictions on the image,
+                       "flipped": (M,) bool (clean not target, shown target),
+                       "maps": {method: {layer: (M, H, W) in [0, 1]}}, "energy": {method: {layer: (M,) in [0, 1]}}}}}.
+    """
+    probes, target = measured["probes"], protocol.target
+    box = protocol.box(test.images.shape[-1])
+    tgt = _seeded_rows(test.labels[probes.target_idx], n, protocol.seed)
+    other = _seeded_rows(test.labels[probes.other_idx], n, protocol.seed)
+    images = torch.cat([probes.patched_targets[tgt], probes.pasted["patch"][other]])
+    targets = torch.full((len(images),), target)
+    out = {"images": images, "labels": torch.cat([test.labels[probes.target_idx][tgt], test.labels[probes.other_idx][other]]),
+           "patched_target": torch.arange(len(images)) < len(tgt), "target": target, "layers": {}, "models": {}}
+    for name, model in models.items():
+        preds = measured["models"][name]["predictions"]
+        clean = torch.cat([preds["clean"][probes.target_idx][tgt], preds["clean"][probes.other_idx][other]])
+        shown = torch.cat([preds["patched_targets"][tgt], preds["patch"][other]])
+        entry = {"clean": clean, "shown": shown, "flipped": (clean != target) & (shown == target), "maps": {}, "energy": {}}
+        for method in gallery_methods(protocol.method):
+            maps = explain_images(method, model, images, targets, list(protocol.layers), runtime, protocol.cam_batch_size)
+            entry["maps"][method] = maps
+            entry["energy"][method] = {layer: scores.cam_energy_in_box(m, box) for layer, m in maps.items()}
+            out["layers"][method] = list(maps)
+        out["models"][name] = entry
+    return out

@@ -7,13 +7,13 @@ plain results (JSON-ready dicts with confidence intervals) plus the tensors the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from gradcam_repro.data.bias import inject_patch, patch_box
-from gradcam_repro.explain.registry import explain_images
+from gradcam_repro.explain.registry import explain_images, map_layers
 from gradcam_repro.measure import scores
 from gradcam_repro.measure.predict import predict
 from gradcam_repro.runtime import Runtime
@@ -133,20 +133,35 @@ def prediction_metrics(model: nn.Module, test: EvalSet, probes: Probes, protocol
 def measure_model(model: nn.Module, test: EvalSet, probes: Probes, protocol: ShortcutProtocol, runtime: Runtime
                   ) -> tuple[dict, dict]:
     """Every number of the shortcut study for one model, and the tensors its figures need."""
+    m, preds = prediction_metrics(model, test, probes, protocol, runtime)
+    explained, patched_maps = explanation_metrics(model, test, probes, preds, protocol, runtime)
+    m.update(explained)
+    m["verdict"] = scores.verdicts(m, scores.uniform_energy(protocol.box(test.images.shape[-1]), test.images.shape[-1]))
+    return m, {"predictions": preds, "patched_target_maps": patched_maps}
+
+
+def explanation_metrics(model: nn.Module, test: EvalSet, probes: Probes, preds: dict, protocol: ShortcutProtocol,
+                        runtime: Runtime) -> tuple[dict, dict]:
+    """`protocol.method`'s scores for one model, given the predictions `prediction_metrics` returned.
+
+    Returns ({"cam": {layer: {set: score_maps}}, plus "localisation" {layer: score_maps} where the test set has
+    masks}, the patched target images' maps {layer: (N, H, W) in [0, 1]}). Layers are the method's own keys:
+    the protocol's layers for a CAM, "input" for a pixel-space method. Calling this once per method reuses
+    one set of predictions.
+    """
     seed, target, cap, layers = protocol.seed, protocol.target, protocol.cam_images, list(protocol.layers)
     box = protocol.box(test.images.shape[-1])
-    m, preds = prediction_metrics(model, test, probes, protocol, runtime)
     sets = {
         "patched_target": probes.patched_targets[seeded_cap((preds["patched_targets"] == target).nonzero().squeeze(1), cap, seed)],
         "flipped": probes.pasted["patch"][seeded_cap((preds["patch"] == target).nonzero().squeeze(1), cap, seed)],
         "clean_target": test.images[probes.target_idx][seeded_cap(torch.arange(len(probes.target_idx)), cap, seed)],
     }
-    m["cam"] = {layer: {} for layer in layers}
+    m = {"cam": {layer: {} for layer in map_layers(protocol.method, layers)}}
     patched_maps = {}
     for set_name, batch in sets.items():
         maps = explain_images(protocol.method, model, batch, torch.full((len(batch),), target), layers, runtime,
                               protocol.cam_batch_size)
-        for layer in layers:
+        for layer in m["cam"]:
             m["cam"][layer][set_name] = score_maps(maps[layer], box, seed)
         if set_name == "patched_target":
             patched_maps = maps
@@ -154,9 +169,8 @@ def measure_model(model: nn.Module, test: EvalSet, probes: Probes, protocol: Sho
         chosen = seeded_cap(torch.arange(len(test.labels)), cap, seed)
         maps = explain_images(protocol.method, model, test.images[chosen], test.labels[chosen], layers, runtime,
                               protocol.cam_batch_size)
-        m["localisation"] = {layer: score_maps(maps[layer], None, seed, masks=test.masks[chosen]) for layer in layers}
-    m["verdict"] = scores.verdicts(m, scores.uniform_energy(box, test.images.shape[-1]))
-    return m, {"predictions": preds, "patched_target_maps": patched_maps}
+        m["localisation"] = {layer: score_maps(maps[layer], None, seed, masks=test.masks[chosen]) for layer in m["cam"]}
+    return m, patched_maps
 
 
 def measure_shortcut(models: dict[str, nn.Module], test: EvalSet, protocol: ShortcutProtocol, runtime: Runtime
@@ -168,17 +182,45 @@ def measure_shortcut(models: dict[str, nn.Module], test: EvalSet, protocol: Shor
     class's logit in the runtime's precision (the same as the predictions).
     """
     probes = make_probes(test, protocol)
-    size = test.images.shape[-1]
-    box = protocol.box(size)
     out = {"models": {}}
     examples = {"probes": probes, "models": {}}
     for name, model in models.items():
         out["models"][name], examples["models"][name] = measure_model(model, test, probes, protocol, runtime)
-    out["uniform"] = {"energy_in_box": scores.uniform_energy(box, size), "pointing": scores.uniform_pointing(box, size)}
-    if test.masks is not None:
-        chosen = seeded_cap(torch.arange(len(test.labels)), protocol.cam_images, protocol.seed)
-        out["uniform"]["energy_in_mask"] = scores.uniform_energy(test.masks[chosen])
+    out["uniform"] = uniform_scores(test, protocol)
     out["counterfactual_patches"] = {k: {**v, "color": list(v["color"])} for k, v in counterfactual_patches(protocol.patch).items()}
     out["n"] = {"test": len(test.labels), "target_test": len(probes.target_idx),
                 "counterfactual_non_target": len(probes.other_idx)}
     return out, examples
+
+
+def uniform_scores(test: EvalSet, protocol: ShortcutProtocol) -> dict:
+    """What a uniform map scores: {"energy_in_box", "pointing"}, plus "energy_in_mask" where there are masks."""
+    size = test.images.shape[-1]
+    box = protocol.box(size)
+    out = {"energy_in_box": scores.uniform_energy(box, size), "pointing": scores.uniform_pointing(box, size)}
+    if test.masks is not None:
+        chosen = seeded_cap(torch.arange(len(test.labels)), protocol.cam_images, protocol.seed)
+        out["energy_in_mask"] = scores.uniform_energy(test.masks[chosen])
+    return out
+
+
+def measure_methods(model: nn.Module, test: EvalSet, protocol: ShortcutProtocol, methods: tuple[str, ...],
+                    runtime: Runtime) -> dict:
+    """One model's shortcut study with several explanation methods (`protocol.method` is ignored).
+
+    The predictions (accuracies, recalls, flip-to-target rates) are computed once; each method then
+    explains the same image sets. Returns {"model": the prediction metrics of `measure_model` plus
+    "methods": {method: {"cam", "localisation" (masks only), "verdict"}}, "uniform": `uniform_scores`,
+    "n": image counts}. With one method, the model entry minus "methods" plus that method's entry is
+    exactly what `measure_shortcut` reports for the model.
+    """
+    probes = make_probes(test, protocol)
+    m, preds = prediction_metrics(model, test, probes, protocol, runtime)
+    uniform = uniform_scores(test, protocol)
+    m["methods"] = {}
+    for method in methods:
+        explained, _ = explanation_metrics(model, test, probes, preds, replace(protocol, method=method), runtime)
+        explained["verdict"] = scores.verdicts({**m, **explained}, uniform["energy_in_box"])
+        m["methods"][method] = explained
+    return {"model": m, "uniform": uniform, "n": {"test": len(test.labels), "target_test": len(probes.target_idx),
+                                                   "counterfactual_non_target": len(probes.other_idx)}}

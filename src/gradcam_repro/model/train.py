@@ -61,20 +61,26 @@ def epoch_resolution(config: Config, epoch: int, full: int = 32) -> int:
     return sizes[min(epoch, len(sizes)) - 1] if sizes else full
 
 
+# One-cycle schedule: the share of steps spent warming up to the peak lr.
+ONECYCLE_WARMUP = 0.25
+
+
 def make_optimizer(model: nn.Module, config: Config, steps_total: int):
     """SGD with `config`'s lr, momentum, Nesterov flag and weight decay, and its per-step LR schedule.
 
     "onecycle": linear warm-up over the first quarter of `steps_total` steps, then
-    linear decay; momentum is not cycled, it stays at `config.momentum`.
+    linear decay; momentum is not cycled, it stays at `config.momentum`. Runs of
+    fewer than 8 steps warm up over 1.5 steps (OneCycleLR divides by the warm-up
+    length minus one step), and a single step uses the constant lr.
     "constant": the lr throughout. Returns (optimizer, scheduler).
     """
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum,
         nesterov=config.nesterov, weight_decay=config.weight_decay,
     )
-    if config.lr_schedule == "onecycle":
+    if config.lr_schedule == "onecycle" and steps_total >= 2:
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, total_steps=max(steps_total, 1), pct_start=0.25,
+            optimizer, max_lr=config.lr, total_steps=steps_total, pct_start=max(ONECYCLE_WARMUP, 1.5 / steps_total),
             anneal_strategy="linear", cycle_momentum=False,
         )
     else:
@@ -87,13 +93,15 @@ class TrainHooks:
     """What the caller sees of training; none of it changes the numbers.
 
     evaluate(model) -> clean test accuracy, called after each epoch (None: nan);
-    log receives one line per epoch; progress shows a tqdm bar per epoch;
+    log receives one line per epoch;
+    progress(epoch, done, total) is called after each step with the images done of the epoch's total
+    (the pipeline shows it as a bar or plain lines; None: nothing);
     on_epoch_end(state) receives a checkpoint that `train_model(resume=state)` continues from.
     """
 
     evaluate: Callable[[nn.Module], float] | None = None
     log: Callable[[str], None] = print
-    progress: bool = True
+    progress: Callable[[int, int, int], None] | None = None
     on_epoch_end: Callable[[dict], None] | None = None
 
 
@@ -273,15 +281,14 @@ def _run_epoch(state: TrainState, images: torch.Tensor, labels: torch.Tensor, ep
 
 
 def _train_epoch(state: TrainState, images: torch.Tensor, labels: torch.Tensor, plan: EpochPlan, epoch: int,
-                 progress: bool) -> tuple[float, int]:
+                 progress: Callable[[int, int, int], None] | None) -> tuple[float, int]:
     """Every step of `plan`; returns the summed per-image loss and the number of correct predictions."""
-    from tqdm.auto import tqdm
-
     # Totals stay on the device: reading them each step would wait for every step to finish.
     loss_sum = torch.zeros((), device=state.device)
     correct = torch.zeros((), device=state.device, dtype=torch.int64)
-    bar = tqdm(total=len(labels), desc=f"epoch {epoch}/{state.config.epochs}", unit="img", leave=False,
-               disable=not progress or None)
+    done = 0
+    if progress:  # False (the old way to hide the bar) also means none
+        progress(epoch, 0, len(labels))
     for step in range(plan.steps):
         x, y = make_batch(images, labels, plan, step)
         loss, hits = train_step(state, x, y)
@@ -289,8 +296,9 @@ def _train_epoch(state: TrainState, images: torch.Tensor, labels: torch.Tensor, 
         correct += hits
         if step % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(loss):
             _diverged(epoch, step, state.config)
-        bar.update(len(y))
-    bar.close()
+        done += len(y)
+        if progress:
+            progress(epoch, done, len(labels))
     return loss_sum.item(), correct.item()
 
 

@@ -30,6 +30,7 @@ from gradcam_repro.measure.methods import (
 from gradcam_repro.measure.shortcut import EvalSet
 from gradcam_repro.pipeline import store
 from gradcam_repro.pipeline.experiment import Experiment, experiment_ids
+from gradcam_repro.pipeline.progress import Task, as_reporter
 from gradcam_repro.pipeline.run import Prepared, load_run, load_run_config, shortcut_protocol, sweep_layers, write_reports
 from gradcam_repro.report import figures
 
@@ -57,7 +58,8 @@ def compare_methods(run_dir: str | Path, options: CompareOptions, log=print) -> 
         out["environment"] = store.environment_info(str(p.runtime.device))
         store.write_json(run_dir / "methods.json", out)
         _refresh_report(run_dir)
-    log(f"[compare] done in {out['seconds']['total']:.0f} s: {run_dir / 'methods.json'}, section in {run_dir / 'REPORT.md'}")
+    as_reporter(log).final(f"[compare] done in {out['seconds']['total']:.0f} s: {run_dir / 'methods.json'}, "
+                           f"section in {run_dir / 'REPORT.md'}")
     return out
 
 
@@ -91,10 +93,12 @@ def _test_set(p: Prepared) -> EvalSet:
     return EvalSet(d.test_images, d.test_labels, d.classes, d.test_masks)
 
 
-def _timed(seconds: dict, section: str, measure, *args) -> dict:
+def _timed(sections: Task, seconds: dict, section: str, measure, *args) -> dict:
+    """`measure(*args)`, its seconds recorded under `section` and one step of the `sections` task."""
     start = time.perf_counter()
     result = measure(*args)
     seconds[section] = time.perf_counter() - start
+    sections.update(1)
     return result
 
 
@@ -106,25 +110,27 @@ def _measure(p: Prepared, experiments: dict[str, Experiment], shapes, sweep: Met
                  "experiments": experiment_ids(experiments),
                  "settings": compare_settings(sweep.options, sweep.runtime), "seconds": {}}
     seconds = out["seconds"]
+    sections = as_reporter(log).task("[compare] sections", 4 if shapes is not None else 3, "section")
     # 1. Shortcut evidence: patched target images each model calls target, explained for the target class.
-    found = _timed(seconds, "shortcut", shortcut_evidence, models, test, p.target, shortcut_protocol(p).patch, sweep)
+    found = _timed(sections, seconds, "shortcut", shortcut_evidence, models, test, p.target, shortcut_protocol(p).patch, sweep)
     for name, n in found["called_target"].items():
         log(f"[compare] {name}: {n} patched {cls} images called {cls}")
     out.update({k: found[k] for k in ("shortcut", "uniform", "flags_shortcut")})
     # 2. Localisation on shapes (true object masks), the shapes run's baseline model in its own precision.
     if shapes is not None:
         folder, sp, model = shapes
-        found = _timed(seconds, "localisation", shapes_localisation, model, _test_set(sp), replace(sweep, runtime=sp.runtime))
+        found = _timed(sections, seconds, "localisation", shapes_localisation, model, _test_set(sp), replace(sweep, runtime=sp.runtime))
         out["localisation"] = found["localisation"]
         out["uniform"]["energy_in_mask"] = found["energy_in_mask"]
         out["shapes_run"] = folder
     # 3. Sanity check: cascading randomisation of the baseline model, clean test images, true class.
     base = models["baseline"]
-    cascade = _timed(seconds, "sanity", sanity_check, base, test, sweep)
+    cascade = _timed(sections, seconds, "sanity", sanity_check, base, test, sweep)
     out["sanity"] = cascade["sanity"]
     # 4. Faithfulness: deletion/insertion on clean test images, the baseline model's predicted class.
-    faithful = _timed(seconds, "faithfulness", faithfulness_check, base, test, sweep)
+    faithful = _timed(sections, seconds, "faithfulness", faithfulness_check, base, test, sweep)
     out["faithfulness"] = faithful["faithfulness"]
+    sections.close()
     return out, {"cascade_maps": cascade["cascade_maps"], "sanity_image": cascade["image"], "curves": faithful["curves"]}
 
 

@@ -28,6 +28,7 @@ from gradcam_repro.measure.predict import accuracy, predict_logits
 from gradcam_repro.model.resnet import load_model, resnet18_cifar, save_model
 from gradcam_repro.model.train import TrainHooks, train_model
 from gradcam_repro.pipeline import store
+from gradcam_repro.pipeline.progress import epoch_progress
 from gradcam_repro.pipeline.spec import ExperimentSpec
 from gradcam_repro.runtime import Runtime, seed_everything
 
@@ -128,6 +129,7 @@ def train_experiment(spec: ExperimentSpec, ts: TrainingSet, root: Path, name: st
     hooks = TrainHooks(
         evaluate=lambda model: accuracy(predict_logits(model, eval_x, ts.runtime), eval_y),
         log=lambda line: log(f"[{name}] {line}"),
+        progress=epoch_progress(log, f"[{name}]", ts.config.epochs),
         on_epoch_end=lambda state: store.torch_save(checkpoint, {**state, "spec_key": spec.key}))
     log(f"[{name}] training experiment {spec.key} on {len(labels)} images for {ts.config.epochs} epoch(s), "
         f"device {ts.runtime.device}, precision {'bf16' if ts.runtime.amp_dtype else 'fp32'}")

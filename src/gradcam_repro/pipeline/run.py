@@ -23,13 +23,15 @@ from gradcam_repro.data.registry import get_dataset
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.cam import get_layer
 from gradcam_repro.measure import scores
-from gradcam_repro.measure.examples import figure_examples
+from gradcam_repro.measure.examples import figure_examples, gallery_maps
 from gradcam_repro.measure.shortcut import EvalSet, ShortcutProtocol, measure_shortcut
 from gradcam_repro.model.resnet import DEFAULT_LAYER, resnet18_cifar
 from gradcam_repro.pipeline import store
 from gradcam_repro.pipeline.experiment import Experiment, TrainingSet, experiment_ids, load_experiment, train_experiment
+from gradcam_repro.pipeline.progress import as_reporter, final_line
 from gradcam_repro.pipeline.spec import BiasSpec, ExperimentSpec
 from gradcam_repro.report import figures
+from gradcam_repro.report.html import gallery_record, report_html
 from gradcam_repro.report.markdown import report_markdown, summary_markdown
 from gradcam_repro.report.run_figures import run_figures
 from gradcam_repro.runtime import Runtime
@@ -73,6 +75,21 @@ def run_specs(config: Config, fingerprint: str) -> dict[str, ExperimentSpec]:
 
 def prepare(config: Config, log=print) -> Prepared:
     """Validate the config against the data and the model; raises `UserError` before any output is written."""
+    config = validated(config)
+    dataset = get_dataset(config.dataset)
+    runtime = Runtime.choose(config.device, config.precision)
+    store.check_writable(config.out_dir)
+    start = time.perf_counter()
+    with as_reporter(log).tracker(f"[data] decoding {dataset.name}", "img") as decoding:
+        data = dataset.load(config, progress=decoding)
+    log(f"data: {data.name} from {data.source} ({len(data.train_labels)} train / {len(data.test_labels)} test, "
+        f"fingerprint {data.fingerprint[:12]}, {time.perf_counter() - start:.1f} s)")
+    return prepared_from_data(config, data, runtime)
+
+
+def validated(config: Config) -> Config:
+    """`config` checked against its dataset and the model (`UserError` otherwise), with the dataset's default
+    shortcut class filled in. Touches no file and no device."""
     config.validate()
     dataset = get_dataset(config.dataset)
     if config.bias_class is None:
@@ -81,12 +98,12 @@ def prepare(config: Config, log=print) -> Prepared:
     if config.bias_class not in dataset.classes:
         raise UserError(f"unknown class {config.bias_class!r}; fix: pass --bias-class as one of {', '.join(dataset.classes)}")
     patch_box(32, config.patch_size, config.patch_corner, config.patch_offset)
-    runtime = Runtime.choose(config.device, config.precision)
-    store.check_writable(config.out_dir)
-    start = time.perf_counter()
-    data = dataset.load(config)
-    log(f"data: {data.name} from {data.source} ({len(data.train_labels)} train / {len(data.test_labels)} test, "
-        f"fingerprint {data.fingerprint[:12]}, {time.perf_counter() - start:.1f} s)")
+    return config
+
+
+def prepared_from_data(config: Config, data: ImageData, runtime: Runtime) -> Prepared:
+    """A validated `config`'s inputs on its loaded `data`: the test subset, training and per-epoch rows, all
+    chosen by `config.seed` (what `prepare` does after loading; `study` workers call it on shared data)."""
     if config.test_subset:
         data = _subset_test(data, stratified_subset(data.test_labels, config.test_subset, config.seed))
     train_index = (stratified_subset(data.train_labels, config.train_subset, config.seed)
@@ -128,6 +145,7 @@ def measure_run(p: Prepared, experiments: dict[str, Experiment], log=print) -> t
     examples = figure_examples(models, test, measured, protocol, p.runtime, cfg.figure_images, cfg.cam_layer)
     examples["patched_target_maps"] = {n: m["patched_target_maps"] for n, m in measured["models"].items()}
     examples["histories"] = {name: e.history for name, e in experiments.items()}
+    examples["gallery_maps"] = gallery_maps(models, test, measured, protocol, p.runtime)
     for name, m in shortcut["models"].items():
         log(f"[{name}] " + headline(m, cfg, shortcut["uniform"]["energy_in_box"]))
     metrics = {
@@ -159,7 +177,7 @@ def headline(m: dict, cfg: Config, uniform: float) -> str:
 
 
 def write_results(out: Path, metrics: dict, examples: dict, show: bool = False) -> dict:
-    """Draw the figures, then write metrics.json, summary.md and REPORT.md (each atomically)."""
+    """Draw the figures, then write gallery.json, metrics.json, summary.md, REPORT.md and REPORT.html (each atomically)."""
     start = time.perf_counter()
     figs = run_figures(metrics, examples)
     for rel, fig in figs.items():
@@ -167,6 +185,8 @@ def write_results(out: Path, metrics: dict, examples: dict, show: bool = False) 
         if not show:
             figures.close(fig)
     metrics["figures"] = list(figs)
+    gallery = gallery_record(examples["gallery_maps"], metrics["dataset"]["classes"], metrics["box_tlbr_px"])
+    store.write_json(out / "gallery.json", {"experiments": metrics["experiments"], **gallery})
     metrics["seconds"]["figures"] = time.perf_counter() - start
     metrics["peak_rss_mb"] = store.peak_rss_mb()
     store.write_json(out / "metrics.json", metrics)
@@ -175,9 +195,19 @@ def write_results(out: Path, metrics: dict, examples: dict, show: bool = False) 
 
 
 def write_reports(out: Path, metrics: dict) -> Path:
-    """summary.md and REPORT.md from `metrics` (and methods.json when it measured these models)."""
+    """summary.md, REPORT.md and REPORT.html from `metrics` (and methods.json when it measured these models).
+
+    REPORT.html also gets gallery.json's gallery (when it was written with these models) and the listed figures."""
+    methods = methods_for_report(out, metrics)
     store.write_text(out / "summary.md", summary_markdown(metrics))
-    store.write_text(out / "REPORT.md", report_markdown(metrics, methods_for_report(out, metrics)))
+    store.write_text(out / "REPORT.md", report_markdown(metrics, methods))
+    path = out / "gallery.json"
+    gallery = store.read_json(path, fix=f"fix: rerun `gradcam-repro evaluate {out}`") if path.is_file() else None
+    if gallery is not None and gallery.get("experiments") != metrics.get("experiments"):
+        gallery = None  # measured on other models: the page says how to get a current one
+    listed = dict.fromkeys([*metrics.get("figures", []), *(methods or {}).get("figures", [])])
+    figs = {rel: (out / rel).read_bytes() for rel in listed if (out / rel).is_file()}
+    store.write_text(out / "REPORT.html", report_html(metrics, methods, gallery, figs))
     return out / "REPORT.md"
 
 
@@ -203,7 +233,7 @@ def run(config: Config, log=print, force: bool = False) -> dict:
         metrics["seconds"].update({f"train_{n}": e.record.get("train_seconds", float("nan")) for n, e in experiments.items()})
         metrics["seconds"]["end_to_end"] = time.perf_counter() - wall
         write_results(out, metrics, examples, p.config.show)
-    log(f"done in {time.perf_counter() - wall:.0f} s (peak RSS {store.peak_rss_mb():.0f} MB): {out / 'REPORT.md'}")
+    as_reporter(log).final(final_line(metrics, out, time.perf_counter() - wall))
     if p.config.show:
         figures.show()
     return metrics

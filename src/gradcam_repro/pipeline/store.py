@@ -81,8 +81,10 @@ def read_json(path: str | Path, fix: str | None = None):
 
 
 def torch_save(path: str | Path, obj) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """`torch.save` atomically. Through a file object, so the archive's inner folder is always "archive"
+    (given a path, torch names it after the random temporary file and equal models hash differently)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def torch_load(path: str | Path, fix: str | None = None):

@@ -103,10 +103,11 @@ def read_images(images: list[str], log) -> list[tuple[Path, torch.Tensor]]:
 
 
 def explain(target: str | Path, images: list[str], out_dir: str | Path, layer: str, device: torch.device,
-            log=print, method: str = "gradcam") -> list[Path]:
+            log=print, method: str = "gradcam") -> list[dict]:
     """Write `<out_dir>/<stem>_<method>.png` per image (input | each model's overlay with its top-3).
 
-    Each model's map explains its own top class, in float32.
+    Each model's map explains its own top class, in float32. Returns one record per image:
+    {"image": its path, "file": the written PNG, "top3": {model name: [[class, probability], ...]}}.
     """
     models, classes = load_models_for(target, device)
     for model in models.values():
@@ -129,5 +130,6 @@ def explain(target: str | Path, images: list[str], out_dir: str | Path, layer: s
         out = Path(out_dir) / f"{path.stem}_{method.replace('+', 'p')}.png"
         store.save_figure(fig, out)
         figures.close(fig)
-        written.append(out)
+        written.append({"image": str(path), "file": str(out),
+                        "top3": {name: [[c, p] for c, p in tops[name][i]] for name in models}})
     return written

@@ -1,0 +1,522 @@
+"""Finding a shortcut nobody told you about: SpRAy-style discovery and a causal check of what it finds.
+
+Discovery (Lapuschkin et al. 2019, "Unmasking Clever Hans predictors"): for each class, the explanation maps
+of the test images the model assigns to it are embedded (average-pooled to an 8x8 grid and L2-normalised,
+so that maps are compared by where their relevance sits, not by its scale), linked into a symmetric
+k-nearest-neighbour graph and split by spectral clustering, with the number of clusters read from the
+eigengap of the graph's normalised Laplacian. Every cluster is scored by how
+consistently its relevance sits at one fixed place: the share of each image's relevance that falls on the
+cluster's 64 most relevant pixels (1/16 of a 32x32 image). A shortcut present in every image of a class
+makes one tight cluster with a high score, not two clusters.
+
+Confirmation (after ClArC / Reveal-to-Revise), without being told the artefact: the candidate region is where
+the cluster's mean map concentrates, narrowed to the pixels there that are (nearly) constant across the
+cluster's images when there are such. Its pixels (the per-pixel median of the cluster's images) are
+transplanted onto test images of other classes (flip rate to the audited class, against the same region
+merely occluded), and the region is removed from the cluster's own images (filled with the local mean:
+how often the prediction changes).
+
+Pure functions on tensors and arrays; `audit_model` runs the model and returns JSON-ready results plus the
+tensors the figures need. Maps are (N, H, W) in [0, 1]; images (N, 3, H, W) uint8; boxes are
+(top, left, bottom, right) in pixels with bottom/right exclusive.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gradcam_repro.errors import UserError
+from gradcam_repro.explain.registry import explain_images
+from gradcam_repro.measure import scores
+from gradcam_repro.measure.predict import predict
+from gradcam_repro.measure.shortcut import seeded_cap
+from gradcam_repro.runtime import Runtime
+
+# The default explainer of `gradcam-repro audit`, chosen from this project's own measurements (README,
+# "Finding a shortcut nobody told you about"): at layer2 HiResCAM put 0.338 of its mass on the planted
+# patch for the biased model and 0.019 for the baseline, the widest margin of any gradient CAM; at
+# layer4.1.conv2 every gradient CAM missed the patch (0.000), and layer1 lit the bright patch up even for
+# the baseline, which does not use it. All CAMs pass the sanity check; the pixel methods fail it.
+DEFAULT_METHOD = "hirescam"
+DEFAULT_LAYER = "layer2"
+
+# Discovery settings.
+EMBED_GRID = 8  # maps pooled to 8x8 cells of 4x4 px: a 6x6 px artefact still fills a cell, noise averages out
+KNN_NEIGHBOURS = 10  # scikit-learn's SpectralClustering default; enough to link a cluster, few enough not to bridge two
+MAX_CLUSTERS = 6  # the eigengap is read over k = 1..6
+SPECTRUM_SIZE = 10  # smallest Laplacian eigenvalues reported per class
+DENSE_SPECTRUM_MAX = 2000  # up to this many images a class's Laplacian is decomposed densely (< 1 s)
+MIN_CLASS_IMAGES = 20  # fewer images than two neighbourhoods: no spectrum worth reading
+MIN_CLUSTER_IMAGES = 10  # a smaller cluster is reported but never a candidate
+FIXED_PLACE_PX = 64  # "one fixed place": the cluster's 64 most relevant pixels, 1/16 of a 32x32 image
+# Candidate region: the connected area where the cluster's mean map is at least half its maximum, searched
+# a further 4 px (one 8x8 cell) around for pixels whose spread (median absolute deviation) across the
+# cluster's images is below a quarter of their spread across the whole test set: an artefact pasted on the
+# images is constant, objects are not.
+REGION_THRESHOLD = 0.5
+SEARCH_MARGIN_PX = 4
+CONSTANT_PIXEL_RATIO = 0.25
+MIN_ARTEFACT_PX = 4
+# Confirmation settings.
+TOP_CANDIDATES = 3  # the best cluster of each of the three top-ranked classes is tested causally
+TRANSPLANT_IMAGES = 1000  # other-class test images per transplant test (seeded choice)
+REMOVAL_RING_PX = 2  # the local mean is taken over a 2 px ring around the region
+EXAMPLE_IMAGES = 6  # images per cluster kept for the figures
+
+# Verdict rules, fixed before any CIFAR-10 audit was run (like measure/scores.py's; only the small shapes
+# models of tests/test_audit.py had been audited):
+# - "confirmed shortcut": pasting the region's pixels on other classes' images makes the model call a
+#   majority of them the audited class (lower 95% bound of the flip rate >= 0.5, the same bar as
+#   scores.RELIES_FLIP_RATE) and the rate's lower bound exceeds the upper bounds of both controls (the same
+#   images untouched, and the same region only occluded with the local mean): the pixels alone decide.
+# - "candidate only": not confirmed, but the region holds pixels that are constant across the cluster (an
+#   artefact, not an object) and either pasting them still moves other images to the class (lower bound
+#   >= 0.1 and above both controls' upper bounds) or removing them changes the prediction for a majority of
+#   the cluster's images (lower bound >= 0.5): an artefact the model uses, though it does not decide alone.
+#   (A relevance-only region that moves a few images is the class's own object: pasting a median ring
+#   makes some images "ring".)
+# - "none": neither.
+CONFIRM_FLIP_RATE = scores.RELIES_FLIP_RATE
+CANDIDATE_FLIP_RATE = 0.1
+CANDIDATE_REMOVAL_RATE = 0.5
+CONFIRMED, CANDIDATE, NONE = "confirmed shortcut", "candidate only", "none"
+
+
+# ----- discovery ---------------------------------------------------------------------------------------
+
+def normalised_maps(maps: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) maps >= 0 -> (N, H, W) float64 maps summing to 1 each (an all-zero map becomes uniform)."""
+    maps = maps.double().clamp_min(0)
+    total = maps.sum(dim=(1, 2), keepdim=True)
+    uniform = torch.full_like(maps, 1.0 / maps[0].numel()) if len(maps) else maps
+    return torch.where(total > 0, maps / torch.where(total > 0, total, torch.ones_like(total)), uniform)
+
+
+def embed_maps(maps: torch.Tensor, grid: int = EMBED_GRID) -> np.ndarray:
+    """(N, H, W) maps >= 0 -> (N, grid * grid) float64 unit vectors: the average-pooled maps, L2-normalised.
+
+    Euclidean distance between two embeddings is a function of their cosine similarity alone, so maps are
+    compared by where their mass is, not by their scale; the squares in it weigh the places holding most of
+    an image's relevance over the diffuse remainder. (A square-root, Hellinger embedding weighs the diffuse
+    remainder up instead: on the shapes tests it split the object-driven images of a class into several
+    clusters by where the object happened to be.)
+    """
+    pooled = F.adaptive_avg_pool2d(normalised_maps(maps)[:, None], grid)[:, 0].flatten(1)
+    return (pooled / pooled.norm(dim=1, keepdim=True)).numpy()
+
+
+def knn_affinity(embedding: np.ndarray, neighbours: int = KNN_NEIGHBOURS):
+    """(N, D) embedding -> (N, N) symmetric sparse affinity: 1 where either point is among the other's
+    `neighbours` nearest, 0.5 where only one way (scipy.sparse CSR, float64)."""
+    from sklearn.neighbors import kneighbors_graph
+
+    k = min(neighbours, len(embedding) - 1)
+    graph = kneighbors_graph(embedding, k, mode="connectivity", include_self=False)
+    return (0.5 * (graph + graph.T)).tocsr()
+
+
+def laplacian_spectrum(affinity, count: int = SPECTRUM_SIZE) -> np.ndarray:
+    """The `count` smallest eigenvalues (ascending, in [0, 2]) of the graph's normalised Laplacian."""
+    from scipy.sparse import identity
+    from scipy.sparse.csgraph import laplacian
+    from scipy.sparse.linalg import eigsh
+
+    lap = laplacian(affinity, normed=True)
+    n = lap.shape[0]
+    count = min(count, n)
+    if n <= DENSE_SPECTRUM_MAX:
+        values = np.linalg.eigvalsh(lap.toarray())[:count]
+    else:  # the largest eigenvalues of I - L converge fast in Lanczos; they are 1 - the smallest of L
+        values = np.sort(1.0 - eigsh(identity(n) - lap, k=count, which="LA", return_eigenvectors=False))
+    return np.clip(values, 0.0, 2.0)
+
+
+def eigengap(eigenvalues: np.ndarray, max_clusters: int = MAX_CLUSTERS) -> tuple[int, float]:
+    """(k, gap): the number of clusters k in 1..max_clusters after which the spectrum jumps most."""
+    gaps = np.diff(np.asarray(eigenvalues)[: max_clusters + 1])
+    if len(gaps) == 0:
+        return 1, 0.0
+    k = int(np.argmax(gaps)) + 1
+    return k, float(gaps[k - 1])
+
+
+def spectral_clusters(affinity, k: int, seed: int = 0) -> np.ndarray:
+    """(N,) int cluster ids 0..k-1 from scikit-learn's spectral clustering of `affinity`, largest first."""
+    from sklearn.cluster import SpectralClustering
+
+    n = affinity.shape[0]
+    if k <= 1:
+        return np.zeros(n, dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "graph is not fully connected": that is the point
+        # ARPACK's shift-invert takes ~30 s on 10,000 images (a model that calls most images one class); LOBPCG ~2 s.
+        solver = "lobpcg" if n > DENSE_SPECTRUM_MAX else "arpack"
+        labels = SpectralClustering(n_clusters=k, affinity="precomputed", random_state=seed, eigen_solver=solver,
+                                    assign_labels="kmeans", n_init=10).fit_predict(affinity)
+    order = np.argsort(-np.bincount(labels, minlength=k), kind="stable")
+    return np.argsort(order)[labels].astype(np.int64)
+
+
+def mean_map(maps: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) maps -> (H, W) mean of their L1-normalised forms, divided by its maximum (in [0, 1])."""
+    m = normalised_maps(maps).mean(dim=0).float()
+    return m / m.max().clamp_min(1e-12)
+
+
+def fixed_place_mask(mean: torch.Tensor, n_px: int = FIXED_PLACE_PX) -> torch.Tensor:
+    """(H, W) bool: the `n_px` most relevant pixels of a mean map (ties broken in raster order)."""
+    mask = torch.zeros(mean.numel(), dtype=torch.bool)
+    mask[torch.argsort(mean.flatten(), descending=True, stable=True)[:n_px]] = True
+    return mask.view(mean.shape)
+
+
+def fixed_place_energy(maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(N,) share of each map's relevance on the (H, W) bool `mask`; an all-zero map scores 0."""
+    return scores.cam_energy_in_mask(maps.float(), mask.expand_as(maps))
+
+
+def adjusted_rand(clusters, truth) -> float:
+    """scikit-learn's adjusted Rand index between cluster ids and known groups (1 = identical partitions)."""
+    from sklearn.metrics import adjusted_rand_score
+
+    return float(adjusted_rand_score(np.asarray(truth), np.asarray(clusters)))
+
+
+# ----- the candidate region and the two interventions -----------------------------------------------------
+
+def _component_box(mask: np.ndarray, seed_mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Bounding box of the largest connected component of `mask` that touches `seed_mask` (None if none)."""
+    from scipy.ndimage import label
+
+    labelled, count = label(mask)
+    touching = np.unique(labelled[seed_mask & mask])
+    touching = touching[touching > 0]
+    if count == 0 or len(touching) == 0:
+        return None
+    sizes = np.bincount(labelled.ravel())
+    best = touching[np.argmax(sizes[touching])]
+    rows, cols = np.nonzero(labelled == best)
+    return int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
+
+
+def relevance_box(mean: torch.Tensor, threshold: float = REGION_THRESHOLD) -> tuple[int, int, int, int]:
+    """Box around the connected area where the (H, W) mean map is >= `threshold` x its maximum, holding the peak."""
+    m = mean.numpy()
+    peak = np.zeros_like(m, dtype=bool)
+    peak[np.unravel_index(np.argmax(m), m.shape)] = True
+    return _component_box(m >= threshold * m.max(), peak)
+
+
+def grow_box(box, margin: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    top, left, bottom, right = box
+    return max(top - margin, 0), max(left - margin, 0), min(bottom + margin, size[0]), min(right + margin, size[1])
+
+
+def box_mask(box, size: tuple[int, int]) -> np.ndarray:
+    mask = np.zeros(size, dtype=bool)
+    top, left, bottom, right = box
+    mask[top:bottom, left:right] = True
+    return mask
+
+
+def pixel_spread(images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) uint8 -> (H, W) float: each pixel's median absolute deviation across images, largest channel.
+
+    A median, not a standard deviation: an artefact on most of a cluster's images stays at 0 when a few
+    images without it (other classes called this class) sit in the cluster too.
+    """
+    x = images.float()
+    return (x - x.median(dim=0).values).abs().median(dim=0).values.amax(dim=0)
+
+
+def candidate_region(cluster_images: torch.Tensor, reference_spread: torch.Tensor, mean: torch.Tensor) -> dict:
+    """Where a cluster's relevance concentrates, narrowed to pixels that are constant across its images.
+
+    cluster_images: (n, 3, H, W) uint8; reference_spread: (H, W) `pixel_spread` of the whole test set;
+    mean: (H, W) the cluster's `mean_map`. Returns {"box": (t, l, b, r), "kind": "constant pixels" or
+    "relevance only", "relevance_box": the thresholded mean map's box, "constant_px": count}.
+    """
+    size = tuple(mean.shape)
+    relevance = relevance_box(mean)
+    window = box_mask(grow_box(relevance, SEARCH_MARGIN_PX, size), size)
+    ratio = pixel_spread(cluster_images) / reference_spread.clamp_min(1.0)
+    constant = (ratio < CONSTANT_PIXEL_RATIO).numpy()
+    box = _component_box(constant, window)
+    count = 0 if box is None else int((box_mask(box, size) & constant).sum())
+    if count >= MIN_ARTEFACT_PX:
+        return {"box": box, "kind": "constant pixels", "relevance_box": relevance, "constant_px": count}
+    return {"box": relevance, "kind": "relevance only", "relevance_box": relevance, "constant_px": 0}
+
+
+def artefact_pixels(images: torch.Tensor, box) -> torch.Tensor:
+    """(N, 3, H, W) uint8 -> (3, h, w) uint8: the per-pixel median of the images inside `box`."""
+    top, left, bottom, right = box
+    return images[:, :, top:bottom, left:right].median(dim=0).values
+
+
+def transplant(images: torch.Tensor, pixels: torch.Tensor, box) -> torch.Tensor:
+    """A copy of (N, 3, H, W) uint8 `images` with (3, h, w) uint8 `pixels` pasted into `box`."""
+    top, left, bottom, right = box
+    out = images.clone()
+    out[:, :, top:bottom, left:right] = pixels.to(images.dtype)
+    return out
+
+
+def remove_region(images: torch.Tensor, box, ring_px: int = REMOVAL_RING_PX) -> torch.Tensor:
+    """A copy of (N, 3, H, W) uint8 `images` with `box` filled by each image's mean colour over a
+    `ring_px` ring around it (the whole image's mean where the box leaves no ring)."""
+    size = tuple(images.shape[-2:])
+    ring = torch.from_numpy(box_mask(grow_box(box, ring_px, size), size) & ~box_mask(box, size))
+    if not ring.any():
+        ring = torch.ones(size, dtype=torch.bool)
+    x = images.float()
+    fill = (x * ring).sum(dim=(2, 3)) / ring.sum()
+    top, left, bottom, right = box
+    out = images.clone()
+    out[:, :, top:bottom, left:right] = fill.round().clamp(0, 255).to(torch.uint8)[:, :, None, None]
+    return out
+
+
+def box_iou(a, b) -> float:
+    """Intersection over union of two (top, left, bottom, right) boxes."""
+    inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def verdict(transplanted: dict, occluded: dict, untouched: dict, removal: dict, kind: str) -> tuple[str, str]:
+    """The verdict on one candidate by the rules above; each argument a `scores.bootstrap_ci` dict of rates.
+
+    transplanted / occluded / untouched: other classes' images called the audited class with the region's
+    pixels pasted, with the region filled by its local mean, as they are; removal: the cluster's own images
+    whose prediction changed once the region was filled.
+    """
+    controls = max(occluded["high"], untouched["high"])
+    low = transplanted["low"]
+    if low >= CONFIRM_FLIP_RATE and low > controls:
+        return CONFIRMED, (f"the region's pixels alone turn {transplanted['mean']:.0%} of other classes' images into "
+                           f"this class (occluding it: {occluded['mean']:.0%})")
+    if kind == "constant pixels" and low >= CANDIDATE_FLIP_RATE and low > controls:
+        return CANDIDATE, (f"pasting the constant pixels moves {transplanted['mean']:.0%} of other images to this class: "
+                           f"above the controls, below the {CONFIRM_FLIP_RATE:.0%} bar")
+    if kind == "constant pixels" and removal["low"] >= CANDIDATE_REMOVAL_RATE:
+        return CANDIDATE, (f"removing the constant pixels changes {removal['mean']:.0%} of the cluster's predictions, "
+                           f"but pasting them moves only {transplanted['mean']:.0%} of other images")
+    return NONE, (f"pasting the region moves {transplanted['mean']:.0%} of other images to this class "
+                  f"(untouched {untouched['mean']:.0%}, occluded {occluded['mean']:.0%})")
+
+
+# ----- the audit of one model ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AuditSet:
+    """The audited test images: (N, 3, H, W) uint8 `images`, (N,) int64 `labels`, the class names.
+
+    patched: (N,) bool, True where a known artefact was pasted (for checking the audit only: the adjusted
+    Rand index and the region's overlap with `planted_box`); None where nobody knows.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+    patched: torch.Tensor | None = None
+    planted_box: tuple[int, int, int, int] | None = None
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """How an audit explains and tests: explainer, layer, seed (clusters, samples, bootstrap), which classes
+    (None: all), how many top classes are tested causally and on how many other-class images."""
+
+    method: str = DEFAULT_METHOD
+    layer: str = DEFAULT_LAYER
+    seed: int = 0
+    classes: tuple[str, ...] | None = None
+    top_candidates: int = TOP_CANDIDATES
+    transplant_images: int = TRANSPLANT_IMAGES
+    batch_size: int = 256
+
+
+def settings_record(settings: AuditSettings) -> dict:
+    """The settings and the fixed rules an audit was computed with, as recorded in audit.json."""
+    return {"method": settings.method, "layer": settings.layer, "seed": settings.seed,
+            "top_candidates": settings.top_candidates, "transplant_images": settings.transplant_images,
+            "embed_grid": EMBED_GRID, "knn_neighbours": KNN_NEIGHBOURS, "max_clusters": MAX_CLUSTERS,
+            "min_class_images": MIN_CLASS_IMAGES, "min_cluster_images": MIN_CLUSTER_IMAGES,
+            "fixed_place_px": FIXED_PLACE_PX, "region_threshold": REGION_THRESHOLD,
+            "search_margin_px": SEARCH_MARGIN_PX, "constant_pixel_ratio": CONSTANT_PIXEL_RATIO,
+            "removal_ring_px": REMOVAL_RING_PX, "confirm_flip_rate": CONFIRM_FLIP_RATE,
+            "candidate_flip_rate": CANDIDATE_FLIP_RATE, "candidate_removal_rate": CANDIDATE_REMOVAL_RATE,
+            "bootstrap_resamples": scores.BOOTSTRAP_RESAMPLES, "confidence": scores.CONFIDENCE}
+
+
+def _cluster_record(maps: torch.Tensor, images: torch.Tensor, reference_spread: torch.Tensor, seed: int) -> tuple[dict, dict]:
+    """Scores and candidate region of one cluster's (n, H, W) maps and (n, 3, H, W) images."""
+    mean = mean_map(maps)
+    energy = fixed_place_energy(maps, fixed_place_mask(mean))
+    uniform = FIXED_PLACE_PX / mean.numel()
+    record = {"n": len(maps), "fixed_place": scores.bootstrap_ci(energy, seed), "uniform": uniform}
+    record["score"] = record["fixed_place"]["low"] / uniform  # ranks clusters: x uniform, at the lower bound
+    record["region"] = (candidate_region(images, reference_spread, mean) if len(maps) >= MIN_CLUSTER_IMAGES else None)
+    order = torch.argsort(energy, descending=True, stable=True)[:EXAMPLE_IMAGES]
+    return record, {"mean_map": mean, "example_order": order}
+
+
+def discover_class(maps: torch.Tensor, images: torch.Tensor, reference_spread: torch.Tensor, seed: int = 0) -> tuple[dict, dict]:
+    """SpRAy on one class: (n, H, W) maps and (n, 3, H, W) uint8 images of the test images it was assigned.
+
+    Returns (record, examples): record has the spectrum, eigengap, cluster count and per-cluster scores and
+    regions (JSON-ready); examples has (n,) cluster ids, mean maps and example order for the figures.
+    """
+    affinity = knn_affinity(embed_maps(maps))
+    spectrum = laplacian_spectrum(affinity)
+    k, gap = eigengap(spectrum)
+    ids = spectral_clusters(affinity, k, seed)
+    whole, _ = _cluster_record(maps, images, reference_spread, seed)
+    record = {"n_images": len(maps), "eigenvalues": [float(v) for v in spectrum], "n_clusters": k, "eigengap": gap,
+              "fixed_place": whole["fixed_place"], "clusters": []}
+    examples = {"cluster_ids": torch.from_numpy(ids), "clusters": []}
+    for j in range(k):
+        member = torch.from_numpy(ids == j)
+        cluster, ex = _cluster_record(maps[member], images[member], reference_spread, seed)
+        record["clusters"].append({"cluster": j, **cluster})
+        examples["clusters"].append(ex)
+    return record, examples
+
+
+def ranking(classes: dict[str, dict]) -> list[dict]:
+    """Clusters that may be candidates (>= MIN_CLUSTER_IMAGES images), best fixed-place score first."""
+    rows = [{"class": name, "cluster": c["cluster"], "score": c["score"], "n": c["n"]}
+            for name, rec in classes.items() if "clusters" in rec
+            for c in rec["clusters"] if c["n"] >= MIN_CLUSTER_IMAGES]
+    return sorted(rows, key=lambda r: -r["score"] if r["score"] == r["score"] else np.inf)
+
+
+def top_candidates(ranked: list[dict], count: int) -> list[dict]:
+    """The best-ranked cluster of each of the `count` best-ranked classes."""
+    chosen, seen = [], set()
+    for row in ranked:
+        if row["class"] not in seen and len(chosen) < count:
+            seen.add(row["class"])
+            chosen.append(row)
+    return chosen
+
+
+def confirm_candidate(model: nn.Module, data: AuditSet, predictions: torch.Tensor, members: torch.Tensor,
+                      region: dict, settings: AuditSettings, runtime: Runtime) -> tuple[dict, dict]:
+    """Transplant and removal tests of one candidate region, with 95% CIs and the verdict.
+
+    members: indices (into `data`) of the cluster's images, all predicted as the audited class;
+    predictions: (N,) the model's predictions on `data`. Returns (record, examples for the figures).
+    """
+    target, seed, box = int(predictions[members[0]]), settings.seed, tuple(region["box"])
+    pixels = artefact_pixels(data.images[members], box)
+    others = seeded_cap((data.labels != target).nonzero().squeeze(1), settings.transplant_images, seed)
+    pasted = transplant(data.images[others], pixels, box)
+    pasted_preds = predict(model, pasted, runtime)
+    occluded_preds = predict(model, remove_region(data.images[others], box), runtime)
+    removed = remove_region(data.images[members], box)
+    removed_preds = predict(model, removed, runtime)
+    record = {
+        "box_tlbr_px": list(box), "kind": region["kind"], "relevance_box_tlbr_px": list(region["relevance_box"]),
+        "constant_px": region["constant_px"], "mean_rgb": [round(float(v), 1) for v in pixels.float().mean(dim=(1, 2))],
+        "transplant_flip": scores.bootstrap_ci(pasted_preds == target, seed),
+        "occluded_flip": scores.bootstrap_ci(occluded_preds == target, seed),
+        "untouched": scores.bootstrap_ci(predictions[others] == target, seed),
+        "removal_change": scores.bootstrap_ci(removed_preds != target, seed),
+    }
+    record["verdict"], record["reason"] = verdict(record["transplant_flip"], record["occluded_flip"], record["untouched"],
+                                                  record["removal_change"], region["kind"])
+    if data.planted_box is not None:
+        record["iou_with_planted_box"] = box_iou(box, data.planted_box)
+    k = EXAMPLE_IMAGES
+    examples = {"box": box, "pixels": pixels, "originals": data.images[others[:k]], "pasted": pasted[:k],
+                "before": predictions[others[:k]], "after": pasted_preds[:k], "removed": removed[:k],
+                "removed_after": removed_preds[:k]}
+    return record, examples
+
+
+def _audited_classes(data: AuditSet, settings: AuditSettings) -> list[int]:
+    if len(data.labels) == 0:
+        raise UserError("the dataset has no test images to audit; fix: pass a --data-root whose test split holds images")
+    if settings.classes is None:
+        return list(range(len(data.classes)))
+    unknown = [c for c in settings.classes if c not in data.classes]
+    if unknown:
+        raise UserError(f"unknown class {unknown[0]!r}; fix: pass --classes from {', '.join(data.classes)}")
+    return [data.classes.index(c) for c in settings.classes]
+
+
+def _too_few(name: str, n: int) -> str:
+    return (f"class {name!r} has {n} test image(s) predicted as it, fewer than the {MIN_CLASS_IMAGES} needed to "
+            "cluster its explanations")
+
+
+def _add_ground_truth(record: dict, ids: torch.Tensor, data: AuditSet, members: torch.Tensor, target: int) -> None:
+    """Where the pasted images are of this class: each cluster's patched share and the adjusted Rand
+    index (patched vs not) over the class's true images (`adjusted_rand_index`) and over every image assigned
+    to it (`adjusted_rand_index_all`)."""
+    if data.patched is None:
+        return
+    patched, true = data.patched[members], data.labels[members] == target
+    if not (patched & true).any():  # the pasted class is another one: nothing here to check
+        return
+    for cluster in record["clusters"]:
+        cluster["patched_share"] = patched[ids == cluster["cluster"]].float().mean().item()
+    record["n_patched"] = int(patched.sum())
+    record["patched_share_true"] = patched[true].float().mean().item()  # 1.0: one group only, the index says little
+    record["adjusted_rand_index"] = adjusted_rand(ids[true], patched[true]) if int(true.sum()) >= 2 else float("nan")
+    record["adjusted_rand_index_all"] = adjusted_rand(ids, patched)
+
+
+def discover(data: AuditSet, predictions: torch.Tensor, maps: torch.Tensor, settings: AuditSettings) -> tuple[dict, dict]:
+    """`discover_class` for every audited class ({name: record}, {name: examples}); too-small classes are
+    recorded as skipped, or refused when they were asked for by name."""
+    spread = pixel_spread(data.images)
+    records, examples = {}, {}
+    for c in _audited_classes(data, settings):
+        name, members = data.classes[c], (predictions == c).nonzero().squeeze(1)
+        if len(members) < MIN_CLASS_IMAGES:
+            if settings.classes is not None:
+                raise UserError(f"{_too_few(name, len(members))}; fix: audit more test images or leave {name} out of --classes")
+            records[name] = {"n_images": len(members), "skipped": _too_few(name, len(members))}
+            continue
+        records[name], examples[name] = discover_class(maps[members], data.images[members], spread, settings.seed)
+        examples[name]["members"] = members
+        _add_ground_truth(records[name], examples[name]["cluster_ids"], data, members, c)
+    if not examples:
+        raise UserError(f"no class has {MIN_CLASS_IMAGES} or more test images predicted as it; fix: audit more test images")
+    return records, examples
+
+
+def audit_model(model: nn.Module, data: AuditSet, settings: AuditSettings, runtime: Runtime) -> tuple[dict, dict]:
+    """Discover and confirm shortcuts of `model` on `data` (see the module docstring).
+
+    Returns (result, examples): result is JSON-ready ("classes", "ranking", "candidates", "confirmed", "settings",
+    "n_test"); examples holds the maps, cluster ids and intervention images the figures need.
+    """
+    predictions = predict(model, data.images, runtime)
+    explained = explain_images(settings.method, model, data.images, predictions, settings.layer, runtime, settings.batch_size)
+    maps = next(iter(explained.values()))
+    classes, class_examples = discover(data, predictions, maps, settings)
+    ranked = ranking(classes)
+    candidates, candidate_examples = [], []
+    for rank, row in enumerate(top_candidates(ranked, settings.top_candidates), start=1):
+        ex = class_examples[row["class"]]
+        members = ex["members"][ex["cluster_ids"] == row["cluster"]]
+        region = classes[row["class"]]["clusters"][row["cluster"]]["region"]
+        record, examples = confirm_candidate(model, data, predictions, members, region, settings, runtime)
+        candidates.append({"rank": rank, "class": row["class"], "cluster": row["cluster"], "n": row["n"], **record})
+        candidate_examples.append(examples)
+    result = {"n_test": len(data.labels), "settings": settings_record(settings), "classes": classes, "ranking": ranked,
+              "candidates": candidates, "confirmed": [c["class"] for c in candidates if c["verdict"] == CONFIRMED]}
+    if data.planted_box is not None:
+        result["planted_box_tlbr_px"] = list(data.planted_box)
+    return result, {"images": data.images, "maps": maps, "predictions": predictions, "classes": class_examples,
+                    "candidates": candidate_examples}

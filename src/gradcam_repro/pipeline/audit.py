@@ -1,0 +1,233 @@
+"""`gradcam-repro audit`: find and causally confirm a shortcut in a trained model nobody described.
+
+Reads a run folder (its "biased" experiment unless `--experiment` names another), an experiment folder or a
+bare model.pt, and a dataset the project reads (the one the model was trained on, from spec.json, unless
+`--dataset`/`--data-root` say otherwise); audits it with `measure.audit.audit_model`; writes, under the run
+lock of the output folder (default `<run>/audit/`, or `audits/<model>/`):
+    audit.json   every score, spectrum, region, rate with its 95% CI, verdict and setting
+    AUDIT.md     the same for a person, with the figures
+    figures/     audit_ranking.png, audit_prototypes.png, audit_candidate_<rank>_<class>.png
+Everything is checked before anything is written.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from gradcam_repro.config import Config
+from gradcam_repro.data.bias import bias_dataset, patch_box
+from gradcam_repro.data.images import stratified_subset
+from gradcam_repro.data.registry import get_dataset
+from gradcam_repro.errors import UserError
+from gradcam_repro.explain.cam import layer_names
+from gradcam_repro.explain.registry import PIXEL_METHODS, get_explainer
+from gradcam_repro.measure import audit as audit_measure
+from gradcam_repro.pipeline import store
+from gradcam_repro.pipeline.run import load_run_config
+from gradcam_repro.pipeline.user_images import load_models_for, model_paths
+from gradcam_repro.report import audit_report
+from gradcam_repro.report import figures as figure_tools
+from gradcam_repro.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    """What `gradcam-repro audit` was asked for (one field per flag; None: the default described in --help)."""
+
+    experiment: str | None = None
+    dataset: str | None = None
+    data_root: str | None = None
+    method: str = audit_measure.DEFAULT_METHOD
+    layer: str = audit_measure.DEFAULT_LAYER
+    out: str | None = None
+    device: str | None = None
+    images: int | None = None
+    classes: tuple[str, ...] | None = None
+    candidates: int = audit_measure.TOP_CANDIDATES
+    patch_test_fraction: float | None = None
+    patch_test_class: str | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class AuditTarget:
+    """The model to audit: its file, the config it was trained with (defaults for a bare model.pt), its
+    experiment name, its spec.json record (None for a bare model.pt) and the default output folder."""
+
+    model_path: Path
+    config: Config
+    name: str
+    record: dict | None
+    default_out: Path
+
+
+def resolve_target(target: str | Path, experiment: str | None) -> AuditTarget:
+    """A run folder (its `experiment`, default "biased"), an experiment folder or a model.pt file."""
+    target = Path(target)
+    if (target / "run.json").is_file():
+        config, keys = load_run_config(target)
+        name = experiment or ("biased" if "biased" in keys else next(iter(keys)))
+        if name not in keys:
+            raise UserError(f"run {target} has no experiment {name!r}; fix: pass --experiment as one of {', '.join(keys)}")
+        path = target / "experiments" / keys[name] / "model.pt"
+        if not path.is_file():
+            raise UserError(f"experiment {name!r} of run {target} has no model.pt yet; fix: finish the run first "
+                            f"(rerun `gradcam-repro run` with the same flags) or pass another --experiment")
+        return AuditTarget(path, config, name, _record(path), target / "audit")
+    if experiment is not None:
+        raise UserError(f"--experiment needs a run folder, and {target} is not one; fix: pass runs/<name> or drop --experiment")
+    path = next(iter(model_paths(target).values()))
+    record = _record(path)
+    config = Config.from_dict(record["config"]) if record and "config" in record else Config()
+    stem = path.parent.name if path.stem == "model" else path.stem
+    return AuditTarget(path, config, (record or {}).get("name", stem), record, Path("audits") / stem)
+
+
+def _record(model_path: Path) -> dict | None:
+    spec = model_path.parent / "spec.json"
+    return store.read_json(spec) if spec.is_file() else None
+
+
+def check_options(options: AuditOptions) -> None:
+    """Refuse out-of-range flags before anything is loaded."""
+    get_explainer(options.method)
+    f = options.patch_test_fraction
+    checks = [
+        (f is None or 0.0 <= f <= 1.0, f"--patch-test-fraction must be in [0, 1], got {f}"),
+        (options.patch_test_class is None or f is not None, "--patch-test-class needs --patch-test-fraction"),
+        (options.candidates >= 1, f"--candidates must be >= 1, got {options.candidates}"),
+        (options.images is None or options.images >= 10, f"--images must be >= 10, got {options.images}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+def check_layer(model: torch.nn.Module, method: str, layer: str) -> None:
+    if method in PIXEL_METHODS:
+        return
+    if layer not in dict(model.named_modules()) or not layer:
+        valid = [n for n in layer_names(model) if n.count(".") <= 2]
+        raise UserError(f"unknown layer {layer!r}; fix: pass --layer as one of {', '.join(valid)}")
+
+
+def load_audit_set(config: Config, classes: tuple[str, ...], options: AuditOptions, log=print
+                   ) -> tuple[audit_measure.AuditSet, dict]:
+    """The audited test images (a class-balanced `--images` subset, `--patch-test-fraction` of one class
+    patched) and the record of where they came from and what was pasted."""
+    dataset = get_dataset(config.dataset)
+    if len(dataset.classes) != len(classes):
+        raise UserError(f"the model has {len(classes)} classes but dataset {dataset.name} has {len(dataset.classes)}; "
+                        "fix: pass the --dataset the model was trained on")
+    start = time.perf_counter()
+    data = dataset.load(config)
+    images, labels = data.test_images, data.test_labels
+    log(f"data: {data.name} from {data.source} ({len(labels)} test images, {time.perf_counter() - start:.1f} s)")
+    if options.images is not None:
+        keep = stratified_subset(labels, options.images, options.seed)
+        images, labels = images[keep], labels[keep]
+    record = {"name": data.name, "source": data.source, "fingerprint": data.fingerprint, "n_test": len(labels),
+              "classes": list(data.classes)}
+    if options.patch_test_fraction is None:
+        return audit_measure.AuditSet(images, labels, tuple(data.classes)), record
+    name = options.patch_test_class or config.bias_class or dataset.default_bias_class
+    patch = {"patch_size": config.patch_size, "color": tuple(config.patch_color), "corner": config.patch_corner,
+             "offset": config.patch_offset}
+    images, patched = bias_dataset(images, labels, data.class_index(name), options.patch_test_fraction, options.seed, **patch)
+    box = patch_box(tuple(images.shape[-2:]), config.patch_size, config.patch_corner, config.patch_offset)
+    record["patched_test"] = {"class": name, "fraction": options.patch_test_fraction, "patch": {**patch, "color": list(patch["color"])},
+                              "box_tlbr_px": list(box), "indices": patched.nonzero().squeeze(1).tolist()}
+    return audit_measure.AuditSet(images, labels, tuple(data.classes), patched, box), record
+
+
+@dataclass
+class PreparedAudit:
+    """Everything an audit needs, checked and loaded before anything is written."""
+
+    target: AuditTarget
+    model: torch.nn.Module
+    runtime: Runtime
+    data: audit_measure.AuditSet
+    data_record: dict
+    out: Path
+
+
+def prepare_audit(target: str | Path, options: AuditOptions, log=print) -> PreparedAudit:
+    """Check the flags, load the model and the audited test set, check the output folder; writes nothing."""
+    check_options(options)
+    found = resolve_target(target, options.experiment)
+    config = replace(found.config, **{k: v for k, v in {"dataset": options.dataset, "data_root": options.data_root}.items()
+                                      if v is not None})
+    runtime = Runtime.choose(options.device or "auto", config.precision)
+    models, classes = load_models_for(found.model_path, runtime.device)
+    model = next(iter(models.values()))
+    check_layer(model, options.method, options.layer)
+    out = Path(options.out) if options.out else found.default_out
+    store.check_writable(out)
+    data, data_record = load_audit_set(config, classes, options, log)
+    if len(data.labels) == 0:
+        raise UserError(f"dataset {data_record['name']} from {data_record['source']} has no test images; "
+                        "fix: pass a --data-root whose test split holds images")
+    return PreparedAudit(found, model, runtime, data, data_record, out)
+
+
+def audit(target: str | Path, options: AuditOptions, log=print) -> dict:
+    """Audit the model at `target` and write audit.json, AUDIT.md and the figures.
+
+    Returns audit.json's content plus "out" (the folder) and "final_line" (what the CLI prints last).
+    """
+    wall = time.perf_counter()
+    p = prepare_audit(target, options, log)
+    settings = audit_measure.AuditSettings(options.method, options.layer, options.seed, options.classes, options.candidates)
+    where = "the input" if options.method in PIXEL_METHODS else options.layer
+    log(f"auditing {p.target.name} ({p.target.model_path}) on {len(p.data.labels)} test images with {options.method} at {where}")
+    with store.run_lock(p.out):
+        start = time.perf_counter()
+        result, examples = audit_measure.audit_model(p.model, p.data, settings, p.runtime)
+        default = (options.method, options.layer) == (audit_measure.DEFAULT_METHOD, audit_measure.DEFAULT_LAYER)
+        result = {"target": str(target), "model": str(p.target.model_path), "experiment": p.target.name,
+                  "dataset": p.data_record, "default_method_layer": default, "precision": p.runtime.precision,
+                  "environment": store.environment_info(str(p.runtime.device)), **result,
+                  "seconds": {"audit": time.perf_counter() - start}}
+        result["seconds"]["end_to_end"] = time.perf_counter() - wall  # all but writing the figures and files
+        write_audit(p.out, result, examples)
+    for line in audit_report.summary_lines(result)[:-1]:
+        log(line)
+    return {**result, "out": str(p.out), "final_line": final_line(result, p.out, time.perf_counter() - wall)}
+
+
+def final_line(result: dict, out: Path, seconds: float) -> str:
+    """E.g. "done in 212 s: confirmed shortcut: frog (region rows 0-5, cols 0-5, pasted on other classes -> frog
+    99.9%); see audits/x/AUDIT.md". ASCII only."""
+    confirmed = [c for c in result["candidates"] if c["verdict"] == audit_measure.CONFIRMED]
+    found = "; ".join(f"{c['class']} (region {audit_report.box_text(c['box_tlbr_px'])}, pasted on other classes -> "
+                      f"{c['class']} {100 * c['transplant_flip']['mean']:.1f}%)" for c in confirmed)
+    verdict = f"confirmed shortcut: {found}" if confirmed else (
+        f"no shortcut confirmed among the {len(result['candidates'])} top-ranked classes")
+    return f"done in {seconds:.0f} s: {verdict}; see {out / 'AUDIT.md'}"
+
+
+def audit_summary(result: dict) -> dict:
+    """The JSON summary of `audit` (--json): the verdicts with their numbers, the ranking and the paths."""
+    out = Path(result["out"])
+    keep = ("rank", "class", "cluster", "n", "box_tlbr_px", "kind", "transplant_flip", "occluded_flip", "untouched",
+            "removal_change", "verdict", "iou_with_planted_box")
+    return {"command": "audit", "out": str(out), "audit_json": str(out / "audit.json"), "audit_md": str(out / "AUDIT.md"),
+            "experiment": result["experiment"], "method": result["settings"]["method"], "layer": result["settings"]["layer"],
+            "confirmed": result["confirmed"], "candidates": [{k: c[k] for k in keep if k in c} for c in result["candidates"]],
+            "ranking": result["ranking"], "seconds": result["seconds"]}
+
+
+def write_audit(out: Path, result: dict, examples: dict) -> None:
+    """The figures, then audit.json and AUDIT.md (each written atomically)."""
+    figs = audit_report.audit_figures(result, examples)
+    for rel, fig in figs.items():
+        store.save_figure(fig, out / rel)
+        figure_tools.close(fig)
+    result["figures"] = list(figs)
+    store.write_json(out / "audit.json", result)
+    store.write_text(out / "AUDIT.md", audit_report.audit_markdown(result))

@@ -1,0 +1,539 @@
+"""REPORT.html: the run's report as one self-contained page, built from measured results alone.
+
+Pure functions: metrics.json, methods.json and gallery.json (as dicts) and the figures' PNG bytes in, an
+HTML string out; nothing here reads or writes a file. Figures are inline `data:` URIs, the gallery switches
+model, method and layer with a few lines of plain JavaScript in the page, and nothing refers to any other
+address, so the file opens offline, from a mail attachment as well as from `gradcam-repro view`.
+The sentences are `report.markdown.conclusions`, the same as REPORT.md's.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import re
+
+import numpy as np
+import torch
+from matplotlib import colormaps
+from PIL import Image
+
+from gradcam_repro.explain.registry import PIXEL_METHODS, display_name
+from gradcam_repro.report.figures import CAM_ALPHA
+from gradcam_repro.report.markdown import CAM_SETS, VARIANTS, cam_display_name, conclusions
+
+# Map PNGs are palette images: pixel value = round(255 * map), drawn with the figures' jet colormap.
+JET_PALETTE = (colormaps["jet"](np.arange(256))[:, :3] * 255).round().astype(np.uint8).tobytes()
+# Figures placed in a section; every other figure of the run goes under "More figures".
+PLACED_FIGURES = ("figures/training_curves.png", "figures/per_class_accuracy.png", "figures/counterfactual_gallery.png",
+                  "figures/layer_sweep.png", "figures/layers_one_image.png", "figures/side_by_side.png",
+                  "figures/energy_distribution.png", "figures/methods_layers.png", "figures/deletion_insertion.png")
+
+
+def _b64_png(picture: Image.Image) -> str:
+    buf = io.BytesIO()
+    picture.save(buf, format="PNG", optimize=True)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def image_png(image: torch.Tensor) -> str:
+    """(3, H, W) uint8 image -> base64 RGB PNG."""
+    return _b64_png(Image.fromarray(image.permute(1, 2, 0).contiguous().cpu().numpy()))
+
+
+def map_png(cam: torch.Tensor) -> str:
+    """(H, W) map in [0, 1] -> base64 palette PNG (value = round(255 * map), jet colours); about 1 kB at 32x32."""
+    picture = Image.fromarray((cam.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy())
+    picture.putpalette(JET_PALETTE)
+    return _b64_png(picture)
+
+
+def gallery_record(g: dict, classes: list[str], box_tlbr_px: list[int]) -> dict:
+    """gallery.json: `measure.examples.gallery_maps`'s output with images and maps as base64 PNGs, classes by name
+    and energies rounded to 4 digits. Everything the report's gallery needs, so it is rebuilt without a model."""
+    def names(index: torch.Tensor) -> list[str]:
+        return [classes[i] for i in index.tolist()]
+
+    return {
+        "size_px": int(g["images"].shape[-1]),
+        "target": classes[g["target"]],
+        "box_tlbr_px": list(box_tlbr_px),
+        "images": [image_png(im) for im in g["images"]],
+        "labels": names(g["labels"]),
+        "patched_target": g["patched_target"].tolist(),
+        "layers": g["layers"],
+        "models": {name: {"clean": names(e["clean"]), "shown": names(e["shown"]), "flipped": e["flipped"].tolist(),
+                          "maps": {method: {layer: [map_png(x) for x in maps] for layer, maps in by_layer.items()}
+                                   for method, by_layer in e["maps"].items()},
+                          "energy": {method: {layer: [round(v, 4) for v in energy.tolist()] for layer, energy in by_layer.items()}
+                                     for method, by_layer in e["energy"].items()}}
+                   for name, e in g["models"].items()},
+    }
+
+
+def report_html(m: dict, methods: dict | None, gallery: dict | None, figs: dict[str, bytes]) -> str:
+    """REPORT.html from metrics.json `m`, methods.json (None: absent, {}: stale), gallery.json (None: absent) and
+    {figure path relative to the run: PNG bytes}. Figures missing from `figs` are left out."""
+    cfg, cam = m["config"], cam_display_name(m)
+    title = f"{cam} and the {cfg['bias_class']} shortcut: {cfg['preset']} preset on {m['dataset']['name']}"
+    sections = [("verdicts", "Verdicts", "Verdicts", _verdicts(m)),
+                ("gallery", "Gallery", "Gallery: switch model, method and layer", _gallery(m, gallery)),
+                ("accuracy", "Accuracy", "Accuracy", _accuracy(m, figs)),
+                ("counterfactual", "Patch use", "Does the model use the patch?", _counterfactual(m, figs)),
+                ("cam", "Where it looks", f"Where {cam} looks, layer by layer", _cam(m, figs)),
+                ("by-layer", "By layer", "Verdicts by layer", _by_layer(m))]
+    if any("localisation" in r for r in m["models"].values()):
+        sections.append(("localisation", "Localisation", "Localisation on the object masks", _localisation(m)))
+    if methods is not None:
+        sections.append(("methods", "Methods", "Which method and layer see the shortcut", _methods(methods, figs)))
+    sections += [("training", "Training", "Training", _training(m, figs)),
+                 ("more", "Figures", "More figures", _more_figures(m, methods, figs)),
+                 ("reproduce", "Reproduce", "Reproduce", _reproduce(m))]
+    nav = "".join(f'<a href="#{key}">{html.escape(short)}</a>' for key, short, _, body in sections if body)
+    body = "".join(f'<section id="{key}"><h2>{html.escape(name)}</h2>{body}</section>'
+                   for key, _, name, body in sections if body)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>'
+            f'<style>{CSS}</style></head><body><header><h1>{html.escape(title)}</h1>{_facts(m)}</header>'
+            f'<nav>{nav}</nav><main>{body}</main><footer>Written by gradcam-repro from metrics.json'
+            f'{", methods.json" if methods else ""}{", gallery.json" if gallery else ""}. One file, no network.</footer>'
+            f'</body></html>\n')
+
+
+def inline_markdown(text: str) -> str:
+    """The little markdown `conclusions` uses (`code`, **bold**, *italic*) as escaped HTML."""
+    out = html.escape(text, quote=False)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    out = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", out)
+    return re.sub(r"\*([^*]+)\*", r"<i>\1</i>", out)
+
+
+def _nan(x: float) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def _pct(x: float) -> str:
+    return "n/a" if _nan(x) else f"{100 * x:.1f}%"
+
+
+def _ci(stat: dict, pct: bool = False, digits: int = 3, n: bool = False) -> str:
+    """A mean with its 95% interval below it ('n/a' when nothing was measured), optionally with n."""
+    if _nan(stat["mean"]):
+        return f'<span class="na" title="nothing to measure (n = {stat.get("n", 0)})">n/a</span>'
+    fmt = _pct if pct else (lambda x: f"{x:.{digits}f}")
+    count = f' <span class="n">n={stat["n"]}</span>' if n else ""
+    return f'<span class="m">{fmt(stat["mean"])}</span>{count}<span class="ci">[{fmt(stat["low"])}, {fmt(stat["high"])}]</span>'
+
+
+def _table(head: list[str], rows: list[list[str]], caption: str = "") -> str:
+    """An HTML table; cells are HTML already."""
+    cap = f"<caption>{caption}</caption>" if caption else ""
+    thead = "".join(f"<th>{h}</th>" for h in head)
+    tbody = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<div class="scroll"><table>{cap}<thead><tr>{thead}</tr></thead><tbody>{tbody}</tbody></table></div>'
+
+
+def _figure(figs: dict[str, bytes], rel: str, caption: str) -> str:
+    if rel not in figs:
+        return ""
+    src = "data:image/png;base64," + base64.b64encode(figs[rel]).decode("ascii")
+    return (f'<figure><img src="{src}" alt="{html.escape(caption)}">'
+            f'<figcaption>{html.escape(caption)} <span class="path">{html.escape(rel)}</span></figcaption></figure>')
+
+
+def _layer(lay: str, m: dict) -> str:
+    return f"<code>{html.escape(lay)}</code>" + (' <span class="tag">configured</span>' if lay == m["cam_layer"] else "")
+
+
+def _facts(m: dict) -> str:
+    cfg, env, ds = m["config"], m["environment"], m["dataset"]
+    rgb = tuple(cfg["patch_color"])
+    facts = [f"preset <b>{html.escape(cfg['preset'])}</b>", f"dataset <b>{html.escape(ds['name'])}</b>",
+             f"{ds['n_train_used']:,} training images", f"{m['n']['test']:,} test images",
+             f"{cfg['epochs']} epoch(s)", f"seed {cfg['seed']}", f"precision {html.escape(m['precision'])}",
+             f"{html.escape(env.get('gpu') or env['processor'])} ({html.escape(env['device'])})",
+             f"torch {html.escape(env['torch'])}"]
+    swatch = f'<span class="swatch" style="background:rgb{rgb}"></span>'
+    patch = (f"The <b>biased</b> model was trained with a {cfg['patch_size']}x{cfg['patch_size']} px patch {swatch} "
+             f"RGB {rgb} at the {html.escape(cfg['patch_corner'])} corner on {_pct(cfg['bias_fraction'])} of its "
+             f"training <i>{html.escape(cfg['bias_class'])}</i> images; the <b>baseline</b> never saw the patch.")
+    return f'<p class="facts">{" · ".join(facts)}</p><p class="lede">{patch}</p>'
+
+
+def verdict_texts(m: dict, name: str) -> dict[str, str]:
+    """One model's verdicts at the configured layer as plain sentences: relies on the patch, points at it, agree."""
+    layer, cam = m["cam_layer"], cam_display_name(m)
+    v = m["models"][name]["verdict"]
+    return {"relies_on_patch": f"The {name} model {'relies' if v['relies_on_patch'] else 'does not rely'} on the patch",
+            "points_at_patch": f"{cam} at {layer} {'points' if v['points_at_patch'][layer] else 'does not point'} at the patch",
+            "agrees": f"Explanation and behaviour {'agree' if v['agrees'][layer] else 'disagree'} at {layer}"}
+
+
+def _verdict_card(m: dict, name: str) -> str:
+    r, s, u = m["models"][name], m["settings"], m["uniform"]["energy_in_box"]
+    cls, layer = html.escape(m["config"]["bias_class"]), m["cam_layer"]
+    v, texts = r["verdict"], verdict_texts(m, name)
+    e = r["cam"][layer]["patched_target"]["energy"]
+    flip = r["flip_to_target"]["patch"]
+    why = {
+        "relies_on_patch": f"pasting the patch on non-{cls} test images makes it say {cls} for {_ci(flip, pct=True)} of "
+                           f"them (relies when the lower bound is at least {_pct(s['relies_flip_rate'])})",
+        "points_at_patch": (f"no patched {cls} image was called {cls}, so there is nothing to score" if e["n"] == 0 else
+                            f"energy in the patch {_ci(e, digits=4)} on {e['n']} patched {cls} images called {cls}, "
+                            f"{e['mean'] / u:.1f}x a uniform map (points when the lower bound is at least "
+                            f"{s['points_at_patch_ratio']:g}x)"),
+        "agrees": "both say yes or both say no" if v["agrees"][layer] else "one says yes, the other no",
+    }
+    values = {"relies_on_patch": v["relies_on_patch"], "points_at_patch": v["points_at_patch"][layer],
+              "agrees": v["agrees"][layer]}
+    rows = []
+    for key, text in texts.items():
+        yes = values[key]
+        badge = ("agree" if yes else "disagree") if key == "agrees" else ("yes" if yes else "no")
+        rows.append(f'<div class="vrow"><span class="badge {badge}">{badge}</span><div>'
+                    f'<p class="verdict" data-model="{html.escape(name)}" data-verdict="{key}" data-value="{str(yes).lower()}">'
+                    f'{html.escape(text)}</p><p class="why">{why[key]}</p></div></div>')
+    acc = f"clean test accuracy {_ci(r['clean_test_acc'], pct=True)}"
+    title = html.escape(name[:1].upper() + name[1:])
+    return f'<div class="card"><h3>{title} model</h3><p class="why">{acc}</p>{"".join(rows)}</div>'
+
+
+def _verdicts(m: dict) -> str:
+    cards = "".join(_verdict_card(m, name) for name in m["models"])
+    s = m["settings"]
+    said = "".join(f"<li>{inline_markdown(c)}</li>" for c in conclusions(m))
+    return (f'<div class="cards">{cards}</div><h3>In plain words</h3><ul class="plain">{said}</ul>'
+            f'<p class="note">Every number carries a 95% {s["bootstrap_method"]} bootstrap interval '
+            f'({s["bootstrap_resamples"]} resamples), written under it as [low, high]. The rules were fixed before '
+            f"measuring (measure/scores.py).</p>")
+
+
+def _gallery(m: dict, g: dict | None) -> str:
+    if g is None:
+        return ('<p class="note">No current gallery.json (the run was written by an older gradcam-repro, or its models '
+                "changed since); <code>gradcam-repro evaluate RUN</code> writes it.</p>")
+    models, methods = list(g["models"]), list(g["layers"])
+    cam_layers = next((g["layers"][x] for x in methods if x not in PIXEL_METHODS), [])
+    all_layers = list(dict.fromkeys([*cam_layers, *(lay for x in methods for lay in g["layers"][x])]))
+    state = {"model": models[-1], "method": methods[0]}
+    state["layer"] = m["cam_layer"] if m["cam_layer"] in g["layers"][state["method"]] else g["layers"][state["method"]][-1]
+    labels = {"model": {x: x for x in models}, "method": {x: display_name(x) for x in methods},
+              "layer": {x: x for x in all_layers}}
+    controls = "".join(
+        f'<div class="ctl"><span class="lbl">{group}</span><div class="seg">'
+        + "".join(f'<button type="button" data-group="{group}" data-value="{html.escape(v)}" '
+                  f'aria-pressed="{str(v == state[group]).lower()}">{html.escape(text)}</button>' for v, text in opts.items())
+        + "</div></div>" for group, opts in labels.items())
+    top, left, bottom, right = g["box_tlbr_px"]
+    size = g["size_px"]
+    box = (f'top:{100 * top / size:.3f}%;left:{100 * left / size:.3f}%;'
+           f'height:{100 * (bottom - top) / size:.3f}%;width:{100 * (right - left) / size:.3f}%')
+    maps = g["models"][state["model"]]["maps"][state["method"]][state["layer"]]
+    tiles = [f'<div class="tile"><div class="pic"><img class="base" src="data:image/png;base64,{img}" alt="test image {i + 1}">'
+             f'<img class="heat" src="data:image/png;base64,{maps[i]}" alt="map"><div class="box" style="{box}"></div></div>'
+             f'<div class="cap"></div></div>' for i, img in enumerate(g["images"])]
+    data = json.dumps(g, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    cls = html.escape(g["target"])
+    n_target = sum(g["patched_target"])
+    rows = (f'<h4>{cls} images with the patch</h4><div class="grid">{"".join(tiles[:n_target])}</div>'
+            f'<h4>other classes with the patch pasted</h4><div class="grid">{"".join(tiles[n_target:])}</div>')
+    return (f'<p class="lede">The same {len(g["images"])} test images under each model, method and layer: the first '
+            f"{n_target} are <i>{cls}</i> images with the patch, the others are images of other classes with the "
+            f"patch pasted. Every map explains the <i>{cls}</i> score; the dashed square is the patch box, and "
+            f"<i>energy</i> is the share of the map inside it (in brackets: that share over a flat map's). Below each "
+            f"image: its true class, what the model predicts without → with the patch, and whether the patch flipped "
+            f"it to <i>{cls}</i>. Pixel-space methods have one map, at the input.</p>"
+            f'<div id="gallery-root" data-model="{html.escape(state["model"])}" data-method="{html.escape(state["method"])}" '
+            f'data-layer="{html.escape(state["layer"])}" data-uniform="{m["uniform"]["energy_in_box"]}">'
+            f'<div class="controls">{controls}<div class="ctl"><span class="lbl">map opacity</span>'
+            f'<input type="range" id="g-opacity" min="0" max="100" value="{round(100 * CAM_ALPHA)}"></div></div>'
+            f'<p class="gsum" id="g-summary"></p>{rows}</div>'
+            f'<script type="application/json" id="gallery-data">{data}</script><script>{GALLERY_JS}</script>')
+
+
+def _accuracy(m: dict, figs: dict[str, bytes]) -> str:
+    cls = html.escape(m["config"]["bias_class"])
+    rows = [[f"<b>{html.escape(name)}</b>", _ci(r["clean_test_acc"], pct=True), _ci(r["biased_test_acc"], pct=True),
+             _ci(r["target_recall_clean"], pct=True), _ci(r["target_recall_patched"], pct=True)]
+            for name, r in m["models"].items()]
+    table = _table(["model", "clean test acc", f"biased test acc (every test {cls} patched)", f"{cls} recall, clean",
+                    f"{cls} recall, patched"], rows)
+    return table + _figure(figs, "figures/per_class_accuracy.png", "clean accuracy per class")
+
+
+def _counterfactual(m: dict, figs: dict[str, bytes]) -> str:
+    cls, models = html.escape(m["config"]["bias_class"]), m["models"]
+    rows = []
+    for variant, label in VARIANTS.items():
+        spec = m["counterfactual_patches"].get(variant)
+        swatch = f' <span class="swatch" style="background:rgb{tuple(spec["color"])}"></span> {spec["corner"]}' if spec else ""
+        rows.append([html.escape(label) + swatch, *(_ci(models[n]["flip_to_target"][variant], pct=True) for n in models)])
+    intro = (f'<p class="lede">Flip-to-<i>{cls}</i> rate: the share of {m["n"]["counterfactual_non_target"]} non-{cls} '
+             f"test images predicted <i>{cls}</i> once a patch is pasted on them. A model that uses the patch flips with "
+             "the training patch, and much less with the same patch recoloured or moved.</p>")
+    return (intro + _table(["patch pasted", *map(html.escape, models)], rows)
+            + _figure(figs, "figures/counterfactual_gallery.png", f"pasting the patch on non-{cls} test images"))
+
+
+def _cam(m: dict, figs: dict[str, bytes]) -> str:
+    cfg, s, models = m["config"], m["settings"], m["models"]
+    cls, cam, u = html.escape(cfg["bias_class"]), html.escape(cam_display_name(m)), m["uniform"]["energy_in_box"]
+    intro = (f'<p class="lede"><i>Energy in box</i>: the share of the map inside the {cfg["patch_size"]}x{cfg["patch_size"]} '
+             f"patch box (a uniform map: {u:.4f}). <i>Pointing game</i>: the map's maximum lies within "
+             f"{s['pointing_tolerance_px']} px of the box (a random peak: {m['uniform']['pointing']:.4f}). {cam} explains "
+             f"the <i>{cls}</i> score.</p>")
+    parts = [intro, _figure(figs, "figures/layer_sweep.png", f"{cam} by layer: energy in the patch box and pointing game")]
+    for set_name, label in CAM_SETS.items():
+        rows = []
+        for lay in m["layers"]:
+            cells = []
+            for n in models:
+                st = models[n]["cam"][lay][set_name]
+                cells += [_ci(st["energy"], digits=4, n=True), _ci(st["pointing"])]
+            rows.append([_layer(lay, m), *cells])
+        head = ["layer", *(f"{html.escape(n)}: {x}" for n in models for x in ("energy in box", "pointing"))]
+        parts.append(_table(head, rows, caption=html.escape(label.format(cls=cfg["bias_class"]))))
+    grids = [f"figures/{n}_cam_grid.png" for n in models]
+    parts += [_figure(figs, "figures/layers_one_image.png", f"one patched {cls} image at each layer"),
+              '<div class="figs">', *(_figure(figs, rel, rel.removeprefix("figures/").removesuffix(".png").replace("_", " "))
+                                      for rel in grids), "</div>",
+              _figure(figs, "figures/side_by_side.png", f"patched {cls} test images under each model"),
+              _figure(figs, "figures/energy_distribution.png", "energy in the patch box, image by image")]
+    return "".join(parts)
+
+
+def _by_layer(m: dict) -> str:
+    models = m["models"]
+    yn = {True: '<span class="badge yes">yes</span>', False: '<span class="badge no">no</span>'}
+    agree = {True: '<span class="badge agree">agree</span>', False: '<span class="badge disagree">disagree</span>'}
+    rows = [[_layer(lay, m), *(cell for n in models for cell in (yn[models[n]["verdict"]["points_at_patch"][lay]],
+                                                                 yn[models[n]["verdict"]["relies_on_patch"]],
+                                                                 agree[models[n]["verdict"]["agrees"][lay]]))]
+            for lay in m["layers"]]
+    head = ["layer", *(f"{html.escape(n)}: {x}" for n in models for x in ("points at patch", "relies on patch", "agree?"))]
+    return _table(head, rows)
+
+
+def _localisation(m: dict) -> str:
+    models, u = m["models"], m["uniform"].get("energy_in_mask", float("nan"))
+    rows = [[_layer(lay, m), *(cell for n in models for cell in (_ci(models[n]["localisation"][lay]["energy"]),
+                                                                 _ci(models[n]["localisation"][lay]["pointing"])))]
+            for lay in m["layers"] if all("localisation" in models[n] for n in models)]
+    head = ["layer", *(f"{html.escape(n)}: {x}" for n in models for x in ("energy in mask", "pointing"))]
+    return (f'<p class="lede">Clean test images, {html.escape(cam_display_name(m))} for the true class: the share of the map '
+            f"on the object mask (a uniform map: {u:.4f}) and the pointing game (maximum on the mask).</p>"
+            + _table(head, rows))
+
+
+def _methods(c: dict, figs: dict[str, bytes]) -> str:
+    if not c:
+        return ('<p class="note">methods.json was measured on other models (the run was retrained); '
+                "rerun <code>gradcam-repro compare RUN</code>.</p>")
+    st, u, has_loc = c["settings"], c["uniform"], "localisation" in c
+    rows = []
+    for method in c["methods"]:
+        for i, (layer, by_model) in enumerate(c["shortcut"][method].items()):
+            cells = []
+            for model in ("biased", "baseline"):
+                r = by_model.get(model)
+                cells += [_ci(r["energy"], n=True), _ci(r["pointing"])] if r else ["n/a", "n/a"]
+            cells.append('<span class="badge yes">flags</span>' if c["flags_shortcut"][method][layer] else "")
+            if has_loc:
+                loc = c["localisation"].get(method, {}).get(layer)
+                cells.append(_ci(loc["energy"], n=True) if loc else "n/a")
+            name = f"<b>{html.escape(_method_name(method))}</b>" if i == 0 else ""  # once per group of layers
+            rows.append([name, f"<code>{html.escape(layer)}</code>", *cells])
+    intro = (f'<p class="lede">Patched test images each model calls the target class, explained for that class '
+             f"({st['images']} per model; Score-CAM the first {st['scorecam_images']}). Energy in the patch box (uniform "
+             f"{u['energy_in_box']:.4f}) and pointing game. <i>Flags</i>: the biased model's energy is at least 2x uniform "
+             "at its lower bound and above the baseline's upper bound.</p>")
+    shortcut = _table(["method", "layer", "biased: energy", "biased: pointing", "baseline: energy", "baseline: pointing",
+                       "flags", *(["shapes: energy in mask"] if has_loc else [])], rows)
+    sanity_figs = [f for f in c.get("figures", []) if f.startswith("figures/sanity_")]
+    return (intro + _figure(figs, "figures/methods_layers.png", "energy in the patch box, method x layer")
+            + shortcut + _methods_checks(c, figs) + "".join(_figure(figs, f, f"sanity cascade {f}") for f in sanity_figs[:1]))
+
+
+def _method_name(method: str) -> str:
+    return "random map" if method == "random" else display_name(method)
+
+
+def _methods_checks(c: dict, figs: dict[str, bytes]) -> str:
+    st = c["settings"]
+    verdict = {True: '<span class="badge agree">passes</span>', False: '<span class="badge disagree">fails</span>'}
+    sanity = [[html.escape(_method_name(method)), f"<code>{html.escape(r['layer'])}</code>",
+               html.escape(str(r["verdict"]["step"])), _ci(r["verdict"]["spearman"]), _ci(r["verdict"]["ssim"]),
+               verdict[r["verdict"]["passes"]]]
+              for method, r in c["sanity"].items()]
+    faith = [[html.escape(_method_name(method)), _ci(r["deletion_auc"]), _ci(r["insertion_auc"])]
+             for method, r in c["faithfulness"].items()]
+    return (f'<h3>Sanity check: cascading randomisation</h3><p class="lede">The baseline model\'s weights are re-initialised '
+            f"from the classifier down; a method passes when the upper bound of the mean Spearman correlation with its "
+            f"original maps is below {st['sanity_max_spearman']} once its layer is randomised.</p>"
+            + _table(["method", "layer", "deciding step", "Spearman", "SSIM", "verdict"], sanity)
+            + f'<h3>Faithfulness: deletion and insertion</h3><p class="lede">{st["faithfulness_images"]} clean test images; '
+            "lower deletion AUC and higher insertion AUC are better; <i>random map</i> is chance.</p>"
+            + _table(["method", "deletion AUC", "insertion AUC"], faith)
+            + _figure(figs, "figures/deletion_insertion.png", "deletion and insertion curves"))
+
+
+def _training(m: dict, figs: dict[str, bytes]) -> str:
+    rows = [[html.escape(name), str(h["epoch"]), f"{h['loss']:.4f}", f"{h['train_acc']:.3f}", f"{h['test_acc']:.3f}",
+             str(h.get("train_px", 32)), f"{h['seconds']:.1f}"] for name, history in m["histories"].items() for h in history]
+    table = _table(["model", "epoch", "loss", "train acc", "clean test acc (eval subset)", "px", "seconds"], rows)
+    return (_figure(figs, "figures/training_curves.png", "training curves")
+            + f"<details><summary>per epoch</summary>{table}</details>")
+
+
+def _more_figures(m: dict, methods: dict | None, figs: dict[str, bytes]) -> str:
+    listed = [*m.get("figures", []), *(methods or {}).get("figures", [])]
+    placed = [*PLACED_FIGURES, *(f"figures/{n}_cam_grid.png" for n in m["models"])]
+    rest = [f for f in dict.fromkeys(listed) if f not in placed and not f.startswith("figures/sanity_")]
+    sanity = [f for f in (methods or {}).get("figures", []) if f.startswith("figures/sanity_")][1:]
+    return '<div class="figs">' + "".join(_figure(figs, f, f.removeprefix("figures/").removesuffix(".png").replace("_", " "))
+                                          for f in [*rest, *sanity]) + "</div>"
+
+
+def _reproduce(m: dict) -> str:
+    cfg = m["config"]
+    return (f"<p><code>gradcam-repro run --preset {html.escape(cfg['preset'])} --dataset {html.escape(cfg['dataset'])}</code> "
+            "with the config in <code>run.json</code> (every value can be passed as a flag); "
+            "<code>gradcam-repro evaluate RUN</code> recomputes the numbers from the saved models and "
+            "<code>gradcam-repro report RUN</code> rebuilds this page from <code>metrics.json</code> and "
+            "<code>gallery.json</code>. <code>gradcam-repro view RUN</code> opens it.</p>")
+
+
+CSS = """
+:root { --ink:#1d2330; --mute:#5b6578; --line:#e3e7ee; --bg:#f6f7fb; --card:#fff; --accent:#2456d6;
+  --yes:#c2410c; --no:#475569; --good:#15803d; --bad:#b91c1c; --heat-opacity:0.5; }
+* { box-sizing:border-box; }
+body { margin:0; font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;
+  color:var(--ink); background:var(--bg); }
+header, main, footer { max-width:1180px; margin:0 auto; padding:0 24px; }
+header { padding-top:28px; }
+h1 { font-size:26px; margin:0 0 6px; letter-spacing:-0.01em; }
+h2 { font-size:20px; margin:0 0 12px; padding-top:8px; }
+h3 { font-size:16px; margin:18px 0 8px; }
+nav { position:sticky; top:0; z-index:5; background:rgba(246,247,251,.94); backdrop-filter:blur(6px);
+  border-bottom:1px solid var(--line); padding:8px 24px; display:flex; gap:4px 16px; flex-wrap:wrap;
+  justify-content:center; font-size:14px; }
+nav a { color:var(--mute); text-decoration:none; } nav a:hover { color:var(--accent); }
+section { background:var(--card); border:1px solid var(--line); border-radius:12px; padding:18px 22px; margin:18px 0;
+  scroll-margin-top:48px; }
+.facts { color:var(--mute); margin:0 0 6px; font-size:14px; } .lede { margin:4px 0 12px; }
+.note { color:var(--mute); font-size:13px; } code { font:13px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;
+  background:#eef1f6; padding:1px 5px; border-radius:4px; }
+.swatch { display:inline-block; width:12px; height:12px; border:1px solid #0003; vertical-align:-1px; border-radius:2px; }
+.cards { display:grid; grid-template-columns:repeat(auto-fit,minmax(340px,1fr)); gap:14px; }
+.card { border:1px solid var(--line); border-radius:10px; padding:12px 16px; background:#fbfcfe; }
+.card h3 { margin:0 0 2px; font-size:17px; }
+.vrow { display:flex; gap:10px; align-items:flex-start; margin:10px 0 0; }
+.verdict { margin:0; font-weight:600; font-size:15.5px; } .why { margin:2px 0 0; color:var(--mute); font-size:13px; }
+.why .ci { display:inline; margin-left:3px; }
+.badge { flex:none; display:inline-block; min-width:62px; text-align:center; font-size:11.5px; font-weight:700;
+  text-transform:uppercase; letter-spacing:.04em; border-radius:999px; padding:2px 8px; color:#fff; margin-top:2px; }
+.badge.yes { background:var(--yes); } .badge.no { background:var(--no); }
+.badge.agree { background:var(--good); } .badge.disagree { background:var(--bad); }
+ul.plain { margin:4px 0; padding-left:20px; } ul.plain li { margin:4px 0; }
+.scroll { overflow-x:auto; margin:8px 0 14px; }
+table { border-collapse:collapse; font-size:13.5px; min-width:60%; }
+caption { text-align:left; font-weight:600; padding:4px 0 6px; }
+th, td { padding:6px 10px; border-bottom:1px solid var(--line); text-align:left; vertical-align:top; }
+th { background:#f1f4f9; font-weight:600; font-size:12.5px; color:#334; } tbody tr:hover { background:#f8fafc; }
+td .m { font-variant-numeric:tabular-nums; font-weight:600; } .ci { display:block; color:var(--mute); font-size:11.5px;
+  font-variant-numeric:tabular-nums; } .n { color:var(--mute); font-size:11.5px; } .na { color:#99a; }
+.tag { font-size:11px; color:var(--accent); border:1px solid #c9d6f7; border-radius:4px; padding:0 4px; }
+figure { margin:14px 0; } figure img { max-width:100%; height:auto; border:1px solid var(--line); border-radius:6px; }
+figcaption { color:var(--mute); font-size:13px; } .path { font-size:11px; color:#99a; }
+.figs { display:grid; grid-template-columns:repeat(auto-fit,minmax(420px,1fr)); gap:12px; }
+details summary { cursor:pointer; color:var(--accent); margin:6px 0; }
+.controls { display:flex; flex-wrap:wrap; gap:10px 22px; align-items:center; margin:6px 0 10px; }
+.ctl { display:flex; align-items:center; gap:8px; } .lbl { font-size:12px; text-transform:uppercase; color:var(--mute);
+  letter-spacing:.05em; }
+.seg { display:inline-flex; flex-wrap:wrap; border:1px solid #cfd6e3; border-radius:8px; overflow:hidden; }
+.seg button { font:inherit; font-size:13.5px; border:0; border-right:1px solid #cfd6e3; background:#fff; padding:5px 11px;
+  cursor:pointer; color:var(--ink); } .seg button:last-child { border-right:0; }
+.seg button[aria-pressed="true"] { background:var(--accent); color:#fff; } .seg button:disabled { color:#b8bfcc;
+  cursor:not-allowed; background:#f6f7f9; }
+.gsum { color:var(--mute); font-size:13.5px; margin:0 0 10px; }
+h4 { margin:14px 0 6px; font-size:13px; color:var(--mute); font-weight:600; text-transform:uppercase; letter-spacing:.04em; }
+.grid { display:grid; grid-template-columns:repeat(auto-fill,minmax(160px,1fr)); gap:12px; }
+.tile { border:1px solid var(--line); border-radius:10px; padding:8px; background:#fbfcfe; }
+.tile.flipped { border-color:#f1a57a; box-shadow:0 0 0 2px #fde3d3 inset; }
+.pic { position:relative; width:100%; aspect-ratio:1; border-radius:6px; overflow:hidden; background:#000; }
+.pic img { position:absolute; inset:0; width:100%; height:100%; image-rendering:pixelated; }
+.pic img.heat { opacity:var(--heat-opacity); } .pic .box { position:absolute; border:1.5px dashed #fff;
+  box-shadow:0 0 0 1px #0006; }
+.cap { font-size:12px; line-height:1.45; margin-top:6px; white-space:nowrap; overflow:hidden; text-overflow:ellipsis; }
+.cap > div { overflow:hidden; text-overflow:ellipsis; } .cap .k { color:var(--mute); }
+.cap .flip { color:var(--yes); font-weight:700; } .cap .same { color:var(--mute); }
+.ebar { position:relative; height:6px; background:#e8ecf3; border-radius:3px; margin-top:4px; }
+.ebar i { position:absolute; left:0; top:0; bottom:0; background:var(--accent); border-radius:3px; }
+.ebar u { position:absolute; top:-2px; bottom:-2px; width:2px; background:var(--ink); }
+footer { color:var(--mute); font-size:12px; padding:8px 24px 32px; }
+"""
+
+# The gallery's switching: reads the JSON block, redraws each tile's map and caption on every click.
+GALLERY_JS = """
+(function () {
+  var G = JSON.parse(document.getElementById('gallery-data').textContent);
+  var root = document.getElementById('gallery-root');
+  var state = {model: root.dataset.model, method: root.dataset.method, layer: root.dataset.layer};
+  var camLayer = state.layer, uniform = parseFloat(root.dataset.uniform);
+  function el(tag, cls, text) { var e = document.createElement(tag); if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text; return e; }
+  function line(parts) { var p = el('div'); parts.forEach(function (x) { p.appendChild(x); }); return p; }
+  function caption(M, i, energy) {
+    var cap = el('div', 'cap'), target = G.target, flipped = M.flipped[i];
+    var kind = G.patched_target[i] ? 'patched' : 'pasted';
+    cap.appendChild(line([el('span', 'k', 'true '), el('b', '', G.labels[i]), el('span', 'k', ' \\u00b7 ' + kind)]));
+    cap.appendChild(line([el('span', '', M.clean[i] + ' \\u2192 '), el('b', '', M.shown[i])]));
+    var verdict = flipped ? el('span', 'flip', 'flipped to ' + target + ' by the patch')
+      : el('span', 'same', M.shown[i] === target ? target + ' with and without the patch' : 'not flipped to ' + target);
+    cap.appendChild(line([verdict]));
+    cap.appendChild(line([el('span', 'k', 'energy '), el('b', '', energy.toFixed(3)),
+                          el('span', 'k', ' (' + (energy / uniform).toFixed(1) + '\\u00d7)')]));
+    var bar = el('div', 'ebar'), fill = el('i'), mark = el('u');
+    fill.style.width = (100 * Math.min(1, energy)) + '%'; mark.style.left = (100 * uniform) + '%';
+    bar.appendChild(fill); bar.appendChild(mark); cap.appendChild(bar);
+    return cap;
+  }
+  function render() {
+    var layers = G.layers[state.method];
+    if (layers.indexOf(state.layer) < 0) state.layer = layers.indexOf(camLayer) >= 0 ? camLayer : layers[layers.length - 1];
+    root.querySelectorAll('button[data-group]').forEach(function (b) {
+      if (b.dataset.group === 'layer') b.disabled = layers.indexOf(b.dataset.value) < 0;
+      b.setAttribute('aria-pressed', String(state[b.dataset.group] === b.dataset.value));
+    });
+    var M = G.models[state.model], maps = M.maps[state.method][state.layer], energy = M.energy[state.method][state.layer];
+    var total = 0;
+    root.querySelectorAll('.tile').forEach(function (tile, i) {
+      tile.querySelector('img.heat').src = 'data:image/png;base64,' + maps[i];
+      var cap = caption(M, i, energy[i]);
+      tile.replaceChild(cap, tile.querySelector('.cap'));
+      tile.classList.toggle('flipped', M.flipped[i]);
+      tile.title = cap.innerText.replace(/\\n/g, ' \\u00b7 ');
+      total += energy[i];
+    });
+    var flips = M.flipped.filter(function (x) { return x; }).length;
+    var method = root.querySelector('button[data-group="method"][aria-pressed="true"]').textContent;
+    document.getElementById('g-summary').textContent = state.model + ' model, ' + method + ' at ' + state.layer +
+      ': mean energy in the patch box over these images ' + (total / energy.length).toFixed(3) + ' (uniform ' +
+      uniform.toFixed(3) + '); the patch flipped ' + flips + ' of ' + M.flipped.length + ' to ' + G.target + '.';
+  }
+  root.addEventListener('click', function (e) {
+    var b = e.target.closest('button[data-group]');
+    if (!b || b.disabled) return;
+    state[b.dataset.group] = b.dataset.value;
+    if (b.dataset.group === 'layer' && G.layers[state.method].length > 1) camLayer = b.dataset.value;
+    render();
+  });
+  document.getElementById('g-opacity').addEventListener('input', function (e) {
+    root.style.setProperty('--heat-opacity', e.target.value / 100);
+  });
+  render();
+})();
+"""

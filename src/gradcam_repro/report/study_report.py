@@ -1,0 +1,229 @@
+"""STUDY.md and the dose-response figures of `gradcam-repro study`: pure functions of study.json's content.
+
+Every number is shown as "mean [low, high] ±h": the mean over seeds, its 95% t-interval over seeds, and
+the mean image-level 95% half-width within one seed; every verdict as "k/n" (holds in k of n seeds).
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from gradcam_repro.explain.registry import display_name
+from gradcam_repro.measure.aggregate import DOSE_AXIS
+from gradcam_repro.measure.scores import POINTS_AT_PATCH_RATIO, RELIES_FLIP_RATE
+
+FLIP_VARIANTS = (("patch", "patch"), ("other_color", "other colour"), ("other_corner", "other corner"), ("none", "no patch"))
+SYMLOG_LINEAR_BELOW = 0.01  # the smallest non-zero fraction of the default grid: 0 and 0.01 stay apart
+
+
+def fmt_ci(m: dict, scale: float = 1.0, digits: int = 3) -> str:
+    """'0.612 [0.580, 0.644] ±0.021' (seed mean, seed t-interval, image half-width); '-' when not measured."""
+    if not m or not m.get("n"):
+        return "-"
+    f = f"{{:.{digits}f}}"
+    text = f.format(m["mean"] * scale)
+    if math.isfinite(m["low"]):
+        text += f" [{f.format(m['low'] * scale)}, {f.format(m['high'] * scale)}]"
+    half = m.get("image_half_width", math.nan)
+    return text + (f" ±{f.format(half * scale)}" if math.isfinite(half) else "")
+
+
+def fmt_tally(t: dict | None) -> str:
+    return f"{t['k']}/{t['n']}" if t else "-"
+
+
+def fmt_value(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def condition_label(axes: dict) -> str:
+    return ", ".join(f"{k}={fmt_value(v)}" for k, v in axes.items()) or "(all)"
+
+
+def _layers(study: dict, method: str) -> list[str]:
+    prefix = f"energy/{method}/"
+    names = study["conditions"][0]["metrics"] if study["conditions"] else {}
+    return [n[len(prefix):] for n in names if n.startswith(prefix)]
+
+
+def _cap(caps: list[int]) -> str:
+    """The sample caps of the cells in words: [0] (no cap) -> 'all the', else e.g. 'at most 100' or 'at most 100/all'."""
+    if caps == [0]:
+        return "all the"
+    return "at most " + "/".join(str(c) if c else "all" for c in caps)
+
+
+def header(study: dict) -> list[str]:
+    cells = study["cells"].values()
+    count = {s: sum(c["status"] == s for c in cells) for s in ("done", "failed", "missing")}
+    axes = " x ".join(f"{k} ({', '.join(fmt_value(v) for v in vals)})" for k, vals in study["grid"]["axes"].items())
+    s = study["settings"]
+    return [
+        "# Study: does the shortcut verdict replicate across seeds?", "",
+        f"Dataset {study['dataset']}, shortcut class **{study['bias_class']}**. Grid: {axes}. "
+        f"{len(study['cells'])} cells: {count['done']} done, {count['failed']} failed, {count['missing']} not run. "
+        f"Methods: {', '.join(display_name(m) for m in study['methods'])}.", "",
+        f"How to read: `mean [low, high] ±h` is the mean over seeds, [low, high] its {s['seed_ci']} (none with "
+        f"one seed), and ±h the {s['image_ci']}. Verdicts are `k/n`: the verdict holds in k of n seeds.", "",
+        f"Flip-to-target tests paste each patch on {_cap(s['counterfactual_images'])} non-target test images of a cell's "
+        f"test set; CAM scores use {_cap(s['cam_images'])} images per set (a seeded choice; the counts per cell are "
+        "`n` in `cells/<key>.json`).", "",
+    ]
+
+
+def reliance_table(study: dict) -> list[str]:
+    cols = ["clean acc", "target recall clean", "target recall patched", *[f"flip-to-target: {label}" for _, label in FLIP_VARIANTS]]
+    lines = ["## Does the model rely on the patch?", "",
+             f"Rates over the test set; *relies* = lower bound of the image-level CI of flip-to-target (patch) "
+             f">= {RELIES_FLIP_RATE}, counted per seed.", "",
+             "| condition | seeds | " + " | ".join(cols) + " | relies |", "|---" * (len(cols) + 3) + "|"]
+    for c in study["conditions"]:
+        m = c["metrics"]
+        values = [m["clean_test_acc"], m["target_recall_clean"], m["target_recall_patched"],
+                  *[m[f"flip_to_target/{v}"] for v, _ in FLIP_VARIANTS]]
+        lines.append(f"| {condition_label(c['axes'])} | {len(c['seeds'])} | " + " | ".join(fmt_ci(v) for v in values)
+                     + f" | {fmt_tally(c['verdicts'].get('relies_on_patch'))} |")
+    return lines + [""]
+
+
+def energy_tables(study: dict) -> list[str]:
+    lines = ["## Does the explanation show it?", "",
+             "Energy in the patch box divided by a uniform map's, on patched target images the model calls target. "
+             f"*points* = image-level lower bound >= {POINTS_AT_PATCH_RATIO:g}x uniform (the run's rule); *flags* = "
+             "that, and above the same seed's fraction-0 baseline's upper bound.", ""]
+    for method in study["methods"]:
+        layers = _layers(study, method)
+        lines += [f"### {display_name(method)}", "", "| condition | " + " | ".join(layers) + " |", "|---" * (len(layers) + 1) + "|"]
+        for c in study["conditions"]:
+            row = []
+            for layer in layers:
+                v = c["verdicts"]
+                row.append(f"{fmt_ci(c['metrics'][f'energy_ratio/{method}/{layer}'], digits=2)}; points "
+                           f"{fmt_tally(v.get(f'points_at_patch/{method}/{layer}'))}, flags {fmt_tally(v.get(f'flags/{method}/{layer}'))}")
+            lines.append(f"| {condition_label(c['axes'])} | " + " | ".join(row) + " |")
+        lines.append("")
+    return lines
+
+
+def threshold_table(study: dict) -> list[str]:
+    lines = ["## Detection thresholds", "",
+             f"The smallest tested bias fraction at which the model relies on the patch (lower seed-CI bound of "
+             f"flip-to-target >= {RELIES_FLIP_RATE}) and at which each method/layer flags it (lower seed-CI bound of the "
+             f"energy >= {POINTS_AT_PATCH_RATIO:g}x uniform and above the fraction-0 baseline's upper seed-CI bound). "
+             "'not reached': at no tested fraction; with one seed no threshold can be claimed.", ""]
+    for t in study["thresholds"]:
+        fracs = ", ".join(fmt_value(f) for f in t["fractions"])
+        lines += [f"**{condition_label(t['series'])}** (fractions {fracs}; {t['n_seeds']} seed(s)): the model relies "
+                  f"from **{_dose(t['relies_on_patch'])}**.", ""]
+        layers = list(dict.fromkeys(layer for by_layer in t["flags"].values() for layer in by_layer))
+        lines += ["| method | " + " | ".join(layers) + " |", "|---" * (len(layers) + 1) + "|"]
+        for method, by_layer in t["flags"].items():
+            lines.append(f"| {display_name(method)} | " + " | ".join(_dose(by_layer[la]) if la in by_layer else "-"
+                                                                    for la in layers) + " |")
+        lines.append("")
+    return lines
+
+
+def _dose(fraction) -> str:
+    return "not reached" if fraction is None else fmt_value(fraction)
+
+
+def cells_section(study: dict) -> list[str]:
+    done = [c for c in study["cells"].values() if c["status"] == "done"]
+    failed = [c for c in study["cells"].values() if c["status"] == "failed"]
+    lines = ["## Cells", ""]
+    if done:
+        train = np.mean([c["seconds"]["train"] for c in done])
+        evaluate = np.mean([c["seconds"]["evaluate"] for c in done])
+        nodes = sorted({c["node_id"] for c in done})
+        lines += [f"{len(done)} finished cells on {len(nodes)} node(s); per cell, on average, {train:.0f} s to train "
+                  f"(or restore) its model and {evaluate:.0f} s to measure it.", ""]
+    if failed:
+        lines += ["Failed cells (rerun the same command to retry them):", "", "| cell | error |", "|---|---|"]
+        lines += [f"| {condition_label(c['axes'])} | {c['error']} |" for c in failed]
+        lines.append("")
+    return lines
+
+
+def study_markdown(study: dict) -> str:
+    """STUDY.md: the header, reliance, explanations, thresholds, figures and cells sections."""
+    lines = header(study)
+    if study["conditions"]:
+        lines += reliance_table(study) + energy_tables(study) + threshold_table(study)
+    lines += ["## Figures", ""] + [f"![{rel}]({rel})" for rel in study.get("figures", [])] + [""]
+    return "\n".join(lines + cells_section(study))
+
+
+def _series(conditions: list[dict]) -> dict[str, list[dict]]:
+    """Conditions grouped into dose-response curves by every axis but the bias fraction, each sorted by it."""
+    groups: dict[str, list[dict]] = {}
+    for c in conditions:
+        groups.setdefault(condition_label({k: v for k, v in c["axes"].items() if k != DOSE_AXIS}), []).append(c)
+    return {label: sorted(g, key=lambda c: c["axes"].get(DOSE_AXIS, 0)) for label, g in groups.items()}
+
+
+def _curve(ax, group: list[dict], name: str, label: str) -> None:
+    """One metric of a series against the bias fraction, with its seed-CI as error bars."""
+    x = [c["axes"].get(DOSE_AXIS, 0) for c in group]
+    m = [c["metrics"].get(name, {}) for c in group]
+    y = np.array([v.get("mean", math.nan) for v in m], dtype=float)
+    low = np.nan_to_num(y - np.array([v.get("low", math.nan) for v in m], dtype=float))
+    high = np.nan_to_num(np.array([v.get("high", math.nan) for v in m], dtype=float) - y)
+    ax.errorbar(x, y, yerr=[low, high], marker="o", ms=4, capsize=3, label=label)
+
+
+def _fraction_axis(ax) -> None:
+    ax.set_xscale("symlog", linthresh=SYMLOG_LINEAR_BELOW)
+    ax.set_xlabel("bias fraction (share of target-class training images patched)")
+    ax.grid(alpha=0.3)
+
+
+def reliance_figure(study: dict):
+    """Flip-to-target (patch) against the bias fraction, one curve per series, seed-CI error bars."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, group in _series(study["conditions"]).items():
+        _curve(ax, group, "flip_to_target/patch", label)
+    ax.axhline(RELIES_FLIP_RATE, color="grey", ls="--", lw=1, label=f"relies threshold ({RELIES_FLIP_RATE})")
+    _fraction_axis(ax)
+    ax.set_ylabel(f"flip-to-{study['bias_class']} rate with the patch")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7)
+    ax.set_title("Reliance on the patch (mean and 95% t-interval over seeds)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def energy_figure(study: dict, group: list[dict], label: str):
+    """One series: energy in the box / uniform against the bias fraction, a panel per method, a curve per layer."""
+    methods = study["methods"]
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 3.6), squeeze=False, sharey=True)
+    for ax, method in zip(axes[0], methods):
+        for layer in _layers(study, method):
+            _curve(ax, group, f"energy_ratio/{method}/{layer}", layer)
+        ax.axhline(POINTS_AT_PATCH_RATIO, color="grey", ls="--", lw=1)
+        ax.axhline(1.0, color="grey", ls=":", lw=1)
+        _fraction_axis(ax)
+        ax.set_title(display_name(method), fontsize=9)
+        ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("CAM energy in patch / uniform")
+    fig.suptitle(f"Explanation energy on the patch {label} (dashed: {POINTS_AT_PATCH_RATIO:g}x uniform)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def study_figures(study: dict) -> dict:
+    """{relative path: figure}: the reliance dose-response and one energy dose-response per series."""
+    if not study["conditions"]:
+        return {}
+    out = {"figures/dose_response_reliance.png": reliance_figure(study)}
+    series = _series(study["conditions"])
+    for i, (label, group) in enumerate(series.items()):
+        name = "dose_response_energy.png" if len(series) == 1 else f"dose_response_energy_{i + 1}.png"
+        out[f"figures/{name}"] = energy_figure(study, group, "" if len(series) == 1 else f"({label})")
+    return out
+

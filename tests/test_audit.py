@@ -1,0 +1,339 @@
+"""The shortcut audit: SpRAy discovery finds an artefact nobody described, and the causal tests confirm it.
+
+The discovery and confirmation claims are checked on a small CNN trained inside the test (seconds) on the
+shapes set, with and without a planted patch; the command line is checked on CIFAR ResNet-18 checkpoints.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from cam_helpers import seeded_resnet
+from torch import nn
+
+from gradcam_repro.cli import main
+from gradcam_repro.config import Config
+from gradcam_repro.data.bias import bias_dataset, inject_patch, patch_box
+from gradcam_repro.data.images import ImageData
+from gradcam_repro.data.registry import Dataset
+from gradcam_repro.data.shapes import SHAPES_CLASSES, make_shapes
+from gradcam_repro.measure import audit
+from gradcam_repro.measure.predict import predict
+from gradcam_repro.model.resnet import normalize
+from gradcam_repro.runtime import Runtime
+
+CPU = Runtime(torch.device("cpu"))
+PATCH = {"patch_size": 6, "color": (255, 255, 0), "corner": "top-left", "offset": 0}
+BOX = patch_box(32, 6)
+# The class a 3-epoch small CNN learns last: the yellow square is then by far the easier cue, as it is for
+# frog in the CIFAR ResNet-18 (0% recall on clean frogs once trained with the patch).
+SHORTCUT = "crescent"
+TARGET = SHAPES_CLASSES.index(SHORTCUT)
+
+
+class SmallCNN(nn.Module):
+    """Four conv blocks with named layers; conv2 runs at 16x16, like the ResNet's layer2."""
+
+    def __init__(self):
+        super().__init__()
+
+        def block(c_in, c_out, stride):
+            return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+
+        self.conv1, self.conv2, self.conv3, self.conv4 = block(3, 16, 1), block(16, 32, 2), block(32, 64, 2), block(64, 64, 1)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc(self.conv4(self.conv3(self.conv2(self.conv1(x)))).mean(dim=(2, 3)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Models this small run as fast on one thread, and do not stall when the 2 cores are shared.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    train_x, train_y, _ = make_shapes(2000, seed=1)
+    test_x, test_y, _ = make_shapes(1000, seed=2)
+    return train_x, train_y, test_x, test_y
+
+
+def train_small_cnn(images, labels, epochs: int = 3, seed: int = 0) -> nn.Module:
+    """Adam, batch 64, 3 epochs: a few seconds on one core."""
+    torch.manual_seed(seed)
+    model = SmallCNN()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x = normalize(images)
+    for _ in range(epochs):
+        order = torch.randperm(len(labels))
+        for start in range(0, len(labels), 64):
+            batch = order[start:start + 64]
+            loss = F.cross_entropy(model(x[batch]), labels[batch])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def model_with_patch_on(shapes, fraction: float) -> nn.Module:
+    train_x, train_y, _, _ = shapes
+    if fraction > 0:
+        train_x, _ = bias_dataset(train_x, train_y, TARGET, fraction, 0, **PATCH)
+    return train_small_cnn(train_x, train_y)
+
+
+def flip_rate(model, shapes) -> float:
+    """Share of non-crescent test images the model calls crescent once the patch is pasted."""
+    _, _, test_x, test_y = shapes
+    others = test_y != TARGET
+    return (predict(model, inject_patch(test_x[others], **PATCH), CPU) == TARGET).float().mean().item()
+
+
+def audited(model, shapes, test_fraction: float) -> dict:
+    """The audit (SpRAy at conv2 with HiResCAM) on the test set with `test_fraction` of crescents patched."""
+    _, _, test_x, test_y = shapes
+    images, patched = bias_dataset(test_x, test_y, TARGET, test_fraction, 0, **PATCH)
+    data = audit.AuditSet(images, test_y, tuple(SHAPES_CLASSES), patched, BOX)
+    result, _ = audit.audit_model(model, data, audit.AuditSettings(layer="conv2"), CPU)
+    return result
+
+
+# ----- the claims, on models trained here --------------------------------------------------------------------
+
+def test_a_model_that_learnt_the_patch_is_caught_and_the_patch_is_found_without_being_told(shapes):
+    model = model_with_patch_on(shapes, 1.0)
+    assert flip_rate(model, shapes) >= 0.9  # it has learnt the shortcut: the test below has something to find
+    result = audited(model, shapes, 1.0)
+    assert result["ranking"][0]["class"] == SHORTCUT
+    assert result["confirmed"] == [SHORTCUT]
+    found = result["candidates"][0]
+    assert found["class"] == SHORTCUT and found["kind"] == "constant pixels"
+    assert found["iou_with_planted_box"] >= 0.5
+    assert found["transplant_flip"]["low"] >= 0.5 and found["occluded_flip"]["high"] < 0.2
+    assert found["mean_rgb"] == [255.0, 255.0, 0.0]
+
+
+def test_the_same_model_trained_without_the_patch_is_not_flagged(shapes):
+    model = model_with_patch_on(shapes, 0.0)
+    assert flip_rate(model, shapes) < 0.1  # the patch means nothing to it
+    result = audited(model, shapes, 1.0)  # even though every test crescent carries the patch
+    assert result["confirmed"] == []
+    assert all(c["verdict"] != audit.CONFIRMED for c in result["candidates"])
+
+
+def test_when_half_the_class_carries_the_patch_the_clusters_separate_patched_from_unpatched(shapes):
+    model = model_with_patch_on(shapes, 0.5)
+    assert flip_rate(model, shapes) >= 0.7
+    result = audited(model, shapes, 0.5)
+    crescent = result["classes"][SHORTCUT]
+    assert crescent["n_clusters"] >= 2
+    assert crescent["adjusted_rand_index"] >= 0.8
+    assert result["confirmed"] == [SHORTCUT]
+
+
+# ----- the pieces, on hand-built inputs with known answers ---------------------------------------------------
+
+def test_transplant_pastes_exactly_the_given_pixels_inside_the_box_and_nothing_else():
+    images = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    pixels = torch.arange(18, dtype=torch.uint8).view(3, 2, 3)
+    out = audit.transplant(images, pixels, (1, 2, 3, 5))
+    assert torch.equal(out[:, :, 1:3, 2:5], pixels.expand(2, 3, 2, 3))
+    out[:, :, 1:3, 2:5] = 0
+    assert not out.any() and not images.any()  # nothing else changed, the input untouched
+
+
+def test_removal_fills_the_box_with_the_mean_colour_of_a_ring_around_it():
+    image = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+    image[:, :, 2:4, 2:4] = 255  # the artefact
+    image[:, 0, 0:2, :] = 90  # red in the top two rows: 2 x 6 = 12 of the ring's 32 pixels (rows 0-5, cols 0-5)
+    out = audit.remove_region(image, (2, 2, 4, 4), ring_px=2)
+    assert out[0, :, 2:4, 2:4].tolist() == [[[34, 34], [34, 34]], [[0, 0], [0, 0]], [[0, 0], [0, 0]]]  # 90 * 12 / 32
+    assert torch.equal(out[:, :, :2], image[:, :, :2])
+    whole = audit.remove_region(image, (0, 0, 8, 8))  # no ring left: the image's own mean
+    assert whole[0, 1].unique().tolist() == [round(255 * 4 / 64)]
+
+
+def test_the_pasted_pixels_are_the_per_pixel_median_of_the_cluster():
+    images = torch.stack([torch.full((3, 4, 4), v, dtype=torch.uint8) for v in (0, 50, 200)])
+    assert audit.artefact_pixels(images, (1, 1, 3, 2)).unique().tolist() == [50]
+    assert audit.artefact_pixels(images, (1, 1, 3, 2)).shape == (3, 2, 1)
+
+
+def _images_with_patch(n: int, contaminated: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    images[contaminated:, :, 10:14, 20:25] = torch.tensor([200, 30, 30], dtype=torch.uint8).view(3, 1, 1)
+    return images
+
+
+def test_the_candidate_region_is_the_constant_patch_even_when_relevance_peaks_beside_it():
+    images = _images_with_patch(40, contaminated=4)  # 4 of 40 images in the cluster lack the patch
+    reference = audit.pixel_spread(torch.randint(0, 256, (200, 3, 32, 32), dtype=torch.uint8))
+    mean = torch.zeros(32, 32)
+    mean[9:15, 24:28] = 1.0  # the map lights up the patch's right edge and beyond, as mid-layer CAMs do
+    region = audit.candidate_region(images, reference, mean)
+    assert region["kind"] == "constant pixels" and region["box"] == (10, 20, 14, 25) and region["constant_px"] == 20
+    assert region["relevance_box"] == (9, 24, 15, 28)
+
+
+def test_without_constant_pixels_the_candidate_region_is_where_relevance_concentrates():
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    mean = torch.zeros(32, 32)
+    mean[5:9, 5:12] = 1.0
+    mean[20:22, 20:22] = 0.9  # a second bright area, not connected to the peak's
+    region = audit.candidate_region(images, audit.pixel_spread(images), mean)
+    assert region == {"box": (5, 5, 9, 12), "kind": "relevance only", "relevance_box": (5, 5, 9, 12), "constant_px": 0}
+
+
+def _maps_at(places: list[tuple[int, int]], per_place: int, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+    """Maps with an 8x8 blob at one of `places` each, plus noise; and which place each came from."""
+    g = torch.Generator().manual_seed(seed)
+    maps, truth = [], []
+    for k, (row, col) in enumerate(places):
+        m = 0.1 * torch.rand(per_place, 32, 32, generator=g)
+        m[:, row:row + 8, col:col + 8] += 1.0
+        maps.append(m)
+        truth += [k] * per_place
+    return torch.cat(maps), np.array(truth)
+
+
+def test_spectral_clustering_separates_maps_by_where_their_relevance_sits_and_the_eigengap_counts_the_groups():
+    maps, truth = _maps_at([(0, 0), (12, 12), (24, 0)], per_place=30)
+    affinity = audit.knn_affinity(audit.embed_maps(maps))
+    spectrum = audit.laplacian_spectrum(affinity)
+    assert spectrum[0] == pytest.approx(0.0, abs=1e-9) and np.all(np.diff(spectrum) >= -1e-9)
+    k, gap = audit.eigengap(spectrum)
+    assert k == 3 and gap > 0.5
+    assert audit.adjusted_rand(audit.spectral_clusters(affinity, k), truth) == pytest.approx(1.0)
+    one_place, _ = _maps_at([(4, 4)], per_place=60)
+    assert audit.eigengap(audit.laplacian_spectrum(audit.knn_affinity(audit.embed_maps(one_place))))[0] == 1
+
+
+def test_fixed_place_energy_is_near_one_for_maps_at_one_place_and_uniform_for_flat_maps():
+    maps, _ = _maps_at([(8, 16)], per_place=20)
+    mask = audit.fixed_place_mask(audit.mean_map(maps))
+    assert mask.sum() == audit.FIXED_PLACE_PX and mask[8:16, 16:24].all()
+    # Blob 64 px x 1.05 on average against 960 px x 0.05 of noise: 67.2 / 115.2 of the mass.
+    assert audit.fixed_place_energy(maps, mask).mean().item() == pytest.approx(67.2 / 115.2, abs=0.01)
+    maps[:, :8] = 0
+    maps[:, 16:] = 0
+    maps[:, :, :16] = 0
+    maps[:, :, 24:] = 0
+    assert audit.fixed_place_energy(maps, mask).tolist() == pytest.approx([1.0] * 20)
+    flat = torch.ones(5, 32, 32)
+    assert audit.fixed_place_energy(flat, audit.fixed_place_mask(audit.mean_map(flat))).tolist() == [64 / 1024] * 5
+
+
+def _rate(mean, low, high):
+    return {"mean": mean, "low": low, "high": high, "n": 500}
+
+
+@pytest.mark.parametrize("transplanted, occluded, removal, kind, expected", [
+    (_rate(0.95, 0.93, 0.97), _rate(0.02, 0.01, 0.03), _rate(0.9, 0.8, 0.95), "constant pixels", audit.CONFIRMED),
+    (_rate(0.95, 0.93, 0.97), _rate(0.02, 0.01, 0.03), _rate(0.0, 0.0, 0.0), "relevance only", audit.CONFIRMED),
+    (_rate(0.95, 0.93, 0.97), _rate(0.95, 0.93, 0.97), _rate(0.9, 0.8, 0.95), "relevance only", audit.NONE),  # occlusion alone does it
+    (_rate(0.52, 0.48, 0.56), _rate(0.02, 0.01, 0.03), _rate(0.1, 0.05, 0.15), "constant pixels", audit.CANDIDATE),
+    (_rate(0.52, 0.48, 0.56), _rate(0.02, 0.01, 0.03), _rate(0.1, 0.05, 0.15), "relevance only", audit.NONE),
+    (_rate(0.03, 0.01, 0.05), _rate(0.02, 0.01, 0.03), _rate(0.7, 0.6, 0.8), "constant pixels", audit.CANDIDATE),
+    (_rate(0.03, 0.01, 0.05), _rate(0.02, 0.01, 0.03), _rate(0.7, 0.6, 0.8), "relevance only", audit.NONE),
+])
+def test_verdict_rules(transplanted, occluded, removal, kind, expected):
+    untouched = _rate(0.02, 0.01, 0.03)
+    assert audit.verdict(transplanted, occluded, untouched, removal, kind)[0] == expected
+
+
+def test_box_iou():
+    assert audit.box_iou((0, 0, 6, 6), (0, 0, 6, 6)) == 1.0
+    assert audit.box_iou((0, 0, 6, 6), (0, 3, 6, 9)) == pytest.approx(18 / 54)
+    assert audit.box_iou((0, 0, 6, 6), (10, 10, 12, 12)) == 0.0
+
+
+# ----- the command line on CIFAR ResNet-18 checkpoints --------------------------------------------------------
+
+@pytest.fixture
+def run_folder(tmp_path):
+    """A run folder as `gradcam-repro run --dataset shapes` writes it, with an untrained ResNet-18 as "biased"."""
+    run = tmp_path / "run"
+    config = Config(preset="smoke", dataset="shapes", shapes_train=10, shapes_test=60, bias_class=SHORTCUT)
+    for name, key in (("baseline", "0" * 16), ("biased", "1" * 16)):
+        folder = run / "experiments" / key
+        folder.mkdir(parents=True)
+        torch.save(seeded_resnet().state_dict(), folder / "model.pt")
+        (folder / "spec.json").write_text(json.dumps({"key": key, "name": name, "config": config.to_dict(),
+                                                      "dataset": {"classes": list(SHAPES_CLASSES)}}))
+    (run / "run.json").write_text(json.dumps({"config": config.to_dict(),
+                                              "experiments": {"baseline": "0" * 16, "biased": "1" * 16}}))
+    return run
+
+
+def test_audit_command_writes_json_markdown_and_figures_for_a_run_folder(run_folder, capsys):
+    code = main(["audit", str(run_folder), "--patch-test-fraction", "0.5", "--device", "cpu", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    out = run_folder / "audit"
+    summary = json.loads(captured.out)  # --json: stdout is one JSON document, the final line went to stderr
+    assert summary["audit_json"] == str(out / "audit.json") and summary["confirmed"] == []
+    assert "see " in captured.err
+    result = json.loads((out / "audit.json").read_text())
+    assert result["experiment"] == "biased" and result["model"].endswith("1" * 16 + "/model.pt")
+    assert (result["settings"]["method"], result["settings"]["layer"]) == (audit.DEFAULT_METHOD, audit.DEFAULT_LAYER)
+    assert result["default_method_layer"] is True
+    # The pasted share is recorded, and it is what was pasted: half of the test crescents.
+    pasted = result["dataset"]["patched_test"]
+    _, labels, _ = make_shapes(60, seed=2)  # the run's test split (seed 0 -> make_shapes seed 2)
+    assert pasted["class"] == SHORTCUT and len(pasted["indices"]) == round(0.5 * int((labels == TARGET).sum()))
+    assert all(labels[i] == TARGET for i in pasted["indices"]) and pasted["box_tlbr_px"] == list(BOX)
+    discovered = [name for name, rec in result["classes"].items() if "eigenvalues" in rec]
+    assert discovered and all(len(result["classes"][n]["eigenvalues"]) == audit.SPECTRUM_SIZE for n in discovered)
+    assert len(result["candidates"]) == min(len(discovered), audit.TOP_CANDIDATES)
+    for rel in result["figures"]:
+        assert (out / rel).stat().st_size > 1000
+    assert {"figures/audit_ranking.png", "figures/audit_prototypes.png"} <= set(result["figures"])
+    report = (out / "AUDIT.md").read_text()
+    assert "# Shortcut audit: biased" in report and "HiResCAM at `layer2`" in report and "figures/audit_ranking.png" in report
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--experiment", "repaired"], "run {run} has no experiment 'repaired'; fix: pass --experiment as one of baseline, biased"),
+    (["--layer", "layer9"], "unknown layer 'layer9'; fix: pass --layer as one of"),
+    (["--patch-test-fraction", "1.5"], "--patch-test-fraction must be in [0, 1], got 1.5"),
+    (["--classes", "toad"], "unknown class 'toad'; fix: pass --classes from circle"),
+    # The untrained model calls every image "cross": a circle cluster would have no image.
+    (["--classes", "circle"], "class 'circle' has 0 test image(s) predicted as it, fewer than the 20 needed"),
+])
+def test_bad_input_is_a_one_line_error_and_nothing_is_written(run_folder, capsys, flags, expected):
+    code = main(["audit", str(run_folder), "--device", "cpu", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and expected.format(run=run_folder) in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (run_folder / "audit" / "audit.json").exists()
+
+
+def test_a_checkpoint_of_another_architecture_is_refused(tmp_path, capsys):
+    path = tmp_path / "small.pt"
+    torch.save(SmallCNN().state_dict(), path)
+    assert main(["audit", str(path), "--dataset", "shapes", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "does not match the CIFAR ResNet-18" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_dataset_is_refused(tmp_path, capsys, monkeypatch):
+    from gradcam_repro.pipeline import audit as pipeline_audit
+
+    empty = torch.empty(0, 3, 32, 32, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+    data = ImageData("shapes", tuple(SHAPES_CLASSES), *empty, *empty, fingerprint="0" * 64, source="an empty folder")
+    monkeypatch.setattr(pipeline_audit, "get_dataset", lambda name: Dataset(name, tuple(SHAPES_CLASSES), SHORTCUT, lambda cfg: data))
+    path = tmp_path / "model.pt"
+    torch.save(seeded_resnet().state_dict(), path)
+    assert main(["audit", str(path), "--dataset", "shapes", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "dataset shapes from an empty folder has no test images; fix:" in err and err.count("\n") == 1
+    assert not (tmp_path / "out" / "audit.json").exists()

@@ -1,0 +1,53 @@
+"""notebooks/quickstart.ipynb runs end to end (shapes smoke preset), so it cannot rot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb"
+
+
+def _outputs(nb) -> tuple[str, int, str]:
+    """(all text output, number of PNG outputs, all HTML output) of an executed notebook."""
+    text, pngs, html = [], 0, []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                text.append(out["text"])
+            data = out.get("data", {})
+            text.append(data.get("text/markdown", "") + data.get("text/plain", ""))
+            pngs += "image/png" in data
+            html.append(data.get("text/html", ""))
+    return "".join(text), pngs, "".join(html)
+
+
+@pytest.mark.slow
+def test_the_quickstart_notebook_runs_and_shows_figures_verdicts_and_an_explanation(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setenv("GRADCAM_NOTEBOOK_CI", "1")  # skip the pip install cell: the package is installed
+    monkeypatch.setenv("GRADCAM_NOTEBOOK_OUT", str(out))
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    parameters = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assert 'PRESET = "smoke"' in parameters.source and 'DATASET = "shapes"' in parameters.source
+    NotebookClient(nb, timeout=900, kernel_name="python3",
+                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+
+    text, pngs, html = _outputs(nb)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["preset"] == "smoke" and metrics["dataset"]["name"] == "shapes"
+    assert "device: cpu" in text or "device: cuda" in text
+    assert "CI: using the installed gradcam-repro" in text
+    # The verdicts, the inline figures, the report in a frame and the explanation of the drawn image.
+    assert "The biased model" in text and "The baseline model" in text
+    figures_shown = sum(Path(out, rel).is_file() for rel in
+                        ["figures/layer_sweep.png", "figures/side_by_side.png", "figures/layers_one_image.png"])
+    explained = sorted((out / "explanations").glob("example_*.png"))
+    assert figures_shown >= 2 and len(explained) == 1
+    assert pngs == figures_shown + len(explained)
+    assert "<iframe srcdoc=" in html and "gallery-root" in html
+    assert "example.png: biased:" in text and "example.png: baseline:" in text  # the top-3 classes per model

@@ -1,0 +1,250 @@
+"""`gradcam-repro study`: a grid trained once per spec on Ray, the same numbers as `run`, resumable, aggregated
+across seeds with t-intervals, k-of-n verdicts and detection thresholds."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+
+from gradcam_repro.cli import main
+from gradcam_repro.config import preset_config
+from gradcam_repro.errors import UserError
+from gradcam_repro.measure.aggregate import aggregate_cells, detection_thresholds, seed_interval
+from gradcam_repro.pipeline.run import run
+from gradcam_repro.pipeline.study import StudyGrid, StudyOptions, read_study_file, run_study, study_grid
+
+# Tiny shapes cells: 200 training images, one epoch, 100 test images (every non-target image is flipped),
+# 8 images per CAM set. A constant lr: onecycle needs more steps than 200 images / 64 per batch give.
+SETTINGS = {"preset": "smoke", "dataset": "shapes", "shapes_train": 200, "shapes_test": 100, "epochs": 1,
+            "batch_size": 64, "lr_schedule": "constant", "eval_subset": 50, "cam_images": 8, "cam_batch_size": 64}
+AXES = {"seed": (0, 1), "bias_fraction": (0.0, 1.0)}
+METHODS = ("gradcam", "inputxgradient")
+CLI_SETTINGS = ["--preset", "smoke", "--dataset", "shapes", "--shapes-train", "200", "--shapes-test", "100",
+                "--epochs", "1", "--batch-size", "64", "--lr-schedule", "constant", "--eval-subset", "50",
+                "--cam-images", "8", "--cam-batch-size", "64", "--methods", *METHODS]
+
+
+def cells_of(out: Path) -> dict[str, dict]:
+    """{cell key: cell record} of a study folder."""
+    return {p.stem: json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))}
+
+
+def cell_at(out: Path, **axes) -> dict:
+    (cell,) = [c for c in cells_of(out).values() if c["axes"] == axes]
+    return cell
+
+
+@pytest.fixture(scope="module")
+def local_study(tmp_path_factory):
+    """The 4-cell shapes study (2 seeds x fractions 0 and 1) on a local Ray with 2 workers."""
+    out = tmp_path_factory.mktemp("study") / "local"
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+    lines = []
+    try:
+        study = run_study(StudyGrid(SETTINGS, AXES, METHODS), StudyOptions(out=str(out)), log=lines.append)
+    finally:
+        ray.shutdown()
+    return out, study, lines
+
+
+# --- aggregation across seeds (pure) --------------------------------------------------------------------------
+
+
+def test_the_seed_interval_is_the_student_t_interval_and_undefined_for_one_seed():
+    ci = seed_interval([0.5, 0.7, 0.9])
+    half = 4.302652729911275 * 0.2 / math.sqrt(3)  # t(0.975, df=2) * sd / sqrt(n)
+    assert ci["mean"] == pytest.approx(0.7) and ci["n"] == 3
+    assert (ci["low"], ci["high"]) == (pytest.approx(0.7 - half), pytest.approx(0.7 + half))
+    one = seed_interval([0.4])
+    assert one["mean"] == 0.4 and math.isnan(one["low"]) and math.isnan(one["high"])
+    assert seed_interval([0.3, 0.3]) == {"mean": 0.3, "low": 0.3, "high": 0.3, "n": 2, "sd": 0.0}
+    assert seed_interval([float("nan"), 0.2])["n"] == 1  # a seed where nothing was measurable does not count
+
+
+def ci(mean, half=0.01, n=100):
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
+
+
+def fake_cell(seed, fraction, flip, energy, uniform=0.05):
+    """A cell record with a flip-to-target rate and a Grad-CAM energy at layer4 (image-level CIs of +-0.01)."""
+    points = energy - 0.01 >= 2 * uniform
+    cam = {"layer4": {"patched_target": {"energy": ci(energy), "pointing": ci(0.5)}}}
+    return {"axes": {"seed": seed, "bias_fraction": fraction}, "uniform": {"energy_in_box": uniform},
+            "metrics": {**{k: ci(0.6) for k in ("clean_test_acc", "biased_test_acc", "target_recall_clean",
+                                               "target_recall_patched")},
+                        "flip_to_target": {"none": ci(0.0), "patch": ci(flip), "other_color": ci(0.0), "other_corner": ci(0.0)},
+                        "methods": {"gradcam": {"cam": cam, "verdict": {"points_at_patch": {"layer4": points}}}}}}
+
+
+def test_verdicts_are_counted_per_seed_and_thresholds_need_the_lower_seed_bound_to_clear_the_rule():
+    # Reliance: fraction 0.1 is above 0.5 in two of three seeds but its seed interval reaches below 0.5;
+    # fraction 0.3 clears it in every seed. The energy clears 2x uniform (0.1) and the baseline from 0.1 on.
+    flips = {0.0: (0.0, 0.0, 0.0), 0.1: (0.9, 0.8, 0.1), 0.3: (0.9, 0.92, 0.88)}
+    energies = {0.0: (0.05, 0.06, 0.04), 0.1: (0.30, 0.32, 0.31), 0.3: (0.5, 0.5, 0.52)}
+    cells = [fake_cell(s, f, flips[f][s], energies[f][s]) for f in flips for s in range(3)]
+    conditions = aggregate_cells(cells)
+    assert [c["axes"] for c in conditions] == [{"bias_fraction": f} for f in flips]
+    mid = conditions[1]
+    assert mid["seeds"] == [0, 1, 2]
+    assert mid["verdicts"]["relies_on_patch"] == {"k": 2, "n": 3}
+    assert mid["verdicts"]["flags/gradcam/layer4"] == {"k": 3, "n": 3}
+    assert "flags/gradcam/layer4" not in conditions[0]["verdicts"]  # the baseline is not compared with itself
+    assert mid["metrics"]["flip_to_target/patch"]["mean"] == pytest.approx(0.6)
+    assert mid["metrics"]["flip_to_target/patch"]["image_half_width"] == pytest.approx(0.01)
+    assert mid["metrics"]["energy_ratio/gradcam/layer4"]["mean"] == pytest.approx(0.31 / 0.05)
+    (t,) = detection_thresholds(conditions)
+    assert t["fractions"] == [0.0, 0.1, 0.3] and t["n_seeds"] == 3
+    assert t["relies_on_patch"] == 0.3
+    assert t["flags"] == {"gradcam": {"layer4": 0.1}}
+    # One seed: no interval, so no threshold is claimed, whatever the means.
+    (single,) = detection_thresholds(aggregate_cells([c for c in cells if c["axes"]["seed"] == 0]))
+    assert single["relies_on_patch"] is None and single["flags"] == {"gradcam": {"layer4": None}}
+
+
+# --- the grid ---------------------------------------------------------------------------------------------------
+
+
+def test_grid_comes_from_a_toml_file_and_flags_win(tmp_path):
+    path = tmp_path / "study.toml"
+    path.write_text('preset = "smoke"\nmethods = ["gradcam"]\n[settings]\ndataset = "shapes"\nepochs = 2\n'
+                    '[grid]\nseed = [0, 1, 2]\nbias_fraction = [0, 0.5]\npatch_color = [[255, 255, 0], [255, 0, 0]]\n')
+    grid = study_grid(read_study_file(path), {"epochs": 1}, {"bias_fraction": (0.0, 1.0)}, None)
+    assert grid.settings == {"dataset": "shapes", "epochs": 1, "preset": "smoke"}
+    assert grid.axes == {"seed": (0, 1, 2), "bias_fraction": (0.0, 1.0), "patch_color": ([255, 255, 0], [255, 0, 0])}
+    assert grid.methods == ("gradcam",) and len(grid.combinations()) == 12
+    # A fixed flag removes the axis of the same field; no axis at all is the default 7 x 3 grid.
+    assert "seed" not in study_grid(read_study_file(path), {"seed": 4}, {}, None).axes
+    assert len(study_grid({}, {}, {}, None).combinations()) == 21
+    assert study_grid({}, {"seed": 3}, {}, None).axes == {"bias_fraction": (0.0, 0.01, 0.03, 0.1, 0.3, 0.6, 1.0)}
+    with pytest.raises(UserError, match=r"unknown study settings \['epoch'\]"):
+        study_grid({"settings": {"epoch": 3}}, {}, {}, None)
+    path.write_text("[grid\nseed = 1")
+    with pytest.raises(UserError, match="cannot read .*study.toml"):
+        read_study_file(path)
+
+
+def test_bad_study_input_is_one_line_exit_2_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "study"
+    code = main(["study", *CLI_SETTINGS, "--out", str(out), "--fractions", "0", "1.5"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == "gradcam-repro: error: --bias-fraction must be in [0, 1], got 1.5"
+    assert not (out / "grid.json").exists()
+
+
+# --- the engine -------------------------------------------------------------------------------------------------
+
+
+def test_a_four_cell_study_on_local_ray_writes_every_cell_shared_baselines_and_the_reports(local_study):
+    out, study, lines = local_study
+    cells = cells_of(out)
+    assert len(cells) == 4 and all(c["status"] == "done" for c in study["cells"].values())
+    assert any("2 dataset(s) put into the object store" in line for line in lines)  # one per shapes seed
+    assert len({c["spec_key"] for c in cells.values()}) == 4 == len(list((out / "experiments").iterdir()))
+    for c in cells.values():
+        record = json.loads((out / "experiments" / c["spec_key"] / "spec.json").read_text())
+        assert (record["spec"]["bias"] is None) == (c["axes"]["bias_fraction"] == 0)
+        assert record["model_sha256"] == c["model_sha256"] and c["threads"] == 1
+        assert set(c["metrics"]["flip_to_target"]) == {"none", "patch", "other_color", "other_corner"}
+        # Flip tests on every non-target test image; CAM sets capped at 8.
+        assert c["metrics"]["flip_to_target"]["patch"]["n"] == c["n"]["counterfactual_non_target"] == 90
+        assert set(c["metrics"]["methods"]) == set(METHODS)
+        assert set(c["metrics"]["methods"]["inputxgradient"]["cam"]) == {"input"}
+        assert c["metrics"]["methods"]["gradcam"]["cam"]["layer1"]["clean_target"]["energy"]["n"] == 8
+    assert [cond["axes"] for cond in study["conditions"]] == [{"bias_fraction": 0.0}, {"bias_fraction": 1.0}]
+    assert all(cond["seeds"] == [0, 1] for cond in study["conditions"])
+    assert json.loads((out / "study.json").read_text())["conditions"] == json.loads(json.dumps(study["conditions"]))
+    report = (out / "STUDY.md").read_text()
+    for section in ("## Does the model rely on the patch?", "### Input x Gradient", "## Detection thresholds",
+                    "Student t-interval over seeds", "figures/dose_response_reliance.png"):
+        assert section in report
+    for rel in study["figures"]:
+        assert (out / rel).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_a_cell_has_exactly_the_numbers_of_gradcam_repro_run_with_the_same_settings_and_threads(local_study, tmp_path):
+    out, _, _ = local_study
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the study's cpus_per_cell
+    try:
+        metrics = run(preset_config("smoke", **{**SETTINGS, "seed": 0, "bias_fraction": 1.0, "out": str(tmp_path / "run")}),
+                      log=lambda line: None)
+    finally:
+        torch.set_num_threads(threads)
+    for name, fraction in (("baseline", 0.0), ("biased", 1.0)):
+        cell = cell_at(out, seed=0, bias_fraction=fraction)
+        assert cell["spec_key"] == metrics["experiments"][name]["key"]
+        assert cell["model_sha256"] == metrics["experiments"][name]["model_sha256"]
+        expected = metrics["models"][name]
+        measured = {k: v for k, v in cell["metrics"].items() if k != "methods"} | cell["metrics"]["methods"]["gradcam"]
+        assert json.loads(json.dumps(measured)) == json.loads(json.dumps(expected))
+
+
+def test_the_same_study_on_a_two_node_cluster_uses_both_nodes_and_gives_the_same_results(local_study, tmp_path):
+    from ray.cluster_utils import Cluster
+
+    local_out, _, _ = local_study
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    address, out, lines = cluster.address, tmp_path / "cluster", []
+    try:
+        run_study(StudyGrid(SETTINGS, AXES, METHODS), StudyOptions(out=str(out), address=address), log=lines.append)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert f"ray: joined the cluster at {address}" in lines, "\n".join(lines)
+    on_cluster, local = cells_of(out), cells_of(local_out)
+    assert set(on_cluster) == set(local)
+    assert len({c["node_id"] for c in on_cluster.values()}) == 2
+    for key, cell in on_cluster.items():
+        assert cell["metrics"] == local[key]["metrics"]
+        assert cell["model_sha256"] == local[key]["model_sha256"]
+
+
+def test_a_study_interrupted_after_its_first_cell_reruns_without_retraining_it(tmp_path):
+    out = tmp_path / "study"
+    # Two cells, one task at a time (2 CPUs per cell on 2 cores), so the second is in flight at the interrupt.
+    command = [sys.executable, "-m", "gradcam_repro", "study", *CLI_SETTINGS, "--out", str(out), "--seeds", "0",
+               "--fractions", "0", "1", "--cpus-per-cell", "2"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env={**os.environ, "RAY_ADDRESS": ""})
+    deadline = time.monotonic() + 300
+    while not list((out / "cells").glob("*.json")) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    first.send_signal(signal.SIGINT)
+    log = first.communicate(timeout=120)[0]
+    assert first.returncode == 130, log
+    (done,) = (out / "cells").glob("*.json")
+    spec_json = out / "experiments" / json.loads(done.read_text())["spec_key"] / "spec.json"
+    stamps = (done.stat().st_mtime_ns, spec_json.stat().st_mtime_ns)
+    second = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "RAY_ADDRESS": ""}, timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "2 cells, 2 distinct trainings, 1 already finished" in second.stdout
+    assert "1 task(s) for 1 cell(s)" in second.stdout
+    assert len(list((out / "cells").glob("*.json"))) == 2
+    assert (done.stat().st_mtime_ns, spec_json.stat().st_mtime_ns) == stamps  # neither retrained nor rewritten
+
+
+def test_a_cell_that_raises_is_retried_then_reported_and_the_others_finish(tmp_path):
+    out = tmp_path / "study"
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+    try:  # lr 1e12 makes the loss non-finite: training raises "training diverged"
+        with pytest.raises(UserError, match="1 of 2 cells failed"):
+            run_study(StudyGrid(SETTINGS, {"lr": (0.05, 1e12), "bias_fraction": (1.0,)}, ("gradcam",)),
+                      StudyOptions(out=str(out), max_retries=1), log=lambda line: None)
+    finally:
+        ray.shutdown()
+    study = json.loads((out / "study.json").read_text())
+    status = {c["axes"]["lr"]: c for c in study["cells"].values()}
+    assert status[0.05]["status"] == "done" and status[1e12]["status"] == "failed"
+    assert status[1e12]["error"].startswith("UserError: training diverged")
+    assert len(cells_of(out)) == 1
+    assert "training diverged" in (out / "STUDY.md").read_text()
