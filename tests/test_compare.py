@@ -159,7 +159,7 @@ def test_the_flag_rule_needs_both_the_uniform_and_the_baseline_bound():
     ({"scorecam_images": 0}, "--scorecam-images must be >= 1"),
     ({"sanity_images": 0}, "--sanity-images must be >= 1"),
     ({"faithfulness_images": 0}, "--faithfulness-images must be >= 1"),
-    ({"shapes_run": "/nonexistent"}, "--shapes-run: no run.json in /nonexistent"),
+    ({"shapes_run": "/nonexistent"}, "--shapes-run: no run.json at /nonexistent/run.json; fix:"),
 ])
 def test_bad_options_are_one_line_errors_before_anything_is_written(shapes_run, options, message):
     with pytest.raises(UserError) as info:

@@ -166,10 +166,9 @@ PRESETS: dict[str, dict] = {
     # batch 64 (more steps for the same compute) and a fourth 16 px epoch. Measured at fraction 1,
     # seed 0: 42% clean accuracy, flip-to-frog 0.99 (8,000 images: 53%, but 30% more training time;
     # 3 epochs of batch 128 on 5,000 images: 28%, and the model did not learn the patch).
-    # Measured (seed 0, fractions 0 and 0.1, two cells at a time, one thread each, while other jobs
-    # kept the load average near 4): 450 s per cell, 388 s training + 63 s measuring, so 21 cells take
-    # ~80 min at that load. The 16 px epochs ran at 94 img/s per cell, ~60% of the quick preset's
-    # 2-core rate per core, so an otherwise idle machine should finish the grid in ~50 min.
+    # Measured with two cells at a time, one thread each (seed 1, fractions 0 and 1, machine nearly
+    # idle; a pip install overlapped the last 2 of 5 minutes): 305 s per cell, 240 s training + 63 s measuring, so 21 cells in 11 rounds take ~56 min.
+    # With other jobs running (load average ~4) the same took 450 s per cell (~83 min for 21).
     "sweep": {
         "train_subset": 5_000,
         "epochs": 4,

@@ -447,8 +447,9 @@ def write_study(study: dict, out: Path) -> None:
 def _verdict_line(study: dict) -> str:
     """The cells' count and, per series, from which fraction the model relies on the patch."""
     done = sum(c["status"] == "done" for c in study["cells"].values())
-    relies = "; ".join(f"relies from fraction {t['relies_on_patch']}" if t["relies_on_patch"] is not None
-                       else "reliance not reached" for t in study["thresholds"])
+    relies = "; ".join("one seed, no threshold" if t["n_seeds"] < 2 else "reliance not reached"
+                       if t["relies_on_patch"] is None else f"relies from fraction {t['relies_on_patch']}"
+                       for t in study["thresholds"])
     return f"{done}/{len(study['cells'])} cells done" + (f", {relies}" if relies else "")
 
 
