@@ -148,9 +148,9 @@ def test_shortcut_cams_are_computed_in_the_runs_precision(amp_dtype, monkeypatch
     seen = []
     real = evaluate.explain_images
 
-    def recording(method, model, images, targets, layers, runtime, batch_size=256):
+    def recording(method, model, images, targets, layers, runtime, batch_size=256, progress=None):
         seen.append(runtime.amp_dtype)
-        return real(method, model, images, targets, layers, runtime, batch_size)
+        return real(method, model, images, targets, layers, runtime, batch_size, progress)
 
     monkeypatch.setattr(evaluate, "explain_images", recording)
     torch.manual_seed(0)
@@ -168,3 +168,33 @@ def test_shortcut_cams_are_computed_in_the_runs_precision(amp_dtype, monkeypatch
     out, _ = evaluate.measure_shortcut({"net": net}, test, protocol, Runtime(torch.device("cpu"), amp_dtype))
     assert len(seen) >= 2 and all(dtype == amp_dtype for dtype in seen)  # the CAM sets and the localisation set
     assert 0.0 <= out["models"]["net"]["cam"]["conv"]["clean_target"]["energy"]["mean"] <= 1.0
+
+
+def test_every_explanation_pass_reports_progress_named_by_model_and_image_set():
+    from torch import nn
+
+    from gradcam_repro.measure import shortcut as evaluate
+    from gradcam_repro.runtime import Runtime
+
+    torch.manual_seed(0)
+    net = nn.Sequential()
+    net.add_module("conv", nn.Conv2d(3, 8, 3, padding=1))
+    net.add_module("pool", nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)))
+    images = torch.randint(0, 256, (60, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(60) % 10
+    masks = torch.zeros(60, 32, 32, dtype=torch.bool)
+    test = evaluate.EvalSet(images, labels, tuple(f"c{i}" for i in range(10)), masks)
+    patch = {"patch_size": 6, "color": (255, 255, 0), "corner": "top-left", "offset": 0}
+    protocol = evaluate.ShortcutProtocol(6, patch, ("conv",), cam_batch_size=4)
+    calls = []
+    evaluate.measure_shortcut({"a": net, "b": net}, test, protocol, Runtime(torch.device("cpu"), None),
+                              lambda done, total, stage="": calls.append((stage, done, total)))
+    stages = list(dict.fromkeys(stage for stage, _, _ in calls))
+    assert stages[0] == "a patched_target"
+    assert {"a patched_target", "a clean_target", "a localisation", "b patched_target", "b localisation"} <= set(stages)
+    for stage in stages:  # each pass starts at 0 and ends at its total, in batches of at most 4
+        seen = [(done, total) for s, done, total in calls if s == stage]
+        assert seen[0][0] == 0 and seen[-1][0] == seen[-1][1]
+        assert all(b - a <= 4 for (a, _), (b, _) in zip(seen, seen[1:], strict=False))
+    localisation = [total for s, _, total in calls if s == "a localisation"]
+    assert localisation[0] == 60

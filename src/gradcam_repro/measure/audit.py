@@ -24,6 +24,7 @@ tensors the figures need. Maps are (N, H, W) in [0, 1]; images (N, 3, H, W) uint
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -495,14 +496,18 @@ def discover(data: AuditSet, predictions: torch.Tensor, maps: torch.Tensor, sett
     return records, examples
 
 
-def audit_model(model: nn.Module, data: AuditSet, settings: AuditSettings, runtime: Runtime) -> tuple[dict, dict]:
+def audit_model(model: nn.Module, data: AuditSet, settings: AuditSettings, runtime: Runtime,
+                progress: Callable[[int, int], None] | None = None) -> tuple[dict, dict]:
     """Discover and confirm shortcuts of `model` on `data` (see the module docstring).
+
+    `progress(done, total)` hears of the explanation pass over the test images.
 
     Returns (result, examples): result is JSON-ready ("classes", "ranking", "candidates", "confirmed", "settings",
     "n_test"); examples holds the maps, cluster ids and intervention images the figures need.
     """
     predictions = predict(model, data.images, runtime)
-    explained = explain_images(settings.method, model, data.images, predictions, settings.layer, runtime, settings.batch_size)
+    explained = explain_images(settings.method, model, data.images, predictions, settings.layer, runtime, settings.batch_size,
+                               progress)
     maps = next(iter(explained.values()))
     classes, class_examples = discover(data, predictions, maps, settings)
     ranked = ranking(classes)

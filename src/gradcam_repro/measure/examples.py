@@ -11,9 +11,9 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from gradcam_repro.explain.registry import explain_images
+from gradcam_repro.explain.registry import display_name, explain_images
 from gradcam_repro.measure import scores
-from gradcam_repro.measure.shortcut import EvalSet, ShortcutProtocol
+from gradcam_repro.measure.shortcut import EvalSet, Progress, ShortcutProtocol, staged
 from gradcam_repro.runtime import Runtime
 
 SIDE_BY_SIDE_IMAGES = 6
@@ -111,12 +111,12 @@ def _seeded_rows(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 
 
 def gallery_maps(models: dict[str, nn.Module], test: EvalSet, measured: dict, protocol: ShortcutProtocol,
-                 runtime: Runtime, n: int = GALLERY_IMAGES) -> dict:
+                 runtime: Runtime, n: int = GALLERY_IMAGES, progress: Progress | None = None) -> dict:
     """The same 2n test images under every model, layer and method, for the report's interactive gallery.
 
     Images (M = up to 2n): n patched target images, whatever the models call them, then n non-target images
     with the patch pasted (one per source class first); both seeded choices. Every map explains the target
-    class (as the shortcut metrics do). Returns
+    class (as the shortcut metrics do); `progress(done, total, stage)` hears of each pass. Returns
     {"images": (M, 3, H, W) uint8 as shown, "labels": (M,) true classes, "patched_target": (M,) bool,
      "target": int, "layers": {method: [layers]} ("input" for pixel methods),
      "models": {name: {"clean": (M,) predictions without the patch, "shown": (M,) predictions on the image,
@@ -137,7 +137,8 @@ def gallery_maps(models: dict[str, nn.Module], test: EvalSet, measured: dict, pr
         shown = torch.cat([preds["patched_targets"][tgt], preds["patch"][other]])
         entry = {"clean": clean, "shown": shown, "flipped": (clean != target) & (shown == target), "maps": {}, "energy": {}}
         for method in gallery_methods(protocol.method):
-            maps = explain_images(method, model, images, targets, list(protocol.layers), runtime, protocol.cam_batch_size)
+            maps = explain_images(method, model, images, targets, list(protocol.layers), runtime, protocol.cam_batch_size,
+                                  staged(progress, f"{name} {display_name(method)}"))
             entry["maps"][method] = maps
             entry["energy"][method] = {layer: scores.cam_energy_in_box(m, box) for layer, m in maps.items()}
             out["layers"][method] = list(maps)

@@ -7,6 +7,8 @@ plain results (JSON-ready dicts with confidence intervals) plus the tensors the 
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -21,6 +23,9 @@ from gradcam_repro.runtime import Runtime
 # The CAM sets scored per model: (a) patched target images it calls target, (b) pasted non-target
 # images it flipped to target, (c) clean target images (the control).
 CAM_SETS = ("patched_target", "flipped", "clean_target")
+
+# progress(done, total, stage=""): told of each explanation pass (pipeline.progress.Tracker is one).
+Progress = Callable[..., None]
 
 
 @dataclass(frozen=True)
@@ -130,18 +135,20 @@ def prediction_metrics(model: nn.Module, test: EvalSet, probes: Probes, protocol
     return m, preds
 
 
-def measure_model(model: nn.Module, test: EvalSet, probes: Probes, protocol: ShortcutProtocol, runtime: Runtime
-                  ) -> tuple[dict, dict]:
-    """Every number of the shortcut study for one model, and the tensors its figures need."""
+def measure_model(model: nn.Module, test: EvalSet, probes: Probes, protocol: ShortcutProtocol, runtime: Runtime,
+                  progress: Progress | None = None) -> tuple[dict, dict]:
+    """Every number of the shortcut study for one model, and the tensors its figures need.
+
+    `progress(done, total, stage)` hears of each explanation pass (stage: the image set explained)."""
     m, preds = prediction_metrics(model, test, probes, protocol, runtime)
-    explained, patched_maps = explanation_metrics(model, test, probes, preds, protocol, runtime)
+    explained, patched_maps = explanation_metrics(model, test, probes, preds, protocol, runtime, progress)
     m.update(explained)
     m["verdict"] = scores.verdicts(m, scores.uniform_energy(protocol.box(test.images.shape[-1]), test.images.shape[-1]))
     return m, {"predictions": preds, "patched_target_maps": patched_maps}
 
 
 def explanation_metrics(model: nn.Module, test: EvalSet, probes: Probes, preds: dict, protocol: ShortcutProtocol,
-                        runtime: Runtime) -> tuple[dict, dict]:
+                        runtime: Runtime, progress: Progress | None = None) -> tuple[dict, dict]:
     """`protocol.method`'s scores for one model, given the predictions `prediction_metrics` returned.
 
     Returns ({"cam": {layer: {set: score_maps}}, plus "localisation" {layer: score_maps} where the test set has
@@ -160,7 +167,7 @@ def explanation_metrics(model: nn.Module, test: EvalSet, probes: Probes, preds: 
     patched_maps = {}
     for set_name, batch in sets.items():
         maps = explain_images(protocol.method, model, batch, torch.full((len(batch),), target), layers, runtime,
-                              protocol.cam_batch_size)
+                              protocol.cam_batch_size, staged(progress, set_name))
         for layer in m["cam"]:
             m["cam"][layer][set_name] = score_maps(maps[layer], box, seed)
         if set_name == "patched_target":
@@ -168,14 +175,16 @@ def explanation_metrics(model: nn.Module, test: EvalSet, probes: Probes, preds: 
     if test.masks is not None:  # localisation against the true object masks (shapes)
         chosen = seeded_cap(torch.arange(len(test.labels)), cap, seed)
         maps = explain_images(protocol.method, model, test.images[chosen], test.labels[chosen], layers, runtime,
-                              protocol.cam_batch_size)
+                              protocol.cam_batch_size, staged(progress, "localisation"))
         m["localisation"] = {layer: score_maps(maps[layer], None, seed, masks=test.masks[chosen]) for layer in m["cam"]}
     return m, patched_maps
 
 
-def measure_shortcut(models: dict[str, nn.Module], test: EvalSet, protocol: ShortcutProtocol, runtime: Runtime
-                     ) -> tuple[dict, dict]:
+def measure_shortcut(models: dict[str, nn.Module], test: EvalSet, protocol: ShortcutProtocol, runtime: Runtime,
+                     progress: Progress | None = None) -> tuple[dict, dict]:
     """Every number of the shortcut study, computed the same way for each model.
+
+    `progress(done, total, stage)`, when given, hears of every explanation pass (stage: "<model> <image set>").
 
     Returns (metrics, examples): metrics is JSON-ready (each mean or rate as {"mean", "low", "high", "n"});
     examples holds the probes and per-model predictions and maps for the figures. CAMs explain the target
@@ -185,12 +194,24 @@ def measure_shortcut(models: dict[str, nn.Module], test: EvalSet, protocol: Shor
     out = {"models": {}}
     examples = {"probes": probes, "models": {}}
     for name, model in models.items():
-        out["models"][name], examples["models"][name] = measure_model(model, test, probes, protocol, runtime)
+        out["models"][name], examples["models"][name] = measure_model(model, test, probes, protocol, runtime,
+                                                                      staged(progress, name))
     out["uniform"] = uniform_scores(test, protocol)
     out["counterfactual_patches"] = {k: {**v, "color": list(v["color"])} for k, v in counterfactual_patches(protocol.patch).items()}
     out["n"] = {"test": len(test.labels), "target_test": len(probes.target_idx),
                 "counterfactual_non_target": len(probes.other_idx)}
     return out, examples
+
+
+def staged(progress: Progress | None, stage: str) -> Progress | None:
+    """`progress` with `stage` put in front of the stage its caller names (None stays None)."""
+    if progress is None:
+        return None
+    return functools.partial(_staged_call, progress, stage)
+
+
+def _staged_call(progress: Progress, stage: str, done: int, total: int, inner: str = "") -> None:
+    progress(done, total, f"{stage} {inner}".strip())
 
 
 def uniform_scores(test: EvalSet, protocol: ShortcutProtocol) -> dict:

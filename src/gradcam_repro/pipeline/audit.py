@@ -24,9 +24,10 @@ from gradcam_repro.data.images import stratified_subset
 from gradcam_repro.data.registry import get_dataset
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.cam import layer_names
-from gradcam_repro.explain.registry import PIXEL_METHODS, get_explainer
+from gradcam_repro.explain.registry import PIXEL_METHODS, display_name, get_explainer
 from gradcam_repro.measure import audit as audit_measure
 from gradcam_repro.pipeline import store
+from gradcam_repro.pipeline.progress import as_reporter
 from gradcam_repro.pipeline.run import load_run_config
 from gradcam_repro.pipeline.user_images import load_models_for, model_paths
 from gradcam_repro.report import audit_report
@@ -187,7 +188,8 @@ def audit(target: str | Path, options: AuditOptions, log=print) -> dict:
     log(f"auditing {p.target.name} ({p.target.model_path}) on {len(p.data.labels)} test images with {options.method} at {where}")
     with store.run_lock(p.out):
         start = time.perf_counter()
-        result, examples = audit_measure.audit_model(p.model, p.data, settings, p.runtime)
+        with as_reporter(log).tracker(f"[audit] {display_name(options.method)} maps", "img") as explaining:
+            result, examples = audit_measure.audit_model(p.model, p.data, settings, p.runtime, explaining)
         default = (options.method, options.layer) == (audit_measure.DEFAULT_METHOD, audit_measure.DEFAULT_LAYER)
         result = {"target": str(target), "model": str(p.target.model_path), "experiment": p.target.name,
                   "dataset": p.data_record, "default_method_layer": default, "precision": p.runtime.precision,

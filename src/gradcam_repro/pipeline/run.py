@@ -22,6 +22,7 @@ from gradcam_repro.data.images import ImageData, stratified_subset
 from gradcam_repro.data.registry import get_dataset
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.cam import get_layer
+from gradcam_repro.explain.registry import display_name
 from gradcam_repro.measure import scores
 from gradcam_repro.measure.examples import figure_examples, gallery_maps
 from gradcam_repro.measure.shortcut import EvalSet, ShortcutProtocol, measure_shortcut
@@ -141,11 +142,14 @@ def measure_run(p: Prepared, experiments: dict[str, Experiment], log=print) -> t
     test = EvalSet(d.test_images, d.test_labels, d.classes, d.test_masks)
     protocol = shortcut_protocol(p)
     start = time.perf_counter()
-    shortcut, measured = measure_shortcut(models, test, protocol, p.runtime)
+    reporter = as_reporter(log)
+    with reporter.tracker(f"[cam] {display_name(cfg.cam)}", "img") as explaining:
+        shortcut, measured = measure_shortcut(models, test, protocol, p.runtime, explaining)
     examples = figure_examples(models, test, measured, protocol, p.runtime, cfg.figure_images, cfg.cam_layer)
     examples["patched_target_maps"] = {n: m["patched_target_maps"] for n, m in measured["models"].items()}
     examples["histories"] = {name: e.history for name, e in experiments.items()}
-    examples["gallery_maps"] = gallery_maps(models, test, measured, protocol, p.runtime)
+    with reporter.tracker("[gallery]", "img") as explaining:
+        examples["gallery_maps"] = gallery_maps(models, test, measured, protocol, p.runtime, progress=explaining)
     for name, m in shortcut["models"].items():
         log(f"[{name}] " + headline(m, cfg, shortcut["uniform"]["energy_in_box"]))
     metrics = {
