@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from gradcam_repro.config import Config, preset_config
 from gradcam_repro.data.cifar10 import load_cifar10, resolve_data_root
-from gradcam_repro.errors import UserError
+from gradcam_repro.errors import UserError, report_error
 from gradcam_repro.explain.cam import DEFAULT_LAYER, get_layer
 from gradcam_repro.explain.registry import explain_images
 from gradcam_repro.measure.predict import accuracy, predict_logits
@@ -1064,10 +1064,7 @@ def main(argv: list[str] | None = None) -> int:
             run_bench(options, f"{PROG} " + shlex.join(sys.argv[1:] if argv is None else argv))
         return 0
     except UserError as exc:
-        if args.debug:
-            raise
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return report_error(exc, PROG, args.debug)
 
 
 if __name__ == "__main__":

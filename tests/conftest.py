@@ -12,6 +12,18 @@ def shapes_run(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small models run as fast on one thread and do not stall when the 2 cores are shared (opt in with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def resnet():
     """Seeded CIFAR ResNet-18 in eval mode with non-trivial BatchNorm statistics (see cam_helpers.seeded_resnet)."""

@@ -9,19 +9,18 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from cam_helpers import seeded_resnet
+from cam_helpers import SmallCNN, seeded_resnet, train_small_cnn
 from torch import nn
 
 from gradcam_repro.cli import main
 from gradcam_repro.config import Config
+from gradcam_repro.data.artefact import fill_from_ring, median_pixels, paste_pixels
 from gradcam_repro.data.bias import bias_dataset, inject_patch, patch_box
 from gradcam_repro.data.images import ImageData
 from gradcam_repro.data.registry import Dataset
 from gradcam_repro.data.shapes import SHAPES_CLASSES, make_shapes
 from gradcam_repro.measure import audit
 from gradcam_repro.measure.predict import predict
-from gradcam_repro.model.resnet import normalize
 from gradcam_repro.runtime import Runtime
 
 CPU = Runtime(torch.device("cpu"))
@@ -33,29 +32,7 @@ SHORTCUT = "crescent"
 TARGET = SHAPES_CLASSES.index(SHORTCUT)
 
 
-class SmallCNN(nn.Module):
-    """Four conv blocks with named layers; conv2 runs at 16x16, like the ResNet's layer2."""
-
-    def __init__(self):
-        super().__init__()
-
-        def block(c_in, c_out, stride):
-            return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
-
-        self.conv1, self.conv2, self.conv3, self.conv4 = block(3, 16, 1), block(16, 32, 2), block(32, 64, 2), block(64, 64, 1)
-        self.fc = nn.Linear(64, 10)
-
-    def forward(self, x):
-        return self.fc(self.conv4(self.conv3(self.conv2(self.conv1(x)))).mean(dim=(2, 3)))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Models this small run as fast on one thread, and do not stall when the 2 cores are shared.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -63,23 +40,6 @@ def shapes():
     train_x, train_y, _ = make_shapes(2000, seed=1)
     test_x, test_y, _ = make_shapes(1000, seed=2)
     return train_x, train_y, test_x, test_y
-
-
-def train_small_cnn(images, labels, epochs: int = 3, seed: int = 0) -> nn.Module:
-    """Adam, batch 64, 3 epochs: a few seconds on one core."""
-    torch.manual_seed(seed)
-    model = SmallCNN()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    x = normalize(images)
-    for _ in range(epochs):
-        order = torch.randperm(len(labels))
-        for start in range(0, len(labels), 64):
-            batch = order[start:start + 64]
-            loss = F.cross_entropy(model(x[batch]), labels[batch])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
 
 
 def model_with_patch_on(shapes, fraction: float) -> nn.Module:
@@ -143,7 +103,7 @@ def test_when_half_the_class_carries_the_patch_the_clusters_separate_patched_fro
 def test_transplant_pastes_exactly_the_given_pixels_inside_the_box_and_nothing_else():
     images = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
     pixels = torch.arange(18, dtype=torch.uint8).view(3, 2, 3)
-    out = audit.transplant(images, pixels, (1, 2, 3, 5))
+    out = paste_pixels(images, pixels, (1, 2, 3, 5))
     assert torch.equal(out[:, :, 1:3, 2:5], pixels.expand(2, 3, 2, 3))
     out[:, :, 1:3, 2:5] = 0
     assert not out.any() and not images.any()  # nothing else changed, the input untouched
@@ -153,17 +113,17 @@ def test_removal_fills_the_box_with_the_mean_colour_of_a_ring_around_it():
     image = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
     image[:, :, 2:4, 2:4] = 255  # the artefact
     image[:, 0, 0:2, :] = 90  # red in the top two rows: 2 x 6 = 12 of the ring's 32 pixels (rows 0-5, cols 0-5)
-    out = audit.remove_region(image, (2, 2, 4, 4), ring_px=2)
+    out = fill_from_ring(image, (2, 2, 4, 4), ring_px=2)
     assert out[0, :, 2:4, 2:4].tolist() == [[[34, 34], [34, 34]], [[0, 0], [0, 0]], [[0, 0], [0, 0]]]  # 90 * 12 / 32
     assert torch.equal(out[:, :, :2], image[:, :, :2])
-    whole = audit.remove_region(image, (0, 0, 8, 8))  # no ring left: the image's own mean
+    whole = fill_from_ring(image, (0, 0, 8, 8))  # no ring left: the image's own mean
     assert whole[0, 1].unique().tolist() == [round(255 * 4 / 64)]
 
 
 def test_the_pasted_pixels_are_the_per_pixel_median_of_the_cluster():
     images = torch.stack([torch.full((3, 4, 4), v, dtype=torch.uint8) for v in (0, 50, 200)])
-    assert audit.artefact_pixels(images, (1, 1, 3, 2)).unique().tolist() == [50]
-    assert audit.artefact_pixels(images, (1, 1, 3, 2)).shape == (3, 2, 1)
+    assert median_pixels(images, (1, 1, 3, 2)).unique().tolist() == [50]
+    assert median_pixels(images, (1, 1, 3, 2)).shape == (3, 2, 1)
 
 
 def _images_with_patch(n: int, contaminated: int = 0) -> torch.Tensor:

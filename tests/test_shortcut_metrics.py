@@ -137,10 +137,20 @@ def test_seeded_cap_is_a_deterministic_ordered_subset():
     assert torch.equal(seeded_cap(index, None, 0), index) and torch.equal(seeded_cap(index, 500, 0), index)
 
 
+def tiny_net():
+    """A seeded conv + linear net whose only CAM layer is "conv"."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential()
+    net.add_module("conv", nn.Conv2d(3, 8, 3, padding=1))
+    net.add_module("pool", nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)))
+    return net
+
+
 @pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16])
 def test_shortcut_cams_are_computed_in_the_runs_precision(amp_dtype, monkeypatch):
     # The maps behind every energy and pointing score use the same precision as the predictions.
-    from torch import nn
 
     from gradcam_repro.measure import shortcut as evaluate
     from gradcam_repro.runtime import Runtime
@@ -153,10 +163,7 @@ def test_shortcut_cams_are_computed_in_the_runs_precision(amp_dtype, monkeypatch
         return real(method, model, images, targets, layers, runtime, batch_size, progress)
 
     monkeypatch.setattr(evaluate, "explain_images", recording)
-    torch.manual_seed(0)
-    net = nn.Sequential()
-    net.add_module("conv", nn.Conv2d(3, 8, 3, padding=1))
-    net.add_module("pool", nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)))
+    net = tiny_net()
     images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     labels = torch.arange(40) % 10
     patch = {"patch_size": 6, "color": (255, 255, 0), "corner": "top-left", "offset": 0}
@@ -171,15 +178,11 @@ def test_shortcut_cams_are_computed_in_the_runs_precision(amp_dtype, monkeypatch
 
 
 def test_every_explanation_pass_reports_progress_named_by_model_and_image_set():
-    from torch import nn
 
     from gradcam_repro.measure import shortcut as evaluate
     from gradcam_repro.runtime import Runtime
 
-    torch.manual_seed(0)
-    net = nn.Sequential()
-    net.add_module("conv", nn.Conv2d(3, 8, 3, padding=1))
-    net.add_module("pool", nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)))
+    net = tiny_net()
     images = torch.randint(0, 256, (60, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     labels = torch.arange(60) % 10
     masks = torch.zeros(60, 32, 32, dtype=torch.bool)

@@ -18,6 +18,7 @@ from gradcam_repro.cli import main
 from gradcam_repro.config import preset_config
 from gradcam_repro.errors import UserError
 from gradcam_repro.measure.aggregate import aggregate_cells, detection_thresholds, seed_interval
+from gradcam_repro.pipeline.parallel import train_side_by_side
 from gradcam_repro.pipeline.run import run
 from gradcam_repro.pipeline.study import StudyGrid, StudyOptions, read_study_file, run_study, study_grid
 
@@ -186,6 +187,21 @@ def test_a_cell_has_exactly_the_numbers_of_gradcam_repro_run_with_the_same_setti
         expected = metrics["models"][name]
         measured = {k: v for k, v in cell["metrics"].items() if k != "methods"} | cell["metrics"]["methods"]["gradcam"]
         assert json.loads(json.dumps(measured)) == json.loads(json.dumps(expected))
+
+
+def test_run_parallel_trains_both_models_side_by_side_into_the_files_a_one_thread_run_writes(local_study, tmp_path):
+    out, _, _ = local_study
+    lines = []
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+    try:
+        metrics = run(preset_config("smoke", **{**SETTINGS, "seed": 0, "bias_fraction": 1.0, "out": str(tmp_path / "run")}),
+                      log=lines.append, before_training=train_side_by_side)
+    finally:
+        ray.shutdown()
+    assert "training baseline, biased side by side on a local Ray (1 thread each)" in lines
+    for name, fraction in (("baseline", 0.0), ("biased", 1.0)):  # the same model files as `run` on one thread
+        assert metrics["experiments"][name]["model_sha256"] == cell_at(out, seed=0, bias_fraction=fraction)["model_sha256"]
+        assert any(line.startswith(f"[{name}] reusing the finished experiment") for line in lines)
 
 
 def test_the_same_study_on_a_two_node_cluster_uses_both_nodes_and_gives_the_same_results(local_study, tmp_path):

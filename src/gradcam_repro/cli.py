@@ -12,7 +12,7 @@ import matplotlib
 
 from gradcam_repro.config import CORNERS, LR_SCHEDULES, MAX_IMAGE_PIXELS, PRECISIONS, PRESETS, Config, preset_config
 from gradcam_repro.data.registry import DATASETS
-from gradcam_repro.errors import UserError
+from gradcam_repro.errors import UserError, report_error
 from gradcam_repro.explain.registry import CAM_METHODS, EXPLAINERS
 from gradcam_repro.measure.audit import DEFAULT_LAYER as AUDIT_LAYER
 from gradcam_repro.measure.audit import DEFAULT_METHOD as AUDIT_METHOD
@@ -20,7 +20,9 @@ from gradcam_repro.measure.audit import TOP_CANDIDATES as AUDIT_CANDIDATES
 from gradcam_repro.model.resnet import DEFAULT_LAYER
 from gradcam_repro.pipeline.audit import AuditOptions, audit, audit_summary
 from gradcam_repro.pipeline.compare import CompareOptions, compare_methods
+from gradcam_repro.pipeline.parallel import train_side_by_side
 from gradcam_repro.pipeline.progress import Reporter, compare_summary, final_line, run_summary
+from gradcam_repro.pipeline.repair import STRATEGIES, RepairOptions, parse_box, repair
 from gradcam_repro.pipeline.run import evaluate_run, report_run, run
 from gradcam_repro.pipeline.study import DEFAULT_METHODS, StudyOptions, read_study_file, run_study, study_grid
 from gradcam_repro.pipeline.user_images import explain
@@ -141,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Train a baseline and a frog-biased ResNet-18, compute Grad-CAM, write "
                                             "models, figures, metrics.json, summary.md and REPORT.md under --out.")
     _add_run_flags(run_parser)
+    run_parser.add_argument("--parallel", action="store_true",
+                            help="train the baseline and the biased model side by side on a local Ray, one CPU and "
+                                 "one torch thread each (the study engine), then measure as usual")
     ev = sub.add_parser("evaluate", parents=[DEBUG, DEVICE, DATA_ROOT, CAM, OUTPUT],
                         help="recompute metrics, figures and reports of a finished run from its models",
                         description="Recompute metrics.json, the figures, summary.md and REPORT.md of RUN_DIR from its "
@@ -160,7 +165,41 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study_parser(sub)
     _add_view_parser(sub)
     _add_audit_parser(sub)
+    _add_repair_parser(sub)
     return parser
+
+
+def _add_repair_parser(sub) -> None:
+    defaults = RepairOptions("augment")
+    rp = sub.add_parser("repair", parents=[DEBUG, DEVICE, DATA_ROOT, OUTPUT],
+                        help="remove the biased model's shortcut (augment, rrr or last-layer) and measure the repaired "
+                             "model like the others",
+                        description="Repair RUN_DIR's biased model against an artefact (the run's planted patch, an "
+                                    "audit's confirmed candidate, or a box), save it as one more experiment of the run, "
+                                    "and re-measure the run: metrics.json, figures and REPORT.md/.html gain its column.")
+    rp.add_argument("run_dir", metavar="RUN_DIR", help="folder written by `gradcam-repro run`")
+    rp.add_argument("--strategy", required=True, metavar="STRATEGY",
+                    help=f"one of {', '.join(STRATEGIES)}: augment = retrain with the artefact pasted on a share of "
+                         "every class's images (the rest get it filled in); rrr = fine-tune the biased model with an "
+                         "input-gradient penalty inside the artefact's box (double backprop); last-layer = refit only "
+                         "fc on a class x artefact balanced set (seconds)")
+    rp.add_argument("--from-audit", nargs="?", const="", metavar="AUDIT",
+                    help="take the artefact from an audit's top confirmed candidate (default folder: RUN_DIR/audit)")
+    rp.add_argument("--box", help="the artefact is what the bias class's training images hold in this box: "
+                                  "top,left,bottom,right in px (bottom/right exclusive)")
+    rp.add_argument("--share", type=float, default=defaults.share,
+                    help=f"augment: share of each class's training images given the artefact (default {defaults.share})")
+    rp.add_argument("--rrr-weight", type=float, default=defaults.rrr_weight,
+                    help=f"rrr: weight of the input-gradient penalty (default {defaults.rrr_weight})")
+    rp.add_argument("--repair-epochs", type=int, default=defaults.repair_epochs,
+                    help=f"rrr: fine-tuning epochs (default {defaults.repair_epochs})")
+    rp.add_argument("--repair-lr", type=float, default=defaults.repair_lr,
+                    help=f"rrr: constant SGD learning rate (default {defaults.repair_lr})")
+    rp.add_argument("--repair-images", type=int, help="rrr: fine-tune on a class-balanced subset of this many training "
+                                                      "images (default: all the biased model saw)")
+    rp.add_argument("--per-class", type=int, default=defaults.per_class,
+                    help=f"last-layer: training images per class, each with and without the artefact (default {defaults.per_class})")
+    rp.add_argument("--force", action="store_true", help="redo the repair even if the same one is saved in the run")
 
 
 def _add_view_parser(sub) -> None:
@@ -266,7 +305,7 @@ def _run(args) -> None:
     if not config.show:
         matplotlib.use("Agg")
     reporter = reporter_for(args)
-    metrics = run(config, log=reporter, force=args.force)
+    metrics = run(config, log=reporter, force=args.force, before_training=train_side_by_side if args.parallel else None)
     reporter.summary(run_summary(metrics, config.out_dir))
 
 
@@ -323,10 +362,20 @@ def _audit(args) -> None:
     reporter.summary(audit_summary(result))
 
 
+def _repair(args) -> None:
+    options = RepairOptions(args.strategy, from_audit=args.from_audit, box=parse_box(args.box) if args.box else None,
+                            share=args.share, rrr_weight=args.rrr_weight, repair_epochs=args.repair_epochs,
+                            repair_lr=args.repair_lr, repair_images=args.repair_images, per_class=args.per_class,
+                            device=args.device, data_root=args.data_root, force=args.force)
+    reporter = reporter_for(args)
+    metrics = repair(args.run_dir, options, log=reporter)
+    reporter.summary({**run_summary(metrics, args.run_dir, command="repair"), "repairs": metrics["repairs"]})
+
+
 COMMANDS = {"run": _run, "evaluate": _evaluate, "explain": _explain, "compare": _compare, "study": _study,
             "report": lambda args: print(report_run(args.run_dir)),
             "view": lambda args: serve(args.run_dir, args.port) if args.serve else open_report(args.run_dir),
-            "audit": _audit}
+            "audit": _audit, "repair": _repair}
 
 
 class Terminated(KeyboardInterrupt):
@@ -351,10 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         COMMANDS[args.command](args)
         return 0
     except UserError as exc:
-        if args.debug:
-            raise
-        print(f"gradcam-repro: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return report_error(exc, "gradcam-repro", args.debug)
     except KeyboardInterrupt as exc:
         print("gradcam-repro: interrupted; finished files and per-epoch checkpoints are intact, "
               "rerun the same command to resume", file=sys.stderr)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gradcam_repro.data.artefact import RING_PX, fill_from_ring, median_pixels, paste_pixels
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.registry import explain_images
 from gradcam_repro.measure import scores
@@ -67,7 +68,7 @@ MIN_ARTEFACT_PX = 4
 # Confirmation settings.
 TOP_CANDIDATES = 3  # the best cluster of each of the three top-ranked classes is tested causally
 TRANSPLANT_IMAGES = 1000  # other-class test images per transplant test (seeded choice)
-REMOVAL_RING_PX = 2  # the local mean is taken over a 2 px ring around the region
+REMOVAL_RING_PX = RING_PX  # the local mean is taken over a 2 px ring around the region
 EXAMPLE_IMAGES = 6  # images per cluster kept for the figures
 
 # Verdict rules, fixed before any CIFAR-10 audit was run (like measure/scores.py's; only the small shapes
@@ -255,35 +256,6 @@ def candidate_region(cluster_images: torch.Tensor, reference_spread: torch.Tenso
     return {"box": relevance, "kind": "relevance only", "relevance_box": relevance, "constant_px": 0}
 
 
-def artefact_pixels(images: torch.Tensor, box) -> torch.Tensor:
-    """(N, 3, H, W) uint8 -> (3, h, w) uint8: the per-pixel median of the images inside `box`."""
-    top, left, bottom, right = box
-    return images[:, :, top:bottom, left:right].median(dim=0).values
-
-
-def transplant(images: torch.Tensor, pixels: torch.Tensor, box) -> torch.Tensor:
-    """A copy of (N, 3, H, W) uint8 `images` with (3, h, w) uint8 `pixels` pasted into `box`."""
-    top, left, bottom, right = box
-    out = images.clone()
-    out[:, :, top:bottom, left:right] = pixels.to(images.dtype)
-    return out
-
-
-def remove_region(images: torch.Tensor, box, ring_px: int = REMOVAL_RING_PX) -> torch.Tensor:
-    """A copy of (N, 3, H, W) uint8 `images` with `box` filled by each image's mean colour over a
-    `ring_px` ring around it (the whole image's mean where the box leaves no ring)."""
-    size = tuple(images.shape[-2:])
-    ring = torch.from_numpy(box_mask(grow_box(box, ring_px, size), size) & ~box_mask(box, size))
-    if not ring.any():
-        ring = torch.ones(size, dtype=torch.bool)
-    x = images.float()
-    fill = (x * ring).sum(dim=(2, 3)) / ring.sum()
-    top, left, bottom, right = box
-    out = images.clone()
-    out[:, :, top:bottom, left:right] = fill.round().clamp(0, 255).to(torch.uint8)[:, :, None, None]
-    return out
-
-
 def box_iou(a, b) -> float:
     """Intersection over union of two (top, left, bottom, right) boxes."""
     inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -417,16 +389,17 @@ def confirm_candidate(model: nn.Module, data: AuditSet, predictions: torch.Tenso
     predictions: (N,) the model's predictions on `data`. Returns (record, examples for the figures).
     """
     target, seed, box = int(predictions[members[0]]), settings.seed, tuple(region["box"])
-    pixels = artefact_pixels(data.images[members], box)
+    pixels = median_pixels(data.images[members], box)
     others = seeded_cap((data.labels != target).nonzero().squeeze(1), settings.transplant_images, seed)
-    pasted = transplant(data.images[others], pixels, box)
+    pasted = paste_pixels(data.images[others], pixels, box)
     pasted_preds = predict(model, pasted, runtime)
-    occluded_preds = predict(model, remove_region(data.images[others], box), runtime)
-    removed = remove_region(data.images[members], box)
+    occluded_preds = predict(model, fill_from_ring(data.images[others], box, REMOVAL_RING_PX), runtime)
+    removed = fill_from_ring(data.images[members], box, REMOVAL_RING_PX)
     removed_preds = predict(model, removed, runtime)
     record = {
         "box_tlbr_px": list(box), "kind": region["kind"], "relevance_box_tlbr_px": list(region["relevance_box"]),
         "constant_px": region["constant_px"], "mean_rgb": [round(float(v), 1) for v in pixels.float().mean(dim=(1, 2))],
+        "pixels": pixels.tolist(),  # what was transplanted: `repair --from-audit` removes exactly this
         "transplant_flip": scores.bootstrap_ci(pasted_preds == target, seed),
         "occluded_flip": scores.bootstrap_ci(occluded_preds == target, seed),
         "untouched": scores.bootstrap_ci(predictions[others] == target, seed),

@@ -49,19 +49,25 @@ def _maps(method, model, images, targets, layers, runtime) -> dict[str, torch.Te
     return explain_images(method, model, images, targets, layers, runtime)
 
 
+def shortcut_model(names: list[str]) -> str:
+    """The model a run's shortcut figures show: "biased" where there is one (repaired models come after it),
+    else the last."""
+    return "biased" if "biased" in names else names[-1]
+
+
 def figure_examples(models: dict[str, nn.Module], test: EvalSet, measured: dict, protocol: ShortcutProtocol,
                     runtime: Runtime, n: int, layer: str) -> dict:
     """Maps at `layer` and predictions for every figure of a run; `measured` is `measure_shortcut`'s examples.
 
     Keys: "clean_grid" (first model's correct clean images, one per class, explaining its prediction),
-    "patched_grid" (last model on patched target images, those it calls target first), "side_by_side",
+    "patched_grid" (the `shortcut_model` on patched target images, those it calls target first), "side_by_side",
     "across_layers" (one patched image, every layer, target class), "gallery" (non-target images the
-    last model flips to target, one per source class, with every model's clean and patched predictions).
+    `shortcut_model` flips to target, one per source class, with every model's clean and patched predictions).
     """
     probes, target = measured["probes"], protocol.target
     names = list(models)
     preds = {name: measured["models"][name]["predictions"] for name in names}
-    first, last = names[0], names[-1]
+    first, last = names[0], shortcut_model(names)
     out = {}
     idx = one_per_class(test.labels, preds[first]["clean"] == test.labels, n)
     out["clean_grid"] = Panel(test.images[idx], {first: _maps(protocol.method, models[first], test.images[idx],
@@ -85,8 +91,8 @@ def figure_examples(models: dict[str, nn.Module], test: EvalSet, measured: dict,
 
 
 def _gallery(models, test: EvalSet, probes, preds: dict, protocol: ShortcutProtocol, runtime: Runtime, n: int) -> Panel:
-    """Non-target images the last model flips to target once patched, one per source class."""
-    last, target, layer = list(models)[-1], protocol.target, protocol.layers[0]
+    """Non-target images the `shortcut_model` flips to target once patched, one per source class."""
+    last, target, layer = shortcut_model(list(models)), protocol.target, protocol.layers[0]
     other_labels = test.labels[probes.other_idx]
     rows = one_per_class(other_labels, preds[last]["patch"] == target, n)
     pasted = probes.pasted["patch"][rows]

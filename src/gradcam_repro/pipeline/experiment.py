@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from gradcam_repro.config import Config
+from gradcam_repro.data.artefact import Artefact, decorrelate
 from gradcam_repro.data.bias import bias_dataset
 from gradcam_repro.data.images import ImageData
 from gradcam_repro.errors import UserError
@@ -101,15 +102,20 @@ def _history_csv(history: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def _training_images(spec: ExperimentSpec, ts: TrainingSet) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """The (N, 3, H, W) uint8 training images with the spec's bias planted, labels, and what was planted."""
+def training_images(spec: ExperimentSpec, ts: TrainingSet) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The (N, 3, H, W) uint8 training images with the spec's bias planted (and, for an `augment` repair, the
+    artefact decorrelated from the class), labels, and what was planted."""
     images, labels = ts.data.train_images[ts.train_index], ts.data.train_labels[ts.train_index]
-    if spec.bias is None:
-        return images, labels, {}
-    target = ts.data.class_index(spec.bias.class_name)
-    images, patched = bias_dataset(images, labels, target, spec.bias.fraction, spec.seed, **spec.bias.patch)
-    return images, labels, {"class": spec.bias.class_name, "class_index": target,
-                            "patched_train_images": int(patched.sum())}
+    planted = {}
+    if spec.bias is not None:
+        target = ts.data.class_index(spec.bias.class_name)
+        images, patched = bias_dataset(images, labels, target, spec.bias.fraction, spec.seed, **spec.bias.patch)
+        planted = {"class": spec.bias.class_name, "class_index": target, "patched_train_images": int(patched.sum())}
+    if spec.repair is not None and spec.repair.strategy == "augment":
+        share = dict(spec.repair.params)["share"]
+        images, pasted = decorrelate(images, Artefact.from_dict(spec.repair.artefact), share, spec.seed)
+        planted["artefact_pasted_train_images"] = int(pasted.sum())
+    return images, labels, planted
 
 
 def train_experiment(spec: ExperimentSpec, ts: TrainingSet, root: Path, name: str, log=print,
@@ -123,7 +129,7 @@ def train_experiment(spec: ExperimentSpec, ts: TrainingSet, root: Path, name: st
     if record is not None:
         log(f"[{name}] reusing the finished experiment {spec.key} in {folder} (same spec; --force retrains)")
         return load_experiment(folder, len(ts.data.classes), ts.runtime)
-    images, labels, bias = _training_images(spec, ts)
+    images, labels, bias = training_images(spec, ts)
     eval_x, eval_y = ts.data.test_images[ts.eval_index], ts.data.test_labels[ts.eval_index]
     checkpoint = folder / "checkpoint.pt"
     hooks = TrainHooks(

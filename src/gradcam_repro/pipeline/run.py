@@ -11,6 +11,7 @@ A run is a list of named experiment specs (today "baseline" and "biased"), each 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -164,9 +165,23 @@ def measure_run(p: Prepared, experiments: dict[str, Experiment], log=print) -> t
         "settings": settings(),
         **shortcut,
         "histories": examples["histories"],
+        "repairs": repair_records(experiments),
         "seconds": {"evaluate": time.perf_counter() - start},
     }
     return metrics, examples
+
+
+def repair_records(experiments: dict[str, Experiment]) -> dict:
+    """{name: strategy, parent key, settings, artefact (box, class, source) and cost in s} per repaired model."""
+    out = {}
+    for name, e in experiments.items():
+        r = e.spec.repair
+        if r is not None:
+            a = r.artefact
+            out[name] = {"strategy": r.strategy, "parent": r.parent, "params": dict(r.params),
+                         "artefact": {"box_tlbr_px": a["box_tlbr_px"], "class": a["class"], "source": a["source"]},
+                         "seconds": e.record.get("repair_seconds", e.record.get("train_seconds", float("nan")))}
+    return out
 
 
 def headline(m: dict, cfg: Config, uniform: float) -> str:
@@ -224,14 +239,20 @@ def methods_for_report(out: Path, metrics: dict) -> dict | None:
     return methods if methods.get("experiments") == metrics.get("experiments") else {}
 
 
-def run(config: Config, log=print, force: bool = False) -> dict:
-    """Train every experiment of the run (or reuse it), measure, draw and report; returns the metrics."""
+def run(config: Config, log=print, force: bool = False, before_training: Callable | None = None) -> dict:
+    """Train every experiment of the run (or reuse it), measure, draw and report; returns the metrics.
+
+    `before_training(p, out, log, force)`, when given, may train the experiments first (e.g. side by side:
+    `pipeline.parallel.train_side_by_side`); whatever it finished is then reused."""
     wall = time.perf_counter()
     p = prepare(config, log)
     out = Path(p.config.out_dir)
     with store.run_lock(out):
         store.write_json(out / "run.json", {"config": p.config.to_dict(),
                                             "experiments": {n: s.key for n, s in p.specs.items()}})
+        if before_training is not None:
+            before_training(p, out, log, force)
+            force = False  # retrained just now
         experiments = {name: train_experiment(spec, p.training, out, name, log, force) for name, spec in p.specs.items()}
         metrics, examples = measure_run(p, experiments, log)
         metrics["seconds"].update({f"train_{n}": e.record.get("train_seconds", float("nan")) for n, e in experiments.items()})

@@ -49,6 +49,25 @@ class BiasSpec:
 
 
 @dataclass(frozen=True)
+class RepairSpec:
+    """A repaired model: `strategy` applied to the experiment `parent` (its spec key) against `artefact`
+    (`data.artefact.Artefact.to_dict()`), with the strategy's `params` ((name, value) pairs)."""
+
+    strategy: str
+    parent: str
+    artefact: dict
+    params: tuple[tuple[str, object], ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"strategy": self.strategy, "parent": self.parent, "artefact": self.artefact, "params": dict(self.params)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> RepairSpec:
+        return cls(values["strategy"], values["parent"], values["artefact"],
+                   tuple((k, _jsonable(v)) for k, v in values.get("params", {}).items()))
+
+
+@dataclass(frozen=True)
 class ExperimentSpec:
     """Everything that determines one trained model. `data_fingerprint` is the sha256 of the decoded pixels."""
 
@@ -57,6 +76,7 @@ class ExperimentSpec:
     training: tuple[tuple[str, object], ...]
     seed: int
     bias: BiasSpec | None = None
+    repair: RepairSpec | None = None  # None for a model trained from scratch (not part of its key then)
 
     @classmethod
     def from_config(cls, config: Config, data_fingerprint: str, bias: BiasSpec | None = None) -> ExperimentSpec:
@@ -68,16 +88,19 @@ class ExperimentSpec:
         return cls(config.dataset, data_fingerprint, training, config.seed, bias)
 
     def to_dict(self) -> dict:
-        out = dataclasses.asdict(self)
-        out["training"] = dict(self.training)
-        out["bias"] = None if self.bias is None else {**dataclasses.asdict(self.bias), "color": list(self.bias.color)}
+        out = {"dataset": self.dataset, "data_fingerprint": self.data_fingerprint, "training": dict(self.training),
+               "seed": self.seed,
+               "bias": None if self.bias is None else {**dataclasses.asdict(self.bias), "color": list(self.bias.color)}}
+        if self.repair is not None:  # absent otherwise, so that the keys of models trained before repairs stay
+            out["repair"] = self.repair.to_dict()
         return out
 
     @classmethod
     def from_dict(cls, values: dict) -> ExperimentSpec:
-        bias = values.get("bias")
+        bias, repair = values.get("bias"), values.get("repair")
         return cls(values["dataset"], values["data_fingerprint"], tuple((k, _jsonable(v)) for k, v in values["training"].items()),
-                   values["seed"], None if bias is None else BiasSpec(**{**bias, "color": tuple(bias["color"])}))
+                   values["seed"], None if bias is None else BiasSpec(**{**bias, "color": tuple(bias["color"])}),
+                   None if repair is None else RepairSpec.from_dict(repair))
 
     @property
     def key(self) -> str:

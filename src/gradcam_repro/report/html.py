@@ -24,6 +24,7 @@ from PIL import Image
 from gradcam_repro.explain.registry import PIXEL_METHODS, display_name
 from gradcam_repro.report.figures import CAM_ALPHA
 from gradcam_repro.report.markdown import CAM_SETS, VARIANTS, cam_display_name, conclusions
+from gradcam_repro.report.repair_table import repair_table
 
 # Map PNGs are palette images: pixel value = round(255 * map), drawn with the figures' jet colormap.
 JET_PALETTE = (colormaps["jet"](np.arange(256))[:, :3] * 255).round().astype(np.uint8).tobytes()
@@ -87,6 +88,7 @@ def report_html(m: dict, methods: dict | None, gallery: dict | None, figs: dict[
                 ("by-layer", "By layer", "Verdicts by layer", _by_layer(m))]
     if any("localisation" in r for r in m["models"].values()):
         sections.append(("localisation", "Localisation", "Localisation on the object masks", _localisation(m)))
+    sections.append(("repair", "Repair", "Repair: is the shortcut gone?", _repair(m)))
     if methods is not None:
         sections.append(("methods", "Methods", "Which method and layer see the shortcut", _methods(methods, figs)))
     sections += [("training", "Training", "Training", _training(m, figs)),
@@ -218,7 +220,7 @@ def _gallery(m: dict, g: dict | None) -> str:
     models, methods = list(g["models"]), list(g["layers"])
     cam_layers = next((g["layers"][x] for x in methods if x not in PIXEL_METHODS), [])
     all_layers = list(dict.fromkeys([*cam_layers, *(lay for x in methods for lay in g["layers"][x])]))
-    state = {"model": models[-1], "method": methods[0]}
+    state = {"model": "biased" if "biased" in models else models[-1], "method": methods[0]}
     state["layer"] = m["cam_layer"] if m["cam_layer"] in g["layers"][state["method"]] else g["layers"][state["method"]][-1]
     labels = {"model": {x: x for x in models}, "method": {x: display_name(x) for x in methods},
               "layer": {x: x for x in all_layers}}
@@ -380,6 +382,30 @@ def _methods_checks(c: dict, figs: dict[str, bytes]) -> str:
             + _figure(figs, "figures/deletion_insertion.png", "deletion and insertion curves"))
 
 
+def _repair(m: dict) -> str:
+    """The repaired models next to the baseline and the biased model, and each one's targets ("" if none)."""
+    table = repair_table(m)
+    if table is None:
+        return ""
+    cols = table["columns"]
+    rows = [[html.escape(label), *[_seconds(values.get(n)) if label == "cost (s)" else _ci(values[n]) for n in cols]]
+            for label, values in table["rows"]]
+    out = _table(["", *[f"<b>{html.escape(n)}</b>" for n in cols]], rows)
+    for name, targets in table["targets"].items():
+        r = m["repairs"][name]
+        items = "".join(f'<li class="{"ok" if ok else "miss"}">{"met" if ok else "missed"}: {html.escape(t)}; measured '
+                        f"{html.escape(v)}</li>" for t, v, ok in targets)
+        out += (f"<h3>{html.escape(name)}: {sum(ok for *_, ok in targets)} of {len(targets)} targets met</h3>"
+                f'<p class="note">{html.escape(r["strategy"])}; artefact: {html.escape(r["artefact"]["source"])}, box '
+                f'{html.escape(str(r["artefact"]["box_tlbr_px"]))}; settings {html.escape(str(r["params"]))}</p>'
+                f'<ul class="plain">{items}</ul>')
+    return out
+
+
+def _seconds(value) -> str:
+    return "n/a" if _nan(value) else f"{value:.0f}"
+
+
 def _training(m: dict, figs: dict[str, bytes]) -> str:
     rows = [[html.escape(name), str(h["epoch"]), f"{h['loss']:.4f}", f"{h['train_acc']:.3f}", f"{h['test_acc']:.3f}",
              str(h.get("train_px", 32)), f"{h['seconds']:.1f}"] for name, history in m["histories"].items() for h in history]
@@ -438,6 +464,7 @@ section { background:var(--card); border:1px solid var(--line); border-radius:12
 .badge.yes { background:var(--yes); } .badge.no { background:var(--no); }
 .badge.agree { background:var(--good); } .badge.disagree { background:var(--bad); }
 ul.plain { margin:4px 0; padding-left:20px; } ul.plain li { margin:4px 0; }
+li.ok { color:var(--good); } li.miss { color:var(--bad); }
 .scroll { overflow-x:auto; margin:8px 0 14px; }
 table { border-collapse:collapse; font-size:13.5px; min-width:60%; }
 caption { text-align:left; font-weight:600; padding:4px 0 6px; }

@@ -4,6 +4,7 @@ for the method comparison, methods.json). Pure functions of those dicts; nothing
 from __future__ import annotations
 
 from gradcam_repro.explain.registry import display_name
+from gradcam_repro.report.repair_table import repair_table
 
 CAM_SETS = {
     "patched_target": "patched {cls} images called {cls}",
@@ -143,7 +144,7 @@ def report_markdown(m: dict, methods: dict | None = None) -> str:
              f"({s['bootstrap_resamples']} resamples, seed {cfg['seed']}), written `mean [low, high]`.", "",
              "## Conclusions", "", *[f"- {c}" for c in conclusions(m)], "",
              *_training_section(m), *_accuracy_section(m), *_counterfactual_section(m), *_cam_section(m),
-             *_verdict_section(m), *_localisation_section(m),
+             *_verdict_section(m), *_localisation_section(m), *repair_section(m),
              "", "## Figures", "", *[f"- [{f}]({f})" for f in m["figures"]], "",
              "## Reproduce", "",
              f"`gradcam-repro run --preset {cfg['preset']}` with the config in `run.json` "
@@ -155,6 +156,34 @@ def report_markdown(m: dict, methods: dict | None = None) -> str:
     elif methods is not None:
         lines += methods_markdown(methods)
     return "\n".join(lines)
+
+
+def repair_section(m: dict) -> list[str]:
+    """Baseline | biased | each repaired model, with CIs, and each repair's targets (none without repairs)."""
+    table = repair_table(m)
+    if table is None:
+        return []
+    cols = table["columns"]
+    lines = ["", "## Repair: is the shortcut gone?", "",
+             f"Each repaired model is measured exactly like the others ({cam_display_name(m)} energy: patched "
+             f"{m['config']['bias_class']} images the model calls {m['config']['bias_class']}). Cost: training or "
+             "repair wall time on the machine above.", "",
+             "| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for label, values in table["rows"]:
+        cells = [_seconds(values.get(n)) if label == "cost (s)" else _ci(values[n]) for n in cols]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for name, targets in table["targets"].items():
+        r = m["repairs"][name]
+        lines += ["", f"**{name}** ({r['strategy']}; artefact: {r['artefact']['source']}, box "
+                      f"{r['artefact']['box_tlbr_px']}; settings {r['params']}): "
+                  f"{sum(ok for *_, ok in targets)} of {len(targets)} targets met.", "",
+                  "| target | measured | met |", "|---|---|---|",
+                  *[f"| {t} | {v} | {'yes' if ok else '**no**'} |" for t, v, ok in targets]]
+    return lines
+
+
+def _seconds(value) -> str:
+    return "n/a" if value is None or value != value else f"{value:.0f}"
 
 
 def _training_section(m: dict) -> list[str]:

@@ -27,7 +27,7 @@ def run_figures(metrics: dict, examples: dict) -> dict:
             f"{first}: correctly classified clean test images, one per class, {method} at {layer}", cam_label=method)
     grid = examples["patched_grid"]
     if len(grid.images):
-        last = names[-1]
+        last = "biased" if "biased" in names else names[-1]  # as measure.examples.shortcut_model
         out[f"figures/{last}_cam_grid.png"] = figures.cam_grid(
             grid.images, grid.maps[last], grid.labels["true"], grid.labels[last], classes,
             f"{last} model on patched {cls} test images ({examples['called_rate']:.0%} predicted {cls}), "

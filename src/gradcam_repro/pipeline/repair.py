@@ -1,0 +1,241 @@
+"""`gradcam-repro repair RUN --strategy {augment,rrr,last-layer}`: remove a shortcut, then measure the repaired
+model exactly as the run's baseline and biased models are measured.
+
+The artefact comes from the run's planted patch (default), an audit's confirmed candidate (`--from-audit`)
+or a user's box (`--box`). The repaired model is one more experiment spec (the biased spec plus a
+`RepairSpec`) in `<run>/experiments/<key>/`, named `repaired-<strategy>[-audit|-box]` in run.json; the run is
+then re-measured, so metrics.json, the figures and the reports gain its column. Every strategy uses only
+what a user has: the biased training set and the artefact (never the clean images the patch was pasted on).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from gradcam_repro.data import artefact as artefacts
+from gradcam_repro.data.artefact import Artefact
+from gradcam_repro.data.bias import patch_box
+from gradcam_repro.data.images import stratified_subset
+from gradcam_repro.errors import UserError
+from gradcam_repro.measure.audit import CONFIRMED
+from gradcam_repro.model import repair as repairs
+from gradcam_repro.model.resnet import save_model
+from gradcam_repro.pipeline import store
+from gradcam_repro.pipeline.experiment import Experiment, experiment_record, load_experiment, train_experiment, training_images
+from gradcam_repro.pipeline.progress import as_reporter, epoch_progress
+from gradcam_repro.pipeline.run import Prepared, load_run, load_run_config, measure_run, write_results
+from gradcam_repro.pipeline.spec import ExperimentSpec, RepairSpec
+
+STRATEGIES = ("augment", "rrr", "last-layer")
+
+
+@dataclass(frozen=True)
+class RepairOptions:
+    """What `gradcam-repro repair` was asked for (one field per flag; see --help for the defaults' reasons)."""
+
+    strategy: str
+    from_audit: str | None = None  # an audit folder or audit.json; "" = <run>/audit
+    box: tuple[int, int, int, int] | None = None
+    share: float = 0.5  # augment: share of every class's images that carry the artefact
+    rrr_weight: float = 10.0
+    repair_epochs: int = 1  # rrr fine-tuning passes
+    repair_lr: float = 0.01
+    repair_images: int | None = None  # rrr: a class-balanced subset of the training images (None: all)
+    per_class: int = 250  # last-layer: images per class, each shown with and without the artefact
+    device: str | None = None
+    data_root: str | None = None
+    force: bool = False
+
+    def params(self) -> tuple[tuple[str, object], ...]:
+        """The settings that determine the repaired weights (part of its spec key)."""
+        by_strategy = {"augment": ("share",), "rrr": ("rrr_weight", "repair_epochs", "repair_lr", "repair_images"),
+                       "last-layer": ("per_class",)}
+        return tuple((name, getattr(self, name)) for name in by_strategy[self.strategy])
+
+
+def parse_box(text: str) -> tuple[int, int, int, int]:
+    """'top,left,bottom,right' -> a tuple of 4 ints (its range is checked against the image later)."""
+    try:
+        box = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4:
+        raise UserError(f"--box {text!r} is not 4 integers; fix: pass --box top,left,bottom,right in px, e.g. 0,0,6,6")
+    return box
+
+
+def check_options(options: RepairOptions) -> None:
+    if options.strategy not in STRATEGIES:
+        raise UserError(f"unknown strategy {options.strategy!r}; fix: pass --strategy as one of {', '.join(STRATEGIES)}")
+    if options.from_audit is not None and options.box is not None:
+        raise UserError("--from-audit and --box both name the artefact; fix: pass one of them")
+    checks = [(0.0 < options.share < 1.0, f"--share must be strictly between 0 and 1, got {options.share}"),
+              (options.rrr_weight >= 0, f"--rrr-weight must be >= 0, got {options.rrr_weight}"),
+              (options.repair_epochs >= 1, f"--repair-epochs must be >= 1, got {options.repair_epochs}"),
+              (options.repair_lr > 0, f"--repair-lr must be > 0, got {options.repair_lr}"),
+              (options.per_class >= 2, f"--per-class must be >= 2, got {options.per_class}"),
+              (options.repair_images is None or options.repair_images >= 10,
+               f"--repair-images must be >= 10, got {options.repair_images}")]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+def check_run(run_dir: Path) -> None:
+    """Refuse a folder that is not a run with a biased model, before any data is loaded."""
+    _, keys = load_run_config(run_dir)
+    if "biased" not in keys:
+        raise UserError(f"run {run_dir} has no biased model to repair (it has {', '.join(keys) or 'none'}); "
+                        "fix: pass a folder written by `gradcam-repro run` with --bias-fraction above 0")
+
+
+def artefact_from_audit(path: Path) -> Artefact:
+    """The top-ranked confirmed candidate of an audit (a folder holding audit.json, or the file itself)."""
+    file = path / "audit.json" if path.is_dir() else path
+    audit = store.read_json(file, fix="fix: run `gradcam-repro audit` first, or pass --box or no artefact flag")
+    confirmed = [c for c in audit.get("candidates", []) if c.get("verdict") == CONFIRMED]
+    if not confirmed:
+        raise UserError(f"audit {file} confirmed no shortcut, so there is no artefact to remove; "
+                        "fix: pass --box top,left,bottom,right or repair with the run's own patch (no --from-audit)")
+    best = confirmed[0]
+    box = tuple(best["box_tlbr_px"])
+    source = f"audit {file} (rank {best['rank']}, {best['class']}, {best['kind']})"
+    if "pixels" in best:
+        return Artefact(box, torch.tensor(best["pixels"], dtype=torch.uint8), best["class"], source)
+    if best.get("kind") == "constant pixels":  # audits written before the pixels were recorded: constant = mean
+        color = tuple(round(v) for v in best["mean_rgb"])
+        return artefacts.solid(box, color, best["class"], source + ", mean colour")
+    raise UserError(f"audit {file} does not record the candidate's pixels; fix: rerun `gradcam-repro audit`")
+
+
+def resolve_artefact(run_dir: Path, p: Prepared, biased: Experiment, options: RepairOptions) -> Artefact:
+    """The artefact to remove: --from-audit's, --box's (pixels: the class's training-image median there) or
+    the run's planted patch."""
+    if options.from_audit is not None:
+        return artefact_from_audit(Path(options.from_audit) if options.from_audit else run_dir / "audit")
+    cfg = p.config
+    if options.box is not None:
+        images, labels, _ = training_images(biased.spec, p.training)
+        target = p.data.class_index(cfg.bias_class)
+        return artefacts.from_images(options.box, images[labels == target], cfg.bias_class, "box given with --box")
+    bias = biased.spec.bias
+    box = patch_box(p.data.test_images.shape[-1], bias.patch_size, bias.corner, bias.offset)
+    return artefacts.solid(box, bias.color, bias.class_name, "the run's planted patch")
+
+
+def repaired_name(options: RepairOptions) -> str:
+    suffix = "-audit" if options.from_audit is not None else "-box" if options.box is not None else ""
+    return f"repaired-{options.strategy}{suffix}"
+
+
+def repair_spec(biased: ExperimentSpec, artefact: Artefact, options: RepairOptions) -> ExperimentSpec:
+    """The biased spec plus the repair: same data, bias, training and seed, so only the repair differs."""
+    return replace(biased, repair=RepairSpec(options.strategy, biased.key, artefact.to_dict(), options.params()))
+
+
+def balanced_set(images: torch.Tensor, labels: torch.Tensor, artefact: Artefact, per_class: int, seed: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`per_class` seeded training images of every class, each twice: artefact removed and artefact pasted.
+    Balanced over class x artefact present/absent whatever the images carried before."""
+    n_classes = int(labels.max()) + 1
+    pick = stratified_subset(labels, min(per_class * n_classes, len(labels)), seed)
+    chosen = images[pick]
+    return (torch.cat([artefacts.remove(chosen, artefact), artefacts.paste(chosen, artefact)]),
+            torch.cat([labels[pick], labels[pick]]))
+
+
+def fit_last_layer(model: torch.nn.Module, p: Prepared, biased: Experiment, artefact: Artefact,
+                   options: RepairOptions) -> dict:
+    """DFR: refit `model.fc` on the penultimate features of `balanced_set`; returns the fit's record."""
+    images, labels, _ = training_images(biased.spec, p.training)
+    x, y = balanced_set(images, labels, artefact, options.per_class, biased.spec.seed)
+    features = repairs.penultimate_features(model, x, p.runtime.device, p.runtime.amp_dtype)
+    return {"balanced_images": len(y), **repairs.refit_last_layer(model.fc, features, y)}
+
+
+def finetune_rrr(model: torch.nn.Module, p: Prepared, biased: Experiment, artefact: Artefact,
+                 options: RepairOptions, log=print) -> list[dict]:
+    """Right for the Right Reasons fine-tuning of `model` on the biased training set."""
+    images, labels, _ = training_images(biased.spec, p.training)
+    if options.repair_images is not None:
+        keep = stratified_subset(labels, min(options.repair_images, len(labels)), biased.spec.seed)
+        images, labels = images[keep], labels[keep]
+    settings = repairs.FinetuneSettings(options.repair_epochs, options.repair_lr, p.config.batch_size, options.rrr_weight,
+                                        p.config.weight_decay, p.config.label_smoothing, biased.spec.seed)
+    return repairs.rrr_finetune(model, images, labels, artefact.mask(), settings, p.runtime.device, p.runtime.amp_dtype,
+                                epoch_progress(log, "[rrr]", settings.epochs))
+
+
+def build_repaired(spec: ExperimentSpec, p: Prepared, biased: Experiment, artefact: Artefact, options: RepairOptions,
+                   log=print) -> Experiment:
+    """Train (augment) or fit (rrr, last-layer) the repaired model into its folder, or reuse it there."""
+    root, name = Path(p.config.out_dir), repaired_name(options)
+    if options.strategy == "augment":
+        return train_experiment(spec, p.training, root, name, log, options.force)
+    folder = spec.folder(root)
+    if not options.force and (folder / "spec.json").is_file():
+        record = store.read_json(folder / "spec.json")
+        if record.get("key") == spec.key:
+            log(f"[{name}] reusing the finished repair {spec.key} in {folder} (same spec; --force redoes it)")
+            return load_experiment(folder, len(p.data.classes), p.runtime)
+    model = load_experiment(biased.spec.folder(root), len(p.data.classes), p.runtime).model  # a fresh copy
+    log(f"[{name}] {options.strategy} on the biased model {biased.spec.key} against {artefact.source}")
+    start = time.perf_counter()
+    if options.strategy == "rrr":
+        history, fit = finetune_rrr(model, p, biased, artefact, options, log), {}
+    else:
+        history, fit = [], fit_last_layer(model, p, biased, artefact, options)
+    seconds = time.perf_counter() - start
+    return save_repaired(spec, p, model, name, {"history": history, "fit": fit, "repair_seconds": seconds})
+
+
+def save_repaired(spec: ExperimentSpec, p: Prepared, model: torch.nn.Module, name: str, extra: dict) -> Experiment:
+    """Write model.pt, history.json and spec.json (last) like a trained experiment."""
+    folder = spec.folder(p.config.out_dir)
+    save_model(model, folder / "model.pt")
+    history = extra.pop("history")
+    record = experiment_record(spec, p.training, name, extra)
+    record["model_sha256"] = hashlib.sha256((folder / "model.pt").read_bytes()).hexdigest()
+    store.write_json(folder / "history.json", history)
+    store.write_json(folder / "spec.json", record)
+    return Experiment(spec, model.eval(), history, record)
+
+
+def repair(run_dir: str | Path, options: RepairOptions, log=print) -> dict:
+    """Repair the run's biased model, add it to run.json, re-measure the run; returns metrics.json's content."""
+    wall, run_dir = time.perf_counter(), Path(run_dir)
+    check_options(options)
+    check_run(run_dir)
+    p, experiments = load_run(run_dir, log, device=options.device, data_root=options.data_root)
+    biased = experiments["biased"]
+    artefact = resolve_artefact(run_dir, p, biased, options)
+    spec, name = repair_spec(biased.spec, artefact, options), repaired_name(options)
+    with store.run_lock(run_dir):
+        experiments[name] = build_repaired(spec, p, biased, artefact, options, log)
+        manifest = store.read_json(run_dir / "run.json")
+        manifest["experiments"] = {**manifest["experiments"], name: spec.key}
+        store.write_json(run_dir / "run.json", manifest)
+        metrics, examples = measure_run(p, experiments, log)
+        metrics["seconds"]["end_to_end"] = time.perf_counter() - wall
+        metrics = write_results(run_dir, metrics, examples)
+    row = metrics["repairs"][name]
+    as_reporter(log).final(f"[{name}] done in {time.perf_counter() - wall:.0f} s (repair {row['seconds']:.0f} s): "
+                           f"{repair_line(metrics, name)}; {run_dir / 'REPORT.html'}")
+    return metrics
+
+
+def repair_line(metrics: dict, name: str) -> str:
+    """One repaired model's headline numbers next to the baseline's and the biased model's."""
+    cls = metrics["config"]["bias_class"]
+    parts = []
+    for label, key in (("clean acc", "clean_test_acc"), (f"{cls} recall", "target_recall_clean")):
+        parts.append(label + " " + " / ".join(f"{metrics['models'][n][key]['mean']:.3f}" for n in ("baseline", "biased", name)
+                                              if n in metrics["models"]))
+    flips = " / ".join(f"{metrics['models'][n]['flip_to_target']['patch']['mean']:.3f}" for n in ("baseline", "biased", name)
+                       if n in metrics["models"])
+    return f"{', '.join(parts)}, flip-to-{cls} {flips} (baseline / biased / repaired)"
