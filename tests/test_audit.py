@@ -96,6 +96,23 @@ def test_when_half_the_class_carries_the_patch_the_clusters_separate_patched_fro
     assert crescent["n_clusters"] >= 2
     assert crescent["adjusted_rand_index"] >= 0.8
     assert result["confirmed"] == [SHORTCUT]
+    found = result["candidates"][0]
+    assert found["cluster"] in found["artefact_clusters"]
+    assert crescent["adjusted_rand_index_artefact"] >= 0.8
+
+
+def test_clusters_that_carry_the_confirmed_artefact_form_its_sub_population():
+    images = torch.zeros(9, 3, 8, 8, dtype=torch.uint8)
+    images[:6, :, :2, :2] = 250  # clusters 0 and 1 carry the artefact (one of them a little darker)
+    images[3:6, :, :2, :2] = 235
+    ids = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    region = {"box": (0, 0, 2, 2), "kind": "constant pixels"}
+    record = {"clusters": [{"cluster": 0, "region": region}, {"cluster": 1, "region": {**region, "box": (0, 0, 2, 3)}},
+                           {"cluster": 2, "region": region}]}  # cluster 2: the same place, but black there
+    pixels = torch.full((3, 2, 2), 250, dtype=torch.uint8)
+    assert audit.artefact_clusters(record, images, ids, (0, 0, 2, 2), pixels) == [0, 1]
+    record["clusters"][1]["region"] = {**region, "kind": "relevance only"}
+    assert audit.artefact_clusters(record, images, ids, (0, 0, 2, 2), pixels) == [0]
 
 
 # ----- the pieces, on hand-built inputs with known answers ---------------------------------------------------

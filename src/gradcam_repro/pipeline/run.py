@@ -166,7 +166,8 @@ def measure_run(p: Prepared, experiments: dict[str, Experiment], log=print) -> t
         **shortcut,
         "histories": examples["histories"],
         "repairs": repair_records(experiments),
-        "seconds": {"evaluate": time.perf_counter() - start},
+        "seconds": {"evaluate": time.perf_counter() - start,
+                    **{f"train_{n}": e.record["train_seconds"] for n, e in experiments.items() if "train_seconds" in e.record}},
     }
     return metrics, examples
 
@@ -255,7 +256,6 @@ def run(config: Config, log=print, force: bool = False, before_training: Callabl
             force = False  # retrained just now
         experiments = {name: train_experiment(spec, p.training, out, name, log, force) for name, spec in p.specs.items()}
         metrics, examples = measure_run(p, experiments, log)
-        metrics["seconds"].update({f"train_{n}": e.record.get("train_seconds", float("nan")) for n, e in experiments.items()})
         metrics["seconds"]["end_to_end"] = time.perf_counter() - wall
         write_results(out, metrics, examples, p.config.show)
     as_reporter(log).final(final_line(metrics, out, time.perf_counter() - wall))

@@ -49,11 +49,20 @@ def summary_lines(result: dict) -> list[str]:
     """What the CLI prints at the end: one line per tested candidate and the overall verdict."""
     lines = [f"#{c['rank']} {c['class']} (cluster {c['cluster']}, n={c['n']}): {c['verdict']}; region {box_text(c['box_tlbr_px'])} "
              f"({c['kind']}); pasted on other classes -> {c['class']} {_pct(c['transplant_flip'])}; occluded "
-             f"{_pct(c['occluded_flip'])}; removal changes {_pct(c['removal_change'])}" for c in result["candidates"]]
+             f"{_pct(c['occluded_flip'])}; removal changes {_pct(c['removal_change'])}" + _group_text(c)
+             for c in result["candidates"]]
     confirmed = result["confirmed"]
     lines.append(f"confirmed shortcut: {', '.join(confirmed)}" if confirmed else
                  f"no shortcut confirmed among the {len(result['candidates'])} tested classes")
     return lines
+
+
+def _group_text(candidate: dict) -> str:
+    """"; carried by clusters 1, 2 (515 images)" for a confirmed candidate's sub-population, else ""."""
+    if "artefact_clusters" not in candidate:
+        return ""
+    clusters = ", ".join(str(c) for c in candidate["artefact_clusters"])
+    return f"; carried by cluster(s) {clusters} ({candidate['artefact_images']} images)"
 
 
 # ----- markdown -----------------------------------------------------------------------------------------
@@ -119,8 +128,11 @@ def _ground_truth_rows(result: dict) -> list[str]:
     for name, rec in result["classes"].items():
         if "adjusted_rand_index" in rec:
             shares = ", ".join(f"cluster {c['cluster']}: {c['patched_share']:.0%} of {c['n']}" for c in rec["clusters"])
+            group = (f" The confirmed artefact's sub-population (its clusters together) against patched/unpatched: "
+                     f"{rec['adjusted_rand_index_artefact']:.3f}." if "adjusted_rand_index_artefact" in rec else "")
             ari = (f"Adjusted Rand index of the clusters against patched/unpatched: {rec['adjusted_rand_index']:.3f} over "
                    f"the true {name} images, {rec['adjusted_rand_index_all']:.3f} over every image assigned to the class."
+                   + group
                    if rec["patched_share_true"] < 1 else
                    f"Every true {name} image assigned to it is patched, so there is no split to score.")
             rows.append(f"- {name}: {rec['n_patched']} patched images among the {rec['n_images']} assigned to it; patched share "
