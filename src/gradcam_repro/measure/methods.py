@@ -13,7 +13,7 @@ Every method goes through the explainer registry, so nothing here depends on whi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -21,10 +21,10 @@ from torch import nn
 from gradcam_repro.data.bias import inject_patch, patch_box
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.pixel import PIXEL_LAYER
-from gradcam_repro.explain.registry import EXPLAINERS, explain_images, map_layers, single_layer_explainer
+from gradcam_repro.explain.registry import EXPLAINERS, display_name, explain_images, map_layers, single_layer_explainer
 from gradcam_repro.measure import faithfulness, sanity, scores
 from gradcam_repro.measure.predict import predict
-from gradcam_repro.measure.shortcut import EvalSet, score_maps, seeded_cap
+from gradcam_repro.measure.shortcut import EvalSet, Progress, score_maps, seeded_cap, staged
 from gradcam_repro.model.resnet import normalize
 from gradcam_repro.runtime import Runtime
 
@@ -84,13 +84,15 @@ class CompareOptions:
 @dataclass(frozen=True)
 class MethodSweep:
     """Fixed for every section: the options, the layers CAMs are swept over, the run's CAM layer (sanity
-    check and faithfulness), the seed of every sample choice and bootstrap, and where models run."""
+    check and faithfulness), the seed of every sample choice and bootstrap, and where models run;
+    `progress(done, total, stage)`, when given, hears of each explanation pass (it changes no number)."""
 
     options: CompareOptions
     layers: tuple[str, ...]
     cam_layer: str
     seed: int
     runtime: Runtime
+    progress: Progress | None = field(default=None, compare=False)
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -124,7 +126,8 @@ def shortcut_evidence(models: dict[str, nn.Module], test: EvalSet, target: int, 
         called_target[name] = len(chosen)
         for method in sweep.methods:
             batch = chosen[:sweep.options.cap(len(chosen), method)]
-            maps = explain_images(method, model, batch, torch.full((len(batch),), target), sweep.layers, sweep.runtime)
+            maps = explain_images(method, model, batch, torch.full((len(batch),), target), sweep.layers, sweep.runtime,
+                                  progress=staged(sweep.progress, f"{name} {display_name(method)}"))
             for layer, m in maps.items():
                 shortcut[method].setdefault(layer, {})[name] = score_maps(m, box, sweep.seed)
     size = images.shape[-1]
@@ -156,7 +159,8 @@ def shapes_localisation(model: nn.Module, test: EvalSet, sweep: MethodSweep) -> 
     localisation: dict = {m: {} for m in sweep.methods}
     for method in sweep.methods:
         idx = chosen[:sweep.options.cap(len(chosen), method)]
-        maps = explain_images(method, model, test.images[idx], test.labels[idx], sweep.layers, sweep.runtime)
+        maps = explain_images(method, model, test.images[idx], test.labels[idx], sweep.layers, sweep.runtime,
+                              progress=staged(sweep.progress, f"shapes {display_name(method)}"))
         for layer, m in maps.items():
             localisation[method][layer] = score_maps(m, None, sweep.seed, masks=test.masks[idx])
     return {"localisation": localisation, "energy_in_mask": scores.uniform_energy(test.masks[chosen])}

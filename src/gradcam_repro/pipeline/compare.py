@@ -110,7 +110,9 @@ def _measure(p: Prepared, experiments: dict[str, Experiment], shapes, sweep: Met
                  "experiments": experiment_ids(experiments),
                  "settings": compare_settings(sweep.options, sweep.runtime), "seconds": {}}
     seconds = out["seconds"]
-    sections = as_reporter(log).task("[compare] sections", 4 if shapes is not None else 3, "section")
+    reporter = as_reporter(log)
+    sections = reporter.task("[compare] sections", 4 if shapes is not None else 3, "section")
+    sweep = replace(sweep, progress=reporter.tracker("[compare] maps", "img"))
     # 1. Shortcut evidence: patched target images each model calls target, explained for the target class.
     found = _timed(sections, seconds, "shortcut", shortcut_evidence, models, test, p.target, shortcut_protocol(p).patch, sweep)
     for name, n in found["called_target"].items():
@@ -131,6 +133,7 @@ def _measure(p: Prepared, experiments: dict[str, Experiment], shapes, sweep: Met
     faithful = _timed(sections, seconds, "faithfulness", faithfulness_check, base, test, sweep)
     out["faithfulness"] = faithful["faithfulness"]
     sections.close()
+    sweep.progress.close()
     return out, {"cascade_maps": cascade["cascade_maps"], "sanity_image": cascade["image"], "curves": faithful["curves"]}
 
 
