@@ -179,3 +179,9 @@ def test_repair_adds_a_measured_column_to_the_run_and_refuses_bad_inputs(shapes_
     assert 'id="repair"' in (run / "REPORT.html").read_text()
     assert main(["repair", str(run), "--strategy", "last-layer", "--per-class", "20"]) == 0
     assert "reusing the finished repair" in capsys.readouterr().out
+    assert main(["repair", str(run), "--strategy", "rrr", "--repair-images", "200", "--quiet"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    (record,) = metrics["histories"]["repaired-rrr"]  # one fine-tuning epoch, with training's columns
+    assert record["penalty"] >= 0 and 0 <= record["test_acc"] <= 1 and record["train_px"] == 32
+    assert list(metrics["models"]) == ["baseline", "biased", "repaired-last-layer", "repaired-rrr"]
+    assert "figures/repaired-rrr_training_curves.png" in metrics["figures"]

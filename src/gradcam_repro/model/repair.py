@@ -45,7 +45,7 @@ class FinetuneSettings:
     epochs: int = 1
     lr: float = 0.01
     batch_size: int = 128
-    weight: float = 10.0
+    weight: float = 1.0
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
     seed: int = 0

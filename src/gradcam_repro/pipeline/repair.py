@@ -23,6 +23,7 @@ from gradcam_repro.data.bias import patch_box
 from gradcam_repro.data.images import stratified_subset
 from gradcam_repro.errors import UserError
 from gradcam_repro.measure.audit import CONFIRMED
+from gradcam_repro.measure.predict import accuracy, predict_logits
 from gradcam_repro.model import repair as repairs
 from gradcam_repro.model.resnet import save_model
 from gradcam_repro.pipeline import store
@@ -42,7 +43,7 @@ class RepairOptions:
     from_audit: str | None = None  # an audit folder or audit.json; "" = <run>/audit
     box: tuple[int, int, int, int] | None = None
     share: float = 0.5  # augment: share of every class's images that carry the artefact
-    rrr_weight: float = 10.0
+    rrr_weight: float = 1.0
     repair_epochs: int = 1  # rrr fine-tuning passes
     repair_lr: float = 0.01
     repair_images: int | None = None  # rrr: a class-balanced subset of the training images (None: all)
@@ -167,8 +168,16 @@ def finetune_rrr(model: torch.nn.Module, p: Prepared, biased: Experiment, artefa
         images, labels = images[keep], labels[keep]
     settings = repairs.FinetuneSettings(options.repair_epochs, options.repair_lr, p.config.batch_size, options.rrr_weight,
                                         p.config.weight_decay, p.config.label_smoothing, biased.spec.seed)
-    return repairs.rrr_finetune(model, images, labels, artefact.mask(), settings, p.runtime.device, p.runtime.amp_dtype,
-                                epoch_progress(log, "[rrr]", settings.epochs))
+    history = repairs.rrr_finetune(model, images, labels, artefact.mask(), settings, p.runtime.device, p.runtime.amp_dtype,
+                                   epoch_progress(log, "[rrr]", settings.epochs))
+    ts = p.training  # the history's columns as training writes them; the test accuracy after the last epoch
+    test_acc = accuracy(predict_logits(model, ts.data.test_images[ts.eval_index], p.runtime), ts.data.test_labels[ts.eval_index])
+    for record in history:
+        record.update(test_acc=test_acc if record is history[-1] else float("nan"), train_px=images.shape[-1],
+                      train_seconds=record["seconds"])
+        log(f"[rrr] epoch {record['epoch']}/{settings.epochs}  loss {record['loss']:.4f}  penalty {record['penalty']:.4f}  "
+            f"train acc {record['train_acc']:.3f}  clean test acc {record['test_acc']:.3f}  {record['seconds']:.1f} s")
+    return history
 
 
 def build_repaired(spec: ExperimentSpec, p: Prepared, biased: Experiment, artefact: Artefact, options: RepairOptions,
