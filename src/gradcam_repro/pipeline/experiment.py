@@ -145,13 +145,20 @@ def train_experiment(spec: ExperimentSpec, ts: TrainingSet, root: Path, name: st
     history = train_model(model, images, labels, ts.config, ts.runtime.device, ts.runtime.amp_dtype, hooks,
                           resume=None if force else _resume_state(checkpoint, spec, log))
     record = experiment_record(spec, ts, name, {"bias": bias, "train_seconds": time.perf_counter() - start})
+    save_experiment(folder, model, history, record)
+    checkpoint.unlink(missing_ok=True)
+    return Experiment(spec, model.eval(), history, record)
+
+
+def save_experiment(folder: Path, model: nn.Module, history: list[dict], record: dict) -> None:
+    """Write model.pt, history.json (and history.csv when there are epochs) and spec.json, which goes last and
+    marks the experiment finished and reusable; adds the model file's sha256 to `record`."""
     save_model(model, folder / "model.pt")
     record["model_sha256"] = hashlib.sha256((folder / "model.pt").read_bytes()).hexdigest()
     store.write_json(folder / "history.json", history)
-    store.write_text(folder / "history.csv", _history_csv(history))
-    store.write_json(folder / "spec.json", record)  # last: marks the experiment finished and reusable
-    checkpoint.unlink(missing_ok=True)
-    return Experiment(spec, model.eval(), history, record)
+    if history:
+        store.write_text(folder / "history.csv", _history_csv(history))
+    store.write_json(folder / "spec.json", record)
 
 
 def experiment_record(spec: ExperimentSpec, ts: TrainingSet, name: str, extra: dict) -> dict:

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import torch
 
-from gradcam_repro.pipeline import store
 from gradcam_repro.pipeline.experiment import TrainingSet, finished_record, train_experiment
 from gradcam_repro.pipeline.run import Prepared
 from gradcam_repro.pipeline.spec import ExperimentSpec
-from gradcam_repro.pipeline.study import EXPERIMENT_FILES, ray_session
+from gradcam_repro.pipeline.study import EXPERIMENT_FILES, ray_session, write_experiment_files
 from gradcam_repro.runtime import Runtime
 
 THREADS_PER_TRAINING = 1
@@ -53,9 +52,6 @@ def train_side_by_side(p: Prepared, out: Path, log=print, force: bool = False) -
         refs = {name: remote.remote(shared, spec, name, device) for name, spec in todo.items()}
         for name, ref in refs.items():
             result = ray.get(ref)
-            folder = todo[name].folder(out)
-            for file in EXPERIMENT_FILES:  # spec.json last: a folder without it is not reused
-                with store.atomic_path(folder / file) as tmp:
-                    tmp.write_bytes(result["files"][file])
+            write_experiment_files(todo[name].folder(out), result["files"])
             for line in result["log"]:
                 log(line)

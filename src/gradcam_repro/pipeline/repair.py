@@ -10,7 +10,6 @@ what a user has: the biased training set and the artefact (never the clean image
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,9 +24,16 @@ from gradcam_repro.errors import UserError
 from gradcam_repro.measure.audit import CONFIRMED
 from gradcam_repro.measure.predict import accuracy, predict_logits
 from gradcam_repro.model import repair as repairs
-from gradcam_repro.model.resnet import save_model
 from gradcam_repro.pipeline import store
-from gradcam_repro.pipeline.experiment import Experiment, experiment_record, load_experiment, train_experiment, training_images
+from gradcam_repro.pipeline.experiment import (
+    Experiment,
+    experiment_record,
+    finished_record,
+    load_experiment,
+    save_experiment,
+    train_experiment,
+    training_images,
+)
 from gradcam_repro.pipeline.progress import as_reporter, epoch_progress
 from gradcam_repro.pipeline.run import Prepared, load_run, load_run_config, measure_run, write_results
 from gradcam_repro.pipeline.spec import ExperimentSpec, RepairSpec
@@ -187,11 +193,9 @@ def build_repaired(spec: ExperimentSpec, p: Prepared, biased: Experiment, artefa
     if options.strategy == "augment":
         return train_experiment(spec, p.training, root, name, log, options.force)
     folder = spec.folder(root)
-    if not options.force and (folder / "spec.json").is_file():
-        record = store.read_json(folder / "spec.json")
-        if record.get("key") == spec.key:
-            log(f"[{name}] reusing the finished repair {spec.key} in {folder} (same spec; --force redoes it)")
-            return load_experiment(folder, len(p.data.classes), p.runtime)
+    if not options.force and finished_record(folder, spec) is not None:
+        log(f"[{name}] reusing the finished repair {spec.key} in {folder} (same spec; --force redoes it)")
+        return load_experiment(folder, len(p.data.classes), p.runtime)
     model = load_experiment(biased.spec.folder(root), len(p.data.classes), p.runtime).model  # a fresh copy
     log(f"[{name}] {options.strategy} on the biased model {biased.spec.key} against {artefact.source}")
     start = time.perf_counter()
@@ -204,14 +208,10 @@ def build_repaired(spec: ExperimentSpec, p: Prepared, biased: Experiment, artefa
 
 
 def save_repaired(spec: ExperimentSpec, p: Prepared, model: torch.nn.Module, name: str, extra: dict) -> Experiment:
-    """Write model.pt, history.json and spec.json (last) like a trained experiment."""
-    folder = spec.folder(p.config.out_dir)
-    save_model(model, folder / "model.pt")
+    """Save the repaired model's folder as a trained experiment's (`save_experiment`)."""
     history = extra.pop("history")
     record = experiment_record(spec, p.training, name, extra)
-    record["model_sha256"] = hashlib.sha256((folder / "model.pt").read_bytes()).hexdigest()
-    store.write_json(folder / "history.json", history)
-    store.write_json(folder / "spec.json", record)
+    save_experiment(spec.folder(p.config.out_dir), model, history, record)
     return Experiment(spec, model.eval(), history, record)
 
 

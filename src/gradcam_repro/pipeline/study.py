@@ -290,14 +290,19 @@ def run_spec_task(data: ImageData, task: SpecTask) -> dict:
             "environment": store.environment_info(str(runtime.device)), "log": lines}
 
 
+def write_experiment_files(folder: Path, files: dict[str, bytes]) -> None:
+    """An experiment folder from a worker's file contents, each file atomically, spec.json last (a folder
+    without it is not reused)."""
+    for name in EXPERIMENT_FILES:
+        with store.atomic_path(folder / name) as tmp:
+            tmp.write_bytes(files[name])
+
+
 def save_task_result(out: Path, task: SpecTask, plan: StudyPlan, result: dict) -> list[str]:
     """Write a finished task's experiment folder (unless it was restored) and one file per cell, each
     atomically, the cells last; returns the cell keys written."""
     if task.experiment_files is None:
-        folder = task.spec.folder(out)
-        for name in EXPERIMENT_FILES:  # spec.json last: a folder without it is not reused
-            with store.atomic_path(folder / name) as tmp:
-                tmp.write_bytes(result["files"][name])
+        write_experiment_files(task.spec.folder(out), result["files"])
     by_key = {c.key: c for c in plan.cells}
     for key, measured in result["cells"].items():
         c = by_key[key]
