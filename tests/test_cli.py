@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from gradcam_repro.cli import main, parse_color
+from gradcam_repro.cli import build_parser, config_from_args, main, parse_color
 
 
 @pytest.fixture
@@ -93,6 +93,18 @@ def test_patch_color_parsing():
     for bad in ("255,255", "256,0,0", "a,b,c", "purple-ish"):
         with pytest.raises(Exception, match="not a colour"):
             parse_color(bad)
+
+
+def test_a_sample_size_flag_can_ask_for_every_image_where_the_preset_samples(capsys):
+    def config(*flags):
+        return config_from_args(build_parser().parse_args(["run", "--preset", "smoke", *flags]))
+
+    assert config().counterfactual_images == 200  # the smoke preset samples
+    assert config("--counterfactual-images", "all", "--cam-images", "ALL").counterfactual_images is None
+    assert config("--cam-images", "all").cam_images is None and config("--cam-images", "30").cam_images == 30
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--counterfactual-images", "many"])
+    assert "'many' is not a number of images; use a whole number or 'all'" in capsys.readouterr().err
 
 
 def test_an_explicit_bias_class_is_never_silently_replaced(tmp_path, capsys):

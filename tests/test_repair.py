@@ -98,6 +98,10 @@ def test_an_augment_repair_trains_on_the_decorrelated_images():
     assert 0.2 <= carries[labels == TARGET].float().mean() <= 0.45  # the target lost the patch on most images
     assert spec.key != biased.key and ExperimentSpec.from_dict(spec.to_dict()).key == spec.key
     assert "repair" not in biased.to_dict()  # models trained before repairs keep their keys
+    found_by_audit = artefacts.solid(BOX, (255, 255, 0), SHORTCUT, "audit candidate #1")
+    assert repair_spec(biased, found_by_audit, RepairOptions("augment", share=0.3)).key == spec.key  # same model
+    assert repair_spec(biased, artefacts.solid(BOX, (255, 0, 0), SHORTCUT, "test patch"),
+                       RepairOptions("augment", share=0.3)).key != spec.key
 
 
 def test_rrr_penalty_is_the_squared_input_gradient_inside_the_region_with_the_right_gradient():
@@ -185,3 +189,9 @@ def test_repair_adds_a_measured_column_to_the_run_and_refuses_bad_inputs(shapes_
     assert record["penalty"] >= 0 and 0 <= record["test_acc"] <= 1 and record["train_px"] == 32
     assert list(metrics["models"]) == ["baseline", "biased", "repaired-last-layer", "repaired-rrr"]
     assert "figures/repaired-rrr_training_curves.png" in metrics["figures"]
+    # rerunning `run` into the folder keeps the repaired models in run.json and measures them again
+    assert main(["run", "--preset", "smoke", "--dataset", "shapes", "--out", str(run), "--quiet"]) == 0
+    kept = json.loads((run / "run.json").read_text())["experiments"]
+    assert list(kept) == ["baseline", "biased", "repaired-last-layer", "repaired-rrr"] and kept["repaired-rrr"] == \
+        json.loads((run / "experiments" / kept["repaired-rrr"] / "spec.json").read_text())["key"]
+    assert list(json.loads((run / "metrics.json").read_text())["models"]) == list(kept)

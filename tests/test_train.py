@@ -61,6 +61,7 @@ def test_same_seed_gives_identical_training():
         assert torch.equal(pa, pb)
     c, hc = train(Config(epochs=2, batch_size=32, lr=0.05, lr_schedule="onecycle", seed=1), images, labels)
     assert [h["loss"] for h in hc] != [h["loss"] for h in ha]
+    assert 0 < ha[-1]["lr"] < ha[0]["lr"] <= 0.05  # the lr the epoch's last step used, never past the schedule's end
 
 
 def test_non_finite_loss_stops_training_with_a_clear_message():

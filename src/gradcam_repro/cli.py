@@ -10,7 +10,7 @@ import time
 
 import matplotlib
 
-from gradcam_repro.config import CORNERS, LR_SCHEDULES, MAX_IMAGE_PIXELS, PRECISIONS, PRESETS, Config, preset_config
+from gradcam_repro.config import ALL, CORNERS, LR_SCHEDULES, MAX_IMAGE_PIXELS, PRECISIONS, PRESETS, Config, preset_config
 from gradcam_repro.data.registry import DATASETS
 from gradcam_repro.errors import UserError, report_error
 from gradcam_repro.explain.registry import CAM_METHODS, EXPLAINERS
@@ -31,6 +31,16 @@ from gradcam_repro.runtime import choose_device
 
 COLORS = {"yellow": (255, 255, 0), "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255),
           "magenta": (255, 0, 255), "cyan": (0, 255, 255), "white": (255, 255, 255), "black": (0, 0, 0)}
+
+
+def count_or_all(text: str) -> int | str:
+    """A sample size: a whole number, or 'all' (every image, also where the preset samples)."""
+    if text.strip().lower() == ALL:
+        return ALL
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of images; use a whole number or 'all'") from None
 
 
 def parse_color(text: str) -> tuple[int, int, int]:
@@ -119,9 +129,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     b.add_argument("--bias-fraction", type=float, help="fraction of the class's training images patched, in [0, 1] (default 1.0)")
     e = p.add_argument_group("explanation and output")
     e.add_argument("--cam-batch-size", type=int, help="images per Grad-CAM forward/backward pass (default 256)")
-    e.add_argument("--counterfactual-images", type=int, help="non-target test images the patch is pasted on for the "
-                   "flip-to-target tests (seeded choice; default: all)")
-    e.add_argument("--cam-images", type=int, help="images per Grad-CAM evaluation set (seeded choice; default: all)")
+    e.add_argument("--counterfactual-images", type=count_or_all, help="non-target test images the patch is pasted on "
+                   "for the flip-to-target tests (seeded choice; 'all' for every one; default: all)")
+    e.add_argument("--cam-images", type=count_or_all, help="images per Grad-CAM evaluation set (seeded choice; 'all' "
+                   "for every one; default: all)")
     e.add_argument("--figure-images", type=int, help="images per figure grid (default 8)")
     e.add_argument("--shapes-train", type=int, help="shapes dataset: number of training images (default 10000)")
     e.add_argument("--shapes-test", type=int, help="shapes dataset: number of test images (default 2000)")

@@ -205,12 +205,16 @@ PRESETS: dict[str, dict] = {
 }
 
 
+ALL = "all"  # a sample-size flag's value for "every image" (the field's None), e.g. --counterfactual-images all
+
+
 def preset_config(name: str, **overrides) -> Config:
-    """The named preset with `overrides` (field -> value; None values are ignored) applied."""
+    """The named preset with `overrides` (field -> value; None values are ignored, ALL means None: every image)
+    applied."""
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}; fix: use one of {', '.join(PRESETS)}")
     values = {"preset": name, **PRESETS[name]}
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    values.update({k: None if v == ALL else v for k, v in overrides.items() if v is not None})
     return Config.from_dict(values)
 
 

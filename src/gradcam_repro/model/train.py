@@ -122,6 +122,7 @@ class TrainState:
     config: Config
     device: torch.device
     amp_dtype: torch.dtype | None
+    last_lr: float = float("nan")  # the lr the latest step used (the scheduler has moved past it by then)
 
     def checkpoint(self, epoch: int, history: list[dict]) -> dict:
         """The state after 1-based `epoch`, as `restore` (and `train_model(resume=...)`) reads it."""
@@ -214,6 +215,7 @@ def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor) -> tuple[tor
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     state.optimizer.step()
+    state.last_lr = state.optimizer.param_groups[0]["lr"]
     state.scheduler.step()
     return loss.detach().float(), (logits.argmax(1) == y).sum()
 
@@ -273,7 +275,7 @@ def _run_epoch(state: TrainState, images: torch.Tensor, labels: torch.Tensor, ep
         "loss": mean_loss,
         "train_acc": correct / n,
         "test_acc": hooks.evaluate(state.model) if hooks.evaluate is not None else float("nan"),
-        "lr": state.optimizer.param_groups[0]["lr"],
+        "lr": state.last_lr,  # of the epoch's last step
         "train_px": plan.side,
         "train_seconds": train_s,
         "seconds": time.perf_counter() - start,

@@ -249,12 +249,15 @@ def run(config: Config, log=print, force: bool = False, before_training: Callabl
     p = prepare(config, log)
     out = Path(p.config.out_dir)
     with store.run_lock(out):
+        repaired = kept_repairs(out, p.specs["biased"].key if "biased" in p.specs else None)
         store.write_json(out / "run.json", {"config": p.config.to_dict(),
-                                            "experiments": {n: s.key for n, s in p.specs.items()}})
+                                            "experiments": {**{n: s.key for n, s in p.specs.items()}, **repaired}})
         if before_training is not None:
             before_training(p, out, log, force)
             force = False  # retrained just now
         experiments = {name: train_experiment(spec, p.training, out, name, log, force) for name, spec in p.specs.items()}
+        experiments |= {name: load_experiment(out / "experiments" / key, len(p.data.classes), p.runtime)
+                        for name, key in repaired.items()}
         metrics, examples = measure_run(p, experiments, log)
         metrics["seconds"]["end_to_end"] = time.perf_counter() - wall
         write_results(out, metrics, examples, p.config.show)
@@ -262,6 +265,27 @@ def run(config: Config, log=print, force: bool = False, before_training: Callabl
     if p.config.show:
         figures.show()
     return metrics
+
+
+def kept_repairs(out: Path, biased_key: str | None) -> dict[str, str]:
+    """{name: key} of the repaired models an earlier run.json in `out` lists whose parent is still this run's
+    biased model, so that rerunning `run` keeps (and re-measures) what `gradcam-repro repair` added."""
+    if biased_key is None or not (out / "run.json").is_file():
+        return {}
+    try:
+        earlier = store.read_json(out / "run.json")["experiments"]
+    except (UserError, KeyError, TypeError):
+        return {}
+    kept = {}
+    for name, key in earlier.items():
+        spec_file = out / "experiments" / str(key) / "spec.json"
+        try:
+            record = store.read_json(spec_file) if (spec_file.parent / "model.pt").is_file() else {}
+        except UserError:
+            continue
+        if (record.get("spec", {}).get("repair") or {}).get("parent") == biased_key:
+            kept[name] = key
+    return kept
 
 
 def load_run_config(run_dir: str | Path) -> tuple[Config, dict[str, str]]:

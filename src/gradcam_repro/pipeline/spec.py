@@ -105,7 +105,10 @@ class ExperimentSpec:
     @property
     def key(self) -> str:
         """A stable 16-hex-digit content hash: the same spec gives the same key on every machine."""
-        text = json.dumps({"version": SPEC_VERSION, **self.to_dict()}, sort_keys=True, separators=(",", ":"))
+        values = self.to_dict()
+        if "repair" in values:  # where the artefact was found (patch, audit, box) does not change the model
+            values["repair"]["artefact"] = {k: v for k, v in values["repair"]["artefact"].items() if k != "source"}
+        text = json.dumps({"version": SPEC_VERSION, **values}, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def folder(self, root: str | Path) -> Path:
