@@ -10,6 +10,7 @@ import math
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import NullLocator
 
 from gradcam_repro.explain.registry import display_name
 from gradcam_repro.measure.aggregate import DOSE_AXIS
@@ -177,9 +178,19 @@ def _curve(ax, group: list[dict], name: str, label: str) -> None:
     ax.errorbar(x, y, yerr=[low, high], marker="o", ms=4, capsize=3, label=label)
 
 
-def _fraction_axis(ax) -> None:
+FRACTION_LABEL = "bias fraction (share of target-class training images patched)"
+
+
+def _fractions(study: dict) -> list[float]:
+    return sorted({c["axes"].get(DOSE_AXIS, 0) for c in study["conditions"]})
+
+
+def _fraction_axis(ax, fractions: list[float]) -> None:
+    """Symlog x axis from 0 to the largest fraction, ticked at the tested fractions only."""
     ax.set_xscale("symlog", linthresh=SYMLOG_LINEAR_BELOW)
-    ax.set_xlabel("bias fraction (share of target-class training images patched)")
+    ax.set_xlim(-SYMLOG_LINEAR_BELOW / 4, max(max(fractions), SYMLOG_LINEAR_BELOW) * 1.4)
+    ax.set_xticks(fractions, [f"{f:g}" for f in fractions], fontsize=7)
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.grid(alpha=0.3)
 
 
@@ -189,7 +200,8 @@ def reliance_figure(study: dict):
     for label, group in _series(study["conditions"]).items():
         _curve(ax, group, "flip_to_target/patch", label)
     ax.axhline(RELIES_FLIP_RATE, color="grey", ls="--", lw=1, label=f"relies threshold ({RELIES_FLIP_RATE})")
-    _fraction_axis(ax)
+    _fraction_axis(ax, _fractions(study))
+    ax.set_xlabel(FRACTION_LABEL)
     ax.set_ylabel(f"flip-to-{study['bias_class']} rate with the patch")
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=7)
@@ -207,11 +219,13 @@ def energy_figure(study: dict, group: list[dict], label: str):
             _curve(ax, group, f"energy_ratio/{method}/{layer}", layer)
         ax.axhline(POINTS_AT_PATCH_RATIO, color="grey", ls="--", lw=1)
         ax.axhline(1.0, color="grey", ls=":", lw=1)
-        _fraction_axis(ax)
+        _fraction_axis(ax, _fractions(study))
         ax.set_title(display_name(method), fontsize=9)
         ax.legend(fontsize=6)
     axes[0][0].set_ylabel("CAM energy in patch / uniform")
-    fig.suptitle(f"Explanation energy on the patch {label} (dashed: {POINTS_AT_PATCH_RATIO:g}x uniform)", fontsize=9)
+    fig.supxlabel(FRACTION_LABEL, fontsize=9)
+    fig.suptitle(f"Explanation energy on the patch {label} (dashed: {POINTS_AT_PATCH_RATIO:g}x uniform, "
+                 "dotted: uniform; mean and 95% t-interval over seeds)", fontsize=9)
     fig.tight_layout()
     return fig
 
