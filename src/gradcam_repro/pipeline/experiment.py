@@ -60,15 +60,20 @@ def experiment_ids(experiments: dict[str, Experiment]) -> dict[str, dict]:
     return {name: {"key": e.spec.key, "model_sha256": e.record.get("model_sha256")} for name, e in experiments.items()}
 
 
-def finished_record(folder: Path, spec: ExperimentSpec) -> dict | None:
-    """The spec.json of a finished experiment of exactly `spec` in `folder`, else None."""
+def read_finished(folder: Path) -> dict | None:
+    """The spec.json of the finished experiment in `folder` (all its files there and readable), else None."""
     if not all((folder / f).is_file() for f in ("model.pt", "history.json", "spec.json")):
         return None
     try:
-        record = store.read_json(folder / "spec.json")
+        return store.read_json(folder / "spec.json")
     except UserError:
         return None
-    return record if record.get("key") == spec.key else None
+
+
+def finished_record(folder: Path, spec: ExperimentSpec) -> dict | None:
+    """The spec.json of a finished experiment of exactly `spec` in `folder`, else None."""
+    record = read_finished(folder)
+    return record if record is not None and record.get("key") == spec.key else None
 
 
 def load_experiment(folder: Path, num_classes: int, runtime: Runtime) -> Experiment:

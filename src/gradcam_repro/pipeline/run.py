@@ -29,7 +29,14 @@ from gradcam_repro.measure.examples import figure_examples, gallery_maps
 from gradcam_repro.measure.shortcut import EvalSet, ShortcutProtocol, measure_shortcut
 from gradcam_repro.model.resnet import DEFAULT_LAYER, resnet18_cifar
 from gradcam_repro.pipeline import store
-from gradcam_repro.pipeline.experiment import Experiment, TrainingSet, experiment_ids, load_experiment, train_experiment
+from gradcam_repro.pipeline.experiment import (
+    Experiment,
+    TrainingSet,
+    experiment_ids,
+    load_experiment,
+    read_finished,
+    train_experiment,
+)
 from gradcam_repro.pipeline.progress import as_reporter, final_line
 from gradcam_repro.pipeline.spec import BiasSpec, ExperimentSpec
 from gradcam_repro.report import figures
@@ -278,11 +285,7 @@ def kept_repairs(out: Path, biased_key: str | None) -> dict[str, str]:
         return {}
     kept = {}
     for name, key in earlier.items():
-        spec_file = out / "experiments" / str(key) / "spec.json"
-        try:
-            record = store.read_json(spec_file) if (spec_file.parent / "model.pt").is_file() else {}
-        except UserError:
-            continue
+        record = read_finished(out / "experiments" / str(key)) or {}
         if (record.get("spec", {}).get("repair") or {}).get("parent") == biased_key:
             kept[name] = key
     return kept

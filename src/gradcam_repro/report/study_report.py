@@ -214,12 +214,13 @@ def energy_figure(study: dict, group: list[dict], label: str):
     """One series: energy in the box / uniform against the bias fraction, a panel per method, a curve per layer."""
     methods = study["methods"]
     fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 3.6), squeeze=False, sharey=True)
+    fractions = _fractions(study)
     for ax, method in zip(axes[0], methods):
         for layer in _layers(study, method):
             _curve(ax, group, f"energy_ratio/{method}/{layer}", layer)
         ax.axhline(POINTS_AT_PATCH_RATIO, color="grey", ls="--", lw=1)
         ax.axhline(1.0, color="grey", ls=":", lw=1)
-        _fraction_axis(ax, _fractions(study))
+        _fraction_axis(ax, fractions)
         ax.set_title(display_name(method), fontsize=9)
         ax.legend(fontsize=6)
     axes[0][0].set_ylabel("CAM energy in patch / uniform")
