@@ -5,6 +5,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -138,6 +139,20 @@ def test_bad_study_input_is_one_line_exit_2_before_anything_is_written(tmp_path,
     err = capsys.readouterr().err.strip()
     assert code == 2 and err == "gradcam-repro: error: --bias-fraction must be in [0, 1], got 1.5"
     assert not (out / "grid.json").exists()
+
+
+def test_an_address_where_no_cluster_answers_is_one_line_exit_2_without_waiting_on_ray(tmp_path, capsys, monkeypatch):
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    out = tmp_path / "study"
+    code = main(["study", *CLI_SETTINGS, "--out", str(out), "--seeds", "0", "--fractions", "0",
+                 "--address", f"127.0.0.1:{port}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"gradcam-repro: error: no Ray cluster answers at 127.0.0.1:{port}") and "fix:" in err
+    assert not ray.is_initialized() and not (out / "study.json").exists() and not (out / "cells").exists()
 
 
 # --- the engine -------------------------------------------------------------------------------------------------

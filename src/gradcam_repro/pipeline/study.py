@@ -18,6 +18,7 @@ import itertools
 import json
 import math
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -329,8 +330,16 @@ def ray_session(address: str | None, log=print) -> Iterator[None]:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, runtime_env={"py_modules": [str(Path(gradcam_repro.__file__).parent)]},
-                 logging_level="warning")
+        check_reachable(address)
+        try:
+            ray.init(address=address, runtime_env={"py_modules": [str(Path(gradcam_repro.__file__).parent)]},
+                     logging_level="warning")
+        except (ConnectionError, RuntimeError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"could not join the Ray cluster at {address} ({reason}); fix: check the address with "
+                            "`ray status` on the head node (a cluster with token authentication also needs its "
+                            "token, see Ray's token-auth docs), or leave --address and RAY_ADDRESS unset for a "
+                            "local Ray") from e
         log(f"ray: joined the cluster at {address}")
     else:
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="warning")
@@ -339,6 +348,21 @@ def ray_session(address: str | None, log=print) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """`UserError` if nothing accepts connections at a "host:port" or "ray://host:port" address (Ray itself
+    waits without end for a cluster that is not there). "auto" and other forms are left to Ray."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise UserError(f"no Ray cluster answers at {address} ({e.strerror or type(e).__name__}); fix: start one "
+                        "with `ray start --head` and pass the address it prints, or leave --address and "
+                        "RAY_ADDRESS unset for a local Ray") from None
 
 
 def progress_line(done: int, running: int, failed: int, total: int, elapsed_s: float, finished_now: int) -> str:
