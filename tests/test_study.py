@@ -21,7 +21,7 @@ from gradcam_repro.errors import UserError
 from gradcam_repro.measure.aggregate import aggregate_cells, detection_thresholds, seed_interval
 from gradcam_repro.pipeline.parallel import train_side_by_side
 from gradcam_repro.pipeline.run import run
-from gradcam_repro.pipeline.study import StudyGrid, StudyOptions, read_study_file, run_study, study_grid
+from gradcam_repro.pipeline.study import StudyGrid, StudyOptions, join_error, read_study_file, run_study, study_grid
 
 # Tiny shapes cells: 200 training images, one epoch, 100 test images (every non-target image is flipped),
 # 8 images per CAM set. A constant lr: onecycle needs more steps than 200 images / 64 per batch give.
@@ -153,6 +153,19 @@ def test_an_address_where_no_cluster_answers_is_one_line_exit_2_without_waiting_
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith(f"gradcam-repro: error: no Ray cluster answers at 127.0.0.1:{port}") and "fix:" in err
     assert not ray.is_initialized() and not (out / "study.json").exists() and not (out / "cells").exists()
+
+
+def test_a_cluster_that_wants_an_auth_token_gets_a_one_line_error_naming_the_fix():
+    try:  # what ray.init raises when `ray start` (Ray >= 2.59) turned token authentication on
+        try:
+            raise RuntimeError("Failed to connect to GCS. RPC error: InvalidAuthToken: Authentication token is missing")
+        except RuntimeError as cause:
+            raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379") from cause
+    except ConnectionError as e:
+        message = join_error("10.0.0.1:6379", e)
+    assert "\n" not in message and "RAY_AUTH_MODE=token" in message and "fix:" in message
+    other = join_error("10.0.0.1:6379", ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379"))
+    assert "RAY_AUTH_MODE" not in other and "ray status" in other
 
 
 # --- the engine -------------------------------------------------------------------------------------------------

@@ -335,11 +335,7 @@ def ray_session(address: str | None, log=print) -> Iterator[None]:
             ray.init(address=address, runtime_env={"py_modules": [str(Path(gradcam_repro.__file__).parent)]},
                      logging_level="warning")
         except (ConnectionError, RuntimeError) as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"could not join the Ray cluster at {address} ({reason}); fix: check the address with "
-                            "`ray status` on the head node (a cluster with token authentication also needs its "
-                            "token, see Ray's token-auth docs), or leave --address and RAY_ADDRESS unset for a "
-                            "local Ray") from e
+            raise UserError(join_error(address, e)) from e
         log(f"ray: joined the cluster at {address}")
     else:
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="warning")
@@ -363,6 +359,22 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
         raise UserError(f"no Ray cluster answers at {address} ({e.strerror or type(e).__name__}); fix: start one "
                         "with `ray start --head` and pass the address it prints, or leave --address and "
                         "RAY_ADDRESS unset for a local Ray") from None
+
+
+def join_error(address: str, error: BaseException) -> str:
+    """The one-line message for a failed `ray.init(address=...)`, with the fix for a missing auth token."""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    chain, cause = [], error
+    while cause is not None:
+        chain.append(f"{type(cause).__name__} {cause}")
+        cause = cause.__cause__ or cause.__context__
+    if any("authtoken" in text.lower().replace(" ", "").replace("_", "") or "authentication" in text.lower()
+           for text in chain):
+        return (f"could not join the Ray cluster at {address}: it wants an auth token ({reason}); fix: run with "
+                "RAY_AUTH_MODE=token and the head node's token in ~/.ray/auth_token or RAY_AUTH_TOKEN (since Ray "
+                "2.59 `ray start` turns token authentication on)")
+    return (f"could not join the Ray cluster at {address} ({reason}); fix: check the address with `ray status` "
+            "on the head node, or leave --address and RAY_ADDRESS unset for a local Ray")
 
 
 def progress_line(done: int, running: int, failed: int, total: int, elapsed_s: float, finished_now: int) -> str:
