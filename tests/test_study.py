@@ -4,6 +4,7 @@ across seeds with t-intervals, k-of-n verdicts and detection thresholds."""
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,7 +19,7 @@ import torch
 from gradcam_repro.cli import main
 from gradcam_repro.config import preset_config
 from gradcam_repro.errors import UserError
-from gradcam_repro.measure.aggregate import aggregate_cells, detection_thresholds, seed_interval
+from gradcam_repro.measure.aggregate import aggregate_cells, agreement, detection_thresholds, seed_interval
 from gradcam_repro.pipeline.parallel import train_side_by_side
 from gradcam_repro.pipeline.run import run
 from gradcam_repro.pipeline.study import StudyGrid, StudyOptions, join_error, read_study_file, run_study, study_grid
@@ -111,6 +112,27 @@ def test_verdicts_are_counted_per_seed_and_thresholds_need_the_lower_seed_bound_
     assert single["relies_on_patch"] is None and single["flags"] == {"gradcam": {"layer4": None}}
 
 
+def test_agreement_lists_the_verdicts_robust_in_one_study_and_not_in_the_same_way_in_the_other():
+    flips = {0.0: (0.0, 0.0, 0.0), 1.0: (0.9, 0.95, 0.99)}
+    energies = {0.0: (0.05, 0.06, 0.04), 1.0: (0.30, 0.32, 0.31)}
+    here = aggregate_cells([fake_cell(s, f, flips[f][s], energies[f][s]) for f in flips for s in range(3)])
+    same = agreement(here, here)[1]
+    assert same["same"] and same["differs"] == [] and same["seeds"] == [3, 3]
+    assert same["tallies"] == {n: [t, t] for n, t in here[1]["verdicts"].items()}
+    # The reference: 2 seeds; seed 0's baseline already points (0.35), so at fraction 1 both seeds point but
+    # only seed 1 flags the patch (1 of 2). At fraction 0 "points" is 1 of 2 there, 0 of 3 here.
+    there = aggregate_cells([fake_cell(s, 0.0, 0.0, (0.35, 0.05)[s]) for s in range(2)]
+                            + [fake_cell(s, 1.0, 0.99, 0.30) for s in range(2)])
+    (base, full) = agreement(here, there)
+    assert base["differs"] == ["points_at_patch/gradcam/layer4"] and base["states"]["points_at_patch/gradcam/layer4"] == [
+        "none", "some"]
+    assert full["seeds"] == [3, 2] and full["tallies"]["flags/gradcam/layer4"] == [{"k": 3, "n": 3}, {"k": 1, "n": 2}]
+    assert full["differs"] == ["flags/gradcam/layer4"] and not full["same"] and full["contradicted"] == []
+    never = aggregate_cells([fake_cell(s, f, 0.99 if f else 0.0, 0.05) for f in (0.0, 1.0) for s in range(2)])
+    assert set(agreement(here, never)[1]["contradicted"]) == {"points_at_patch/gradcam/layer4", "flags/gradcam/layer4"}
+    assert agreement(here, [c for c in there if c["axes"]["bias_fraction"] == 0.5]) == []
+
+
 # --- the grid ---------------------------------------------------------------------------------------------------
 
 
@@ -197,6 +219,41 @@ def test_a_four_cell_study_on_local_ray_writes_every_cell_shared_baselines_and_t
     for rel in study["figures"]:
         assert (out / rel).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.rglob("*.tmp"))
+
+
+def test_against_another_study_reports_where_the_every_seed_verdicts_differ(local_study, tmp_path, capsys):
+    local_out, study, _ = local_study
+    here = tmp_path / "here"
+    shutil.copytree(local_out, here)  # every cell finished: the rerun only aggregates and reports
+    lines = []
+    again = run_study(StudyGrid(SETTINGS, AXES, METHODS), StudyOptions(out=str(here), against=str(local_out)),
+                      log=lines.append)
+    assert [c["same"] for c in again["against"]["conditions"]] == [True, True]
+    assert f"## Against `{local_out}`" in (here / "STUDY.md").read_text()
+    assert "the seed-robust verdicts are the same at 2 of 2 shared condition(s)" in lines[-1]
+    # A reference where a verdict that does not hold in every seed here holds in every seed there.
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    edited = json.loads((local_out / "study.json").read_text())
+    full = edited["conditions"][1]
+    name, tally = next((n, dict(t)) for n, t in full["verdicts"].items() if t["k"] < t["n"])
+    full["verdicts"][name]["k"] = full["verdicts"][name]["n"]
+    (reference / "study.json").write_text(json.dumps(edited))
+    again = run_study(StudyGrid(SETTINGS, AXES, METHODS), StudyOptions(out=str(here), against=str(reference)),
+                      log=lines.append)
+    (_, differs) = again["against"]["conditions"]
+    assert not differs["same"] and differs["differs"] == [name]
+    assert differs["contradicted"] == ([name] if tally["k"] == 0 else [])
+    note = "no seed here, every seed there (contradicted)" if tally["k"] == 0 else "some seeds here, every seed there"
+    assert f"| {name} | {tally['k']}/2 | 2/2 | {note} |" in (here / "STUDY.md").read_text()
+    assert json.loads((here / "study.json").read_text())["against"]["conditions"][1]["differs"] == [name]
+    # A folder without a study.json: one line, exit 2, before anything is written.
+    before = (here / "study.json").read_bytes()
+    code = main(["study", *CLI_SETTINGS, "--out", str(here), "--seeds", "0", "1", "--fractions", "0", "1",
+                 "--against", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--against" in err and "fix:" in err, err
+    assert (here / "study.json").read_bytes() == before
 
 
 def test_a_cell_has_exactly_the_numbers_of_gradcam_repro_run_with_the_same_settings_and_threads(local_study, tmp_path):

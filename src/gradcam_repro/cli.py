@@ -288,6 +288,10 @@ def _add_study_parser(sub) -> None:
     g.add_argument("--presets", nargs="+", choices=list(PRESETS), help="training presets")
     g.add_argument("--methods", nargs="+", choices=list(EXPLAINERS), metavar="METHOD",
                    help=f"explanation methods scored in every cell (default {' '.join(DEFAULT_METHODS)})")
+    st.add_argument("--against", metavar="STUDY_DIR",
+                    help="compare with another study's verdicts (its study.json) at the conditions both have, e.g. "
+                         "a cheaper preset against quick: STUDY.md and study.json say which verdicts hold in every "
+                         "seed of one study only")
     r = st.add_argument_group("Ray")
     r.add_argument("--address", help="join this Ray cluster unchanged (default: $RAY_ADDRESS, else start a local Ray "
                                      "with one worker per core)")
@@ -353,11 +357,13 @@ def _study(args) -> None:
     axes = {axis: getattr(args, flag) for flag, axis in STUDY_AXIS_FLAGS.items() if getattr(args, flag)}
     grid = study_grid(read_study_file(args.study_file) if args.study_file else {}, settings, axes, args.methods)
     options = StudyOptions(out=args.out or "runs/study", address=args.address, cpus_per_cell=args.cpus_per_cell,
-                           gpus_per_cell=args.gpus_per_cell, max_retries=args.max_retries, force=args.force)
+                           gpus_per_cell=args.gpus_per_cell, max_retries=args.max_retries, force=args.force,
+                           against=args.against)
     reporter = reporter_for(args)
     study = run_study(grid, options, log=reporter)
     reporter.summary({"command": "study", "out": options.out, "study_md": f"{options.out}/STUDY.md",
-                      "cells": study["cells"], "thresholds": study["thresholds"]})
+                      "cells": study["cells"], "thresholds": study["thresholds"],
+                      **({"against": study["against"]} if "against" in study else {})})
 
 
 

@@ -168,3 +168,30 @@ def _flags(condition: dict, baseline: dict | None, name: str) -> bool:
 def _first_dose(group: list[dict], holds) -> float | None:
     """The smallest bias fraction of `group` (sorted) whose condition `holds`; NaN bounds never hold."""
     return next((c["axes"].get(DOSE_AXIS) for c in group if holds(c)), None)
+
+
+def seed_state(tally: dict) -> str:
+    """"every" (holds in every seed), "none" (in no seed) or "some"."""
+    return "every" if tally["n"] and tally["k"] == tally["n"] else "none" if tally["k"] == 0 else "some"
+
+
+def agreement(conditions: list[dict], reference: list[dict]) -> list[dict]:
+    """Per condition present in both studies (equal non-seed axes), do the seed-robust verdicts agree: those
+    that hold in every seed, and those that hold in no seed (their negation holds in every seed, e.g. "Grad-CAM
+    does not point at the patch")? Only verdicts measured in both count. Returns, in this study's order,
+    {"axes", "seeds": [n here, n there], "tallies": {verdict: [tally here, tally there]}, "states": {verdict:
+    [state here, state there]} (`seed_state`), "differs" (robust in at least one study, not the same state in
+    the other), "contradicted" (every seed of one, no seed of the other) and "same" (nothing differs)}."""
+    theirs = {_frozen(c["axes"]): c for c in reference}
+    out = []
+    for here in conditions:
+        there = theirs.get(_frozen(here["axes"]))
+        if there is None:
+            continue
+        tallies = {n: [t, there["verdicts"][n]] for n, t in here["verdicts"].items() if n in there["verdicts"]}
+        states = {n: [seed_state(a), seed_state(b)] for n, (a, b) in tallies.items()}
+        differs = [n for n, (a, b) in states.items() if a != b and (a != "some" or b != "some")]
+        contradicted = [n for n in differs if set(states[n]) == {"every", "none"}]
+        out.append({"axes": here["axes"], "seeds": [len(here["seeds"]), len(there["seeds"])], "tallies": tallies,
+                    "states": states, "differs": differs, "contradicted": contradicted, "same": not differs})
+    return out

@@ -34,7 +34,7 @@ from gradcam_repro.data.images import ImageData
 from gradcam_repro.data.registry import get_dataset
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.registry import EXPLAINERS
-from gradcam_repro.measure.aggregate import IMAGE_CI, SEED_CI, aggregate_cells, detection_thresholds
+from gradcam_repro.measure.aggregate import IMAGE_CI, SEED_CI, aggregate_cells, agreement, detection_thresholds
 from gradcam_repro.measure.shortcut import EvalSet, measure_methods
 from gradcam_repro.pipeline import store
 from gradcam_repro.pipeline.experiment import finished_record, train_experiment
@@ -85,7 +85,8 @@ class StudyOptions:
     """How a study runs, not what it measures. address: an existing Ray cluster (None: $RAY_ADDRESS, else a
     local Ray with one worker per core); cpus_per_cell: torch threads and Ray CPUs per task; gpus_per_cell:
     Ray GPUs per task (fractions share a GPU); max_retries: tries after a failure before a cell is reported
-    failed; force: retrain and remeasure finished cells; progress_every_s: seconds between progress lines."""
+    failed; force: retrain and remeasure finished cells; progress_every_s: seconds between progress lines;
+    against: another study's folder whose verdicts this one's are compared with (`aggregate.agreement`)."""
 
     out: str = "runs/study"
     address: str | None = None
@@ -94,13 +95,26 @@ class StudyOptions:
     max_retries: int = 2
     force: bool = False
     progress_every_s: float = 30.0
+    against: str | None = None
 
     def validate(self) -> StudyOptions:
         if self.cpus_per_cell < 1:
             raise UserError(f"--cpus-per-cell must be >= 1, got {self.cpus_per_cell}")
         if self.gpus_per_cell < 0 or self.max_retries < 0:
             raise UserError("--gpus-per-cell and --max-retries must be >= 0")
+        if self.against is not None:
+            reference_conditions(self.against)  # before any training: a bad folder fails now, not in an hour
         return self
+
+
+def reference_conditions(folder: str) -> list[dict]:
+    """The conditions of the finished study in `folder` (its study.json); `UserError` if there is none."""
+    path = Path(folder) / "study.json"
+    study = store.read_json(path, fix="pass --against the folder of a finished `gradcam-repro study` (its --out)")
+    if not isinstance(study, dict) or not isinstance(study.get("conditions"), list):
+        raise UserError(f"--against {folder}: {path} is not a study.json (no conditions); fix: pass the folder of a "
+                        "finished `gradcam-repro study`")
+    return study["conditions"]
 
 
 @dataclass(frozen=True)
@@ -471,7 +485,10 @@ def collect_study(plan: StudyPlan, options: StudyOptions, failures: dict[str, st
             "settings": {**settings(), "seed_ci": SEED_CI, "image_ci": IMAGE_CI,
                          "cam_images": sorted({c.cam_images or 0 for c in configs}),
                          "counterfactual_images": sorted({c.counterfactual_images or 0 for c in configs})},
-            "conditions": conditions, "thresholds": detection_thresholds(conditions) if conditions else []}
+            "conditions": conditions, "thresholds": detection_thresholds(conditions) if conditions else [],
+            **({"against": {"study": options.against,
+                            "conditions": agreement(conditions, reference_conditions(options.against))}}
+               if options.against else {})}
 
 
 def write_study(study: dict, out: Path) -> None:
@@ -491,7 +508,12 @@ def _verdict_line(study: dict) -> str:
     relies = "; ".join("one seed, no threshold" if t["n_seeds"] < 2 else "reliance not reached"
                        if t["relies_on_patch"] is None else f"relies from fraction {t['relies_on_patch']}"
                        for t in study["thresholds"])
-    return f"{done}/{len(study['cells'])} cells done" + (f", {relies}" if relies else "")
+    line = f"{done}/{len(study['cells'])} cells done" + (f", {relies}" if relies else "")
+    if "against" in study:
+        shared = study["against"]["conditions"]
+        line += (f"; against {study['against']['study']}: the seed-robust verdicts are the same at "
+                 f"{sum(c['same'] for c in shared)} of {len(shared)} shared condition(s)")
+    return line
 
 
 def run_study(grid: StudyGrid, options: StudyOptions, log=print) -> dict:

@@ -151,11 +151,41 @@ def cells_section(study: dict) -> list[str]:
     return lines
 
 
+def against_section(study: dict) -> list[str]:
+    """Whether the seed-robust verdicts (every seed or no seed) agree with those of the study given by --against."""
+    against = study.get("against")
+    if not against:
+        return []
+    lines = [f"## Against `{against['study']}`", "",
+             "At each condition both studies have, the seed-robust verdicts: those that hold in every seed and "
+             "those that hold in no seed (only verdicts measured in both).", ""]
+    if not against["conditions"]:
+        return lines + ["No condition (the same axes but the seed) is in both studies.", ""]
+    words = {"every": "every seed", "none": "no seed", "some": "some seeds"}
+    for c in against["conditions"]:
+        n_here, n_there = c["seeds"]
+        robust = sum(a != "some" for a, _ in c["states"].values())
+        lines += [f"**{condition_label(c['axes'])}** ({n_here} seeds here, {n_there} there): "
+                  + ("the same" if c["same"] else f"**{len(c['differs'])} differ**")
+                  + f" ({robust} of {len(c['states'])} verdicts are seed-robust here).", ""]
+        if c["same"]:
+            continue
+        lines += ["| verdict | here | there | holds in |", "|---|---|---|---|"]
+        for name in c["differs"]:
+            (here, there), (a, b) = c["tallies"][name], c["states"][name]
+            note = f"{words[a]} here, {words[b]} there" + (" (contradicted)" if name in c["contradicted"] else "")
+            lines.append(f"| {name} | {fmt_tally(here)} | {fmt_tally(there)} | {note} |")
+        lines.append("")
+    return lines
+
+
 def study_markdown(study: dict) -> str:
-    """STUDY.md: the header, reliance, explanations, thresholds, figures and cells sections."""
+    """STUDY.md: the header, reliance, explanations, thresholds, the comparison with --against, figures and
+    cells sections."""
     lines = header(study)
     if study["conditions"]:
         lines += reliance_table(study) + energy_tables(study) + threshold_table(study)
+    lines += against_section(study)
     lines += ["## Figures", ""] + [f"![{rel}]({rel})" for rel in study.get("figures", [])] + [""]
     return "\n".join(lines + cells_section(study))
 
