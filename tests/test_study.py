@@ -22,7 +22,15 @@ from gradcam_repro.errors import UserError
 from gradcam_repro.measure.aggregate import aggregate_cells, agreement, detection_thresholds, seed_interval
 from gradcam_repro.pipeline.parallel import train_side_by_side
 from gradcam_repro.pipeline.run import run
-from gradcam_repro.pipeline.study import StudyGrid, StudyOptions, join_error, read_study_file, run_study, study_grid
+from gradcam_repro.pipeline.study import (
+    StudyGrid,
+    StudyOptions,
+    join_error,
+    progress_line,
+    read_study_file,
+    run_study,
+    study_grid,
+)
 
 # Tiny shapes cells: 200 training images, one epoch, 100 test images (every non-target image is flipped),
 # 8 images per CAM set. A constant lr: onecycle needs more steps than 200 images / 64 per batch give.
@@ -131,6 +139,17 @@ def test_agreement_lists_the_verdicts_robust_in_one_study_and_not_in_the_same_wa
     never = aggregate_cells([fake_cell(s, f, 0.99 if f else 0.0, 0.05) for f in (0.0, 1.0) for s in range(2)])
     assert set(agreement(here, never)[1]["contradicted"]) == {"points_at_patch/gradcam/layer4", "flags/gradcam/layer4"}
     assert agreement(here, [c for c in there if c["axes"]["bias_fraction"] == 0.5]) == []
+
+
+def test_the_eta_keeps_the_pace_of_the_last_finished_cells_between_waves():
+    # 2 of 21 cells finished together after 290 s, two at a time: ~145 s per cell for 19 more.
+    assert progress_line(2, 2, 0, 21, 290.0, 2, 290.0) == "cells: 2/21 done, 2 running, 0 failed, ETA 46 min"
+    # 200 s later, none more finished: the ETA counts down instead of growing (19 x 490 / 2 s = 78 min before).
+    assert progress_line(2, 2, 0, 21, 490.0, 2, 290.0) == "cells: 2/21 done, 2 running, 0 failed, ETA 43 min"
+    assert progress_line(20, 1, 0, 21, 3000.0, 20, 2900.0) == "cells: 20/21 done, 1 running, 0 failed, ETA 45 s"
+    assert progress_line(20, 1, 0, 21, 3200.0, 20, 2900.0).endswith("ETA 0 s")
+    assert progress_line(0, 2, 0, 21, 100.0, 0).endswith("ETA unknown")
+    assert progress_line(21, 0, 0, 21, 3000.0, 21, 3000.0).endswith("all finished")
 
 
 # --- the grid ---------------------------------------------------------------------------------------------------

@@ -391,11 +391,15 @@ def join_error(address: str, error: BaseException) -> str:
             "on the head node, or leave --address and RAY_ADDRESS unset for a local Ray")
 
 
-def progress_line(done: int, running: int, failed: int, total: int, elapsed_s: float, finished_now: int) -> str:
-    """E.g. "cells: 5/21 done, 2 running, 0 failed, ETA 34 min"; the ETA extrapolates this call's pace."""
+def progress_line(done: int, running: int, failed: int, total: int, elapsed_s: float, finished_now: int,
+                  last_finish_s: float | None = None) -> str:
+    """E.g. "cells: 5/21 done, 2 running, 0 failed, ETA 34 min". The ETA extrapolates this call's pace up to
+    its last finished cell (`last_finish_s` seconds in; default `elapsed_s`), less the time since then: cells
+    finish in waves, and the pace over all of `elapsed_s` would grow between waves."""
     remaining = total - done - failed
     if finished_now and remaining:
-        eta_s = remaining * elapsed_s / finished_now
+        paced_s = elapsed_s if last_finish_s is None else last_finish_s
+        eta_s = max(remaining * paced_s / finished_now - (elapsed_s - paced_s), 0.0)
         eta = f"ETA {eta_s / 60:.0f} min" if eta_s >= 120 else f"ETA {eta_s:.0f} s"
     else:
         eta = "ETA unknown" if remaining else "all finished"
@@ -437,6 +441,7 @@ def run_tasks(plan: StudyPlan, tasks: list[SpecTask], options: StudyOptions, log
     running = {remote.remote(refs[t.data_key], t): t for t in tasks}
     failures: dict[str, str] = {}
     start, finished_now, slots, last_line = time.perf_counter(), 0, _slots(options), -math.inf
+    last_finish = 0.0
     try:
         while running:
             # Short waits keep Ctrl-C prompt; a progress line follows each result or every progress_every_s.
@@ -453,10 +458,12 @@ def run_tasks(plan: StudyPlan, tasks: list[SpecTask], options: StudyOptions, log
                 for line in result["log"]:  # the worker's training lines, e.g. each epoch's accuracy
                     log(line)
                 done, finished_now = done + len(written), finished_now + len(written)
+                last_finish = time.perf_counter() - start
                 log(f"[{task.name}] finished {len(written)} cell(s) on node {result['node_id'][:8]}")
             if ready or time.perf_counter() - last_line >= options.progress_every_s:
                 busy = sum(len(t.cells) for t in list(running.values())[:slots])
-                log(progress_line(done, busy, len(failures), total, time.perf_counter() - start, finished_now))
+                log(progress_line(done, busy, len(failures), total, time.perf_counter() - start, finished_now,
+                                  last_finish))
                 last_line = time.perf_counter()
     except KeyboardInterrupt:
         for ref in running:
