@@ -163,7 +163,7 @@ PRESETS: dict[str, dict] = {
     },
     # One cell of `gradcam-repro study` (issue 12: 7 fractions x 3 seeds = 21 cells in <= 60 min on
     # the 2-core CPU, two cells at a time on one thread each): the quick recipe (3 epochs at 16, 24, 32 px)
-    # on 7,000 images with batch 64 (more steps for the same compute). Chosen among five recipes of
+    # on 7,000 images with batch 64 (more steps for the same compute). Chosen among six recipes of
     # similar cost tried at fraction 1 with seeds 0-2 (README, Studies) as the one whose seed-robust
     # Grad-CAM verdicts came closest to quick's; 248-255 s training per cell. The earlier 5,000-image,
     # 4-epoch recipe (210 s) pointed at the patch at the seed's layer in 2 of 3 seeds, quick in 0 of 5.
