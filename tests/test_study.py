@@ -148,7 +148,7 @@ def test_the_eta_keeps_the_pace_of_the_last_finished_cells_between_waves():
     assert progress_line(2, 2, 0, 21, 490.0, 2, 290.0) == "cells: 2/21 done, 2 running, 0 failed, ETA 43 min"
     assert progress_line(20, 1, 0, 21, 3000.0, 20, 2900.0) == "cells: 20/21 done, 1 running, 0 failed, ETA 45 s"
     assert progress_line(20, 1, 0, 21, 3200.0, 20, 2900.0).endswith("ETA 0 s")
-    assert progress_line(0, 2, 0, 21, 100.0, 0).endswith("ETA unknown")
+    assert progress_line(0, 2, 0, 21, 100.0, 0, 0.0).endswith("ETA unknown")
     assert progress_line(21, 0, 0, 21, 3000.0, 21, 3000.0).endswith("all finished")
 
 

@@ -102,8 +102,6 @@ class StudyOptions:
             raise UserError(f"--cpus-per-cell must be >= 1, got {self.cpus_per_cell}")
         if self.gpus_per_cell < 0 or self.max_retries < 0:
             raise UserError("--gpus-per-cell and --max-retries must be >= 0")
-        if self.against is not None:
-            reference_conditions(self.against)  # before any training: a bad folder fails now, not in an hour
         return self
 
 
@@ -392,14 +390,13 @@ def join_error(address: str, error: BaseException) -> str:
 
 
 def progress_line(done: int, running: int, failed: int, total: int, elapsed_s: float, finished_now: int,
-                  last_finish_s: float | None = None) -> str:
+                  last_finish_s: float) -> str:
     """E.g. "cells: 5/21 done, 2 running, 0 failed, ETA 34 min". The ETA extrapolates this call's pace up to
-    its last finished cell (`last_finish_s` seconds in; default `elapsed_s`), less the time since then: cells
-    finish in waves, and the pace over all of `elapsed_s` would grow between waves."""
+    its last finished cell (`last_finish_s` seconds in), less the time since then: cells finish in waves, and
+    the pace over all of `elapsed_s` would grow between waves."""
     remaining = total - done - failed
     if finished_now and remaining:
-        paced_s = elapsed_s if last_finish_s is None else last_finish_s
-        eta_s = max(remaining * paced_s / finished_now - (elapsed_s - paced_s), 0.0)
+        eta_s = max(remaining * last_finish_s / finished_now - (elapsed_s - last_finish_s), 0.0)
         eta = f"ETA {eta_s / 60:.0f} min" if eta_s >= 120 else f"ETA {eta_s:.0f} s"
     else:
         eta = "ETA unknown" if remaining else "all finished"
@@ -440,8 +437,7 @@ def run_tasks(plan: StudyPlan, tasks: list[SpecTask], options: StudyOptions, log
                                                max_retries=options.max_retries, retry_exceptions=True)
     running = {remote.remote(refs[t.data_key], t): t for t in tasks}
     failures: dict[str, str] = {}
-    start, finished_now, slots, last_line = time.perf_counter(), 0, _slots(options), -math.inf
-    last_finish = 0.0
+    start, finished_now, last_finish, slots, last_line = time.perf_counter(), 0, 0.0, _slots(options), -math.inf
     try:
         while running:
             # Short waits keep Ctrl-C prompt; a progress line follows each result or every progress_every_s.
@@ -472,8 +468,10 @@ def run_tasks(plan: StudyPlan, tasks: list[SpecTask], options: StudyOptions, log
     return failures
 
 
-def collect_study(plan: StudyPlan, options: StudyOptions, failures: dict[str, str]) -> dict:
-    """study.json's content: the grid, every cell's status, the conditions across seeds and the thresholds."""
+def collect_study(plan: StudyPlan, options: StudyOptions, failures: dict[str, str],
+                  reference: list[dict] | None = None) -> dict:
+    """study.json's content: the grid, every cell's status, the conditions across seeds, the thresholds and,
+    given the `reference` study's conditions (--against), the agreement with them."""
     finished = {c.key: store.read_json(cell_path(options.out, c.key)) for c in plan.cells
                 if cell_path(options.out, c.key).is_file() and c.key not in failures}
     conditions = aggregate_cells(list(finished.values()))
@@ -493,9 +491,8 @@ def collect_study(plan: StudyPlan, options: StudyOptions, failures: dict[str, st
                          "cam_images": sorted({c.cam_images or 0 for c in configs}),
                          "counterfactual_images": sorted({c.counterfactual_images or 0 for c in configs})},
             "conditions": conditions, "thresholds": detection_thresholds(conditions) if conditions else [],
-            **({"against": {"study": options.against,
-                            "conditions": agreement(conditions, reference_conditions(options.against))}}
-               if options.against else {})}
+            **({"against": {"study": options.against, "conditions": agreement(conditions, reference)}}
+               if reference is not None else {})}
 
 
 def write_study(study: dict, out: Path) -> None:
@@ -530,6 +527,8 @@ def run_study(grid: StudyGrid, options: StudyOptions, log=print) -> dict:
     """
     wall = time.perf_counter()
     options.validate()
+    # Read before any training: a bad --against folder fails now, not in an hour.
+    reference = reference_conditions(options.against) if options.against else None
     store.check_writable(options.out)
     plan = plan_study(grid, options.out, log)
     out = Path(options.out)
@@ -543,7 +542,7 @@ def run_study(grid: StudyGrid, options: StudyOptions, log=print) -> dict:
         if tasks:
             with ray_session(options.address, log):
                 failures = run_tasks(plan, tasks, options, log)
-        study = collect_study(plan, options, failures)
+        study = collect_study(plan, options, failures, reference)
         study["seconds"] = time.perf_counter() - wall
         write_study(study, out)
     as_reporter(log).final(f"done in {study['seconds']:.0f} s: {_verdict_line(study)}; {out / 'STUDY.md'}")
