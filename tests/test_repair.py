@@ -17,7 +17,7 @@ from gradcam_repro.data.bias import bias_dataset, inject_patch, patch_box
 from gradcam_repro.data.images import ImageData
 from gradcam_repro.data.shapes import SHAPES_CLASSES, make_shapes
 from gradcam_repro.measure.predict import predict
-from gradcam_repro.model.repair import penultimate_features, refit_last_layer, rrr_penalty
+from gradcam_repro.model.repair import FinetuneSettings, penultimate_features, refit_last_layer, rrr_finetune, rrr_penalty
 from gradcam_repro.pipeline.experiment import TrainingSet, training_images
 from gradcam_repro.pipeline.repair import RepairOptions, artefact_from_audit, balanced_set, repair_spec
 from gradcam_repro.pipeline.spec import BiasSpec, ExperimentSpec
@@ -126,6 +126,23 @@ def test_rrr_penalty_is_the_squared_input_gradient_inside_the_region_with_the_ri
     w = torch.randn(5, 48, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(penalty_of, (w,))  # double backprop gives the true gradient
 
+
+
+def test_rrr_finetune_hands_each_epoch_record_over_as_that_epoch_ends():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3))
+    images, labels = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8), torch.arange(20) % 3
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[:2, :2] = True
+    events = []
+    history = rrr_finetune(net, images, labels, mask, FinetuneSettings(epochs=3, batch_size=8), torch.device("cpu"),
+                           progress=lambda epoch, done, total: events.append(("batch", epoch, done)),
+                           on_epoch=lambda record: events.append(("epoch", record["epoch"], record["loss"])))
+    assert [e[1] for e in events if e[0] == "epoch"] == [1, 2, 3]
+    assert [e[2] for e in events if e[0] == "epoch"] == [r["loss"] for r in history]  # the records returned
+    first_of_2, end_of_1 = events.index(("batch", 2, 8)), events.index(("epoch", 1, history[0]["loss"]))
+    assert events[end_of_1 - 1] == ("batch", 1, 20) and end_of_1 < first_of_2  # after its last batch, before epoch 2
+    assert not net.training
 
 # ----- the artefact sources -------------------------------------------------------------------------------------
 

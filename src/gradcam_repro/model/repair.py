@@ -53,9 +53,11 @@ class FinetuneSettings:
 
 def rrr_finetune(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
                  settings: FinetuneSettings, device: torch.device, amp_dtype: torch.dtype | None = None,
-                 progress: Callable[[int, int, int], None] | None = None) -> list[dict]:
+                 progress: Callable[[int, int, int], None] | None = None,
+                 on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
     """Fine-tune `model` in place on (N, 3, H, W) uint8 `images` with the RRR penalty inside `mask` (H, W) bool;
-    leaves it in eval mode. Returns one record per epoch (loss, penalty, train_acc, seconds)."""
+    leaves it in eval mode. Returns one record per epoch (loss, penalty, train_acc, seconds), each also passed
+    to `on_epoch` as that epoch ends."""
     model.to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=0.9, nesterov=True,
                                 weight_decay=settings.weight_decay)
@@ -77,6 +79,8 @@ def rrr_finetune(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, m
                             f"{settings.lr}); fix: lower --rrr-weight or --repair-lr")
         history.append({"epoch": epoch, "loss": loss, "penalty": penalty, "train_acc": correct,
                         "lr": settings.lr, "seconds": time.perf_counter() - start})
+        if on_epoch is not None:
+            on_epoch(history[-1])
     model.eval()
     return history
 

@@ -174,15 +174,18 @@ def finetune_rrr(model: torch.nn.Module, p: Prepared, biased: Experiment, artefa
         images, labels = images[keep], labels[keep]
     settings = repairs.FinetuneSettings(options.repair_epochs, options.repair_lr, p.config.batch_size, options.rrr_weight,
                                         p.config.weight_decay, p.config.label_smoothing, biased.spec.seed)
+    def epoch_line(record: dict) -> None:
+        log(f"[rrr] epoch {record['epoch']}/{settings.epochs}  loss {record['loss']:.4f}  penalty {record['penalty']:.4f}  "
+            f"train acc {record['train_acc']:.3f}  {record['seconds']:.1f} s")
+
     history = repairs.rrr_finetune(model, images, labels, artefact.mask(), settings, p.runtime.device, p.runtime.amp_dtype,
-                                   epoch_progress(log, "[rrr]", settings.epochs))
+                                   epoch_progress(log, "[rrr]", settings.epochs), epoch_line)
     ts = p.training  # the history's columns as training writes them; the test accuracy after the last epoch
     test_acc = accuracy(predict_logits(model, ts.data.test_images[ts.eval_index], p.runtime), ts.data.test_labels[ts.eval_index])
     for record in history:
         record.update(test_acc=test_acc if record is history[-1] else float("nan"), train_px=images.shape[-1],
                       train_seconds=record["seconds"])
-        log(f"[rrr] epoch {record['epoch']}/{settings.epochs}  loss {record['loss']:.4f}  penalty {record['penalty']:.4f}  "
-            f"train acc {record['train_acc']:.3f}  clean test acc {record['test_acc']:.3f}  {record['seconds']:.1f} s")
+    log(f"[rrr] clean test acc after {settings.epochs} epoch(s): {test_acc:.3f}")
     return history
 
 
