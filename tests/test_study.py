@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import ray
@@ -23,6 +24,7 @@ from gradcam_repro.measure.aggregate import aggregate_cells, agreement, detectio
 from gradcam_repro.pipeline.parallel import train_side_by_side
 from gradcam_repro.pipeline.run import run
 from gradcam_repro.pipeline.study import (
+    EtaPace,
     StudyGrid,
     StudyOptions,
     join_error,
@@ -151,6 +153,24 @@ def test_the_eta_keeps_the_pace_of_the_last_finished_cells_between_waves():
     assert progress_line(0, 2, 0, 21, 100.0, 0, 0.0).endswith("ETA unknown")
     assert progress_line(21, 0, 0, 21, 3000.0, 21, 3000.0).endswith("all finished")
 
+
+
+def test_the_eta_is_paced_by_trainings_not_by_cells_that_only_restore_a_model():
+    restore = [SimpleNamespace(cells=((f"r{i}", None),), experiment_files={"model.pt": b""}) for i in range(2)]
+    train = [SimpleNamespace(cells=((f"t{i}", None),), experiment_files=None) for i in range(4)]
+    pace = EtaPace(restore + train)
+    for task in restore:  # measured only, both done 30 s in
+        pace.ended(task, 1, 30.0)
+    # Pacing by these two would say "ETA 60 s" for four trainings of ~290 s each, two at a time.
+    assert pace.now() == (0, 0.0, 4)
+    assert progress_line(2, 2, 0, 6, 40.0, *pace.now()).endswith("ETA unknown")
+    pace.ended(train[0], 1, 330.0)
+    pace.ended(train[1], 1, 330.0)
+    assert progress_line(4, 2, 0, 6, 330.0, *pace.now()) == "cells: 4/6 done, 2 running, 0 failed, ETA 6 min"
+    pace.ended(train[2], 0, 400.0)  # failed: one training fewer to wait for, and it sets no pace
+    assert pace.now() == (2, 330.0, 1)
+    pace.ended(train[3], 1, 620.0)
+    assert pace.now() == (5, 620.0, None)  # only restored cells (none here) left: every finished cell paces
 
 # --- the grid ---------------------------------------------------------------------------------------------------
 

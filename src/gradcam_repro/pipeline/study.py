@@ -390,17 +390,44 @@ def join_error(address: str, error: BaseException) -> str:
 
 
 def progress_line(done: int, running: int, failed: int, total: int, elapsed_s: float, finished_now: int,
-                  last_finish_s: float) -> str:
+                  last_finish_s: float, paced_left: int | None = None) -> str:
     """E.g. "cells: 5/21 done, 2 running, 0 failed, ETA 34 min". The ETA extrapolates this call's pace up to
-    its last finished cell (`last_finish_s` seconds in), less the time since then: cells finish in waves, and
-    the pace over all of `elapsed_s` would grow between waves."""
+    its last finished cell (`last_finish_s` seconds in, `finished_now` cells), less the time since then: cells
+    finish in waves, and the pace over all of `elapsed_s` would grow between waves. The pace is applied to
+    `paced_left` cells (default: every cell left), so a caller can time the trainings alone, leaving out cells
+    whose model is only restored and measured."""
     remaining = total - done - failed
-    if finished_now and remaining:
-        eta_s = max(remaining * last_finish_s / finished_now - (elapsed_s - last_finish_s), 0.0)
+    paced_left = remaining if paced_left is None else paced_left
+    if finished_now and paced_left:
+        eta_s = max(paced_left * last_finish_s / finished_now - (elapsed_s - last_finish_s), 0.0)
         eta = f"ETA {eta_s / 60:.0f} min" if eta_s >= 120 else f"ETA {eta_s:.0f} s"
     else:
         eta = "ETA unknown" if remaining else "all finished"
     return f"cells: {done}/{total} done, {running} running, {failed} failed, {eta}"
+
+
+class EtaPace:
+    """What paces the ETA: the cells whose task trains. A restored model is only measured (~10x faster than
+    training) and would make the pace look fast; once only restored cells are left, every cell paces it."""
+
+    def __init__(self, tasks: list[SpecTask]):
+        self.trains_left = sum(len(t.cells) for t in tasks if t.experiment_files is None)
+        self.finished = {True: 0, False: 0}  # cells finished, by "its task trained"
+        self.last_finish = {True: 0.0, False: 0.0}  # seconds in
+
+    def ended(self, task: SpecTask, finished_cells: int, at_s: float) -> None:
+        """`task` ended `at_s` seconds in with `finished_cells` cells saved (0 when it failed)."""
+        trained = task.experiment_files is None
+        self.trains_left -= len(task.cells) if trained else 0
+        if finished_cells:
+            self.finished[trained] += finished_cells
+            self.last_finish[trained] = at_s
+
+    def now(self) -> tuple[int, float, int | None]:
+        """`progress_line`'s (finished_now, last_finish_s, paced_left)."""
+        if self.trains_left:
+            return self.finished[True], self.last_finish[True], self.trains_left
+        return sum(self.finished.values()), max(self.last_finish.values()), None
 
 
 def _slots(options: StudyOptions) -> int:
@@ -437,7 +464,7 @@ def run_tasks(plan: StudyPlan, tasks: list[SpecTask], options: StudyOptions, log
                                                max_retries=options.max_retries, retry_exceptions=True)
     running = {remote.remote(refs[t.data_key], t): t for t in tasks}
     failures: dict[str, str] = {}
-    start, finished_now, last_finish, slots, last_line = time.perf_counter(), 0, 0.0, _slots(options), -math.inf
+    start, slots, last_line, pace = time.perf_counter(), _slots(options), -math.inf, EtaPace(tasks)
     try:
         while running:
             # Short waits keep Ctrl-C prompt; a progress line follows each result or every progress_every_s.
@@ -448,18 +475,18 @@ def run_tasks(plan: StudyPlan, tasks: list[SpecTask], options: StudyOptions, log
                     result = ray.get(ref)
                 except ray.exceptions.RayError as exc:
                     failures.update({key: _error_line(exc) for key, _ in task.cells})
+                    pace.ended(task, 0, time.perf_counter() - start)
                     log(f"[{task.name}] failed after {options.max_retries} retries: {_error_line(exc)}")
                     continue
                 written = save_task_result(out, task, plan, result)
                 for line in result["log"]:  # the worker's training lines, e.g. each epoch's accuracy
                     log(line)
-                done, finished_now = done + len(written), finished_now + len(written)
-                last_finish = time.perf_counter() - start
+                done += len(written)
+                pace.ended(task, len(written), time.perf_counter() - start)
                 log(f"[{task.name}] finished {len(written)} cell(s) on node {result['node_id'][:8]}")
             if ready or time.perf_counter() - last_line >= options.progress_every_s:
                 busy = sum(len(t.cells) for t in list(running.values())[:slots])
-                log(progress_line(done, busy, len(failures), total, time.perf_counter() - start, finished_now,
-                                  last_finish))
+                log(progress_line(done, busy, len(failures), total, time.perf_counter() - start, *pace.now()))
                 last_line = time.perf_counter()
     except KeyboardInterrupt:
         for ref in running:
