@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import math
 import os
 import socket
@@ -350,12 +351,26 @@ def ray_session(address: str | None, log=print) -> Iterator[None]:
             raise UserError(join_error(address, e)) from e
         log(f"ray: joined the cluster at {address}")
     else:
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="warning")
+        # Ray >= 2.59 warns at every local start that it turned token authentication on; keep it on, and quiet.
+        with _quiet_logger("ray._private.authentication.authentication_token_setup"):
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="warning")
         log(f"ray: started a local Ray with {os.cpu_count()} CPUs")
     try:
         yield
     finally:
         ray.shutdown()
+
+
+@contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """Drop the warnings of the logger `name` inside the block."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
