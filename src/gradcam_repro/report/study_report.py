@@ -142,8 +142,9 @@ def cells_section(study: dict) -> list[str]:
         train = np.mean([c["seconds"]["train"] for c in done])
         evaluate = np.mean([c["seconds"]["evaluate"] for c in done])
         nodes = sorted({c["node_id"] for c in done})
-        lines += [f"{len(done)} finished cells on {len(nodes)} node(s); per cell, on average, {train:.0f} s to train "
-                  f"(or restore) its model and {evaluate:.0f} s to measure it.", ""]
+        lines += [f"{len(done)} finished cells, run on {len(nodes)} Ray node id(s) (a local Ray gets a new id at each "
+                  f"start); per cell, on average, {train:.0f} s to train (or restore) its model and {evaluate:.0f} s "
+                  "to measure it.", ""]
     if failed:
         lines += ["Failed cells (rerun the same command to retry them):", "", "| cell | error |", "|---|---|"]
         lines += [f"| {condition_label(c['axes'])} | {c['error']} |" for c in failed]
