@@ -27,6 +27,7 @@ from gradcam_repro.pipeline.study import (
     EtaPace,
     StudyGrid,
     StudyOptions,
+    cell_seconds,
     join_error,
     progress_line,
     read_study_file,
@@ -143,34 +144,48 @@ def test_agreement_lists_the_verdicts_robust_in_one_study_and_not_in_the_same_wa
     assert agreement(here, [c for c in there if c["axes"]["bias_fraction"] == 0.5]) == []
 
 
-def test_the_eta_keeps_the_pace_of_the_last_finished_cells_between_waves():
-    # 2 of 21 cells finished together after 290 s, two at a time: ~145 s per cell for 19 more.
-    assert progress_line(2, 2, 0, 21, 290.0, 2, 290.0) == "cells: 2/21 done, 2 running, 0 failed, ETA 46 min"
-    # 200 s later, none more finished: the ETA counts down instead of growing (19 x 490 / 2 s = 78 min before).
-    assert progress_line(2, 2, 0, 21, 490.0, 2, 290.0) == "cells: 2/21 done, 2 running, 0 failed, ETA 43 min"
-    assert progress_line(20, 1, 0, 21, 3000.0, 20, 2900.0) == "cells: 20/21 done, 1 running, 0 failed, ETA 45 s"
-    assert progress_line(20, 1, 0, 21, 3200.0, 20, 2900.0).endswith("ETA 0 s")
-    assert progress_line(0, 2, 0, 21, 100.0, 0, 0.0).endswith("ETA unknown")
-    assert progress_line(21, 0, 0, 21, 3000.0, 21, 3000.0).endswith("all finished")
+def test_the_progress_line_counts_cells_and_rounds_the_eta():
+    assert progress_line(2, 2, 0, 21, 2760.0) == "cells: 2/21 done, 2 running, 0 failed, ETA 46 min"
+    assert progress_line(20, 1, 0, 21, 45.2) == "cells: 20/21 done, 1 running, 0 failed, ETA 45 s"
+    assert progress_line(0, 2, 0, 21, None).endswith("ETA unknown")
+    assert progress_line(21, 0, 0, 21, None).endswith("all finished")
+    assert progress_line(20, 0, 1, 21, 0.0).endswith("all finished")
 
+
+def test_the_eta_is_the_mean_cell_time_over_the_workers_counting_down_between_finishes():
+    pace = EtaPace([SimpleNamespace(cells=((f"c{i}", None),), experiment_files=None) for i in range(21)], slots=2)
+    assert pace.eta_s(100.0) is None
+    # The first of two side-by-side cells ends 300 s in (290 s of worker time): 20 cells left, two at a time.
+    # "Time so far / cells done" would say 20 x 300 s = 100 min, twice the real remainder.
+    pace.ended(SimpleNamespace(cells=(("c0", None),), experiment_files=None), [290.0], 300.0)
+    assert pace.eta_s(300.0) == 20 * 290 / 2
+    assert pace.eta_s(400.0) == 20 * 290 / 2 - 100  # counts down between finishes, does not grow
+    pace.ended(SimpleNamespace(cells=(("c1", None),), experiment_files=None), [310.0], 302.0)
+    assert pace.eta_s(302.0) == 19 * 300 / 2
+    assert pace.eta_s(10_000.0) == 0.0
 
 
 def test_the_eta_is_paced_by_trainings_not_by_cells_that_only_restore_a_model():
     restore = [SimpleNamespace(cells=((f"r{i}", None),), experiment_files={"model.pt": b""}) for i in range(2)]
     train = [SimpleNamespace(cells=((f"t{i}", None),), experiment_files=None) for i in range(4)]
-    pace = EtaPace(restore + train)
-    for task in restore:  # measured only, both done 30 s in
-        pace.ended(task, 1, 30.0)
-    # Pacing by these two would say "ETA 60 s" for four trainings of ~290 s each, two at a time.
-    assert pace.now() == (0, 0.0, 4)
-    assert progress_line(2, 2, 0, 6, 40.0, *pace.now()).endswith("ETA unknown")
-    pace.ended(train[0], 1, 330.0)
-    pace.ended(train[1], 1, 330.0)
-    assert progress_line(4, 2, 0, 6, 330.0, *pace.now()) == "cells: 4/6 done, 2 running, 0 failed, ETA 6 min"
-    pace.ended(train[2], 0, 400.0)  # failed: one training fewer to wait for, and it sets no pace
-    assert pace.now() == (2, 330.0, 1)
-    pace.ended(train[3], 1, 620.0)
-    assert pace.now() == (5, 620.0, None)  # only restored cells (none here) left: every finished cell paces
+    pace = EtaPace(restore + train, slots=2)
+    pace.ended(restore[0], [30.0], 30.0)  # measured only
+    # Pacing by it would say 4 x 30 s / 2 = 60 s for four trainings of ~290 s each, two at a time.
+    assert pace.eta_s(40.0) is None
+    pace.ended(train[0], [290.0], 320.0)
+    assert pace.eta_s(320.0) == 3 * 290 / 2
+    pace.ended(train[1], [], 330.0)  # failed: one training fewer to wait for, and it sets no pace
+    assert pace.eta_s(330.0) == 2 * 290 / 2 - 10
+    pace.ended(train[2], [290.0], 600.0)
+    assert pace.eta_s(600.0) == 290.0  # the last training: one cell, however many workers
+    pace.ended(train[3], [290.0], 900.0)
+    assert pace.eta_s(900.0) == 30.0  # only the restored cell left: paced by restored cells
+
+
+def test_a_task_shares_its_training_time_among_its_cells():
+    result = {"seconds": {"train": 200.0, "evaluate": {"a": 30.0, "b": 50.0}}}
+    assert cell_seconds(result) == [130.0, 150.0]
+
 
 # --- the grid ---------------------------------------------------------------------------------------------------
 

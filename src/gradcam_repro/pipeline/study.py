@@ -312,6 +312,12 @@ def write_experiment_files(folder: Path, files: dict[str, bytes]) -> None:
             tmp.write_bytes(files[name])
 
 
+def cell_seconds(result: dict) -> list[float]:
+    """A task's worker seconds per cell: its training shared among its cells, plus each cell's measuring."""
+    evaluate = result["seconds"]["evaluate"]
+    return [result["seconds"]["train"] / len(evaluate) + s for s in evaluate.values()]
+
+
 def save_task_result(out: Path, task: SpecTask, plan: StudyPlan, result: dict) -> list[str]:
     """Write a finished task's experiment folder (unless it was restored) and one file per cell, each
     atomically, the cells last; returns the cell keys written."""
@@ -404,45 +410,49 @@ def join_error(address: str, error: BaseException) -> str:
             "on the head node, or leave --address and RAY_ADDRESS unset for a local Ray")
 
 
-def progress_line(done: int, running: int, failed: int, total: int, elapsed_s: float, finished_now: int,
-                  last_finish_s: float, paced_left: int | None = None) -> str:
-    """E.g. "cells: 5/21 done, 2 running, 0 failed, ETA 34 min". The ETA extrapolates this call's pace up to
-    its last finished cell (`last_finish_s` seconds in, `finished_now` cells), less the time since then: cells
-    finish in waves, and the pace over all of `elapsed_s` would grow between waves. The pace is applied to
-    `paced_left` cells (default: every cell left), so a caller can time the trainings alone, leaving out cells
-    whose model is only restored and measured."""
-    remaining = total - done - failed
-    paced_left = remaining if paced_left is None else paced_left
-    if finished_now and paced_left:
-        eta_s = max(paced_left * last_finish_s / finished_now - (elapsed_s - last_finish_s), 0.0)
-        eta = f"ETA {eta_s / 60:.0f} min" if eta_s >= 120 else f"ETA {eta_s:.0f} s"
+def progress_line(done: int, running: int, failed: int, total: int, eta_s: float | None) -> str:
+    """E.g. "cells: 5/21 done, 2 running, 0 failed, ETA 34 min" (`eta_s` None: not known yet)."""
+    if done + failed == total:
+        eta = "all finished"
+    elif eta_s is None:
+        eta = "ETA unknown"
     else:
-        eta = "ETA unknown" if remaining else "all finished"
+        eta = f"ETA {eta_s / 60:.0f} min" if eta_s >= 120 else f"ETA {eta_s:.0f} s"
     return f"cells: {done}/{total} done, {running} running, {failed} failed, {eta}"
 
 
 class EtaPace:
-    """What paces the ETA: the cells whose task trains. A restored model is only measured (~10x faster than
-    training) and would make the pace look fast; once only restored cells are left, every cell paces it."""
+    """The ETA of a study: the cells left x the mean time a worker took per finished cell / the cells that run
+    at once, less the time since the last cell finished (so it counts down between finishes).
 
-    def __init__(self, tasks: list[SpecTask]):
-        self.trains_left = sum(len(t.cells) for t in tasks if t.experiment_files is None)
-        self.finished = {True: 0, False: 0}  # cells finished, by "its task trained"
-        self.last_finish = {True: 0.0, False: 0.0}  # seconds in
+    While trainings are left, only cells whose task trains pace it: a restored model is only measured (~10x
+    faster) and would make the pace look fast; after them, the restored cells pace the rest. Dividing by the worker count matters in the first wave: after
+    one of two side-by-side cells finishes, "time so far / cells done" would say twice the real remainder."""
 
-    def ended(self, task: SpecTask, finished_cells: int, at_s: float) -> None:
-        """`task` ended `at_s` seconds in with `finished_cells` cells saved (0 when it failed)."""
+    def __init__(self, tasks: list[SpecTask], slots: int):
+        self.slots = max(1, slots)
+        self.left = {True: 0, False: 0}  # cells not yet ended, by "its task trains"
+        for t in tasks:
+            self.left[t.experiment_files is None] += len(t.cells)
+        self.seconds: dict[bool, list[float]] = {True: [], False: []}  # worker seconds per finished cell
+        self.last_finish_s = 0.0
+
+    def ended(self, task: SpecTask, cell_seconds: list[float], at_s: float) -> None:
+        """`task` ended `at_s` seconds in; `cell_seconds`: its workers' seconds per cell saved (none: failed)."""
         trained = task.experiment_files is None
-        self.trains_left -= len(task.cells) if trained else 0
-        if finished_cells:
-            self.finished[trained] += finished_cells
-            self.last_finish[trained] = at_s
+        self.left[trained] -= len(task.cells)
+        self.seconds[trained] += cell_seconds
+        if cell_seconds:
+            self.last_finish_s = at_s
 
-    def now(self) -> tuple[int, float, int | None]:
-        """`progress_line`'s (finished_now, last_finish_s, paced_left)."""
-        if self.trains_left:
-            return self.finished[True], self.last_finish[True], self.trains_left
-        return sum(self.finished.values()), max(self.last_finish.values()), None
+    def eta_s(self, now_s: float) -> float | None:
+        """Seconds left, `now_s` seconds in; None before a cell that paces it has finished."""
+        trains = self.left[True] > 0  # else only restored cells are left, paced by their own kind
+        left, seconds = self.left[trains], self.seconds[trains]
+        if not left or not seconds:
+            return None if left else 0.0
+        per_cell = sum(seconds) / len(seconds)
+        return max(left * per_cell / min(self.slots, left) - (now_s - self.last_finish_s), 0.0)
 
 
 def _slots(options: StudyOptions) -> int:
@@ -479,7 +489,8 @@ def run_tasks(plan: StudyPlan, tasks: list[SpecTask], options: StudyOptions, log
                                                max_retries=options.max_retries, retry_exceptions=True)
     running = {remote.remote(refs[t.data_key], t): t for t in tasks}
     failures: dict[str, str] = {}
-    start, slots, last_line, pace = time.perf_counter(), _slots(options), -math.inf, EtaPace(tasks)
+    start, slots, last_line = time.perf_counter(), _slots(options), -math.inf
+    pace = EtaPace(tasks, slots)
     try:
         while running:
             # Short waits keep Ctrl-C prompt; a progress line follows each result or every progress_every_s.
@@ -490,18 +501,18 @@ def run_tasks(plan: StudyPlan, tasks: list[SpecTask], options: StudyOptions, log
                     result = ray.get(ref)
                 except ray.exceptions.RayError as exc:
                     failures.update({key: _error_line(exc) for key, _ in task.cells})
-                    pace.ended(task, 0, time.perf_counter() - start)
+                    pace.ended(task, [], time.perf_counter() - start)
                     log(f"[{task.name}] failed after {options.max_retries} retries: {_error_line(exc)}")
                     continue
                 written = save_task_result(out, task, plan, result)
                 for line in result["log"]:  # the worker's training lines, e.g. each epoch's accuracy
                     log(line)
                 done += len(written)
-                pace.ended(task, len(written), time.perf_counter() - start)
+                pace.ended(task, cell_seconds(result), time.perf_counter() - start)
                 log(f"[{task.name}] finished {len(written)} cell(s) on node {result['node_id'][:8]}")
             if ready or time.perf_counter() - last_line >= options.progress_every_s:
                 busy = sum(len(t.cells) for t in list(running.values())[:slots])
-                log(progress_line(done, busy, len(failures), total, time.perf_counter() - start, *pace.now()))
+                log(progress_line(done, busy, len(failures), total, pace.eta_s(time.perf_counter() - start)))
                 last_line = time.perf_counter()
     except KeyboardInterrupt:
         for ref in running:
