@@ -20,7 +20,13 @@ import torch
 from gradcam_repro.cli import main
 from gradcam_repro.config import preset_config
 from gradcam_repro.errors import UserError
-from gradcam_repro.measure.aggregate import aggregate_cells, agreement, detection_thresholds, seed_interval
+from gradcam_repro.measure.aggregate import (
+    aggregate_cells,
+    agreement,
+    agreement_counts,
+    detection_thresholds,
+    seed_interval,
+)
 from gradcam_repro.pipeline.parallel import train_side_by_side
 from gradcam_repro.pipeline.run import run
 from gradcam_repro.pipeline.study import (
@@ -142,6 +148,13 @@ def test_agreement_lists_the_verdicts_robust_in_one_study_and_not_in_the_same_wa
     never = aggregate_cells([fake_cell(s, f, 0.99 if f else 0.0, 0.05) for f in (0.0, 1.0) for s in range(2)])
     assert set(agreement(here, never)[1]["contradicted"]) == {"points_at_patch/gradcam/layer4", "flags/gradcam/layer4"}
     assert agreement(here, [c for c in there if c["axes"]["bias_fraction"] == 0.5]) == []
+
+
+def test_agreement_counts_the_verdicts_robust_in_each_study_and_those_the_same_in_both():
+    shared = [{"states": {"a": ["every", "every"], "b": ["none", "some"], "c": ["some", "every"], "d": ["some", "some"]}},
+              {"states": {"a": ["every", "none"], "b": ["none", "none"], "e": ["none", "some"]}}]
+    assert agreement_counts(shared) == {"same": 2, "robust_here": 5, "robust_there": 4}
+    assert agreement_counts([]) == {"same": 0, "robust_here": 0, "robust_there": 0}
 
 
 def test_the_progress_line_counts_cells_and_rounds_the_eta():
@@ -284,7 +297,9 @@ def test_against_another_study_reports_where_the_every_seed_verdicts_differ(loca
                       log=lines.append)
     assert [c["same"] for c in again["against"]["conditions"]] == [True, True]
     assert f"## Against `{local_out}`" in (here / "STUDY.md").read_text()
-    assert "the seed-robust verdicts are the same at 2 of 2 shared condition(s)" in lines[-1]
+    robust = sum(state[0] != "some" for c in again["against"]["conditions"] for state in c["states"].values())
+    assert f"at 2 shared condition(s): {robust} of its {robust} seed-robust verdicts hold the same way here" in lines[-1]
+    assert f"Of the {robust} verdicts seed-robust there, **{robust} hold the same way here**" in (here / "STUDY.md").read_text()
     # A reference where a verdict that does not hold in every seed here holds in every seed there.
     reference = tmp_path / "reference"
     reference.mkdir()
@@ -300,7 +315,13 @@ def test_against_another_study_reports_where_the_every_seed_verdicts_differ(loca
     assert differs["contradicted"] == ([name] if tally["k"] == 0 else [])
     note = "no seed here, every seed there (contradicted)" if tally["k"] == 0 else "some seeds here, every seed there"
     assert f"| {name} | {tally['k']}/2 | 2/2 | {note} |" in (here / "STUDY.md").read_text()
-    assert json.loads((here / "study.json").read_text())["against"]["conditions"][1]["differs"] == [name]
+    against = json.loads((here / "study.json").read_text())["against"]
+    assert against["conditions"][1]["differs"] == [name]
+    assert against["counts"] == {"same": robust - (tally["k"] == 0), "robust_here": robust,
+                                 "robust_there": robust + (tally["k"] > 0)}
+    # The edited verdict is seed-robust there; here it is robust only when it held in no seed (contradicted).
+    assert (f"{robust - (tally['k'] == 0)} of its {robust + (tally['k'] > 0)} seed-robust verdicts hold the same way "
+            f"here ({robust} are seed-robust here)") in lines[-1]
     # A folder without a study.json: one line, exit 2, before anything is written.
     before = (here / "study.json").read_bytes()
     code = main(["study", *CLI_SETTINGS, "--out", str(here), "--seeds", "0", "1", "--fractions", "0", "1",

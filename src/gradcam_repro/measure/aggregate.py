@@ -195,3 +195,11 @@ def agreement(conditions: list[dict], reference: list[dict]) -> list[dict]:
         out.append({"axes": here["axes"], "seeds": [len(here["seeds"]), len(there["seeds"])], "tallies": tallies,
                     "states": states, "differs": differs, "contradicted": contradicted, "same": not differs})
     return out
+
+
+def agreement_counts(shared: list[dict]) -> dict:
+    """Over `agreement`'s conditions: {"same": verdicts seed-robust in both studies and the same way,
+    "robust_here": seed-robust here, "robust_there": seed-robust in the other study}."""
+    states = [pair for c in shared for pair in c["states"].values()]
+    return {"same": sum(a == b != "some" for a, b in states), "robust_here": sum(a != "some" for a, _ in states),
+            "robust_there": sum(b != "some" for _, b in states)}

@@ -35,7 +35,14 @@ from gradcam_repro.data.images import ImageData
 from gradcam_repro.data.registry import get_dataset
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.registry import EXPLAINERS
-from gradcam_repro.measure.aggregate import IMAGE_CI, SEED_CI, aggregate_cells, agreement, detection_thresholds
+from gradcam_repro.measure.aggregate import (
+    IMAGE_CI,
+    SEED_CI,
+    aggregate_cells,
+    agreement,
+    agreement_counts,
+    detection_thresholds,
+)
 from gradcam_repro.measure.shortcut import EvalSet, measure_methods
 from gradcam_repro.pipeline import store
 from gradcam_repro.pipeline.experiment import finished_record, train_experiment
@@ -528,6 +535,7 @@ def collect_study(plan: StudyPlan, options: StudyOptions, failures: dict[str, st
     finished = {c.key: store.read_json(cell_path(options.out, c.key)) for c in plan.cells
                 if cell_path(options.out, c.key).is_file() and c.key not in failures}
     conditions = aggregate_cells(list(finished.values()))
+    shared = agreement(conditions, reference) if reference is not None else None
     statuses = {}
     for c in plan.cells:
         record = finished.get(c.key)
@@ -544,8 +552,8 @@ def collect_study(plan: StudyPlan, options: StudyOptions, failures: dict[str, st
                          "cam_images": sorted({c.cam_images or 0 for c in configs}),
                          "counterfactual_images": sorted({c.counterfactual_images or 0 for c in configs})},
             "conditions": conditions, "thresholds": detection_thresholds(conditions) if conditions else [],
-            **({"against": {"study": options.against, "conditions": agreement(conditions, reference)}}
-               if reference is not None else {})}
+            **({"against": {"study": options.against, "conditions": shared, "counts": agreement_counts(shared)}}
+               if shared is not None else {})}
 
 
 def write_study(study: dict, out: Path) -> None:
@@ -567,9 +575,10 @@ def _verdict_line(study: dict) -> str:
                        for t in study["thresholds"])
     line = f"{done}/{len(study['cells'])} cells done" + (f", {relies}" if relies else "")
     if "against" in study:
-        shared = study["against"]["conditions"]
-        line += (f"; against {study['against']['study']}: the seed-robust verdicts are the same at "
-                 f"{sum(c['same'] for c in shared)} of {len(shared)} shared condition(s)")
+        shared, counts = study["against"]["conditions"], study["against"]["counts"]
+        line += (f"; against {study['against']['study']}, at {len(shared)} shared condition(s): {counts['same']} "
+                 f"of its {counts['robust_there']} seed-robust verdicts hold the same way here "
+                 f"({counts['robust_here']} are seed-robust here)")
     return line
 
 

@@ -162,6 +162,9 @@ def against_section(study: dict) -> list[str]:
              "those that hold in no seed (only verdicts measured in both).", ""]
     if not against["conditions"]:
         return lines + ["No condition (the same axes but the seed) is in both studies.", ""]
+    counts = against["counts"]
+    lines += [f"Of the {counts['robust_there']} verdicts seed-robust there, **{counts['same']} hold the same way "
+              f"here**; {counts['robust_here']} are seed-robust here.", ""]
     words = {"every": "every seed", "none": "no seed", "some": "some seeds"}
     for c in against["conditions"]:
         n_here, n_there = c["seeds"]
