@@ -135,7 +135,7 @@ def test_rrr_finetune_hands_each_epoch_record_over_as_that_epoch_ends():
     mask = torch.zeros(8, 8, dtype=torch.bool)
     mask[:2, :2] = True
     events = []
-    history = rrr_finetune(net, images, labels, mask, FinetuneSettings(epochs=3, batch_size=8), torch.device("cpu"),
+    history = rrr_finetune(net, images, labels, mask, FinetuneSettings(epochs=3, batch_size=8), CPU,
                            progress=lambda epoch, done, total: events.append(("batch", epoch, done)),
                            on_epoch=lambda record: events.append(("epoch", record["epoch"], record["loss"])))
     assert [e[1] for e in events if e[0] == "epoch"] == [1, 2, 3]

@@ -21,7 +21,7 @@ from torch import nn
 
 from gradcam_repro.errors import UserError
 from gradcam_repro.model.resnet import normalize
-from gradcam_repro.runtime import autocast
+from gradcam_repro.runtime import Runtime, autocast
 
 
 def rrr_penalty(model: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,12 +52,12 @@ class FinetuneSettings:
 
 
 def rrr_finetune(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
-                 settings: FinetuneSettings, device: torch.device, amp_dtype: torch.dtype | None = None,
-                 progress: Callable[[int, int, int], None] | None = None,
+                 settings: FinetuneSettings, runtime: Runtime, progress: Callable[[int, int, int], None] | None = None,
                  on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
     """Fine-tune `model` in place on (N, 3, H, W) uint8 `images` with the RRR penalty inside `mask` (H, W) bool;
     leaves it in eval mode. Returns one record per epoch (loss, penalty, train_acc, seconds), each also passed
     to `on_epoch` as that epoch ends."""
+    device = runtime.device
     model.to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=0.9, nesterov=True,
                                 weight_decay=settings.weight_decay)
@@ -70,7 +70,7 @@ def rrr_finetune(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, m
         for done in range(0, len(order), settings.batch_size):
             idx = order[done:done + settings.batch_size]
             x, y = normalize(images[idx].to(device)), labels[idx].to(device)
-            totals += _rrr_step(model, optimizer, x, y, region, settings, amp_dtype)
+            totals += _rrr_step(model, optimizer, x, y, region, settings, runtime.amp_dtype)
             if progress is not None:
                 progress(epoch, min(done + settings.batch_size, len(order)), len(order))
         loss, penalty, correct = (totals / len(labels)).tolist()

@@ -178,7 +178,7 @@ def finetune_rrr(model: torch.nn.Module, p: Prepared, biased: Experiment, artefa
         log(f"[rrr] epoch {record['epoch']}/{settings.epochs}  loss {record['loss']:.4f}  penalty {record['penalty']:.4f}  "
             f"train acc {record['train_acc']:.3f}  {record['seconds']:.1f} s")
 
-    history = repairs.rrr_finetune(model, images, labels, artefact.mask(), settings, p.runtime.device, p.runtime.amp_dtype,
+    history = repairs.rrr_finetune(model, images, labels, artefact.mask(), settings, p.runtime,
                                    epoch_progress(log, "[rrr]", settings.epochs), epoch_line)
     ts = p.training  # the history's columns as training writes them; the test accuracy after the last epoch
     test_acc = accuracy(predict_logits(model, ts.data.test_images[ts.eval_index], p.runtime), ts.data.test_labels[ts.eval_index])
