@@ -433,8 +433,9 @@ class EtaPace:
     at once, less the time since the last cell finished (so it counts down between finishes).
 
     While trainings are left, only cells whose task trains pace it: a restored model is only measured (~10x
-    faster) and would make the pace look fast; after them, the restored cells pace the rest. Dividing by the worker count matters in the first wave: after
-    one of two side-by-side cells finishes, "time so far / cells done" would say twice the real remainder."""
+    faster) and would make the pace look fast; after them, the restored cells pace the rest. Dividing by the
+    worker count matters in the first wave: after one of two side-by-side cells finishes, "time so far / cells
+    done" would say twice the real remainder."""
 
     def __init__(self, tasks: list[SpecTask], slots: int):
         self.slots = max(1, slots)
