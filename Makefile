@@ -7,7 +7,7 @@ PYTHON ?= python3
 DATA_ROOT ?= $(or $(GRADCAM_DATA_ROOT),$(if $(wildcard ../shared/data/cifar10-jpg),../shared/data/cifar10-jpg,data))
 PRESET ?= quick
 
-.PHONY: install install-test demo paper shapes compare bench test
+.PHONY: install install-test demo paper shapes compare bench test test-fast wheel-check docs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(VENV)/.installed: pyproject.toml
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+$(VENV)/.installed-docs: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[docs]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -48,3 +52,16 @@ bench: install-test
 
 test: install-test
 	$(PY) -m pytest -q
+
+# The fast tier: every test not marked slow (no training beyond a few batches, no Ray, no child interpreters).
+test-fast: install-test
+	$(PY) -m pytest -q -m "not slow"
+
+# The built wheel installed in a fresh venv (dependencies borrowed from $(VENV)), run from outside the repo:
+# --version and the shapes smoke run, whose REPORT.html must carry the packaged CSS (2-4 min on 2 shared cores).
+wheel-check: install-test
+	PY=$(PY) bash .ci/wheel_check
+
+# The documentation site (mkdocs.yml, docs/): MkDocs Material + mkdocstrings, built into site/.
+docs: $(VENV)/.installed-docs
+	$(VENV)/bin/mkdocs build --strict

@@ -38,15 +38,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from gradcam_repro.config import Config, preset_config
+from gradcam_repro import store
+from gradcam_repro.config import SEED_LAYER, Config, preset_config
 from gradcam_repro.data.cifar10 import load_cifar10, resolve_data_root
 from gradcam_repro.errors import UserError, report_error
-from gradcam_repro.explain.cam import DEFAULT_LAYER, get_layer
+from gradcam_repro.explain.cam import get_layer
 from gradcam_repro.explain.registry import explain_images
 from gradcam_repro.measure.predict import accuracy, predict_logits
 from gradcam_repro.model.resnet import CIFAR10_MEAN, CIFAR10_STD, normalize, resnet18_cifar
-from gradcam_repro.model.train import make_batch, plan_epoch, prepare_training, train_step
-from gradcam_repro.pipeline import store as artifacts
+from gradcam_repro.model.train import TrainSettings, make_batch, plan_epoch, prepare_training, train_step
 from gradcam_repro.pipeline.spec import TRAINING_FIELDS
 from gradcam_repro.runtime import Runtime, autocast_dtype, choose_device
 
@@ -132,7 +132,7 @@ def metrics_path(run_dir: str | Path, flag: str) -> Path:
 
 def read_metrics(run_dir: str | Path, flag: str) -> dict:
     """A finished run's metrics.json; a one-line `UserError` naming `flag` if it is missing or unreadable."""
-    return artifacts.read_json(metrics_path(run_dir, flag),
+    return store.read_json(metrics_path(run_dir, flag),
                                fix=f"fix: rerun `gradcam-repro evaluate {run_dir}` to rewrite it, or leave {flag} out")
 
 
@@ -237,8 +237,8 @@ class ProductSteps:
     def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: Config,
                  device: torch.device, amp_dtype: torch.dtype | None):
         self.images, self.labels = images.to(device), labels.to(device)
-        self.state = prepare_training(model, config, device, amp_dtype, len(self.labels))
-        self.config = config
+        self.config = TrainSettings.of(config)
+        self.state = prepare_training(model, self.config, device, amp_dtype, len(self.labels))
         model.train()
         self.new_epoch()
 
@@ -442,7 +442,7 @@ def bench_training(images: torch.Tensor, labels: torch.Tensor, device: torch.dev
 
 
 def bench_gradcam(images: torch.Tensor, labels: torch.Tensor, device: torch.device, amp: torch.dtype | None,
-                  options: BenchOptions, log, layer: str = DEFAULT_LAYER) -> dict:
+                  options: BenchOptions, log, layer: str = SEED_LAYER) -> dict:
     """Section 2 on one device: maps/s of the product (bf16, fp32), a per-image loop and pytorch-grad-cam."""
     torch.manual_seed(0)
     model = resnet18_cifar().to(device).eval()  # untrained: speed does not depend on the weights
@@ -502,7 +502,7 @@ def rss_data(data_root: str | None, synthetic_images: int, device: torch.device)
     """
     if data_root is not None:
         # Imported here: the pipeline pulls in matplotlib, which the synthetic check does not need to hold.
-        from gradcam_repro.pipeline.run import prepare
+        from gradcam_repro.pipeline.prepare import prepare
 
         with tempfile.TemporaryDirectory() as out:  # prepare() checks --out is writable; nothing is written
             p = prepare(preset_config("paper", data_root=data_root, device=str(device), out=out),
@@ -532,7 +532,7 @@ def rss_child(data_root: str | None, steps: int, synthetic_images: int, device_f
     training = ProductSteps(model, d["train_x"], d["train_y"], d["config"], device, d["amp_dtype"])
     seen = training.run(min(steps, training.plan.steps))
     predict_logits(model, d["test_x"], Runtime(device, d["amp_dtype"]))
-    return {"peak_rss_mb": artifacts.peak_rss_mb(), "steps": steps, "images_seen": seen,
+    return {"peak_rss_mb": store.peak_rss_mb(), "steps": steps, "images_seen": seen,
             "train_images": len(d["train_y"]), "test_images": len(d["test_x"]), "data": d["source"],
             "precision": "bf16" if d["amp_dtype"] else "fp32", "device": str(device),
             "seconds": time.perf_counter() - start}
@@ -603,7 +603,7 @@ def finished_baseline(run_dir: str | Path) -> Path | None:
     if not manifest.is_file():
         return None
     try:
-        key = artifacts.read_json(manifest)["experiments"]["baseline"]
+        key = store.read_json(manifest)["experiments"]["baseline"]
     except (UserError, KeyError, TypeError):
         return None
     folder = Path(run_dir) / "experiments" / str(key)
@@ -644,7 +644,7 @@ def train_accuracy_runs(folder: str | Path, data_root: str | None, device: str, 
     `overrides` are config fields (tests use a tiny preset and dataset).
     """
     from gradcam_repro.pipeline.experiment import train_experiment
-    from gradcam_repro.pipeline.run import prepare
+    from gradcam_repro.pipeline.prepare import prepare
 
     runs = []
     for precision in ("bf16", "fp32"):
@@ -652,8 +652,8 @@ def train_accuracy_runs(folder: str | Path, data_root: str | None, device: str, 
         config = preset_config(preset, precision=precision, out=str(out), data_root=data_root, device=device, **overrides)
         p = prepare(config, log=lambda line: None)
         spec = p.specs["baseline"]
-        with artifacts.run_lock(out):
-            artifacts.write_json(out / "run.json", {"config": p.config.to_dict(), "experiments": {"baseline": spec.key}})
+        with store.run_lock(out):
+            store.write_json(out / "run.json", {"config": p.config.to_dict(), "experiments": {"baseline": spec.key}})
             train_experiment(spec, p.training, out, "baseline", log=lambda line, tag=precision: log(f"  [{tag}] {line}"))
         runs.append(str(out))
     return runs[0], runs[1]
@@ -702,7 +702,7 @@ def run_bench(options: BenchOptions, command: str, log=print) -> dict:
     """Measure every section, print each table as it is done, write BENCHMARKS.md and .json; returns the results."""
     options.validate()
     out = Path(options.out)
-    artifacts.check_writable(out.parent)
+    store.check_writable(out.parent)
     # Finished runs are read first: a bad folder fails now, not after the measurements.
     paper = paper_run_summary(options.paper_run) if options.paper_run else None
     accuracy = accuracy_comparison(*options.accuracy_runs) if options.accuracy_runs else None
@@ -715,7 +715,7 @@ def run_bench(options: BenchOptions, command: str, log=print) -> dict:
     pool = max(options.batch_size * (options.warmup_steps + options.train_steps), options.cam_batch)
     images, labels, data_note = bench_images(options.data_root, pool)
     gpu = next((d for d in devices if d.type == "cuda"), None)
-    machine = artifacts.environment_info(str(gpu or devices[0]))
+    machine = store.environment_info(str(gpu or devices[0]))
     machine["device"] = ", ".join(str(d) for d in devices)
     results = {
         "command": command,
@@ -752,8 +752,8 @@ def run_bench(options: BenchOptions, command: str, log=print) -> dict:
     for text in (paper_markdown(paper) if paper else None, accuracy_markdown(accuracy) if accuracy else None):
         if text:
             log(text)
-    artifacts.write_text(out, benchmarks_markdown(results))
-    artifacts.write_json(out.with_suffix(".json"), results)
+    store.write_text(out, benchmarks_markdown(results))
+    store.write_json(out.with_suffix(".json"), results)
     log(f"wrote {out} and {out.with_suffix('.json')}")
     return results
 
@@ -923,7 +923,7 @@ def training_intro(o: dict) -> str:
 def gradcam_intro(o: dict) -> str:
     """How section 2 measures."""
     return (
-        f"Maps per second for one batch of {o['cam_batch']} images at `{DEFAULT_LAYER}`, each explaining its label, "
+        f"Maps per second for one batch of {o['cam_batch']} images at `{SEED_LAYER}`, each explaining its label, "
         "on an untrained `resnet18_cifar` (speed does not depend on the weights). **Product**: "
         "`explain.registry.explain_images(\"gradcam\", ...)`, the path `gradcam-repro run` takes (batched "
         "`explain.cam.GradCAM`: one forward and one backward pass for the whole batch, uint8 images in, maps on the CPU "

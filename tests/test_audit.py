@@ -19,7 +19,7 @@ from gradcam_repro.data.bias import bias_dataset, inject_patch, patch_box
 from gradcam_repro.data.images import ImageData
 from gradcam_repro.data.registry import Dataset
 from gradcam_repro.data.shapes import SHAPES_CLASSES, make_shapes
-from gradcam_repro.measure import audit
+from gradcam_repro.measure import spray
 from gradcam_repro.measure.predict import predict
 from gradcam_repro.runtime import Runtime
 
@@ -60,13 +60,14 @@ def audited(model, shapes, test_fraction: float) -> dict:
     """The audit (SpRAy at conv2 with HiResCAM) on the test set with `test_fraction` of crescents patched."""
     _, _, test_x, test_y = shapes
     images, patched = bias_dataset(test_x, test_y, TARGET, test_fraction, 0, **PATCH)
-    data = audit.AuditSet(images, test_y, tuple(SHAPES_CLASSES), patched, BOX)
-    result, _ = audit.audit_model(model, data, audit.AuditSettings(layer="conv2"), CPU)
+    data = spray.AuditSet(images, test_y, tuple(SHAPES_CLASSES), patched, BOX)
+    result, _ = spray.audit_model(model, data, spray.AuditSettings(layer="conv2"), CPU)
     return result
 
 
 # ----- the claims, on models trained here --------------------------------------------------------------------
 
+@pytest.mark.slow  # trains a small CNN on 2,000 images
 def test_a_model_that_learnt_the_patch_is_caught_and_the_patch_is_found_without_being_told(shapes):
     model = model_with_patch_on(shapes, 1.0)
     assert flip_rate(model, shapes) >= 0.9  # it has learnt the shortcut: the test below has something to find
@@ -80,14 +81,16 @@ def test_a_model_that_learnt_the_patch_is_caught_and_the_patch_is_found_without_
     assert found["mean_rgb"] == [255.0, 255.0, 0.0]
 
 
+@pytest.mark.slow  # trains a small CNN on 2,000 images
 def test_the_same_model_trained_without_the_patch_is_not_flagged(shapes):
     model = model_with_patch_on(shapes, 0.0)
     assert flip_rate(model, shapes) < 0.1  # the patch means nothing to it
     result = audited(model, shapes, 1.0)  # even though every test crescent carries the patch
     assert result["confirmed"] == []
-    assert all(c["verdict"] != audit.CONFIRMED for c in result["candidates"])
+    assert all(c["verdict"] != spray.CONFIRMED for c in result["candidates"])
 
 
+@pytest.mark.slow  # trains a small CNN on 2,000 images
 def test_when_half_the_class_carries_the_patch_the_clusters_separate_patched_from_unpatched(shapes):
     model = model_with_patch_on(shapes, 0.5)
     assert flip_rate(model, shapes) >= 0.7
@@ -110,9 +113,9 @@ def test_clusters_that_carry_the_confirmed_artefact_form_its_sub_population():
     record = {"clusters": [{"cluster": 0, "region": region}, {"cluster": 1, "region": {**region, "box": (0, 0, 2, 3)}},
                            {"cluster": 2, "region": region}]}  # cluster 2: the same place, but black there
     pixels = torch.full((3, 2, 2), 250, dtype=torch.uint8)
-    assert audit.artefact_clusters(record, images, ids, (0, 0, 2, 2), pixels) == [0, 1]
+    assert spray.artefact_clusters(record, images, ids, (0, 0, 2, 2), pixels) == [0, 1]
     record["clusters"][1]["region"] = {**region, "kind": "relevance only"}
-    assert audit.artefact_clusters(record, images, ids, (0, 0, 2, 2), pixels) == [0]
+    assert spray.artefact_clusters(record, images, ids, (0, 0, 2, 2), pixels) == [0]
 
 
 # ----- the pieces, on hand-built inputs with known answers ---------------------------------------------------
@@ -152,10 +155,10 @@ def _images_with_patch(n: int, contaminated: int = 0) -> torch.Tensor:
 
 def test_the_candidate_region_is_the_constant_patch_even_when_relevance_peaks_beside_it():
     images = _images_with_patch(40, contaminated=4)  # 4 of 40 images in the cluster lack the patch
-    reference = audit.pixel_spread(torch.randint(0, 256, (200, 3, 32, 32), dtype=torch.uint8))
+    reference = spray.pixel_spread(torch.randint(0, 256, (200, 3, 32, 32), dtype=torch.uint8))
     mean = torch.zeros(32, 32)
     mean[9:15, 24:28] = 1.0  # the map lights up the patch's right edge and beyond, as mid-layer CAMs do
-    region = audit.candidate_region(images, reference, mean)
+    region = spray.candidate_region(images, reference, mean)
     assert region["kind"] == "constant pixels" and region["box"] == (10, 20, 14, 25) and region["constant_px"] == 20
     assert region["relevance_box"] == (9, 24, 15, 28)
 
@@ -165,7 +168,7 @@ def test_without_constant_pixels_the_candidate_region_is_where_relevance_concent
     mean = torch.zeros(32, 32)
     mean[5:9, 5:12] = 1.0
     mean[20:22, 20:22] = 0.9  # a second bright area, not connected to the peak's
-    region = audit.candidate_region(images, audit.pixel_spread(images), mean)
+    region = spray.candidate_region(images, spray.pixel_spread(images), mean)
     assert region == {"box": (5, 5, 9, 12), "kind": "relevance only", "relevance_box": (5, 5, 9, 12), "constant_px": 0}
 
 
@@ -183,29 +186,29 @@ def _maps_at(places: list[tuple[int, int]], per_place: int, seed: int = 0) -> tu
 
 def test_spectral_clustering_separates_maps_by_where_their_relevance_sits_and_the_eigengap_counts_the_groups():
     maps, truth = _maps_at([(0, 0), (12, 12), (24, 0)], per_place=30)
-    affinity = audit.knn_affinity(audit.embed_maps(maps))
-    spectrum = audit.laplacian_spectrum(affinity)
+    affinity = spray.knn_affinity(spray.embed_maps(maps))
+    spectrum = spray.laplacian_spectrum(affinity)
     assert spectrum[0] == pytest.approx(0.0, abs=1e-9) and np.all(np.diff(spectrum) >= -1e-9)
-    k, gap = audit.eigengap(spectrum)
+    k, gap = spray.eigengap(spectrum)
     assert k == 3 and gap > 0.5
-    assert audit.adjusted_rand(audit.spectral_clusters(affinity, k), truth) == pytest.approx(1.0)
+    assert spray.adjusted_rand(spray.spectral_clusters(affinity, k), truth) == pytest.approx(1.0)
     one_place, _ = _maps_at([(4, 4)], per_place=60)
-    assert audit.eigengap(audit.laplacian_spectrum(audit.knn_affinity(audit.embed_maps(one_place))))[0] == 1
+    assert spray.eigengap(spray.laplacian_spectrum(spray.knn_affinity(spray.embed_maps(one_place))))[0] == 1
 
 
 def test_fixed_place_energy_is_near_one_for_maps_at_one_place_and_uniform_for_flat_maps():
     maps, _ = _maps_at([(8, 16)], per_place=20)
-    mask = audit.fixed_place_mask(audit.mean_map(maps))
-    assert mask.sum() == audit.FIXED_PLACE_PX and mask[8:16, 16:24].all()
+    mask = spray.fixed_place_mask(spray.mean_map(maps))
+    assert mask.sum() == spray.FIXED_PLACE_PX and mask[8:16, 16:24].all()
     # Blob 64 px x 1.05 on average against 960 px x 0.05 of noise: 67.2 / 115.2 of the mass.
-    assert audit.fixed_place_energy(maps, mask).mean().item() == pytest.approx(67.2 / 115.2, abs=0.01)
+    assert spray.fixed_place_energy(maps, mask).mean().item() == pytest.approx(67.2 / 115.2, abs=0.01)
     maps[:, :8] = 0
     maps[:, 16:] = 0
     maps[:, :, :16] = 0
     maps[:, :, 24:] = 0
-    assert audit.fixed_place_energy(maps, mask).tolist() == pytest.approx([1.0] * 20)
+    assert spray.fixed_place_energy(maps, mask).tolist() == pytest.approx([1.0] * 20)
     flat = torch.ones(5, 32, 32)
-    assert audit.fixed_place_energy(flat, audit.fixed_place_mask(audit.mean_map(flat))).tolist() == [64 / 1024] * 5
+    assert spray.fixed_place_energy(flat, spray.fixed_place_mask(spray.mean_map(flat))).tolist() == [64 / 1024] * 5
 
 
 def _rate(mean, low, high):
@@ -213,23 +216,23 @@ def _rate(mean, low, high):
 
 
 @pytest.mark.parametrize("transplanted, occluded, removal, kind, expected", [
-    (_rate(0.95, 0.93, 0.97), _rate(0.02, 0.01, 0.03), _rate(0.9, 0.8, 0.95), "constant pixels", audit.CONFIRMED),
-    (_rate(0.95, 0.93, 0.97), _rate(0.02, 0.01, 0.03), _rate(0.0, 0.0, 0.0), "relevance only", audit.CONFIRMED),
-    (_rate(0.95, 0.93, 0.97), _rate(0.95, 0.93, 0.97), _rate(0.9, 0.8, 0.95), "relevance only", audit.NONE),  # occlusion alone does it
-    (_rate(0.52, 0.48, 0.56), _rate(0.02, 0.01, 0.03), _rate(0.1, 0.05, 0.15), "constant pixels", audit.CANDIDATE),
-    (_rate(0.52, 0.48, 0.56), _rate(0.02, 0.01, 0.03), _rate(0.1, 0.05, 0.15), "relevance only", audit.NONE),
-    (_rate(0.03, 0.01, 0.05), _rate(0.02, 0.01, 0.03), _rate(0.7, 0.6, 0.8), "constant pixels", audit.CANDIDATE),
-    (_rate(0.03, 0.01, 0.05), _rate(0.02, 0.01, 0.03), _rate(0.7, 0.6, 0.8), "relevance only", audit.NONE),
+    (_rate(0.95, 0.93, 0.97), _rate(0.02, 0.01, 0.03), _rate(0.9, 0.8, 0.95), "constant pixels", spray.CONFIRMED),
+    (_rate(0.95, 0.93, 0.97), _rate(0.02, 0.01, 0.03), _rate(0.0, 0.0, 0.0), "relevance only", spray.CONFIRMED),
+    (_rate(0.95, 0.93, 0.97), _rate(0.95, 0.93, 0.97), _rate(0.9, 0.8, 0.95), "relevance only", spray.NONE),  # occlusion alone does it
+    (_rate(0.52, 0.48, 0.56), _rate(0.02, 0.01, 0.03), _rate(0.1, 0.05, 0.15), "constant pixels", spray.CANDIDATE),
+    (_rate(0.52, 0.48, 0.56), _rate(0.02, 0.01, 0.03), _rate(0.1, 0.05, 0.15), "relevance only", spray.NONE),
+    (_rate(0.03, 0.01, 0.05), _rate(0.02, 0.01, 0.03), _rate(0.7, 0.6, 0.8), "constant pixels", spray.CANDIDATE),
+    (_rate(0.03, 0.01, 0.05), _rate(0.02, 0.01, 0.03), _rate(0.7, 0.6, 0.8), "relevance only", spray.NONE),
 ])
 def test_verdict_rules(transplanted, occluded, removal, kind, expected):
     untouched = _rate(0.02, 0.01, 0.03)
-    assert audit.verdict(transplanted, occluded, untouched, removal, kind)[0] == expected
+    assert spray.verdict(transplanted, occluded, untouched, removal, kind)[0] == expected
 
 
 def test_box_iou():
-    assert audit.box_iou((0, 0, 6, 6), (0, 0, 6, 6)) == 1.0
-    assert audit.box_iou((0, 0, 6, 6), (0, 3, 6, 9)) == pytest.approx(18 / 54)
-    assert audit.box_iou((0, 0, 6, 6), (10, 10, 12, 12)) == 0.0
+    assert spray.box_iou((0, 0, 6, 6), (0, 0, 6, 6)) == 1.0
+    assert spray.box_iou((0, 0, 6, 6), (0, 3, 6, 9)) == pytest.approx(18 / 54)
+    assert spray.box_iou((0, 0, 6, 6), (10, 10, 12, 12)) == 0.0
 
 
 # ----- the command line on CIFAR ResNet-18 checkpoints --------------------------------------------------------
@@ -260,7 +263,7 @@ def test_audit_command_writes_json_markdown_and_figures_for_a_run_folder(run_fol
     assert "see " in captured.err
     result = json.loads((out / "audit.json").read_text())
     assert result["experiment"] == "biased" and result["model"].endswith("1" * 16 + "/model.pt")
-    assert (result["settings"]["method"], result["settings"]["layer"]) == (audit.DEFAULT_METHOD, audit.DEFAULT_LAYER)
+    assert (result["settings"]["method"], result["settings"]["layer"]) == (spray.AUDIT_METHOD, spray.AUDIT_LAYER)
     assert result["default_method_layer"] is True
     # The pasted share is recorded, and it is what was pasted: half of the test crescents.
     pasted = result["dataset"]["patched_test"]
@@ -268,8 +271,8 @@ def test_audit_command_writes_json_markdown_and_figures_for_a_run_folder(run_fol
     assert pasted["class"] == SHORTCUT and len(pasted["indices"]) == round(0.5 * int((labels == TARGET).sum()))
     assert all(labels[i] == TARGET for i in pasted["indices"]) and pasted["box_tlbr_px"] == list(BOX)
     discovered = [name for name, rec in result["classes"].items() if "eigenvalues" in rec]
-    assert discovered and all(len(result["classes"][n]["eigenvalues"]) == audit.SPECTRUM_SIZE for n in discovered)
-    assert len(result["candidates"]) == min(len(discovered), audit.TOP_CANDIDATES)
+    assert discovered and all(len(result["classes"][n]["eigenvalues"]) == spray.SPECTRUM_SIZE for n in discovered)
+    assert len(result["candidates"]) == min(len(discovered), spray.TOP_CANDIDATES)
     for rel in result["figures"]:
         assert (out / rel).stat().st_size > 1000
     assert {"figures/audit_ranking.png", "figures/audit_prototypes.png"} <= set(result["figures"])

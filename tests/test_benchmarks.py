@@ -149,7 +149,7 @@ def test_bench_writes_tables_command_and_machine(tmp_path, one_thread, capsys):
     text = out.read_text()
     assert "| product fp32 |" in printed and "| per-image loop fp32 |" in printed  # tables printed as measured
     assert f"`python -m benchmarks.bench {' '.join(argv)}`" in text
-    from gradcam_repro.pipeline.store import environment_info
+    from gradcam_repro.store import environment_info
 
     assert environment_info()["processor"] in text and "torch / torchvision" in text
     for heading in ("## 1. Training throughput", "### Training throughput (cpu)", "### Grad-CAM throughput (cpu, 4 images",
@@ -197,6 +197,7 @@ def test_accuracy_runs_differing_only_in_evaluation_settings_count_as_precision_
     assert bench.accuracy_comparison(a, c)["other_config_differences"] == {"train_resolutions": [[16, 24, 32], [16, 32]]}
 
 
+@pytest.mark.slow
 def test_accuracy_check_trains_one_baseline_per_precision_from_the_same_seed(tmp_path, one_thread):
     torch.set_num_threads(1)
     lines = []
@@ -221,7 +222,7 @@ def test_accuracy_check_trains_one_baseline_per_precision_from_the_same_seed(tmp
 
 
 def test_time_budget_compares_a_paper_run_with_the_measured_throughput(tmp_path):
-    from gradcam_repro.pipeline.store import environment_info
+    from gradcam_repro.store import environment_info
 
     env = {**environment_info("cpu"), "device": "cpu"}
     paper = {"images_trained": 500_000, "seconds": {"end_to_end": 80 * 60.0}, "environment": env}
@@ -250,6 +251,7 @@ def test_bad_input_is_one_line_exit_2_before_measuring(flags, expected, tmp_path
     assert captured.out == "" and not out.exists()  # nothing measured, nothing written
 
 
+@pytest.mark.slow
 def test_memory_check_runs_in_a_child_and_reports_peak_rss(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the child finds `benchmarks` from the repository root, not the caller's folder
     n = 4_000  # 12 MiB of training images: a unit slip (KiB or bytes read as MiB) shows against it

@@ -76,6 +76,7 @@ def test_debug_shows_the_traceback(tmp_path):
         main(["--debug", "run", "--preset", "smoke", "--dataset", "shapes", "--out", str(tmp_path), "--epochs", "0"])
 
 
+@pytest.mark.slow
 def test_console_script_exit_code_and_help():
     result = subprocess.run([sys.executable, "-m", "gradcam_repro", "run", "--epochs", "0", "--dataset", "shapes"],
                             capture_output=True, text=True)

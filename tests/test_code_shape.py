@@ -7,6 +7,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "gradcam_repro"
 MAX_FUNCTION_LINES = 60
 MAX_PARAMETERS = 8
@@ -14,7 +16,7 @@ MAX_PARAMETERS = 8
 # and `--help` stay fast and the package works without them.
 LAZY_IMPORTS_ALLOWED = {"captum", "captum.attr", "scipy.stats", "skimage.metrics", "PIL", "tqdm.auto", "ray",
                         "matplotlib", "resource", "fcntl", "webbrowser", "http.server", "sklearn",
-                        # the shortcut audit (measure/audit.py): heavy, only `audit` needs them
+                        # the shortcut audit (measure/spray.py): heavy, only `audit` needs them
                         "sklearn.cluster", "sklearn.neighbors", "sklearn.metrics", "scipy.ndimage", "scipy.sparse",
                         "scipy.sparse.csgraph", "scipy.sparse.linalg"}
 
@@ -59,6 +61,7 @@ def test_imports_inside_functions_are_only_for_optional_heavy_dependencies():
     assert not found, "\n".join(found)
 
 
+@pytest.mark.slow
 def test_every_module_imports_on_its_own_in_a_fresh_interpreter():
     # A circle hidden by import order shows up when a module is imported first.
     modules = sorted(".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")

@@ -187,6 +187,7 @@ def tiny_run(tmp_path_factory):
     return out, cli(*TINY_RUN, "--out", str(out), "--json")
 
 
+@pytest.mark.slow
 def test_json_run_prints_one_document_with_metrics_numbers(tiny_run):
     out, result = tiny_run
     summary = json.loads(result.stdout)  # the whole of stdout is one JSON document
@@ -208,6 +209,7 @@ def test_json_run_prints_one_document_with_metrics_numbers(tiny_run):
     assert "[biased] training experiment" in result.stderr and "done in" in result.stderr
 
 
+@pytest.mark.slow
 def test_quiet_run_prints_only_the_final_line(tiny_run):
     out, _ = tiny_run
     result = cli(*TINY_RUN, "--out", str(out), "--quiet")  # reuses the trained models: measuring only

@@ -17,7 +17,7 @@ from gradcam_repro.data.bias import bias_dataset, inject_patch, patch_box
 from gradcam_repro.data.images import ImageData
 from gradcam_repro.data.shapes import SHAPES_CLASSES, make_shapes
 from gradcam_repro.measure.predict import predict
-from gradcam_repro.model.repair import FinetuneSettings, penultimate_features, refit_last_layer, rrr_finetune, rrr_penalty
+from gradcam_repro.model.finetune import FinetuneSettings, penultimate_features, refit_last_layer, rrr_finetune, rrr_penalty
 from gradcam_repro.pipeline.experiment import TrainingSet, training_images
 from gradcam_repro.pipeline.repair import RepairOptions, artefact_from_audit, balanced_set, repair_spec
 from gradcam_repro.pipeline.spec import BiasSpec, ExperimentSpec

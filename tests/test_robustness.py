@@ -14,9 +14,9 @@ import pytest
 import torch
 from torchvision.io import write_png
 
+from gradcam_repro import store
 from gradcam_repro.cli import main
 from gradcam_repro.errors import UserError
-from gradcam_repro.pipeline import store as artifacts
 
 TINY_RUN = ["run", "--preset", "smoke", "--dataset", "shapes", "--epochs", "3", "--train-subset", "400",
             "--test-subset", "100", "--counterfactual-images", "40", "--cam-images", "20", "--figure-images", "2"]
@@ -87,7 +87,7 @@ def test_finished_experiment_is_reused_unless_forced(shapes_run, tmp_path, capsy
 def test_a_second_run_into_the_same_folder_is_refused_while_the_first_holds_it(tmp_path, capsys):
     (tmp_path / "run").mkdir()
     holder = subprocess.Popen([sys.executable, "-c",
-                               "import sys, time\nfrom gradcam_repro.pipeline import store\n"
+                               "import sys, time\nfrom gradcam_repro import store\n"
                                "with store.run_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(60)",
                                str(tmp_path / "run")], stdout=subprocess.PIPE, text=True)
     try:
@@ -106,7 +106,7 @@ def test_a_stale_lock_is_taken_over_and_released(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (tmp_path / ".lock").write_text(str(dead.pid))
-    with artifacts.run_lock(tmp_path) as lock:
+    with store.run_lock(tmp_path) as lock:
         assert lock.read_text() == str(os.getpid())
     assert not (tmp_path / ".lock").exists()
 
@@ -115,7 +115,7 @@ def test_an_interrupted_write_keeps_the_previous_file_and_leaves_no_temporary(tm
     target = tmp_path / "metrics.json"
     target.write_text("previous complete file")
     with pytest.raises(KeyboardInterrupt):
-        with artifacts.atomic_path(target) as tmp:
+        with store.atomic_path(target) as tmp:
             tmp.write_text("half of a new fi")
             raise KeyboardInterrupt
     assert target.read_text() == "previous complete file"

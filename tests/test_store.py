@@ -9,9 +9,9 @@ import time
 
 import pytest
 
+from gradcam_repro import store
 from gradcam_repro.errors import UserError
 from gradcam_repro.model.resnet import load_model, resnet18_cifar, save_model
-from gradcam_repro.pipeline import store
 
 
 def _one_line_error(call) -> str:
@@ -112,7 +112,7 @@ def test_a_missing_checkpoint_keeps_its_message(tmp_path):
 
 HOLDER = textwrap.dedent("""
     import sys, time
-    from gradcam_repro.pipeline import store
+    from gradcam_repro import store
     with store.run_lock(sys.argv[1]):
         print("locked", flush=True)
         time.sleep(120)

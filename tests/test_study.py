@@ -27,19 +27,12 @@ from gradcam_repro.measure.aggregate import (
     detection_thresholds,
     seed_interval,
 )
-from gradcam_repro.pipeline.parallel import train_side_by_side
+from gradcam_repro.pipeline.engine import join_error
+from gradcam_repro.pipeline.eta import EtaPace, progress_line
+from gradcam_repro.pipeline.grid import StudyGrid, read_study_file, study_grid
 from gradcam_repro.pipeline.run import run
-from gradcam_repro.pipeline.study import (
-    EtaPace,
-    StudyGrid,
-    StudyOptions,
-    cell_seconds,
-    join_error,
-    progress_line,
-    read_study_file,
-    run_study,
-    study_grid,
-)
+from gradcam_repro.pipeline.study import run_study
+from gradcam_repro.pipeline.study_tasks import StudyOptions, cell_seconds
 
 # Tiny shapes cells: 200 training images, one epoch, 100 test images (every non-target image is flipped),
 # 8 images per CAM set. A constant lr: onecycle needs more steps than 200 images / 64 per batch give.
@@ -260,6 +253,7 @@ def test_a_cluster_that_wants_an_auth_token_gets_a_one_line_error_naming_the_fix
 # --- the engine -------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_four_cell_study_on_local_ray_writes_every_cell_shared_baselines_and_the_reports(local_study):
     out, study, lines = local_study
     cells = cells_of(out)
@@ -331,6 +325,7 @@ def test_against_another_study_reports_where_the_every_seed_verdicts_differ(loca
     assert (here / "study.json").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_a_cell_has_exactly_the_numbers_of_gradcam_repro_run_with_the_same_settings_and_threads(local_study, tmp_path):
     out, _, _ = local_study
     threads = torch.get_num_threads()
@@ -349,13 +344,14 @@ def test_a_cell_has_exactly_the_numbers_of_gradcam_repro_run_with_the_same_setti
         assert json.loads(json.dumps(measured)) == json.loads(json.dumps(expected))
 
 
+@pytest.mark.slow
 def test_run_parallel_trains_both_models_side_by_side_into_the_files_a_one_thread_run_writes(local_study, tmp_path):
     out, _, _ = local_study
     lines = []
     ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
     try:
         metrics = run(preset_config("smoke", **{**SETTINGS, "seed": 0, "bias_fraction": 1.0, "out": str(tmp_path / "run")}),
-                      log=lines.append, before_training=train_side_by_side)
+                      log=lines.append, parallel=True)
     finally:
         ray.shutdown()
     assert "training baseline, biased side by side on a local Ray (1 thread each)" in lines
@@ -364,6 +360,7 @@ def test_run_parallel_trains_both_models_side_by_side_into_the_files_a_one_threa
         assert any(line.startswith(f"[{name}] reusing the finished experiment") for line in lines)
 
 
+@pytest.mark.slow
 def test_the_same_study_on_a_two_node_cluster_uses_both_nodes_and_gives_the_same_results(local_study, tmp_path):
     from ray.cluster_utils import Cluster
 
@@ -385,6 +382,7 @@ def test_the_same_study_on_a_two_node_cluster_uses_both_nodes_and_gives_the_same
         assert cell["model_sha256"] == local[key]["model_sha256"]
 
 
+@pytest.mark.slow
 def test_a_study_interrupted_after_its_first_cell_reruns_without_retraining_it(tmp_path):
     out = tmp_path / "study"
     # Two cells, one task at a time (2 CPUs per cell on 2 cores), so the second is in flight at the interrupt.
@@ -411,6 +409,7 @@ def test_a_study_interrupted_after_its_first_cell_reruns_without_retraining_it(t
     assert (done.stat().st_mtime_ns, spec_json.stat().st_mtime_ns) == stamps  # neither retrained nor rewritten
 
 
+@pytest.mark.slow
 def test_a_cell_that_raises_is_retried_then_reported_and_the_others_finish(tmp_path):
     out = tmp_path / "study"
     ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")

@@ -10,21 +10,32 @@ import time
 
 import matplotlib
 
-from gradcam_repro.config import ALL, CORNERS, LR_SCHEDULES, MAX_IMAGE_PIXELS, PRECISIONS, PRESETS, Config, preset_config
+from gradcam_repro import __version__
+from gradcam_repro.config import (
+    ALL,
+    CORNERS,
+    DEFAULT_PRESET,
+    LR_SCHEDULES,
+    MAX_IMAGE_PIXELS,
+    PRECISIONS,
+    PRESETS,
+    SEED_LAYER,
+    STUDY_PRESET,
+    Config,
+    preset_config,
+)
 from gradcam_repro.data.registry import DATASETS
 from gradcam_repro.errors import UserError, report_error
 from gradcam_repro.explain.registry import CAM_METHODS, EXPLAINERS
-from gradcam_repro.measure.audit import DEFAULT_LAYER as AUDIT_LAYER
-from gradcam_repro.measure.audit import DEFAULT_METHOD as AUDIT_METHOD
-from gradcam_repro.measure.audit import TOP_CANDIDATES as AUDIT_CANDIDATES
-from gradcam_repro.model.resnet import DEFAULT_LAYER
+from gradcam_repro.measure.spray import AUDIT_LAYER, AUDIT_METHOD, TOP_CANDIDATES
 from gradcam_repro.pipeline.audit import AuditOptions, audit, audit_summary
 from gradcam_repro.pipeline.compare import CompareOptions, compare_methods
-from gradcam_repro.pipeline.parallel import train_side_by_side
+from gradcam_repro.pipeline.grid import DEFAULT_METHODS, read_study_file, study_grid
 from gradcam_repro.pipeline.progress import Reporter, compare_summary, final_line, run_summary
 from gradcam_repro.pipeline.repair import STRATEGIES, RepairOptions, parse_box, repair
 from gradcam_repro.pipeline.run import evaluate_run, report_run, run
-from gradcam_repro.pipeline.study import DEFAULT_METHODS, StudyOptions, read_study_file, run_study, study_grid
+from gradcam_repro.pipeline.study import run_study
+from gradcam_repro.pipeline.study_tasks import StudyOptions
 from gradcam_repro.pipeline.user_images import explain
 from gradcam_repro.pipeline.view import DEFAULT_PORT, open_report, serve
 from gradcam_repro.runtime import choose_device
@@ -81,7 +92,7 @@ DATA_ROOT = _parent((["--data-root"], {"help": "folder holding cifar-10-batches-
                                                 "download is tried if empty)"}))
 CAM = _parent((["--cam"], {"choices": CAM_METHODS, "help": "CAM method (default gradcam; scorecam costs one forward pass "
                                                           "per channel, ~500x gradcam at layer4)"}),
-              (["--cam-layer"], {"help": f"explained layer as a dotted path (default {DEFAULT_LAYER} = the seed's "
+              (["--cam-layer"], {"help": f"explained layer as a dotted path (default {SEED_LAYER} = the seed's "
                                          "layer4[-1].conv2; e.g. layer4, layer3, layer3.1.conv2, layer2)"}))
 OUTPUT = _parent((["--quiet"], {"action": "store_true", "help": "print only errors and the final line (no progress bars, "
                                                                "no log lines)"}),
@@ -91,10 +102,10 @@ OUTPUT = _parent((["--quiet"], {"action": "store_true", "help": "print only erro
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what to run")
-    g.add_argument("--preset", default="quick", choices=list(PRESETS),
+    g.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
                    help="named config: paper = seed protocol on all 50,000 images (5 epochs SGD lr 0.01); "
                         "quick = both experiments in <= 15 min on a 2-core CPU; sweep = one `study` cell (21 in "
-                        "<= 60 min); smoke = about a minute, for tests (default: quick; study: sweep). Every other "
+                        "<= 60 min); smoke = about a minute, for tests (default: " f"{DEFAULT_PRESET}; study: {STUDY_PRESET}). Every other "
                         "flag overrides the preset.")
     g.add_argument("--dataset", choices=list(DATASETS), help="cifar10 (default) or the synthetic shapes set with object masks")
     g.add_argument("--out", help="output folder (default: runs/<preset>)")
@@ -148,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(a yellow square on every frog).",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run_parser = sub.add_parser("run", parents=[DEBUG, DEVICE, DATA_ROOT, CAM, OUTPUT],
                                 help="train the baseline and the biased model, then explain and summarise",
@@ -243,8 +255,8 @@ def _add_audit_parser(sub) -> None:
     au.add_argument("--out", help="output folder (default: <run>/audit, or audits/<model> for a model.pt)")
     au.add_argument("--images", type=int, help="audit a class-balanced subset of this many test images (default: all)")
     au.add_argument("--classes", nargs="+", metavar="CLASS", help="audit only these classes (default: all)")
-    au.add_argument("--candidates", type=int, default=AUDIT_CANDIDATES,
-                    help=f"how many top-ranked classes are tested causally (default {AUDIT_CANDIDATES})")
+    au.add_argument("--candidates", type=int, default=TOP_CANDIDATES,
+                    help=f"how many top-ranked classes are tested causally (default {TOP_CANDIDATES})")
     au.add_argument("--patch-test-fraction", type=float, metavar="F",
                     help="paste the run's patch (its size, colour, corner) on a seeded share F of --patch-test-class's "
                          "test images, recorded in audit.json, to check the audit (default: the test set as it is)")
@@ -320,7 +332,7 @@ def _run(args) -> None:
     if not config.show:
         matplotlib.use("Agg")
     reporter = reporter_for(args)
-    metrics = run(config, log=reporter, force=args.force, before_training=train_side_by_side if args.parallel else None)
+    metrics = run(config, log=reporter, force=args.force, parallel=args.parallel)
     reporter.summary(run_summary(metrics, config.out_dir))
 
 
@@ -334,7 +346,7 @@ def _evaluate(args) -> None:
 
 def _explain(args) -> None:
     reporter = reporter_for(args)
-    written = explain(args.model, args.images, args.out, args.cam_layer or DEFAULT_LAYER, choose_device(args.device or "auto"),
+    written = explain(args.model, args.images, args.out, args.cam_layer or SEED_LAYER, choose_device(args.device or "auto"),
                       method=args.cam or "gradcam",
                       log=lambda line: (reporter.notice if line.startswith("notice:") else reporter.log)(line))
     reporter.final(f"wrote {len(written)} file(s) to {args.out}")

@@ -11,8 +11,13 @@ import dataclasses
 from dataclasses import dataclass
 
 from gradcam_repro.errors import UserError
-from gradcam_repro.explain.registry import CAM_METHODS
-from gradcam_repro.model.resnet import DEFAULT_LAYER
+
+# The layer the seed explains: `layer4[-1].conv2` of the CIFAR ResNet-18, the last convolution (4x4 at 32 px).
+SEED_LAYER = "layer4.1.conv2"
+# The preset `run` uses when none is named (`paper` is the seed protocol, `quick` the same experiment in 15 minutes),
+# and the one each cell of `study` uses (a cheaper recipe whose verdicts came closest to quick's).
+DEFAULT_PRESET = "quick"
+STUDY_PRESET = "sweep"
 
 # `gradcam-repro explain` refuses images above this many pixels before decoding:
 # a small file can declare a huge canvas (a "decompression bomb") and exhaust memory.
@@ -26,8 +31,8 @@ LR_SCHEDULES = ("constant", "onecycle")
 class Config:
     """All knobs of one `gradcam-repro run`. Defaults are the seed protocol."""
 
-    preset: str = "paper"
-    dataset: str = "cifar10"  # cifar10 | shapes
+    preset: str = "paper"  # the name of the preset the values came from (`preset_config`); defaults: the seed
+    dataset: str = "cifar10"  # a name in data.registry.DATASETS (checked where the registry is known)
     data_root: str | None = None  # None: $GRADCAM_DATA_ROOT, else ./data
     out: str | None = None  # None: runs/<preset>
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -61,8 +66,8 @@ class Config:
     bias_fraction: float = 1.0
 
     # Explanation and figures.
-    cam: str = "gradcam"  # CAM method: one of explain.registry.CAM_METHODS
-    cam_layer: str = DEFAULT_LAYER
+    cam: str = "gradcam"  # CAM method: one of explain.registry.CAM_METHODS (checked where the registry is known)
+    cam_layer: str = SEED_LAYER
     cam_batch_size: int = 256
     counterfactual_images: int | None = None  # non-target test images the patch is pasted on; None: all
     cam_images: int | None = None  # images per CAM evaluation set (seeded choice); None: all
@@ -74,9 +79,10 @@ class Config:
     shapes_test: int = 2_000
 
     def validate(self) -> Config:
-        """Raise `UserError` naming the first out-of-range value and how to fix it."""
+        """Raise `UserError` naming the first out-of-range value and how to fix it.
+
+        Names that registries hold (the dataset, the CAM method) are checked against them by the pipeline."""
         checks = [
-            (self.dataset in ("cifar10", "shapes"), f"--dataset must be cifar10 or shapes, got {self.dataset!r}"),
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
@@ -99,7 +105,6 @@ class Config:
             (self.counterfactual_images is None or self.counterfactual_images >= 1,
              f"--counterfactual-images must be >= 1, got {self.counterfactual_images}"),
             (self.cam_images is None or self.cam_images >= 1, f"--cam-images must be >= 1, got {self.cam_images}"),
-            (self.cam in CAM_METHODS, f"--cam must be one of {', '.join(CAM_METHODS)}, got {self.cam!r}"),
             (self.cam_batch_size >= 1, f"--cam-batch-size must be >= 1, got {self.cam_batch_size}"),
             (self.figure_images >= 1, f"--figure-images must be >= 1, got {self.figure_images}"),
             (self.shapes_train >= 10 and self.shapes_test >= 10, "--shapes-train and --shapes-test must be >= 10"),

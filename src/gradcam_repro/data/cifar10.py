@@ -24,7 +24,7 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 
 from gradcam_repro.data.images import IMAGE_SIZE, ImageData, tensor_fingerprint
 from gradcam_repro.errors import UserError
-from gradcam_repro.pipeline.store import torch_save
+from gradcam_repro.store import torch_save
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # Bump when the cache layout or the decoder changes, so stale caches are not reused.

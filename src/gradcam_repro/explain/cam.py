@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gradcam_repro.config import SEED_LAYER
 from gradcam_repro.errors import UserError
-from gradcam_repro.model.resnet import DEFAULT_LAYER
 from gradcam_repro.runtime import autocast, eval_mode
 
 
@@ -89,7 +89,7 @@ class BaseCAM:
     display_name = "CAM"
     uses_gradients = True
 
-    def __init__(self, model: nn.Module, layers: str | Sequence[str] = DEFAULT_LAYER, autocast_dtype: torch.dtype | None = None):
+    def __init__(self, model: nn.Module, layers: str | Sequence[str] = SEED_LAYER, autocast_dtype: torch.dtype | None = None):
         self.model = model
         self.layers = [layers] if isinstance(layers, str) else list(layers)
         if not self.layers:
@@ -312,7 +312,7 @@ class ScoreCAM(BaseCAM):
     uses_gradients = False
     EPS = 1e-8  # as in the reference implementation
 
-    def __init__(self, model, layers=DEFAULT_LAYER, autocast_dtype=None, batch_size: int = 512):
+    def __init__(self, model, layers=SEED_LAYER, autocast_dtype=None, batch_size: int = 512):
         super().__init__(model, layers, autocast_dtype)
         self.batch_size = batch_size
 

@@ -12,15 +12,13 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
+from gradcam_repro import store
 from gradcam_repro.errors import UserError
-from gradcam_repro.pipeline import store as artifacts
 
 # Per-channel mean/std of the CIFAR-10 training set, used to normalise inputs
 # outside the model (so the checkpoint stays a plain torchvision state_dict).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-# The layer the seed explains, `layer4[-1].conv2`: the default of every command.
-DEFAULT_LAYER = "layer4.1.conv2"
 
 
 def resnet18_cifar(num_classes: int = 10) -> nn.Module:
@@ -44,7 +42,7 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 
 def save_model(model: nn.Module, path: str | Path) -> None:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    artifacts.torch_save(path, state)
+    store.torch_save(path, state)
 
 
 def load_model(path: str | Path, num_classes: int = 10, device: str | torch.device = "cpu") -> nn.Module:
@@ -52,7 +50,7 @@ def load_model(path: str | Path, num_classes: int = 10, device: str | torch.devi
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; fix: pass a run folder or a model.pt written by gradcam-repro")
-    state = artifacts.torch_load(path, fix="pass a model.pt written by gradcam-repro (or rerun the command that wrote it)")
+    state = store.torch_load(path, fix="pass a model.pt written by gradcam-repro (or rerun the command that wrote it)")
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # a training checkpoint also holds optimiser state
     model = resnet18_cifar(num_classes)

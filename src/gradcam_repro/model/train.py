@@ -14,13 +14,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradcam_repro.config import Config
 from gradcam_repro.errors import UserError
 from gradcam_repro.model.resnet import normalize
 from gradcam_repro.runtime import autocast
@@ -28,6 +27,33 @@ from gradcam_repro.runtime import autocast
 CROP_PADDING_PX = 4
 # How often (in steps) the loss is checked for divergence: each check waits for the device.
 DIVERGENCE_CHECK_EVERY = 20
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What one training run needs to know: the optimiser, schedule, batches, augmentation and seed.
+
+    Field names and meanings are those of the run's config (`Config`), so `TrainSettings.of(config)` takes them
+    from it; defaults are the seed protocol (5 epochs SGD lr 0.01 momentum 0.9, batch 128).
+    """
+
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"  # constant | onecycle
+    label_smoothing: float = 0.0
+    augment: bool = True
+    train_resolutions: tuple[int, ...] = ()  # progressive resizing: side per epoch, the last repeating
+    compile: bool = False
+    seed: int = 0
+
+    @classmethod
+    def of(cls, settings) -> TrainSettings:
+        """The training settings of any object with these field names (a run's config, a study cell's)."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
 
 def random_crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding: int = CROP_PADDING_PX) -> torch.Tensor:
@@ -55,7 +81,7 @@ def sample_augmentation(n: int, generator: torch.Generator, padding: int = CROP_
     return offsets, flips
 
 
-def epoch_resolution(config: Config, epoch: int, full: int = 32) -> int:
+def epoch_resolution(config: TrainSettings, epoch: int, full: int = 32) -> int:
     """Training input side in px for 1-based `epoch` (progressive resizing; the last value repeats)."""
     sizes = config.train_resolutions
     return sizes[min(epoch, len(sizes)) - 1] if sizes else full
@@ -65,7 +91,7 @@ def epoch_resolution(config: Config, epoch: int, full: int = 32) -> int:
 ONECYCLE_WARMUP = 0.25
 
 
-def make_optimizer(model: nn.Module, config: Config, steps_total: int):
+def make_optimizer(model: nn.Module, config: TrainSettings, steps_total: int):
     """SGD with `config`'s lr, momentum, Nesterov flag and weight decay, and its per-step LR schedule.
 
     "onecycle": linear warm-up over the first quarter of `steps_total` steps, then
@@ -119,7 +145,7 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     generator: torch.Generator
-    config: Config
+    config: TrainSettings
     device: torch.device
     amp_dtype: torch.dtype | None
     last_lr: float = float("nan")  # the lr the latest step used (the scheduler has moved past it by then)
@@ -138,7 +164,7 @@ class TrainState:
         return list(saved["history"])
 
 
-def prepare_training(model: nn.Module, config: Config, device: torch.device, amp_dtype: torch.dtype | None,
+def prepare_training(model: nn.Module, config: TrainSettings, device: torch.device, amp_dtype: torch.dtype | None,
                      n_images: int) -> TrainState:
     """Move `model` to `device` (channels_last) and build what its steps need.
 
@@ -175,7 +201,7 @@ class EpochPlan:
         return math.ceil(len(self.order) / self.batch_size)
 
 
-def plan_epoch(config: Config, epoch: int, n_images: int, generator: torch.Generator) -> EpochPlan:
+def plan_epoch(config: TrainSettings, epoch: int, n_images: int, generator: torch.Generator) -> EpochPlan:
     """Draw 1-based `epoch`'s order, then its augmentations, from `generator`.
 
     The augmentations are drawn even when `config.augment` is off, so that the
@@ -224,7 +250,7 @@ def train_model(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
-    config: Config,
+    config: TrainSettings,
     device: torch.device,
     amp_dtype: torch.dtype | None,
     hooks: TrainHooks | None = None,
@@ -304,7 +330,7 @@ def _train_epoch(state: TrainState, images: torch.Tensor, labels: torch.Tensor, 
     return loss_sum.item(), correct.item()
 
 
-def _diverged(epoch: int, step: int, config: Config):
+def _diverged(epoch: int, step: int, config: TrainSettings):
     raise UserError(
         f"training diverged: the loss became non-finite in epoch {epoch} (step {step}) at lr {config.lr}; "
         "fix: lower --lr or use --precision fp32"

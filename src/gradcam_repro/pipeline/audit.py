@@ -2,7 +2,7 @@
 
 Reads a run folder (its "biased" experiment unless `--experiment` names another), an experiment folder or a
 bare model.pt, and a dataset the project reads (the one the model was trained on, from spec.json, unless
-`--dataset`/`--data-root` say otherwise); audits it with `measure.audit.audit_model`; writes, under the run
+`--dataset`/`--data-root` say otherwise); audits it with `measure.spray.audit_model`; writes, under the run
 lock of the output folder (default `<run>/audit/`, or `audits/<model>/`):
     audit.json   every score, spectrum, region, rate with its 95% CI, verdict and setting
     AUDIT.md     the same for a person, with the figures
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from gradcam_repro import store
 from gradcam_repro.config import Config
 from gradcam_repro.data.bias import bias_dataset, patch_box
 from gradcam_repro.data.images import stratified_subset
@@ -25,13 +26,11 @@ from gradcam_repro.data.registry import get_dataset
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.cam import layer_names
 from gradcam_repro.explain.registry import PIXEL_METHODS, display_name, get_explainer
-from gradcam_repro.measure import audit as audit_measure
-from gradcam_repro.pipeline import store
+from gradcam_repro.measure import spray
 from gradcam_repro.pipeline.progress import as_reporter
 from gradcam_repro.pipeline.run import load_run_config
 from gradcam_repro.pipeline.user_images import load_models_for, model_paths
-from gradcam_repro.report import audit_report
-from gradcam_repro.report import figures as figure_tools
+from gradcam_repro.report import audit_report, figures
 from gradcam_repro.runtime import Runtime
 
 
@@ -42,13 +41,13 @@ class AuditOptions:
     experiment: str | None = None
     dataset: str | None = None
     data_root: str | None = None
-    method: str = audit_measure.DEFAULT_METHOD
-    layer: str = audit_measure.DEFAULT_LAYER
+    method: str = spray.AUDIT_METHOD
+    layer: str = spray.AUDIT_LAYER
     out: str | None = None
     device: str | None = None
     images: int | None = None
     classes: tuple[str, ...] | None = None
-    candidates: int = audit_measure.TOP_CANDIDATES
+    candidates: int = spray.TOP_CANDIDATES
     patch_test_fraction: float | None = None
     patch_test_class: str | None = None
     seed: int = 0
@@ -117,7 +116,7 @@ def check_layer(model: torch.nn.Module, method: str, layer: str) -> None:
 
 
 def load_audit_set(config: Config, classes: tuple[str, ...], options: AuditOptions, log=print
-                   ) -> tuple[audit_measure.AuditSet, dict]:
+                   ) -> tuple[spray.AuditSet, dict]:
     """The audited test images (a class-balanced `--images` subset, `--patch-test-fraction` of one class
     patched) and the record of where they came from and what was pasted."""
     dataset = get_dataset(config.dataset)
@@ -134,7 +133,7 @@ def load_audit_set(config: Config, classes: tuple[str, ...], options: AuditOptio
     record = {"name": data.name, "source": data.source, "fingerprint": data.fingerprint, "n_test": len(labels),
               "classes": list(data.classes)}
     if options.patch_test_fraction is None:
-        return audit_measure.AuditSet(images, labels, tuple(data.classes)), record
+        return spray.AuditSet(images, labels, tuple(data.classes)), record
     name = options.patch_test_class or config.bias_class or dataset.default_bias_class
     patch = {"patch_size": config.patch_size, "color": tuple(config.patch_color), "corner": config.patch_corner,
              "offset": config.patch_offset}
@@ -142,7 +141,7 @@ def load_audit_set(config: Config, classes: tuple[str, ...], options: AuditOptio
     box = patch_box(tuple(images.shape[-2:]), config.patch_size, config.patch_corner, config.patch_offset)
     record["patched_test"] = {"class": name, "fraction": options.patch_test_fraction, "patch": {**patch, "color": list(patch["color"])},
                               "box_tlbr_px": list(box), "indices": patched.nonzero().squeeze(1).tolist()}
-    return audit_measure.AuditSet(images, labels, tuple(data.classes), patched, box), record
+    return spray.AuditSet(images, labels, tuple(data.classes), patched, box), record
 
 
 @dataclass
@@ -152,7 +151,7 @@ class PreparedAudit:
     target: AuditTarget
     model: torch.nn.Module
     runtime: Runtime
-    data: audit_measure.AuditSet
+    data: spray.AuditSet
     data_record: dict
     out: Path
 
@@ -183,14 +182,14 @@ def audit(target: str | Path, options: AuditOptions, log=print) -> dict:
     """
     wall = time.perf_counter()
     p = prepare_audit(target, options, log)
-    settings = audit_measure.AuditSettings(options.method, options.layer, options.seed, options.classes, options.candidates)
+    settings = spray.AuditSettings(options.method, options.layer, options.seed, options.classes, options.candidates)
     where = "the input" if options.method in PIXEL_METHODS else options.layer
     log(f"auditing {p.target.name} ({p.target.model_path}) on {len(p.data.labels)} test images with {options.method} at {where}")
     with store.run_lock(p.out):
         start = time.perf_counter()
         with as_reporter(log).tracker(f"[audit] {display_name(options.method)} maps", "img") as explaining:
-            result, examples = audit_measure.audit_model(p.model, p.data, settings, p.runtime, explaining)
-        default = (options.method, options.layer) == (audit_measure.DEFAULT_METHOD, audit_measure.DEFAULT_LAYER)
+            result, examples = spray.audit_model(p.model, p.data, settings, p.runtime, explaining)
+        default = (options.method, options.layer) == (spray.AUDIT_METHOD, spray.AUDIT_LAYER)
         result = {"target": str(target), "model": str(p.target.model_path), "experiment": p.target.name,
                   "dataset": p.data_record, "default_method_layer": default, "precision": p.runtime.precision,
                   "environment": store.environment_info(str(p.runtime.device)), **result,
@@ -205,7 +204,7 @@ def audit(target: str | Path, options: AuditOptions, log=print) -> dict:
 def final_line(result: dict, out: Path, seconds: float) -> str:
     """E.g. "done in 212 s: confirmed shortcut: frog (region rows 0-5, cols 0-5, pasted on other classes -> frog
     99.9%); see audits/x/AUDIT.md". ASCII only."""
-    confirmed = [c for c in result["candidates"] if c["verdict"] == audit_measure.CONFIRMED]
+    confirmed = [c for c in result["candidates"] if c["verdict"] == spray.CONFIRMED]
     found = "; ".join(f"{c['class']} (region {audit_report.box_text(c['box_tlbr_px'])}, pasted on other classes -> "
                       f"{c['class']} {100 * c['transplant_flip']['mean']:.1f}%)" for c in confirmed)
     verdict = f"confirmed shortcut: {found}" if confirmed else (
@@ -227,9 +226,6 @@ def audit_summary(result: dict) -> dict:
 def write_audit(out: Path, result: dict, examples: dict) -> None:
     """The figures, then audit.json and AUDIT.md (each written atomically)."""
     figs = audit_report.audit_figures(result, examples)
-    for rel, fig in figs.items():
-        store.save_figure(fig, out / rel)
-        figure_tools.close(fig)
-    result["figures"] = list(figs)
+    result["figures"] = figures.save_figures(figs, out)
     store.write_json(out / "audit.json", result)
     store.write_text(out / "AUDIT.md", audit_report.audit_markdown(result))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from torch import nn
 
+from gradcam_repro import store
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.registry import display_name
 from gradcam_repro.measure.methods import (
@@ -28,10 +29,10 @@ from gradcam_repro.measure.methods import (
     shortcut_evidence,
 )
 from gradcam_repro.measure.shortcut import EvalSet
-from gradcam_repro.pipeline import store
 from gradcam_repro.pipeline.experiment import Experiment, experiment_ids
+from gradcam_repro.pipeline.prepare import Prepared
 from gradcam_repro.pipeline.progress import Task, as_reporter
-from gradcam_repro.pipeline.run import Prepared, load_run, load_run_config, shortcut_protocol, sweep_layers, write_reports
+from gradcam_repro.pipeline.run import load_run, load_run_config, shortcut_protocol, sweep_layers, write_reports
 from gradcam_repro.report import figures
 
 __all__ = ["CompareOptions", "compare_methods"]
@@ -147,9 +148,7 @@ def _figures(run_dir: Path, out: dict, drawn: dict) -> list[str]:
     names, written = _names(out["methods"]), []
 
     def save(fig, rel):
-        store.save_figure(fig, run_dir / rel)
-        figures.close(fig)
-        written.append(rel)
+        written.extend(figures.save_figures({rel: fig}, run_dir))
 
     save(figures.method_layer_heatmap(out, names), "figures/methods_layers.png")
     image = drawn["sanity_image"]

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from gradcam_repro import store
 from gradcam_repro.config import Config
 from gradcam_repro.data.artefact import Artefact, decorrelate
 from gradcam_repro.data.bias import bias_dataset
@@ -27,8 +28,7 @@ from gradcam_repro.data.images import ImageData
 from gradcam_repro.errors import UserError
 from gradcam_repro.measure.predict import accuracy, predict_logits
 from gradcam_repro.model.resnet import load_model, resnet18_cifar, save_model
-from gradcam_repro.model.train import TrainHooks, train_model
-from gradcam_repro.pipeline import store
+from gradcam_repro.model.train import TrainHooks, TrainSettings, train_model
 from gradcam_repro.pipeline.progress import epoch_progress
 from gradcam_repro.pipeline.spec import ExperimentSpec
 from gradcam_repro.runtime import Runtime, seed_everything
@@ -147,7 +147,7 @@ def train_experiment(spec: ExperimentSpec, ts: TrainingSet, root: Path, name: st
     seed_everything(spec.seed)  # every experiment of a seed starts from the same initial weights
     model = resnet18_cifar(len(ts.data.classes))
     start = time.perf_counter()
-    history = train_model(model, images, labels, ts.config, ts.runtime.device, ts.runtime.amp_dtype, hooks,
+    history = train_model(model, images, labels, TrainSettings.of(ts.config), ts.runtime.device, ts.runtime.amp_dtype, hooks,
                           resume=None if force else _resume_state(checkpoint, spec, log))
     record = experiment_record(spec, ts, name, {"bias": bias, "train_seconds": time.perf_counter() - start})
     save_experiment(folder, model, history, record)

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import torch
 
+from gradcam_repro import store
 from gradcam_repro.data import artefact as artefacts
 from gradcam_repro.data.artefact import Artefact
 from gradcam_repro.data.bias import patch_box
 from gradcam_repro.data.images import stratified_subset
 from gradcam_repro.errors import UserError
-from gradcam_repro.measure.audit import CONFIRMED
 from gradcam_repro.measure.predict import accuracy, predict_logits
-from gradcam_repro.model import repair as repairs
-from gradcam_repro.pipeline import store
+from gradcam_repro.measure.spray import CONFIRMED
+from gradcam_repro.model import finetune
 from gradcam_repro.pipeline.experiment import (
     Experiment,
     experiment_record,
@@ -34,8 +34,9 @@ from gradcam_repro.pipeline.experiment import (
     train_experiment,
     training_images,
 )
+from gradcam_repro.pipeline.prepare import Prepared
 from gradcam_repro.pipeline.progress import as_reporter, epoch_progress
-from gradcam_repro.pipeline.run import Prepared, load_run, load_run_config, measure_run, write_results
+from gradcam_repro.pipeline.run import load_run, load_run_config, measure_run, write_results
 from gradcam_repro.pipeline.spec import ExperimentSpec, RepairSpec
 
 STRATEGIES = ("augment", "rrr", "last-layer")
@@ -161,8 +162,8 @@ def fit_last_layer(model: torch.nn.Module, p: Prepared, biased: Experiment, arte
     """DFR: refit `model.fc` on the penultimate features of `balanced_set`; returns the fit's record."""
     images, labels, _ = training_images(biased.spec, p.training)
     x, y = balanced_set(images, labels, artefact, options.per_class, biased.spec.seed)
-    features = repairs.penultimate_features(model, x, p.runtime.device, p.runtime.amp_dtype)
-    return {"balanced_images": len(y), **repairs.refit_last_layer(model.fc, features, y)}
+    features = finetune.penultimate_features(model, x, p.runtime.device, p.runtime.amp_dtype)
+    return {"balanced_images": len(y), **finetune.refit_last_layer(model.fc, features, y)}
 
 
 def finetune_rrr(model: torch.nn.Module, p: Prepared, biased: Experiment, artefact: Artefact,
@@ -172,13 +173,13 @@ def finetune_rrr(model: torch.nn.Module, p: Prepared, biased: Experiment, artefa
     if options.repair_images is not None:
         keep = stratified_subset(labels, min(options.repair_images, len(labels)), biased.spec.seed)
         images, labels = images[keep], labels[keep]
-    settings = repairs.FinetuneSettings(options.repair_epochs, options.repair_lr, p.config.batch_size, options.rrr_weight,
+    settings = finetune.FinetuneSettings(options.repair_epochs, options.repair_lr, p.config.batch_size, options.rrr_weight,
                                         p.config.weight_decay, p.config.label_smoothing, biased.spec.seed)
     def epoch_line(record: dict) -> None:
         log(f"[rrr] epoch {record['epoch']}/{settings.epochs}  loss {record['loss']:.4f}  penalty {record['penalty']:.4f}  "
             f"train acc {record['train_acc']:.3f}  {record['seconds']:.1f} s")
 
-    history = repairs.rrr_finetune(model, images, labels, artefact.mask(), settings, p.runtime,
+    history = finetune.rrr_finetune(model, images, labels, artefact.mask(), settings, p.runtime,
                                    epoch_progress(log, "[rrr]", settings.epochs), epoch_line)
     ts = p.training  # the history's columns as training writes them; the test accuracy after the last epoch
     test_acc = accuracy(predict_logits(model, ts.data.test_images[ts.eval_index], p.runtime), ts.data.test_labels[ts.eval_index])

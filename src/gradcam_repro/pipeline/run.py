@@ -11,121 +11,37 @@ A run is a list of named experiment specs (today "baseline" and "biased"), each 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-import torch
-
-from gradcam_repro.config import Config
-from gradcam_repro.data.bias import patch_box
-from gradcam_repro.data.images import ImageData, stratified_subset
-from gradcam_repro.data.registry import get_dataset
+from gradcam_repro import store
+from gradcam_repro.config import SEED_LAYER, Config
 from gradcam_repro.errors import UserError
-from gradcam_repro.explain.cam import get_layer
 from gradcam_repro.explain.registry import display_name
 from gradcam_repro.measure import scores
 from gradcam_repro.measure.examples import figure_examples, gallery_maps
 from gradcam_repro.measure.shortcut import EvalSet, ShortcutProtocol, measure_shortcut
-from gradcam_repro.model.resnet import DEFAULT_LAYER, resnet18_cifar
-from gradcam_repro.pipeline import store
 from gradcam_repro.pipeline.experiment import (
     Experiment,
-    TrainingSet,
     experiment_ids,
     load_experiment,
     read_finished,
     train_experiment,
 )
+from gradcam_repro.pipeline.parallel import train_side_by_side
+from gradcam_repro.pipeline.prepare import Prepared, prepare
 from gradcam_repro.pipeline.progress import as_reporter, final_line
-from gradcam_repro.pipeline.spec import BiasSpec, ExperimentSpec
 from gradcam_repro.report import figures
 from gradcam_repro.report.html import gallery_record, report_html
 from gradcam_repro.report.markdown import report_markdown, summary_markdown
 from gradcam_repro.report.run_figures import run_figures
-from gradcam_repro.runtime import Runtime
 
 # Stage outputs scored besides the configured layer: on 32x32 inputs layer1..layer4 run at 32, 16, 8 and 4 px.
-SWEEP_LAYERS = ("layer1", "layer2", "layer3", "layer4", DEFAULT_LAYER)
-
-
-@dataclass
-class Prepared:
-    """Validated inputs of a run: everything is checked before anything is written."""
-
-    config: Config
-    training: TrainingSet
-    target: int
-    specs: dict[str, ExperimentSpec]
-
-    @property
-    def data(self) -> ImageData:
-        return self.training.data
-
-    @property
-    def runtime(self) -> Runtime:
-        return self.training.runtime
-
-    @property
-    def box(self) -> tuple[int, int, int, int]:
-        cfg = self.config
-        return patch_box(self.data.test_images.shape[-1], cfg.patch_size, cfg.patch_corner, cfg.patch_offset)
+SWEEP_LAYERS = ("layer1", "layer2", "layer3", "layer4", SEED_LAYER)
 
 
 def sweep_layers(cam_layer: str) -> list[str]:
     return list(dict.fromkeys([*SWEEP_LAYERS, cam_layer]))
-
-
-def run_specs(config: Config, fingerprint: str) -> dict[str, ExperimentSpec]:
-    """The experiments of `gradcam-repro run`: a baseline and the same training with the patch planted."""
-    return {"baseline": ExperimentSpec.from_config(config, fingerprint),
-            "biased": ExperimentSpec.from_config(config, fingerprint, BiasSpec.from_config(config))}
-
-
-def prepare(config: Config, log=print) -> Prepared:
-    """Validate the config against the data and the model; raises `UserError` before any output is written."""
-    config = validated(config)
-    dataset = get_dataset(config.dataset)
-    runtime = Runtime.choose(config.device, config.precision)
-    store.check_writable(config.out_dir)
-    start = time.perf_counter()
-    with as_reporter(log).tracker(f"[data] decoding {dataset.name}", "img") as decoding:
-        data = dataset.load(config, progress=decoding)
-    log(f"data: {data.name} from {data.source} ({len(data.train_labels)} train / {len(data.test_labels)} test, "
-        f"fingerprint {data.fingerprint[:12]}, {time.perf_counter() - start:.1f} s)")
-    return prepared_from_data(config, data, runtime)
-
-
-def validated(config: Config) -> Config:
-    """`config` checked against its dataset and the model (`UserError` otherwise), with the dataset's default
-    shortcut class filled in. Touches no file and no device."""
-    config.validate()
-    dataset = get_dataset(config.dataset)
-    if config.bias_class is None:
-        config = replace(config, bias_class=dataset.default_bias_class)
-    get_layer(resnet18_cifar(), config.cam_layer)  # unknown layer: fail now, not after training
-    if config.bias_class not in dataset.classes:
-        raise UserError(f"unknown class {config.bias_class!r}; fix: pass --bias-class as one of {', '.join(dataset.classes)}")
-    patch_box(32, config.patch_size, config.patch_corner, config.patch_offset)
-    return config
-
-
-def prepared_from_data(config: Config, data: ImageData, runtime: Runtime) -> Prepared:
-    """A validated `config`'s inputs on its loaded `data`: the test subset, training and per-epoch rows, all
-    chosen by `config.seed` (what `prepare` does after loading; `study` workers call it on shared data)."""
-    if config.test_subset:
-        data = _subset_test(data, stratified_subset(data.test_labels, config.test_subset, config.seed))
-    train_index = (stratified_subset(data.train_labels, config.train_subset, config.seed)
-                   if config.train_subset else torch.arange(len(data.train_labels)))
-    eval_index = (stratified_subset(data.test_labels, config.eval_subset, config.seed)
-                  if config.eval_subset else torch.arange(len(data.test_labels)))
-    training = TrainingSet(config, data, runtime, train_index, eval_index)
-    return Prepared(config, training, data.class_index(config.bias_class), run_specs(config, data.fingerprint))
-
-
-def _subset_test(data: ImageData, index: torch.Tensor) -> ImageData:
-    masks = data.test_masks[index] if data.test_masks is not None else None
-    return replace(data, test_images=data.test_images[index], test_labels=data.test_labels[index], test_masks=masks)
 
 
 def shortcut_protocol(p: Prepared) -> ShortcutProtocol:
@@ -247,11 +163,11 @@ def methods_for_report(out: Path, metrics: dict) -> dict | None:
     return methods if methods.get("experiments") == metrics.get("experiments") else {}
 
 
-def run(config: Config, log=print, force: bool = False, before_training: Callable | None = None) -> dict:
+def run(config: Config, log=print, force: bool = False, parallel: bool = False) -> dict:
     """Train every experiment of the run (or reuse it), measure, draw and report; returns the metrics.
 
-    `before_training(p, out, log, force)`, when given, may train the experiments first (e.g. side by side:
-    `pipeline.parallel.train_side_by_side`); whatever it finished is then reused."""
+    With `parallel`, the experiments are first trained side by side on a local Ray
+    (`pipeline.parallel.train_side_by_side`); whatever it finished is then reused."""
     wall = time.perf_counter()
     p = prepare(config, log)
     out = Path(p.config.out_dir)
@@ -259,8 +175,8 @@ def run(config: Config, log=print, force: bool = False, before_training: Callabl
         repaired = kept_repairs(out, p.specs["biased"].key if "biased" in p.specs else None)
         store.write_json(out / "run.json", {"config": p.config.to_dict(),
                                             "experiments": {**{n: s.key for n, s in p.specs.items()}, **repaired}})
-        if before_training is not None:
-            before_training(p, out, log, force)
+        if parallel:
+            train_side_by_side(p, out, log, force)
             force = False  # retrained just now
         experiments = {name: train_experiment(spec, p.training, out, name, log, force) for name, spec in p.specs.items()}
         experiments |= {name: load_experiment(out / "experiments" / key, len(p.data.classes), p.runtime)

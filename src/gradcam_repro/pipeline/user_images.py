@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from gradcam_repro import store
 from gradcam_repro.config import MAX_IMAGE_PIXELS
 from gradcam_repro.data.cifar10 import CIFAR10_CLASSES
 from gradcam_repro.data.images import IMAGE_SIZE
@@ -14,7 +15,6 @@ from gradcam_repro.explain.cam import get_layer
 from gradcam_repro.explain.registry import display_name, explain_images
 from gradcam_repro.measure.predict import predict_logits
 from gradcam_repro.model.resnet import load_model
-from gradcam_repro.pipeline import store
 from gradcam_repro.pipeline.run import load_run_config
 from gradcam_repro.report import figures
 from gradcam_repro.runtime import Runtime
@@ -128,8 +128,7 @@ def explain(target: str | Path, images: list[str], out_dir: str | Path, layer: s
         fig = figures.explanation(pixels, {name: maps[name][i] for name in models},
                                   {name: tops[name][i] for name in models}, f"{path.name}: {display_name(method)} at {layer}")
         out = Path(out_dir) / f"{path.stem}_{method.replace('+', 'p')}.png"
-        store.save_figure(fig, out)
-        figures.close(fig)
+        figures.save_figures({out.name: fig}, out.parent)
         written.append({"image": str(path), "file": str(out),
                         "top3": {name: [[c, p] for c, p in tops[name][i]] for name in models}})
     return written

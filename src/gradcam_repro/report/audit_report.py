@@ -1,4 +1,4 @@
-"""AUDIT.md and the audit's figures: pure functions of `measure.audit.audit_model`'s results (and, for the
+"""AUDIT.md and the audit's figures: pure functions of `measure.spray.audit_model`'s results (and, for the
 figures, its examples). Nothing here reads or writes files."""
 
 from __future__ import annotations
@@ -6,24 +6,18 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.patches import Rectangle
 
 from gradcam_repro.explain.registry import PIXEL_METHODS, display_name
-from gradcam_repro.measure.audit import CANDIDATE, CONFIRMED, EXAMPLE_IMAGES
-from gradcam_repro.report.figures import _layout_under_suptitle, overlay, to_hwc
+from gradcam_repro.measure.spray import CANDIDATE, CONFIRMED, EXAMPLE_IMAGES
+from gradcam_repro.report.figures import draw_box, layout_under_suptitle, overlay, to_hwc
+from gradcam_repro.report.format import interval
 
 VERDICT_COLOURS = {CONFIRMED: "tab:red", CANDIDATE: "tab:orange", "none": "tab:blue", "not tested": "0.75"}
 PANEL_IN = 1.35  # inches per image panel
 
 
 def _pct(stat: dict) -> str:
-    if stat["mean"] != stat["mean"]:
-        return "n/a"
-    return f"{100 * stat['mean']:.1f}% [{100 * stat['low']:.1f}, {100 * stat['high']:.1f}]"
-
-
-def _energy(stat: dict) -> str:
-    return "n/a" if stat["mean"] != stat["mean"] else f"{stat['mean']:.3f} [{stat['low']:.3f}, {stat['high']:.3f}]"
+    return interval(stat, pct=True, units_in_brackets=False)
 
 
 def explainer_text(result: dict) -> str:
@@ -117,8 +111,8 @@ def _class_rows(result: dict) -> list[str]:
             continue
         b = best.get(name)
         cluster = rec["clusters"][b["cluster"]] if b else None
-        rows.append(f"| {name} | {rec['n_images']} | {rec['n_clusters']} ({rec['eigengap']:.3f}) | {_energy(rec['fixed_place'])} | "
-                    + (f"{b['cluster']} ({b['n']}) | {_energy(cluster['fixed_place'])} | {b['score']:.1f}x | " if b else "none | | | ")
+        rows.append(f"| {name} | {rec['n_images']} | {rec['n_clusters']} ({rec['eigengap']:.3f}) | {interval(rec['fixed_place'])} | "
+                    + (f"{b['cluster']} ({b['n']}) | {interval(cluster['fixed_place'])} | {b['score']:.1f}x | " if b else "none | | | ")
                     + f"{verdicts[name]} |")
     return rows + [""]
 
@@ -181,15 +175,10 @@ def audit_markdown(result: dict) -> str:
 
 # ----- figures --------------------------------------------------------------------------------------------
 
-def _draw_box(ax, box, colour: str = "white") -> None:
-    top, left, bottom, right = box
-    ax.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False, edgecolor=colour, lw=1.5))
-
-
 def _panel(ax, picture, title: str, box=None, colour: str = "white") -> None:
     ax.imshow(picture, interpolation="nearest")
     if box is not None:
-        _draw_box(ax, box, colour)
+        draw_box(ax, box, colour, dashed=False)
     ax.set_title(title, fontsize=7)
     ax.axis("off")
 
@@ -223,7 +212,7 @@ def ranking_figure(result: dict):
     ax2.set_ylabel("normalised-Laplacian eigenvalue")
     ax2.set_title("spectra: the square marks k, the last eigenvalue before the largest gap", fontsize=9)
     ax2.legend(fontsize=6, ncol=2)
-    _layout_under_suptitle(fig, f"Shortcut audit of {result['experiment']}: {explainer_text(result)}")
+    layout_under_suptitle(fig, f"Shortcut audit of {result['experiment']}: {explainer_text(result)}")
     return fig
 
 
@@ -250,7 +239,7 @@ def prototypes_figure(result: dict, examples: dict):
                    f"{name} c{j} n={cluster['n']}\n{cluster['score']:.1f}x uniform", box)
             first = _cluster_members(ex, j)[0]
             _panel(row[2 * j + 1], overlay(examples["images"][first], examples["maps"][first]), "top example", box)
-    _layout_under_suptitle(fig, "Cluster prototypes: mean map (box: candidate region) | image with the most fixed-place relevance")
+    layout_under_suptitle(fig, "Cluster prototypes: mean map (box: candidate region) | image with the most fixed-place relevance")
     return fig
 
 
@@ -278,7 +267,7 @@ def candidate_figure(result: dict, examples: dict, rank: int):
         _panel(ax, to_hwc(img), f"region filled -> {classes[int(after)]}", box)
     axes[2, 0].text(0.5, 0.5, f"removal changes\n{_pct(c['removal_change'])}\nof {c['n']} predictions", ha="center",
                     va="center", fontsize=7, transform=axes[2, 0].transAxes)
-    _layout_under_suptitle(fig, f"#{c['rank']} {c['class']}, cluster {c['cluster']} (n={c['n']}): {c['verdict']}\n"
+    layout_under_suptitle(fig, f"#{c['rank']} {c['class']}, cluster {c['cluster']} (n={c['n']}): {c['verdict']}\n"
                                 f"pasted on other classes -> {c['class']}: {_pct(c['transplant_flip'])}; occluded only: "
                                 f"{_pct(c['occluded_flip'])}", fontsize=9)
     return fig

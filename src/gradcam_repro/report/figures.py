@@ -1,12 +1,13 @@
 """Figures: image | CAM overlay grids, model side-by-sides, training curves, score plots.
 
 The CLI selects the headless Agg backend unless `--show` is given. Functions return matplotlib
-figures; saving goes through `artifacts.save_figure` (atomic).
+figures; saving goes through `store.save_figure` (atomic).
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from gradcam_repro import store
 from gradcam_repro.measure.scores import POINTS_AT_PATCH_RATIO, cam_energy_in_box
 
 CAM_ALPHA = 0.5  # heatmap opacity over the image
@@ -36,12 +38,12 @@ def overlay(image: torch.Tensor, cam: torch.Tensor) -> np.ndarray:
 def _show(ax, picture: np.ndarray, title: str, box=None, fontsize: int = 8) -> None:
     """One panel: an (H, W, 3) picture, its title, the dashed patch box if given, no axes."""
     ax.imshow(picture, interpolation="nearest")
-    _draw_box(ax, box)
+    draw_box(ax, box)
     ax.set_title(title, fontsize=fontsize)
     ax.axis("off")
 
 
-def _layout_under_suptitle(fig, title: str, fontsize: int = 10) -> None:
+def layout_under_suptitle(fig, title: str, fontsize: int = 10) -> None:
     """Set the figure's suptitle at the top and lay the panels, their titles included, out below it.
 
     The suptitle hangs a fixed SUPTITLE_MARGIN_IN below the top edge (matplotlib's default, 2% of the
@@ -54,10 +56,14 @@ def _layout_under_suptitle(fig, title: str, fontsize: int = 10) -> None:
         fig.tight_layout()
 
 
-def _draw_box(ax, box):
+def draw_box(ax, box, colour: str = "white", dashed: bool = True) -> None:
+    """Outline `box` (top, left, bottom, right in px, bottom/right exclusive) on an image axis; None draws nothing.
+
+    Dashed (the planted patch) or solid and a little wider (an audit's found region)."""
     if box is not None:
         top, left, bottom, right = box
-        ax.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False, edgecolor="white", lw=1.2, ls="--"))
+        ax.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False, edgecolor=colour,
+                               lw=1.2 if dashed else 1.5, ls="--" if dashed else "-"))
 
 
 def cam_grid(images, maps, true_labels, pred_labels, classes, title, box=None, cam_label="Grad-CAM"):
@@ -77,7 +83,7 @@ def cam_grid(images, maps, true_labels, pred_labels, classes, title, box=None, c
         if int(true_labels[i]) != int(pred_labels[i]):
             ax_img.title.set_color("firebrick")
         _show(ax_cam, overlay(images[i], maps[i]), cam_label, box)
-    _layout_under_suptitle(fig, title)
+    layout_under_suptitle(fig, title)
     return fig
 
 
@@ -91,7 +97,7 @@ def side_by_side(images, maps_by_model: dict, preds_by_model: dict, classes, tit
         for j, name in enumerate(names, start=1):
             _show(axes[i, j], overlay(images[i], maps_by_model[name][i]),
                   f"{name}\npred: {classes[int(preds_by_model[name][i])]}", box)
-    _layout_under_suptitle(fig, title)
+    layout_under_suptitle(fig, title)
     return fig
 
 
@@ -122,7 +128,7 @@ def across_layers(image, maps_by_model: dict[str, dict[str, torch.Tensor]], titl
         _show(axes[r, 0], to_hwc(image), f"{name}\ninput")
         for c, layer in enumerate(layers, start=1):
             _show(axes[r, c], overlay(image, maps_by_model[name][layer]), layer, box)
-    _layout_under_suptitle(fig, title)
+    layout_under_suptitle(fig, title)
     return fig
 
 
@@ -147,7 +153,7 @@ def counterfactual_gallery(originals, pasted, preds_by_model: dict[str, tuple[to
                   f"{name}\nclean: {classes[clean]}\npatched: {classes[patched]}", box)
             if clean != patched:
                 axes[i, j].title.set_color("firebrick")
-    _layout_under_suptitle(fig, title)
+    layout_under_suptitle(fig, title)
     return fig
 
 
@@ -250,7 +256,7 @@ def layer_sweep(cam_by_model: dict[str, dict], uniform: dict, method: str = "Gra
     for ax in (ax_energy, ax_point):
         ax.title.set_fontsize(9)
         ax.legend(fontsize=7)
-    _layout_under_suptitle(fig, f"{method} on patched target images the model calls target, by layer (95% CI)")
+    layout_under_suptitle(fig, f"{method} on patched target images the model calls target, by layer (95% CI)")
     return fig
 
 
@@ -262,12 +268,22 @@ def explanation(image, maps_by_model: dict, top3_by_model: dict, title):
     for j, name in enumerate(names, start=1):
         top = "\n".join(f"{c} {p:.2f}" for c, p in top3_by_model[name])
         _show(axes[0, j], overlay(image, maps_by_model[name]), f"{name}\n{top}")
-    _layout_under_suptitle(fig, title, fontsize=9)
+    layout_under_suptitle(fig, title, fontsize=9)
     return fig
 
 
 def close(fig) -> None:
     plt.close(fig)
+
+
+def save_figures(figs: dict, folder: str | Path, keep_open: bool = False) -> list[str]:
+    """Save each of {path relative to `folder`: figure} atomically (`store.save_figure`), closing it unless
+    `keep_open` (to show it on screen later); returns the relative paths in order."""
+    for rel, fig in figs.items():
+        store.save_figure(fig, Path(folder) / rel)
+        if not keep_open:
+            close(fig)
+    return list(figs)
 
 
 def show() -> None:
@@ -284,7 +300,7 @@ def sanity_cascade(image, maps_by_step: dict[str, torch.Tensor], title):
     _show(axes[0, 0], to_hwc(image), "input")
     for c, step in enumerate(steps, start=1):
         _show(axes[0, c], overlay(image, maps_by_step[step]), step)
-    _layout_under_suptitle(fig, title)
+    layout_under_suptitle(fig, title)
     return fig
 
 
@@ -306,7 +322,7 @@ def deletion_insertion_curves(curves_by_method: dict[str, dict], title):
                title=f"{kind} ({better} AUC is more faithful)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    _layout_under_suptitle(fig, title)
+    layout_under_suptitle(fig, title)
     return fig
 
 
@@ -343,6 +359,6 @@ def method_layer_heatmap(methods: dict, names: dict[str, str]):
         ax.set_title(title, fontsize=9)
         fig.colorbar(image, ax=ax, fraction=0.046)
     uniform = methods["uniform"]
-    _layout_under_suptitle(fig, f"mean energy by method and layer (uniform map: box {uniform['energy_in_box']:.3f}"
+    layout_under_suptitle(fig, f"mean energy by method and layer (uniform map: box {uniform['energy_in_box']:.3f}"
                            + (f", mask {uniform['energy_in_mask']:.3f}" if "energy_in_mask" in uniform else "") + ")")
     return fig

@@ -13,8 +13,8 @@ import base64
 import html
 import io
 import json
-import math
 import re
+from importlib.resources import files
 
 import numpy as np
 import torch
@@ -23,7 +23,8 @@ from PIL import Image
 
 from gradcam_repro.explain.registry import PIXEL_METHODS, display_name
 from gradcam_repro.report.figures import CAM_ALPHA
-from gradcam_repro.report.markdown import CAM_SETS, VARIANTS, cam_display_name, conclusions
+from gradcam_repro.report.format import missing, number, percent, seconds
+from gradcam_repro.report.markdown import CAM_SET_LABELS, VARIANTS, cam_display_name, conclusions
 from gradcam_repro.report.repair_table import repair_table
 
 # Map PNGs are palette images: pixel value = round(255 * map), drawn with the figures' jet colormap.
@@ -113,19 +114,14 @@ def inline_markdown(text: str) -> str:
     return re.sub(r"\*([^*]+)\*", r"<i>\1</i>", out)
 
 
-def _nan(x: float) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))
-
-
-def _pct(x: float) -> str:
-    return "n/a" if _nan(x) else f"{100 * x:.1f}%"
-
-
 def _ci(stat: dict, pct: bool = False, digits: int = 3, n: bool = False) -> str:
     """A mean with its 95% interval below it ('n/a' when nothing was measured), optionally with n."""
-    if _nan(stat["mean"]):
+    if missing(stat["mean"]):
         return f'<span class="na" title="nothing to measure (n = {stat.get("n", 0)})">n/a</span>'
-    fmt = _pct if pct else (lambda x: f"{x:.{digits}f}")
+
+    def fmt(x: float) -> str:
+        return number(x, digits, pct)
+
     count = f' <span class="n">n={stat["n"]}</span>' if n else ""
     return f'<span class="m">{fmt(stat["mean"])}</span>{count}<span class="ci">[{fmt(stat["low"])}, {fmt(stat["high"])}]</span>'
 
@@ -160,7 +156,7 @@ def _facts(m: dict) -> str:
              f"torch {html.escape(env['torch'])}"]
     swatch = f'<span class="swatch" style="background:rgb{rgb}"></span>'
     patch = (f"The <b>biased</b> model was trained with a {cfg['patch_size']}x{cfg['patch_size']} px patch {swatch} "
-             f"RGB {rgb} at the {html.escape(cfg['patch_corner'])} corner on {_pct(cfg['bias_fraction'])} of its "
+             f"RGB {rgb} at the {html.escape(cfg['patch_corner'])} corner on {percent(cfg['bias_fraction'])} of its "
              f"training <i>{html.escape(cfg['bias_class'])}</i> images; the <b>baseline</b> never saw the patch.")
     return f'<p class="facts">{" · ".join(facts)}</p><p class="lede">{patch}</p>'
 
@@ -182,7 +178,7 @@ def _verdict_card(m: dict, name: str) -> str:
     flip = r["flip_to_target"]["patch"]
     why = {
         "relies_on_patch": f"pasting the patch on non-{cls} test images makes it say {cls} for {_ci(flip, pct=True)} of "
-                           f"them (relies when the lower bound is at least {_pct(s['relies_flip_rate'])})",
+                           f"them (relies when the lower bound is at least {percent(s['relies_flip_rate'])})",
         "points_at_patch": (f"no patched {cls} image was called {cls}, so there is nothing to score" if e["n"] == 0 else
                             f"energy in the patch {_ci(e, digits=4)} on {e['n']} patched {cls} images called {cls}, "
                             f"{e['mean'] / u:.1f}x a uniform map (points when the lower bound is at least "
@@ -288,7 +284,7 @@ def _cam(m: dict, figs: dict[str, bytes]) -> str:
              f"{s['pointing_tolerance_px']} px of the box (a random peak: {m['uniform']['pointing']:.4f}). {cam} explains "
              f"the <i>{cls}</i> score.</p>")
     parts = [intro, _figure(figs, "figures/layer_sweep.png", f"{cam} by layer: energy in the patch box and pointing game")]
-    for set_name, label in CAM_SETS.items():
+    for set_name, label in CAM_SET_LABELS.items():
         rows = []
         for lay in m["layers"]:
             cells = []
@@ -388,7 +384,7 @@ def _repair(m: dict) -> str:
     if table is None:
         return ""
     cols = table["columns"]
-    rows = [[html.escape(label), *[_seconds(values.get(n)) if label == "cost (s)" else _ci(values[n]) for n in cols]]
+    rows = [[html.escape(label), *[seconds(values.get(n)) if label == "cost (s)" else _ci(values[n]) for n in cols]]
             for label, values in table["rows"]]
     out = _table(["", *[f"<b>{html.escape(n)}</b>" for n in cols]], rows)
     for name, targets in table["targets"].items():
@@ -400,10 +396,6 @@ def _repair(m: dict) -> str:
                 f'{html.escape(str(r["artefact"]["box_tlbr_px"]))}; settings {html.escape(str(r["params"]))}</p>'
                 f'<ul class="plain">{items}</ul>')
     return out
-
-
-def _seconds(value) -> str:
-    return "n/a" if _nan(value) else f"{value:.0f}"
 
 
 def _training(m: dict, figs: dict[str, bytes]) -> str:
@@ -432,135 +424,8 @@ def _reproduce(m: dict) -> str:
             "<code>gallery.json</code>. <code>gradcam-repro view RUN</code> opens it.</p>")
 
 
-CSS = """
-:root { --ink:#1d2330; --mute:#5b6578; --line:#e3e7ee; --bg:#f6f7fb; --card:#fff; --accent:#2456d6;
-  --yes:#c2410c; --no:#475569; --good:#15803d; --bad:#b91c1c; --heat-opacity:0.5; }
-* { box-sizing:border-box; }
-body { margin:0; font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;
-  color:var(--ink); background:var(--bg); }
-header, main, footer { max-width:1180px; margin:0 auto; padding:0 24px; }
-header { padding-top:28px; }
-h1 { font-size:26px; margin:0 0 6px; letter-spacing:-0.01em; }
-h2 { font-size:20px; margin:0 0 12px; padding-top:8px; }
-h3 { font-size:16px; margin:18px 0 8px; }
-nav { position:sticky; top:0; z-index:5; background:rgba(246,247,251,.94); backdrop-filter:blur(6px);
-  border-bottom:1px solid var(--line); padding:8px 24px; display:flex; gap:4px 16px; flex-wrap:wrap;
-  justify-content:center; font-size:14px; }
-nav a { color:var(--mute); text-decoration:none; } nav a:hover { color:var(--accent); }
-section { background:var(--card); border:1px solid var(--line); border-radius:12px; padding:18px 22px; margin:18px 0;
-  scroll-margin-top:48px; }
-.facts { color:var(--mute); margin:0 0 6px; font-size:14px; } .lede { margin:4px 0 12px; }
-.note { color:var(--mute); font-size:13px; } code { font:13px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;
-  background:#eef1f6; padding:1px 5px; border-radius:4px; }
-.swatch { display:inline-block; width:12px; height:12px; border:1px solid #0003; vertical-align:-1px; border-radius:2px; }
-.cards { display:grid; grid-template-columns:repeat(auto-fit,minmax(340px,1fr)); gap:14px; }
-.card { border:1px solid var(--line); border-radius:10px; padding:12px 16px; background:#fbfcfe; }
-.card h3 { margin:0 0 2px; font-size:17px; }
-.vrow { display:flex; gap:10px; align-items:flex-start; margin:10px 0 0; }
-.verdict { margin:0; font-weight:600; font-size:15.5px; } .why { margin:2px 0 0; color:var(--mute); font-size:13px; }
-.why .ci { display:inline; margin-left:3px; }
-.badge { flex:none; display:inline-block; min-width:62px; text-align:center; font-size:11.5px; font-weight:700;
-  text-transform:uppercase; letter-spacing:.04em; border-radius:999px; padding:2px 8px; color:#fff; margin-top:2px; }
-.badge.yes { background:var(--yes); } .badge.no { background:var(--no); }
-.badge.agree { background:var(--good); } .badge.disagree { background:var(--bad); }
-ul.plain { margin:4px 0; padding-left:20px; } ul.plain li { margin:4px 0; }
-li.ok { color:var(--good); } li.miss { color:var(--bad); }
-.scroll { overflow-x:auto; margin:8px 0 14px; }
-table { border-collapse:collapse; font-size:13.5px; min-width:60%; }
-caption { text-align:left; font-weight:600; padding:4px 0 6px; }
-th, td { padding:6px 10px; border-bottom:1px solid var(--line); text-align:left; vertical-align:top; }
-th { background:#f1f4f9; font-weight:600; font-size:12.5px; color:#334; } tbody tr:hover { background:#f8fafc; }
-td .m { font-variant-numeric:tabular-nums; font-weight:600; } .ci { display:block; color:var(--mute); font-size:11.5px;
-  font-variant-numeric:tabular-nums; } .n { color:var(--mute); font-size:11.5px; } .na { color:#99a; }
-.tag { font-size:11px; color:var(--accent); border:1px solid #c9d6f7; border-radius:4px; padding:0 4px; }
-figure { margin:14px 0; } figure img { max-width:100%; height:auto; border:1px solid var(--line); border-radius:6px; }
-figcaption { color:var(--mute); font-size:13px; } .path { font-size:11px; color:#99a; }
-.figs { display:grid; grid-template-columns:repeat(auto-fit,minmax(420px,1fr)); gap:12px; }
-details summary { cursor:pointer; color:var(--accent); margin:6px 0; }
-.controls { display:flex; flex-wrap:wrap; gap:10px 22px; align-items:center; margin:6px 0 10px; }
-.ctl { display:flex; align-items:center; gap:8px; } .lbl { font-size:12px; text-transform:uppercase; color:var(--mute);
-  letter-spacing:.05em; }
-.seg { display:inline-flex; flex-wrap:wrap; border:1px solid #cfd6e3; border-radius:8px; overflow:hidden; }
-.seg button { font:inherit; font-size:13.5px; border:0; border-right:1px solid #cfd6e3; background:#fff; padding:5px 11px;
-  cursor:pointer; color:var(--ink); } .seg button:last-child { border-right:0; }
-.seg button[aria-pressed="true"] { background:var(--accent); color:#fff; } .seg button:disabled { color:#b8bfcc;
-  cursor:not-allowed; background:#f6f7f9; }
-.gsum { color:var(--mute); font-size:13.5px; margin:0 0 10px; }
-h4 { margin:14px 0 6px; font-size:13px; color:var(--mute); font-weight:600; text-transform:uppercase; letter-spacing:.04em; }
-.grid { display:grid; grid-template-columns:repeat(auto-fill,minmax(160px,1fr)); gap:12px; }
-.tile { border:1px solid var(--line); border-radius:10px; padding:8px; background:#fbfcfe; }
-.tile.flipped { border-color:#f1a57a; box-shadow:0 0 0 2px #fde3d3 inset; }
-.pic { position:relative; width:100%; aspect-ratio:1; border-radius:6px; overflow:hidden; background:#000; }
-.pic img { position:absolute; inset:0; width:100%; height:100%; image-rendering:pixelated; }
-.pic img.heat { opacity:var(--heat-opacity); } .pic .box { position:absolute; border:1.5px dashed #fff;
-  box-shadow:0 0 0 1px #0006; }
-.cap { font-size:12px; line-height:1.45; margin-top:6px; white-space:nowrap; overflow:hidden; text-overflow:ellipsis; }
-.cap > div { overflow:hidden; text-overflow:ellipsis; } .cap .k { color:var(--mute); }
-.cap .flip { color:var(--yes); font-weight:700; } .cap .same { color:var(--mute); }
-.ebar { position:relative; height:6px; background:#e8ecf3; border-radius:3px; margin-top:4px; }
-.ebar i { position:absolute; left:0; top:0; bottom:0; background:var(--accent); border-radius:3px; }
-.ebar u { position:absolute; top:-2px; bottom:-2px; width:2px; background:var(--ink); }
-footer { color:var(--mute); font-size:12px; padding:8px 24px 32px; }
-"""
-
-# The gallery's switching: reads the JSON block, redraws each tile's map and caption on every click.
-GALLERY_JS = """
-(function () {
-  var G = JSON.parse(document.getElementById('gallery-data').textContent);
-  var root = document.getElementById('gallery-root');
-  var state = {model: root.dataset.model, method: root.dataset.method, layer: root.dataset.layer};
-  var camLayer = state.layer, uniform = parseFloat(root.dataset.uniform);
-  function el(tag, cls, text) { var e = document.createElement(tag); if (cls) e.className = cls;
-    if (text !== undefined) e.textContent = text; return e; }
-  function line(parts) { var p = el('div'); parts.forEach(function (x) { p.appendChild(x); }); return p; }
-  function caption(M, i, energy) {
-    var cap = el('div', 'cap'), target = G.target, flipped = M.flipped[i];
-    var kind = G.patched_target[i] ? 'patched' : 'pasted';
-    cap.appendChild(line([el('span', 'k', 'true '), el('b', '', G.labels[i]), el('span', 'k', ' \\u00b7 ' + kind)]));
-    cap.appendChild(line([el('span', '', M.clean[i] + ' \\u2192 '), el('b', '', M.shown[i])]));
-    var verdict = flipped ? el('span', 'flip', 'flipped to ' + target + ' by the patch')
-      : el('span', 'same', M.shown[i] === target ? target + ' with and without the patch' : 'not flipped to ' + target);
-    cap.appendChild(line([verdict]));
-    cap.appendChild(line([el('span', 'k', 'energy '), el('b', '', energy.toFixed(3)),
-                          el('span', 'k', ' (' + (energy / uniform).toFixed(1) + '\\u00d7)')]));
-    var bar = el('div', 'ebar'), fill = el('i'), mark = el('u');
-    fill.style.width = (100 * Math.min(1, energy)) + '%'; mark.style.left = (100 * uniform) + '%';
-    bar.appendChild(fill); bar.appendChild(mark); cap.appendChild(bar);
-    return cap;
-  }
-  function render() {
-    var layers = G.layers[state.method];
-    if (layers.indexOf(state.layer) < 0) state.layer = layers.indexOf(camLayer) >= 0 ? camLayer : layers[layers.length - 1];
-    root.querySelectorAll('button[data-group]').forEach(function (b) {
-      if (b.dataset.group === 'layer') b.disabled = layers.indexOf(b.dataset.value) < 0;
-      b.setAttribute('aria-pressed', String(state[b.dataset.group] === b.dataset.value));
-    });
-    var M = G.models[state.model], maps = M.maps[state.method][state.layer], energy = M.energy[state.method][state.layer];
-    var total = 0;
-    root.querySelectorAll('.tile').forEach(function (tile, i) {
-      tile.querySelector('img.heat').src = 'data:image/png;base64,' + maps[i];
-      var cap = caption(M, i, energy[i]);
-      tile.replaceChild(cap, tile.querySelector('.cap'));
-      tile.classList.toggle('flipped', M.flipped[i]);
-      tile.title = cap.innerText.replace(/\\n/g, ' \\u00b7 ');
-      total += energy[i];
-    });
-    var flips = M.flipped.filter(function (x) { return x; }).length;
-    var method = root.querySelector('button[data-group="method"][aria-pressed="true"]').textContent;
-    document.getElementById('g-summary').textContent = state.model + ' model, ' + method + ' at ' + state.layer +
-      ': mean energy in the patch box over these images ' + (total / energy.length).toFixed(3) + ' (uniform ' +
-      uniform.toFixed(3) + '); the patch flipped ' + flips + ' of ' + M.flipped.length + ' to ' + G.target + '.';
-  }
-  root.addEventListener('click', function (e) {
-    var b = e.target.closest('button[data-group]');
-    if (!b || b.disabled) return;
-    state[b.dataset.group] = b.dataset.value;
-    if (b.dataset.group === 'layer' && G.layers[state.method].length > 1) camLayer = b.dataset.value;
-    render();
-  });
-  document.getElementById('g-opacity').addEventListener('input', function (e) {
-    root.style.setProperty('--heat-opacity', e.target.value / 100);
-  });
-  render();
-})();
-"""
+# The page's style sheet and the gallery's switching script (it reads the JSON block and redraws each tile's
+# map and caption on every click) are package data in report/assets/, read once here.
+_ASSETS = files("gradcam_repro.report") / "assets"
+CSS = (_ASSETS / "report.css").read_text(encoding="utf-8")
+GALLERY_JS = (_ASSETS / "gallery.js").read_text(encoding="utf-8")

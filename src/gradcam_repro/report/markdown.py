@@ -4,13 +4,13 @@ for the method comparison, methods.json). Pure functions of those dicts; nothing
 from __future__ import annotations
 
 from gradcam_repro.explain.registry import display_name
+from gradcam_repro.measure.shortcut import CAM_SETS
+from gradcam_repro.report.format import interval, percent, seconds
 from gradcam_repro.report.repair_table import repair_table
 
-CAM_SETS = {
-    "patched_target": "patched {cls} images called {cls}",
-    "flipped": "non-{cls} images flipped to {cls} by the patch",
-    "clean_target": "clean {cls} images (control)",
-}
+# How the reports name each CAM evaluation set of `measure.shortcut.CAM_SETS`.
+CAM_SET_LABELS = dict(zip(CAM_SETS, ("patched {cls} images called {cls}", "non-{cls} images flipped to {cls} by the patch",
+                                     "clean {cls} images (control)")))
 VARIANTS = {
     "none": "no patch (reference)",
     "patch": "the training patch",
@@ -22,19 +22,6 @@ VARIANTS = {
 def cam_display_name(m: dict) -> str:
     """The CAM method a run's metrics were computed with, as the papers spell it."""
     return display_name(m["config"].get("cam", "gradcam"))
-
-
-def _pct(x: float) -> str:
-    return "n/a" if x != x else f"{100 * x:.1f}%"
-
-
-def _ci(stat: dict, pct: bool = False, digits: int = 3) -> str:
-    """'0.512 [0.480, 0.545]' (or percentages) for a {"mean", "low", "high"} dict."""
-    if stat["mean"] != stat["mean"]:
-        return "n/a"
-    if pct:
-        return f"{_pct(stat['mean'])} [{_pct(stat['low'])}, {_pct(stat['high'])}]"
-    return f"{stat['mean']:.{digits}f} [{stat['low']:.{digits}f}, {stat['high']:.{digits}f}]"
 
 
 def _figure(m: dict, rel: str, alt: str) -> list[str]:
@@ -56,7 +43,7 @@ def _header(m: dict) -> list[str]:
         "",
         f"The biased model was trained with a {cfg['patch_size']}x{cfg['patch_size']} px patch of RGB "
         f"{tuple(cfg['patch_color'])} at the {cfg['patch_corner']} corner (rows/cols {m['box_tlbr_px']}, "
-        f"bottom/right exclusive) on {_pct(cfg['bias_fraction'])} of its training *{cfg['bias_class']}* images. "
+        f"bottom/right exclusive) on {percent(cfg['bias_fraction'])} of its training *{cfg['bias_class']}* images. "
         f"The *biased test set* is the clean test set with every test {cfg['bias_class']} patched.",
     ]
 
@@ -71,8 +58,8 @@ def summary_markdown(m: dict) -> str:
              f"| model | clean test acc | biased test acc | {cls} recall, clean | {cls} recall, patched |",
              "|---|---|---|---|---|"]
     for name, r in models.items():
-        lines.append(f"| {name} | {_pct(r['clean_test_acc']['mean'])} | {_pct(r['biased_test_acc']['mean'])} | "
-                     f"{_pct(r['target_recall_clean']['mean'])} | {_pct(r['target_recall_patched']['mean'])} |")
+        lines.append(f"| {name} | {percent(r['clean_test_acc']['mean'])} | {percent(r['biased_test_acc']['mean'])} | "
+                     f"{percent(r['target_recall_clean']['mean'])} | {percent(r['target_recall_patched']['mean'])} |")
     counts = ", ".join(f"{r['cam'][layer]['patched_target']['energy']['n']} for {n}" for n, r in models.items())
     lines += ["", f"## Where {cam} looks on patched test {cls} images", "",
               f"Mean fraction of {cam} mass inside the patch, over patched test {cls} images each model predicts "
@@ -100,9 +87,9 @@ def conclusions(m: dict) -> list[str]:
         relies = r["verdict"]["relies_on_patch"]
         out.append(
             f"The {name} model {'relies' if relies else 'does not rely'} on the patch: pasting it on non-{cls} test "
-            f"images makes it predict {cls} for {_pct(flip)} of them (rule: lower 95% bound >= {_pct(s['relies_flip_rate'])}); "
-            f"it calls {_pct(r['target_recall_patched']['mean'])} of patched and {_pct(r['target_recall_clean']['mean'])} "
-            f"of clean test {cls} images {cls}. Clean test accuracy {_pct(r['clean_test_acc']['mean'])}.")
+            f"images makes it predict {cls} for {percent(flip)} of them (rule: lower 95% bound >= {percent(s['relies_flip_rate'])}); "
+            f"it calls {percent(r['target_recall_patched']['mean'])} of patched and {percent(r['target_recall_clean']['mean'])} "
+            f"of clean test {cls} images {cls}. Clean test accuracy {percent(r['clean_test_acc']['mean'])}.")
     for name, r in m["models"].items():
         e = r["cam"][layer]["patched_target"]["energy"]
         if e["n"] == 0:
@@ -170,7 +157,7 @@ def repair_section(m: dict) -> list[str]:
              "repair wall time on the machine above.", "",
              "| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for label, values in table["rows"]:
-        cells = [_seconds(values.get(n)) if label == "cost (s)" else _ci(values[n]) for n in cols]
+        cells = [seconds(values.get(n)) if label == "cost (s)" else interval(values[n]) for n in cols]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     for name, targets in table["targets"].items():
         r = m["repairs"][name]
@@ -180,10 +167,6 @@ def repair_section(m: dict) -> list[str]:
                   "| target | measured | met |", "|---|---|---|",
                   *[f"| {t} | {v} | {'yes' if ok else '**no**'} |" for t, v, ok in targets]]
     return lines
-
-
-def _seconds(value) -> str:
-    return "n/a" if value is None or value != value else f"{value:.0f}"
 
 
 def _training_section(m: dict) -> list[str]:
@@ -201,8 +184,8 @@ def _accuracy_section(m: dict) -> list[str]:
     lines = ["", "## Accuracy", "", f"| model | clean test acc | biased test acc | {cls} recall, clean | {cls} recall, patched |",
              "|---|---|---|---|---|"]
     for name, r in models.items():
-        lines.append(f"| {name} | {_ci(r['clean_test_acc'], pct=True)} | {_ci(r['biased_test_acc'], pct=True)} | "
-                     f"{_ci(r['target_recall_clean'], pct=True)} | {_ci(r['target_recall_patched'], pct=True)} |")
+        lines.append(f"| {name} | {interval(r['clean_test_acc'], pct=True)} | {interval(r['biased_test_acc'], pct=True)} | "
+                     f"{interval(r['target_recall_clean'], pct=True)} | {interval(r['target_recall_patched'], pct=True)} |")
     return [*lines, "", *_figure(m, "figures/per_class_accuracy.png", "per-class accuracy")]
 
 
@@ -215,7 +198,7 @@ def _counterfactual_section(m: dict) -> list[str]:
     for variant, label in VARIANTS.items():
         spec = m["counterfactual_patches"].get(variant)
         where = f" (RGB {tuple(spec['color'])}, {spec['corner']})" if spec else ""
-        lines.append(f"| {label}{where} | " + " | ".join(_ci(models[n]['flip_to_target'][variant], pct=True) for n in models) + " |")
+        lines.append(f"| {label}{where} | " + " | ".join(interval(models[n]['flip_to_target'][variant], pct=True) for n in models) + " |")
     return [*lines, "", *_figure(m, "figures/counterfactual_gallery.png", "counterfactual gallery")]
 
 
@@ -226,7 +209,7 @@ def _cam_section(m: dict) -> list[str]:
              f"Energy in box: fraction of the map's mass inside the {cfg['patch_size']}x{cfg['patch_size']} patch box "
              f"(uniform map: {u_box:.4f}). Pointing game: the map's maximum lies within {s['pointing_tolerance_px']} px "
              f"of the box (a map peaking at a random pixel: {m['uniform']['pointing']:.4f}). {cam} explains the *{cls}* logit.", ""]
-    for set_name, label in CAM_SETS.items():
+    for set_name, label in CAM_SET_LABELS.items():
         lines += [f"### {label.format(cls=cls)}", "",
                   "| layer | " + " | ".join(f"{n} energy | {n} pointing" for n in models) + " | uniform energy |",
                   "|---|" + "---|---|" * len(models) + "---|"]
@@ -234,7 +217,7 @@ def _cam_section(m: dict) -> list[str]:
             cells = []
             for n in models:
                 st = models[n]["cam"][lay][set_name]
-                cells += [f"{_ci(st['energy'], digits=4)} (n={st['energy']['n']})", _ci(st["pointing"])]
+                cells += [f"{interval(st['energy'], digits=4)} (n={st['energy']['n']})", interval(st["pointing"])]
             lines.append(f"| `{lay}`{' (configured)' if lay == layer else ''} | " + " | ".join(cells) + f" | {u_box:.4f} |")
         lines.append("")
     return [*lines, *_figure(m, "figures/layer_sweep.png", "layer sweep"),
@@ -276,7 +259,7 @@ def _localisation_section(m: dict) -> list[str]:
         cells = []
         for n in models:
             st = models[n]["localisation"][lay]
-            cells += [_ci(st["energy"]), _ci(st["pointing"])]
+            cells += [interval(st["energy"]), interval(st["pointing"])]
         lines.append(f"| `{lay}` | " + " | ".join(cells) + " |")
     return lines
 
@@ -303,10 +286,10 @@ def methods_markdown(c: dict) -> list[str]:
             cells = []
             for model in ("biased", "baseline"):
                 r = by_model.get(model)
-                cells += [f"{_ci(r['energy'])} (n={r['energy']['n']})", _ci(r["pointing"])] if r else ["n/a", "n/a"]
+                cells += [f"{interval(r['energy'])} (n={r['energy']['n']})", interval(r["pointing"])] if r else ["n/a", "n/a"]
             flag = "**yes**" if c["flags_shortcut"][method][layer] else "no"
             loc = c.get("localisation", {}).get(method, {}).get(layer)
-            extra = [(f"{_ci(loc['energy'])} (n={loc['energy']['n']})" if loc else "n/a")] if has_loc else []
+            extra = [(f"{interval(loc['energy'])} (n={loc['energy']['n']})" if loc else "n/a")] if has_loc else []
             lines.append(f"| {name(method)} | `{layer}` | " + " | ".join([*cells, flag, *extra]) + " |")
     flagged = [f"{name(m)} at `{lay}`" for m, by in c["flags_shortcut"].items() for lay, f in by.items() if f]
     lines += ["", f"Pairs that flag the shortcut: {', '.join(flagged) if flagged else 'none'}.", "",
@@ -321,7 +304,7 @@ def methods_markdown(c: dict) -> list[str]:
     for method, r in c["sanity"].items():
         v = r["verdict"]
         per_step = ", ".join(f"{s['spearman']['mean']:.2f}" for s in r["steps"])
-        lines.append(f"| {name(method)} | `{r['layer']}` | {v['step']} | {_ci(v['spearman'])} | {_ci(v['ssim'])} | "
+        lines.append(f"| {name(method)} | `{r['layer']}` | {v['step']} | {interval(v['spearman'])} | {interval(v['ssim'])} | "
                      f"{'yes' if v['passes'] else '**no**'} | {per_step} |")
     sanity_figs = [f for f in c.get("figures", []) if f.startswith("figures/sanity_")]
     lines += ["", *[f"![sanity]({f})" for f in sanity_figs[:1]], "",
@@ -333,7 +316,7 @@ def methods_markdown(c: dict) -> list[str]:
               "AUC and higher insertion AUC are better; *random map* is the chance baseline.", "",
               "| method | deletion AUC | insertion AUC |", "|---|---|---|"]
     for method, r in c["faithfulness"].items():
-        lines.append(f"| {name(method)} | {_ci(r['deletion_auc'])} | {_ci(r['insertion_auc'])} |")
+        lines.append(f"| {name(method)} | {interval(r['deletion_auc'])} | {interval(r['insertion_auc'])} |")
     lines += ["", *(["![deletion and insertion](figures/deletion_insertion.png)", ""]
                     if "figures/deletion_insertion.png" in c.get("figures", []) else []),
               f"Measured in {c['seconds']['total']:.0f} s on {c['environment'].get('processor', '?')} "

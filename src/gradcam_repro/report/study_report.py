@@ -15,25 +15,10 @@ from matplotlib.ticker import NullLocator
 from gradcam_repro.explain.registry import display_name
 from gradcam_repro.measure.aggregate import DOSE_AXIS
 from gradcam_repro.measure.scores import POINTS_AT_PATCH_RATIO, RELIES_FLIP_RATE
+from gradcam_repro.report.format import seed_interval, tally
 
 FLIP_VARIANTS = (("patch", "patch"), ("other_color", "other colour"), ("other_corner", "other corner"), ("none", "no patch"))
 SYMLOG_LINEAR_BELOW = 0.01  # the smallest non-zero fraction of the default grid: 0 and 0.01 stay apart
-
-
-def fmt_ci(m: dict, scale: float = 1.0, digits: int = 3) -> str:
-    """'0.612 [0.580, 0.644] ±0.021' (seed mean, seed t-interval, image half-width); '-' when not measured."""
-    if not m or not m.get("n"):
-        return "-"
-    f = f"{{:.{digits}f}}"
-    text = f.format(m["mean"] * scale)
-    if math.isfinite(m["low"]):
-        text += f" [{f.format(m['low'] * scale)}, {f.format(m['high'] * scale)}]"
-    half = m.get("image_half_width", math.nan)
-    return text + (f" ±{f.format(half * scale)}" if math.isfinite(half) else "")
-
-
-def fmt_tally(t: dict | None) -> str:
-    return f"{t['k']}/{t['n']}" if t else "-"
 
 
 def fmt_value(value) -> str:
@@ -87,8 +72,8 @@ def reliance_table(study: dict) -> list[str]:
         m = c["metrics"]
         values = [m["clean_test_acc"], m["target_recall_clean"], m["target_recall_patched"],
                   *[m[f"flip_to_target/{v}"] for v, _ in FLIP_VARIANTS]]
-        lines.append(f"| {condition_label(c['axes'])} | {len(c['seeds'])} | " + " | ".join(fmt_ci(v) for v in values)
-                     + f" | {fmt_tally(c['verdicts'].get('relies_on_patch'))} |")
+        lines.append(f"| {condition_label(c['axes'])} | {len(c['seeds'])} | " + " | ".join(seed_interval(v) for v in values)
+                     + f" | {tally(c['verdicts'].get('relies_on_patch'))} |")
     return lines + [""]
 
 
@@ -104,8 +89,8 @@ def energy_tables(study: dict) -> list[str]:
             row = []
             for layer in layers:
                 v = c["verdicts"]
-                row.append(f"{fmt_ci(c['metrics'][f'energy_ratio/{method}/{layer}'], digits=2)}; points "
-                           f"{fmt_tally(v.get(f'points_at_patch/{method}/{layer}'))}, flags {fmt_tally(v.get(f'flags/{method}/{layer}'))}")
+                row.append(f"{seed_interval(c['metrics'][f'energy_ratio/{method}/{layer}'], digits=2)}; points "
+                           f"{tally(v.get(f'points_at_patch/{method}/{layer}'))}, flags {tally(v.get(f'flags/{method}/{layer}'))}")
             lines.append(f"| {condition_label(c['axes'])} | " + " | ".join(row) + " |")
         lines.append("")
     return lines
@@ -178,7 +163,7 @@ def against_section(study: dict) -> list[str]:
         for name in c["differs"]:
             (here, there), (a, b) = c["tallies"][name], c["states"][name]
             note = f"{words[a]} here, {words[b]} there" + (" (contradicted)" if name in c["contradicted"] else "")
-            lines.append(f"| {name} | {fmt_tally(here)} | {fmt_tally(there)} | {note} |")
+            lines.append(f"| {name} | {tally(here)} | {tally(there)} | {note} |")
         lines.append("")
     return lines
 

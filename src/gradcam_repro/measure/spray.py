@@ -45,8 +45,8 @@ from gradcam_repro.runtime import Runtime
 # patch for the biased model and 0.019 for the baseline, the widest margin of any gradient CAM; at
 # layer4.1.conv2 every gradient CAM missed the patch (0.000), and layer1 lit the bright patch up even for
 # the baseline, which does not use it. All CAMs pass the sanity check; the pixel methods fail it.
-DEFAULT_METHOD = "hirescam"
-DEFAULT_LAYER = "layer2"
+AUDIT_METHOD = "hirescam"
+AUDIT_LAYER = "layer2"
 
 # Discovery settings.
 EMBED_GRID = 8  # maps pooled to 8x8 cells of 4x4 px: a 6x6 px artefact still fills a cell, noise averages out
@@ -314,8 +314,8 @@ class AuditSettings:
     """How an audit explains and tests: explainer, layer, seed (clusters, samples, bootstrap), which classes
     (None: all), how many top classes are tested causally and on how many other-class images."""
 
-    method: str = DEFAULT_METHOD
-    layer: str = DEFAULT_LAYER
+    method: str = AUDIT_METHOD
+    layer: str = AUDIT_LAYER
     seed: int = 0
     classes: tuple[str, ...] | None = None
     top_candidates: int = TOP_CANDIDATES

@@ -1,0 +1,102 @@
+"""A run's inputs, validated before anything is written: the config checked against its dataset and the
+model, the data loaded, the training and evaluation rows chosen, and the experiment specs to train."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import torch
+
+from gradcam_repro import store
+from gradcam_repro.config import Config
+from gradcam_repro.data.bias import patch_box
+from gradcam_repro.data.images import ImageData, stratified_subset
+from gradcam_repro.data.registry import DATASETS, get_dataset
+from gradcam_repro.errors import UserError
+from gradcam_repro.explain.cam import get_layer
+from gradcam_repro.explain.registry import CAM_METHODS
+from gradcam_repro.model.resnet import resnet18_cifar
+from gradcam_repro.pipeline.experiment import TrainingSet
+from gradcam_repro.pipeline.progress import as_reporter
+from gradcam_repro.pipeline.spec import BiasSpec, ExperimentSpec
+from gradcam_repro.runtime import Runtime
+
+
+@dataclass
+class Prepared:
+    """Validated inputs of a run: everything is checked before anything is written."""
+
+    config: Config
+    training: TrainingSet
+    target: int
+    specs: dict[str, ExperimentSpec]
+
+    @property
+    def data(self) -> ImageData:
+        return self.training.data
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.training.runtime
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        cfg = self.config
+        return patch_box(self.data.test_images.shape[-1], cfg.patch_size, cfg.patch_corner, cfg.patch_offset)
+
+
+def run_specs(config: Config, fingerprint: str) -> dict[str, ExperimentSpec]:
+    """The experiments of `gradcam-repro run`: a baseline and the same training with the patch planted."""
+    return {"baseline": ExperimentSpec.from_config(config, fingerprint),
+            "biased": ExperimentSpec.from_config(config, fingerprint, BiasSpec.from_config(config))}
+
+
+def prepare(config: Config, log=print) -> Prepared:
+    """Validate the config against the data and the model; raises `UserError` before any output is written."""
+    config = validated(config)
+    dataset = get_dataset(config.dataset)
+    runtime = Runtime.choose(config.device, config.precision)
+    store.check_writable(config.out_dir)
+    start = time.perf_counter()
+    with as_reporter(log).tracker(f"[data] decoding {dataset.name}", "img") as decoding:
+        data = dataset.load(config, progress=decoding)
+    log(f"data: {data.name} from {data.source} ({len(data.train_labels)} train / {len(data.test_labels)} test, "
+        f"fingerprint {data.fingerprint[:12]}, {time.perf_counter() - start:.1f} s)")
+    return prepared_from_data(config, data, runtime)
+
+
+def validated(config: Config) -> Config:
+    """`config` checked against its dataset and the model (`UserError` otherwise), with the dataset's default
+    shortcut class filled in. Touches no file and no device."""
+    if config.dataset not in DATASETS:
+        raise UserError(f"--dataset must be one of {', '.join(DATASETS)}, got {config.dataset!r}")
+    config.validate()
+    if config.cam not in CAM_METHODS:
+        raise UserError(f"--cam must be one of {', '.join(CAM_METHODS)}, got {config.cam!r}")
+    dataset = get_dataset(config.dataset)
+    if config.bias_class is None:
+        config = replace(config, bias_class=dataset.default_bias_class)
+    get_layer(resnet18_cifar(), config.cam_layer)  # unknown layer: fail now, not after training
+    if config.bias_class not in dataset.classes:
+        raise UserError(f"unknown class {config.bias_class!r}; fix: pass --bias-class as one of {', '.join(dataset.classes)}")
+    patch_box(32, config.patch_size, config.patch_corner, config.patch_offset)
+    return config
+
+
+def prepared_from_data(config: Config, data: ImageData, runtime: Runtime) -> Prepared:
+    """A validated `config`'s inputs on its loaded `data`: the test subset, training and per-epoch rows, all
+    chosen by `config.seed` (what `prepare` does after loading; `study` workers call it on shared data)."""
+    if config.test_subset:
+        data = _subset_test(data, stratified_subset(data.test_labels, config.test_subset, config.seed))
+    train_index = (stratified_subset(data.train_labels, config.train_subset, config.seed)
+                   if config.train_subset else torch.arange(len(data.train_labels)))
+    eval_index = (stratified_subset(data.test_labels, config.eval_subset, config.seed)
+                  if config.eval_subset else torch.arange(len(data.test_labels)))
+    training = TrainingSet(config, data, runtime, train_index, eval_index)
+    return Prepared(config, training, data.class_index(config.bias_class), run_specs(config, data.fingerprint))
+
+
+def _subset_test(data: ImageData, index: torch.Tensor) -> ImageData:
+    masks = data.test_masks[index] if data.test_masks is not None else None
+    return replace(data, test_images=data.test_images[index], test_labels=data.test_labels[index], test_masks=masks)

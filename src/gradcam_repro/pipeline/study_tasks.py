@@ -1,0 +1,195 @@
+"""A study's cells as Ray tasks: one task per distinct spec among the unfinished cells, the worker that
+trains (or restores) it and measures its cells, and the driver's loop that writes each result as it arrives.
+
+Workers return file contents and numbers; the driver writes every file, so no shared file system is needed.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from gradcam_repro import store
+from gradcam_repro.config import Config
+from gradcam_repro.data.images import ImageData
+from gradcam_repro.errors import UserError
+from gradcam_repro.measure.shortcut import EvalSet, measure_methods
+from gradcam_repro.pipeline import engine
+from gradcam_repro.pipeline.eta import EtaPace, progress_line
+from gradcam_repro.pipeline.experiment import finished_record, train_experiment
+from gradcam_repro.pipeline.experiment_files import read_experiment_files, write_experiment_files
+from gradcam_repro.pipeline.grid import StudyCell, StudyPlan, cell_label, cell_path
+from gradcam_repro.pipeline.prepare import prepared_from_data
+from gradcam_repro.pipeline.run import settings, shortcut_protocol
+from gradcam_repro.pipeline.spec import ExperimentSpec
+from gradcam_repro.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """How a study runs, not what it measures. address: an existing Ray cluster (None: $RAY_ADDRESS, else a
+    local Ray with one worker per core); cpus_per_cell: torch threads and Ray CPUs per task; gpus_per_cell:
+    Ray GPUs per task (fractions share a GPU); max_retries: tries after a failure before a cell is reported
+    failed; force: retrain and remeasure finished cells; progress_every_s: seconds between progress lines;
+    against: another study's folder whose verdicts this one's are compared with (`aggregate.agreement`)."""
+
+    out: str = "runs/study"
+    address: str | None = None
+    cpus_per_cell: int = 1
+    gpus_per_cell: float = 0.0
+    max_retries: int = 2
+    force: bool = False
+    progress_every_s: float = 30.0
+    against: str | None = None
+
+    def validate(self) -> StudyOptions:
+        if self.cpus_per_cell < 1:
+            raise UserError(f"--cpus-per-cell must be >= 1, got {self.cpus_per_cell}")
+        if self.gpus_per_cell < 0 or self.max_retries < 0:
+            raise UserError("--gpus-per-cell and --max-retries must be >= 0")
+        return self
+
+    def task_resources(self) -> engine.TaskResources:
+        """What each cell's task asks Ray for: as many torch threads as CPUs."""
+        return engine.TaskResources(cpus=self.cpus_per_cell, gpus=self.gpus_per_cell, threads=self.cpus_per_cell,
+                                    max_retries=self.max_retries)
+
+
+@dataclass(frozen=True)
+class SpecTask:
+    """One Ray task: train `spec` once (or restore it from `experiment_files`), then measure every cell in
+    `cells` ((cell key, config) pairs) with `methods`, with torch on `threads` threads on `device`."""
+
+    spec: ExperimentSpec
+    name: str
+    cells: tuple[tuple[str, Config], ...]
+    methods: tuple[str, ...]
+    threads: int
+    device: str
+    data_key: str
+    experiment_files: dict[str, bytes] | None = None
+
+
+def pending_tasks(plan: StudyPlan, options: StudyOptions) -> list[SpecTask]:
+    """One task per distinct spec among the unfinished cells (all cells with `force`), in grid order.
+
+    A spec already trained in `<out>/experiments/` travels with its task as file contents, so the worker
+    reuses it without a shared file system.
+    """
+    groups: dict[str, list[StudyCell]] = {}
+    for c in plan.cells:
+        if options.force or not cell_path(options.out, c.key).is_file():
+            groups.setdefault(c.spec.key, []).append(c)
+    tasks = []
+    for cells in groups.values():
+        spec, config = cells[0].spec, cells[0].config
+        folder = spec.folder(options.out)
+        files = None
+        if not options.force and finished_record(folder, spec) is not None:
+            files = read_experiment_files(folder)
+        device = config.device if config.device != "auto" else ("cuda" if options.gpus_per_cell > 0 else "cpu")
+        name = "baseline " + cell_label({"seed": spec.seed}) if spec.bias is None else cell_label(cells[0].axes)
+        tasks.append(SpecTask(spec, name, tuple((c.key, c.config) for c in cells), plan.grid.methods,
+                              options.cpus_per_cell, device, cells[0].data_key, files))
+    return tasks
+
+
+def run_spec_task(data: ImageData, task: SpecTask) -> dict:
+    """The Ray task: train (or restore) `task.spec` in a temporary folder, measure each of its cells.
+
+    Returns plain results: {"node_id", "files": {name: bytes} of the experiment folder, "cells": {cell key:
+    `measure_methods` result}, "seconds": {"train", "evaluate": {cell key: s}}, "environment", "log"}.
+    """
+    import ray
+
+    lines: list[str] = []
+    runtime = Runtime.choose(task.device, task.cells[0][1].precision)
+    with tempfile.TemporaryDirectory(prefix="gradcam-study-") as root:
+        folder = task.spec.folder(root)
+        folder.mkdir(parents=True)
+        for name, blob in (task.experiment_files or {}).items():
+            (folder / name).write_bytes(blob)
+        start = time.perf_counter()
+        p = prepared_from_data(task.cells[0][1], data, runtime)
+        experiment = train_experiment(task.spec, p.training, Path(root), task.name, log=lines.append)
+        train_s = time.perf_counter() - start
+        files = read_experiment_files(folder)
+    cells, evaluate_s = {}, {}
+    for key, config in task.cells:
+        start = time.perf_counter()
+        p = prepared_from_data(config, data, runtime)
+        test = EvalSet(p.data.test_images, p.data.test_labels, p.data.classes, p.data.test_masks)
+        cells[key] = measure_methods(experiment.model, test, shortcut_protocol(p), task.methods, runtime)
+        evaluate_s[key] = time.perf_counter() - start
+    return {"node_id": ray.get_runtime_context().get_node_id(), "files": files, "cells": cells,
+            "model_sha256": experiment.record.get("model_sha256"), "seconds": {"train": train_s, "evaluate": evaluate_s},
+            "environment": store.environment_info(str(runtime.device)), "log": lines}
+
+
+def cell_seconds(result: dict) -> list[float]:
+    """A task's worker seconds per cell: its training shared among its cells, plus each cell's measuring."""
+    evaluate = result["seconds"]["evaluate"]
+    return [result["seconds"]["train"] / len(evaluate) + s for s in evaluate.values()]
+
+
+def save_task_result(out: Path, task: SpecTask, plan: StudyPlan, result: dict) -> list[str]:
+    """Write a finished task's experiment folder (unless it was restored) and one file per cell, each
+    atomically, the cells last; returns the cell keys written."""
+    if task.experiment_files is None:
+        write_experiment_files(task.spec.folder(out), result["files"])
+    by_key = {c.key: c for c in plan.cells}
+    for key, measured in result["cells"].items():
+        c = by_key[key]
+        store.write_json(cell_path(out, key), {
+            "key": key, "axes": c.axes, "spec_key": c.spec.key, "model_sha256": result["model_sha256"],
+            "methods": list(task.methods), "config": c.config.to_dict(), "metrics": measured["model"],
+            "uniform": measured["uniform"], "n": measured["n"], "settings": settings(),
+            "node_id": result["node_id"], "threads": task.threads, "environment": result["environment"],
+            "seconds": {"train": result["seconds"]["train"], "evaluate": result["seconds"]["evaluate"][key]},
+            "restored_experiment": task.experiment_files is not None,
+        })
+    return list(result["cells"])
+
+
+def run_tasks(plan: StudyPlan, tasks: list[SpecTask], options: StudyOptions, log=print) -> dict[str, str]:
+    """Submit every task to Ray (the data put into the object store once per dataset), save each result as it
+    arrives and log progress; returns {cell key: error} of the cells whose task failed after its retries.
+
+    Ctrl-C cancels the unfinished tasks; every cell saved before it stays.
+    """
+    out = Path(options.out)
+    total, done = len(plan.cells), len(plan.cells) - sum(len(t.cells) for t in tasks)
+    refs = {key: engine.share(plan.data[key]) for key in dict.fromkeys(t.data_key for t in tasks)}
+    log(f"ray: {len(tasks)} task(s) for {total - done} cell(s); {len(refs)} dataset(s) put into the object store")
+    resources = options.task_resources()
+    batch = engine.TaskBatch(run_spec_task, resources, [(t, (refs[t.data_key], t)) for t in tasks])
+    failures: dict[str, str] = {}
+    start, slots, last_line = time.perf_counter(), engine.cluster_slots(resources), -math.inf
+    pace = EtaPace(tasks, slots)
+    try:
+        # A progress line follows each ended task, and every progress_every_s between them.
+        for ended in batch.as_they_end(wait_s=1.0):
+            if ended is not None and ended.error is not None:
+                task = ended.job
+                failures.update({key: ended.error for key, _ in task.cells})
+                pace.ended(task, [], time.perf_counter() - start)
+                log(f"[{task.name}] failed after {options.max_retries} retries: {ended.error}")
+            elif ended is not None:
+                task, result = ended.job, ended.result
+                written = save_task_result(out, task, plan, result)
+                for line in result["log"]:  # the worker's training lines, e.g. each epoch's accuracy
+                    log(line)
+                done += len(written)
+                pace.ended(task, cell_seconds(result), time.perf_counter() - start)
+                log(f"[{task.name}] finished {len(written)} cell(s) on node {result['node_id'][:8]}")
+            if ended is not None or time.perf_counter() - last_line >= options.progress_every_s:
+                busy = sum(len(t.cells) for t in batch.running[:slots])
+                log(progress_line(done, busy, len(failures), total, pace.eta_s(time.perf_counter() - start)))
+                last_line = time.perf_counter()
+    except KeyboardInterrupt:
+        batch.cancel()
+        raise
+    return failures
