@@ -644,6 +644,7 @@ def train_accuracy_runs(folder: str | Path, data_root: str | None, device: str, 
     `overrides` are config fields (tests use a tiny preset and dataset).
     """
     from gradcam_repro.pipeline.experiment import train_experiment
+    from gradcam_repro.pipeline.folders import RunFolder
     from gradcam_repro.pipeline.prepare import prepare
 
     runs = []
@@ -652,9 +653,11 @@ def train_accuracy_runs(folder: str | Path, data_root: str | None, device: str, 
         config = preset_config(preset, precision=precision, out=str(out), data_root=data_root, device=device, **overrides)
         p = prepare(config, log=lambda line: None)
         spec = p.specs["baseline"]
-        with store.run_lock(out):
-            store.write_json(out / "run.json", {"config": p.config.to_dict(), "experiments": {"baseline": spec.key}})
-            train_experiment(spec, p.training, out, "baseline", log=lambda line, tag=precision: log(f"  [{tag}] {line}"))
+        run = RunFolder(out)
+        with run.lock():
+            run.write_manifest(p.config, {"baseline": spec.key})
+            train_experiment(spec, p.training, run.experiment(spec.key), "baseline",
+                             log=lambda line, tag=precision: log(f"  [{tag}] {line}"))
         runs.append(str(out))
     return runs[0], runs[1]
 

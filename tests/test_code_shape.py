@@ -74,3 +74,50 @@ def test_every_module_imports_on_its_own_in_a_fresh_interpreter():
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         for module, result in pool.map(fresh_import, modules):
             assert result.returncode == 0, f"{module}: {result.stderr.strip().splitlines()[-1:]}"
+
+
+# The stages, lowest first: a module may import from its own stage and those before it, never from a later one.
+STAGES = ("base", "data", "model", "explain", "measure", "report", "pipeline", "cli")
+BASE_MODULES = {"errors", "config", "runtime", "store", "__init__"}
+
+
+def _stage(module_parts: tuple[str, ...]) -> str:
+    """The stage of a module inside the package, e.g. ("measure", "scores") -> "measure", ("store",) -> "base"."""
+    if (PACKAGE / module_parts[0]).is_dir():
+        return module_parts[0]
+    return "base" if module_parts[0] in BASE_MODULES else "cli"
+
+
+def _package_imports():
+    """(importing module, its stage, imported gradcam_repro module, its stage) for every package import."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("gradcam_repro"):
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names if a.name.startswith("gradcam_repro")]
+            else:
+                continue
+            for name in names:
+                target = tuple(name.split(".")[1:]) or ("__init__",)
+                yield ".".join(parts), _stage(parts), name, _stage(target)
+
+
+def test_no_import_runs_back_up_the_stages():
+    upward = [f"{module} ({stage}) imports {name} ({target})" for module, stage, name, target in _package_imports()
+              if STAGES.index(target) > STAGES.index(stage)]
+    assert not upward, "\n".join(upward)
+
+
+def test_config_and_the_base_modules_import_no_stage():
+    found = [f"{module} imports {name}" for module, stage, name, target in _package_imports()
+             if stage == "base" and target != "base"]
+    assert not found, "\n".join(found)
+
+
+def test_the_package_map_names_every_module():
+    doc = ast.get_docstring(ast.parse((PACKAGE / "__init__.py").read_text()))
+    modules = sorted(p.stem for p in PACKAGE.rglob("*.py") if p.stem not in ("__init__", "__main__"))
+    missing = [m for m in modules if f"`{m}`" not in doc]
+    assert not missing, f"gradcam_repro/__init__.py's map omits {missing}"

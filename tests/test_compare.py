@@ -13,8 +13,8 @@ from gradcam_repro.cli import main
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.cam import GradCAM
 from gradcam_repro.explain.registry import CAM_METHODS, PIXEL_METHODS, explain_images, make_explainer, map_layers
-from gradcam_repro.measure import methods as measure_methods
-from gradcam_repro.measure.methods import MethodSweep, compare_settings, faithfulness_check, flags_shortcut
+from gradcam_repro.measure import comparison
+from gradcam_repro.measure.comparison import MethodSweep, compare_settings, faithfulness_check, flags_shortcut
 from gradcam_repro.measure.shortcut import EvalSet
 from gradcam_repro.model.resnet import normalize
 from gradcam_repro.pipeline.compare import CompareOptions, compare_methods
@@ -86,11 +86,11 @@ def test_sanity_and_faithfulness_for_every_method(compared):
     assert set(c["faithfulness"]) == {*c["methods"], "random"}
     for r in c["faithfulness"].values():
         assert 0.0 <= r["deletion_auc"]["mean"] <= 1.0 and 0.0 <= r["insertion_auc"]["mean"] <= 1.0
-    assert c["settings"]["pixels_per_step"] == measure_methods.PIXELS_PER_STEP
+    assert c["settings"]["pixels_per_step"] == comparison.PIXELS_PER_STEP
 
 
 def test_pixels_per_step_recorded_is_the_one_used(resnet, monkeypatch):
-    monkeypatch.setattr(measure_methods, "PIXELS_PER_STEP", 200)
+    monkeypatch.setattr(comparison, "PIXELS_PER_STEP", 200)
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     test = EvalSet(images, torch.tensor([1, 2]), tuple(str(i) for i in range(10)))
     options = CompareOptions(methods=("gradcam",), faithfulness_images=2)

@@ -10,6 +10,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.container import ErrorbarContainer  # noqa: E402
 
+from gradcam_repro.measure.results import CamScores, Interval  # noqa: E402
 from gradcam_repro.report import figures  # noqa: E402
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -35,14 +36,9 @@ def maps(n, seed=0):
     return torch.rand(n, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
-def stat(mean, low, high, n=20):
-    return {"mean": mean, "low": low, "high": high, "n": n}
-
-
 def sweep_input(energies, pointing, layers=("layer2", "layer3", "layer4.1")):
-    """One model's per-layer scores: energies and pointing rates are (mean, low, high) per layer."""
-    return {lay: {"patched_target": {"energy": stat(*e), "pointing": stat(*p)}}
-            for lay, e, p in zip(layers, energies, pointing)}
+    """One model's per-layer scores on patched target images: energies and pointing rates are (mean, low, high) per layer."""
+    return {lay: CamScores(Interval(*e, n=20), Interval(*p, n=20)) for lay, e, p in zip(layers, energies, pointing)}
 
 
 def all_texts(fig):

@@ -24,6 +24,7 @@ from playwright.sync_api import sync_playwright
 
 from gradcam_repro.cli import main
 from gradcam_repro.explain.registry import PIXEL_METHODS, display_name
+from gradcam_repro.measure.results import RunMetrics
 from gradcam_repro.measure.scores import cam_energy_in_box
 from gradcam_repro.pipeline import view
 from gradcam_repro.report.html import report_html
@@ -100,11 +101,11 @@ def test_report_rebuilds_the_same_page_without_any_model(shapes_run, tmp_path):
 
 def test_a_stale_methods_json_is_named_and_the_verdicts_follow_the_numbers(shapes_run):
     metrics, gallery, _ = _load(shapes_run)
-    assert "compare RUN" in report_html(metrics, {}, gallery, {})
+    assert "compare RUN" in report_html(RunMetrics.from_dict(metrics), {}, gallery, {})
     biased = metrics["models"]["biased"]
     biased["flip_to_target"]["patch"] = {"mean": 0.97, "low": 0.95, "high": 0.99, "n": 200}
     biased["verdict"]["relies_on_patch"] = True
-    page = report_html(metrics, None, gallery, {})
+    page = report_html(RunMetrics.from_dict(metrics), None, gallery, {})
     assert "The biased model relies on the patch" in page and "97.0%" in page
 
 
@@ -127,7 +128,7 @@ def test_compare_section_shows_every_method_with_intervals_flags_and_checks(shap
         "figures": ["figures/methods_layers.png"],
     }
     png = (shapes_run / metrics["figures"][0]).read_bytes()
-    page = report_html(metrics, methods, gallery, {"figures/methods_layers.png": png})
+    page = report_html(RunMetrics.from_dict(metrics), methods, gallery, {"figures/methods_layers.png": png})
     section = page[page.index('<section id="methods">'):]
     section = section[:section.index("</section>")]
     for text in ("Grad-CAM", "Saliency", "random map", "0.432", "[0.422, 0.442]", "0.123", "0.247", "0.136",

@@ -15,8 +15,10 @@ from torchvision.io import write_png
 from gradcam_repro.cli import main
 from gradcam_repro.config import Config
 from gradcam_repro.data.cifar10 import CIFAR10_CLASSES, load_cifar10
+from gradcam_repro.measure.results import CamScores, Interval, ModelShortcut, RunMetrics, ShortcutResults, Verdict
+from gradcam_repro.measure.shortcut import PATCHED_TARGET
 from gradcam_repro.model.train import TrainHooks, train_model
-from gradcam_repro.pipeline.progress import PlainTask, Reporter, Task, as_reporter, final_line
+from gradcam_repro.pipeline.progress import PlainTask, Reporter, Task, as_reporter, run_final_line
 
 # Five training steps (OneCycleLR needs more than four) on a 300-image shapes set.
 TINY_RUN = ["run", "--preset", "smoke", "--dataset", "shapes", "--train-subset", "80", "--batch-size", "16",
@@ -216,28 +218,37 @@ def test_quiet_run_prints_only_the_final_line(tiny_run):
     assert result.stderr == ""
     lines = result.stdout.splitlines()
     assert len(lines) == 1
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert lines[0] == final_line(metrics, out, float(lines[0].split()[2]))
+    metrics = RunMetrics.from_dict(json.loads((out / "metrics.json").read_text()))
+    assert lines[0] == run_final_line(metrics, out, float(lines[0].split()[2]))
     assert lines[0].startswith("done in ") and f"gradcam-repro view {out} ({out / 'REPORT.html'})" in lines[0]
     assert "flip-to-hbar" in lines[0] and "clean acc" in lines[0] and "energy in patch at layer4.1.conv2" in lines[0]
 
 
+def _headline_metrics(biased_energy: Interval, layer: str = "layer4.1.conv2") -> RunMetrics:
+    """A run's metrics holding only what the final line reads: accuracies, flips, energy at `layer`, verdicts."""
+    def ci(mean: float) -> Interval:
+        return Interval(mean, mean, mean, 100)
+
+    def model(acc: float, flip: float, energy: Interval, relies: bool) -> ModelShortcut:
+        cam = {layer: {PATCHED_TARGET: CamScores(energy, ci(0.5))}}
+        return ModelShortcut(ci(acc), {}, ci(acc), ci(acc), ci(acc), {"patch": ci(flip)}, cam,
+                             Verdict(relies, {layer: relies}, {layer: True}))
+
+    models = {"baseline": model(0.616, 0.01, ci(0.02), False), "biased": model(0.57, 0.999, biased_energy, True)}
+    shortcut = ShortcutResults(models, {"energy_in_box": 0.035}, {}, {})
+    return RunMetrics({"bias_class": "frog", "cam": "gradcam"}, {}, {}, {}, "float32", [0, 0, 4, 4], layer, [layer], {},
+                      shortcut, {}, {}, {})
+
+
 def test_final_line_names_the_three_headline_numbers():
-    ci = lambda mean, n=100: {"mean": mean, "low": mean, "high": mean, "n": n}  # noqa: E731
-    model = lambda acc, flip, energy, relies: {  # noqa: E731
-        "clean_test_acc": ci(acc), "flip_to_target": {"patch": ci(flip)},
-        "cam": {"layer4.1.conv2": {"patched_target": {"energy": energy}}}, "verdict": {"relies_on_patch": relies}}
-    metrics = {"config": {"bias_class": "frog", "cam": "gradcam"}, "cam_layer": "layer4.1.conv2",
-               "uniform": {"energy_in_box": 0.035},
-               "models": {"baseline": model(0.616, 0.01, ci(0.02), False), "biased": model(0.57, 0.999, ci(0.412), True)}}
-    assert final_line(metrics, "runs/quick", 806.2) == (
+    assert run_final_line(_headline_metrics(Interval(0.412, 0.412, 0.412, 100)), "runs/quick", 806.2) == (
         "done in 806 s: biased model relies on the patch (flip-to-frog 99.9%), clean acc 61.6% / 57.0% "
         "(baseline / biased), Grad-CAM energy in patch at layer4.1.conv2 0.412 vs uniform 0.035; "
         "view: gradcam-repro view runs/quick (runs/quick/REPORT.html)")
-    metrics["models"]["biased"]["cam"]["layer4.1.conv2"]["patched_target"]["energy"] = ci(math.nan, n=0)
-    assert "energy in patch at layer4.1.conv2 not measurable (no patched frog image was called frog)" in final_line(
+    metrics = _headline_metrics(Interval(math.nan, math.nan, math.nan, 0))
+    assert "energy in patch at layer4.1.conv2 not measurable (no patched frog image was called frog)" in run_final_line(
         metrics, "runs/my run", 1.0)
-    assert "gradcam-repro view 'runs/my run'" in final_line(metrics, "runs/my run", 1.0)
+    assert "gradcam-repro view 'runs/my run'" in run_final_line(metrics, "runs/my run", 1.0)
 
 
 def test_plain_task_line_format_on_its_own():

@@ -197,7 +197,7 @@ def test_explain_refuses_a_checkpoint_of_another_architecture(tmp_path, capsys):
 
 
 def test_load_user_image_rejects_a_bomb_before_decoding(tmp_path):
-    from gradcam_repro.pipeline.user_images import load_user_image
+    from gradcam_repro.pipeline.explain_files import load_user_image
 
     png_claiming_size(tmp_path / "bomb.png", 7000, 7000)
     with pytest.raises(UserError, match="above the limit"):

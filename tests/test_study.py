@@ -335,6 +335,7 @@ def test_a_cell_has_exactly_the_numbers_of_gradcam_repro_run_with_the_same_setti
                       log=lambda line: None)
     finally:
         torch.set_num_threads(threads)
+    metrics = metrics.to_dict()  # as metrics.json holds them
     for name, fraction in (("baseline", 0.0), ("biased", 1.0)):
         cell = cell_at(out, seed=0, bias_fraction=fraction)
         assert cell["spec_key"] == metrics["experiments"][name]["key"]
@@ -356,7 +357,7 @@ def test_run_parallel_trains_both_models_side_by_side_into_the_files_a_one_threa
         ray.shutdown()
     assert "training baseline, biased side by side on a local Ray (1 thread each)" in lines
     for name, fraction in (("baseline", 0.0), ("biased", 1.0)):  # the same model files as `run` on one thread
-        assert metrics["experiments"][name]["model_sha256"] == cell_at(out, seed=0, bias_fraction=fraction)["model_sha256"]
+        assert metrics.experiments[name]["model_sha256"] == cell_at(out, seed=0, bias_fraction=fraction)["model_sha256"]
         assert any(line.startswith(f"[{name}] reusing the finished experiment") for line in lines)
 
 

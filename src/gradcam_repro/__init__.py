@@ -1,17 +1,29 @@
 """gradcam-repro: Grad-CAM on CIFAR-10, with and without a planted shortcut.
 
-The folders follow the pipeline, each stage a package:
+The folders follow the pipeline, each stage a package that imports only from the stages above it:
 
-    data/      datasets as uint8 tensors (cifar10, shapes), the registry, the planted patch (bias)
-    model/     the CIFAR ResNet-18 (resnet) and its training loop (train)
-    explain/   the CAM family (cam), Captum pixel methods (pixel), one protocol and registry (registry)
-    measure/   scores with CIs (scores), predictions, the shortcut tests (shortcut), figure examples,
-               the sanity check (sanity), deletion/insertion (faithfulness), method comparison (methods)
-    report/    figures and markdown, pure functions of measured results
-    pipeline/  experiment specs and folders (spec, experiment), the commands (run, compare,
-               user_images), atomic files, readers and the run lock (store)
+    data/      images as uint8 tensors: `images` (ImageData, subsets), `cifar10`, `shapes`, `registry` (the
+               datasets a run can name), `artefact` (the one artefact type: paste, remove, decorrelate), `bias`
+               (planting the shortcut on a share of one class)
+    model/     `resnet` (the CIFAR ResNet-18 and its checkpoints), `train` (TrainSettings, the epoch loop),
+               `finetune` (repair's training parts: RRR, last-layer refit)
+    explain/   `cam` (Grad-CAM and six relatives), `pixel` (Captum's pixel-space methods), `registry` (one
+               explainer protocol and registry)
+    measure/   `scores` (scores with bootstrap CIs), `predict`, `shortcut` (flip tests, energy in the patch),
+               `results` (the typed results: RunMetrics and its parts), `examples` (what the figures show),
+               `sanity` (randomisation check), `faithfulness` (deletion/insertion), `comparison` (every method x
+               layer), `spray` (the audit's SpRAy clustering and causal tests), `aggregate` (studies across seeds)
+    report/    pure renderers of measured results: `format` (numbers), `figures`, `run_figures`, `markdown`,
+               `html` (REPORT.html; its CSS and JS in report/assets/), `repair_table`, `audit_report`,
+               `study_report`
+    pipeline/  the side effects: `spec` (content-hashed experiment specs), `folders` (every path, read and write
+               of a run, study or audit folder), `prepare`, `experiment` (train or reuse one spec), `progress`
+               (what a command prints), `engine` (Ray), `parallel`; the commands `run` (run, evaluate, report),
+               `compare`, `explain_files`, `audit`, `repair`, `view`, and `study` with its `grid`,
+               `study_tasks` and `eta`
 
-with `config` (one dataclass, presets), `runtime` (device, precision, seeds) and `cli` on top.
+with `errors` (the one-line UserError), `config` (one dataclass, presets), `runtime` (device, precision,
+seeds) and `store` (atomic files, readers, the run lock) beneath every stage, and `cli` on top.
 """
 
 __version__ = "0.2.0"

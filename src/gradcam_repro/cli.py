@@ -30,13 +30,13 @@ from gradcam_repro.explain.registry import CAM_METHODS, EXPLAINERS
 from gradcam_repro.measure.spray import AUDIT_LAYER, AUDIT_METHOD, TOP_CANDIDATES
 from gradcam_repro.pipeline.audit import AuditOptions, audit, audit_summary
 from gradcam_repro.pipeline.compare import CompareOptions, compare_methods
+from gradcam_repro.pipeline.explain_files import explain_files
 from gradcam_repro.pipeline.grid import DEFAULT_METHODS, read_study_file, study_grid
-from gradcam_repro.pipeline.progress import Reporter, compare_summary, final_line, run_summary
+from gradcam_repro.pipeline.progress import Reporter, compare_summary, run_final_line, run_summary
 from gradcam_repro.pipeline.repair import STRATEGIES, RepairOptions, parse_box, repair
 from gradcam_repro.pipeline.run import evaluate_run, report_run, run
 from gradcam_repro.pipeline.study import run_study
 from gradcam_repro.pipeline.study_tasks import StudyOptions
-from gradcam_repro.pipeline.user_images import explain
 from gradcam_repro.pipeline.view import DEFAULT_PORT, open_report, serve
 from gradcam_repro.runtime import choose_device
 
@@ -202,10 +202,7 @@ def _add_repair_parser(sub) -> None:
                                     "and re-measure the run: metrics.json, figures and REPORT.md/.html gain its column.")
     rp.add_argument("run_dir", metavar="RUN_DIR", help="folder written by `gradcam-repro run`")
     rp.add_argument("--strategy", required=True, metavar="STRATEGY",
-                    help=f"one of {', '.join(STRATEGIES)}: augment = retrain with the artefact pasted on a share of "
-                         "every class's images (the rest get it filled in); rrr = fine-tune the biased model with an "
-                         "input-gradient penalty inside the artefact's box (double backprop); last-layer = refit only "
-                         "fc on a class x artefact balanced set (seconds)")
+                    help="; ".join(f"{s.name} = {s.help}" for s in STRATEGIES.values()))
     rp.add_argument("--from-audit", nargs="?", const="", metavar="AUDIT",
                     help="take the artefact from an audit's top confirmed candidate (default folder: RUN_DIR/audit)")
     rp.add_argument("--box", help="the artefact is what the bias class's training images hold in this box: "
@@ -340,13 +337,13 @@ def _evaluate(args) -> None:
     reporter, start = reporter_for(args), time.perf_counter()
     metrics = evaluate_run(args.run_dir, log=reporter, data_root=args.data_root, device=args.device,
                            cam_layer=args.cam_layer, cam=args.cam)
-    reporter.final(final_line(metrics, args.run_dir, time.perf_counter() - start))
+    reporter.final(run_final_line(metrics, args.run_dir, time.perf_counter() - start))
     reporter.summary(run_summary(metrics, args.run_dir, command="evaluate"))
 
 
 def _explain(args) -> None:
     reporter = reporter_for(args)
-    written = explain(args.model, args.images, args.out, args.cam_layer or SEED_LAYER, choose_device(args.device or "auto"),
+    written = explain_files(args.model, args.images, args.out, args.cam_layer or SEED_LAYER, choose_device(args.device or "auto"),
                       method=args.cam or "gradcam",
                       log=lambda line: (reporter.notice if line.startswith("notice:") else reporter.log)(line))
     reporter.final(f"wrote {len(written)} file(s) to {args.out}")
@@ -398,7 +395,8 @@ def _repair(args) -> None:
                             device=args.device, data_root=args.data_root, force=args.force)
     reporter = reporter_for(args)
     metrics = repair(args.run_dir, options, log=reporter)
-    reporter.summary({**run_summary(metrics, args.run_dir, command="repair"), "repairs": metrics["repairs"]})
+    repairs = {name: r.to_dict() for name, r in metrics.repairs.items()}
+    reporter.summary({**run_summary(metrics, args.run_dir, command="repair"), "repairs": repairs})
 
 
 COMMANDS = {"run": _run, "evaluate": _evaluate, "explain": _explain, "compare": _compare, "study": _study,

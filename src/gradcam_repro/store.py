@@ -7,6 +7,8 @@ file or the new complete file, never half of one.
 from __future__ import annotations
 
 import errno
+import hashlib
+import io
 import json
 import os
 import platform
@@ -80,11 +82,16 @@ def read_json(path: str | Path, fix: str | None = None):
         raise UserError(_unreadable_message(path, exc.strerror or type(exc).__name__, fix)) from None
 
 
-def torch_save(path: str | Path, obj) -> None:
-    """`torch.save` atomically. Through a file object, so the archive's inner folder is always "archive"
-    (given a path, torch names it after the random temporary file and equal models hash differently)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
+def torch_save(path: str | Path, obj) -> str:
+    """`torch.save` atomically; returns the sha256 of the bytes written. Through a file object, so the archive's
+    inner folder is always "archive" (given a path, torch names it after the random temporary file and equal
+    models hash differently)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getvalue()
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def torch_load(path: str | Path, fix: str | None = None):
@@ -122,9 +129,15 @@ def _unreadable_message(path: Path, reason: str, fix: str | None) -> str:
     return f"cannot read {path} ({_first_line(reason)}); {_fix_text(fix)}"
 
 
-def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
+def save_figure(fig, path: str | Path, dpi: int = 110) -> bytes:
+    """Save a matplotlib figure atomically, in the format its suffix names; returns the bytes written (so that a
+    page can embed them without reading the file back)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=dpi, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
+    data = buffer.getvalue()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
+        tmp.write_bytes(data)
+    return data
 
 
 @contextmanager

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from gradcam_repro.measure import scores
-from gradcam_repro.measure.methods import flags_shortcut
+from gradcam_repro.measure.comparison import flags_shortcut
 
 SEED_AXIS = "seed"
 DOSE_AXIS = "bias_fraction"

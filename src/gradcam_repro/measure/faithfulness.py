@@ -19,7 +19,7 @@ import torch
 import torchvision.transforms.functional as TF
 from torch import nn
 
-from gradcam_repro.measure import scores as metrics
+from gradcam_repro.measure import scores
 from gradcam_repro.runtime import autocast, eval_mode
 
 # Deleted pixels take the dataset mean colour, which is 0 in normalised space:
@@ -161,9 +161,9 @@ def random_maps(n: int, size: int | tuple[int, int], seed: int) -> torch.Tensor:
 def summarise_faithfulness(result: dict, seed: int = 0) -> dict:
     """Mean deletion and insertion AUC with bootstrap 95% CIs: {"deletion_auc": ci, "insertion_auc": ci}.
 
-    result: the output of `deletion_insertion`; each ci is metrics.bootstrap_ci's {"mean", "low", "high", "n"}.
+    result: the output of `deletion_insertion`; each ci is scores.bootstrap_ci's {"mean", "low", "high", "n"}.
     """
     return {
-        "deletion_auc": metrics.bootstrap_ci(result["deletion_auc"], seed=seed),
-        "insertion_auc": metrics.bootstrap_ci(result["insertion_auc"], seed=seed),
+        "deletion_auc": scores.bootstrap_ci(result["deletion_auc"], seed=seed),
+        "insertion_auc": scores.bootstrap_ci(result["insertion_auc"], seed=seed),
     }

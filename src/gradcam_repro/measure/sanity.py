@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradcam_repro.measure import scores as metrics
+from gradcam_repro.measure import scores
 
 # Verdict rule, fixed before any result was looked at: Adebayo et al. show that
 # maps which ignore the weights keep a rank correlation near 1 through the whole
@@ -132,7 +132,7 @@ def cascading_randomisation(
 
     Returns {
       "steps": [{"name", "modules", "spearman", "abs_spearman", "ssim" (each
-                 metrics.bootstrap_ci: mean, low, high, n), "undefined_spearman": int,
+                 scores.bootstrap_ci: mean, low, high, n), "undefined_spearman": int,
                  "per_image": {"spearman": (N,), "ssim": (N,)}}, ...],
       "maps": {"original": (K, H, W), step name: (K, H, W), ...} CPU float32 maps
               of the first K = min(keep_images, N) images, in cascade order,
@@ -163,9 +163,9 @@ def cascading_randomisation(
         results.append({
             "name": name,
             "modules": list(paths),
-            "spearman": metrics.bootstrap_ci(rho, seed=seed),
-            "abs_spearman": metrics.bootstrap_ci(rho.abs(), seed=seed),
-            "ssim": metrics.bootstrap_ci(ssim, seed=seed),
+            "spearman": scores.bootstrap_ci(rho, seed=seed),
+            "abs_spearman": scores.bootstrap_ci(rho.abs(), seed=seed),
+            "ssim": scores.bootstrap_ci(ssim, seed=seed),
             "undefined_spearman": int(undefined.sum()),
             "per_image": {"spearman": rho, "ssim": ssim},
         })

@@ -14,7 +14,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from gradcam_repro.data.bias import inject_patch, patch_box
+from gradcam_repro.data.artefact import Artefact
+from gradcam_repro.data.bias import patch_artefact
 from gradcam_repro.explain.registry import explain_images, map_layers
 from gradcam_repro.measure import scores
 from gradcam_repro.measure.predict import predict
@@ -23,6 +24,7 @@ from gradcam_repro.runtime import Runtime
 # The CAM sets scored per model: (a) patched target images it calls target, (b) pasted non-target
 # images it flipped to target, (c) clean target images (the control).
 CAM_SETS = ("patched_target", "flipped", "clean_target")
+PATCHED_TARGET, FLIPPED, CLEAN_TARGET = CAM_SETS
 
 # progress(done, total, stage=""): told of each explanation pass (pipeline.progress.Tracker is one).
 Progress = Callable[..., None]
@@ -42,7 +44,8 @@ class EvalSet:
 class ShortcutProtocol:
     """What the shortcut study measures, fixed before measuring.
 
-    target: the shortcut class; patch: `inject_patch` keywords; layers: explained at once by `method`;
+    target: the shortcut class; patch: the planted square as a dict (`data.bias.DEFAULT_PATCH`'s keys; pasted
+    as the `Artefact` `artefact()` gives); layers: explained at once by `method`;
     counterfactual_images / cam_images: seeded sample caps (None: all); seed: samples and bootstrap.
     """
 
@@ -55,8 +58,12 @@ class ShortcutProtocol:
     cam_images: int | None = None
     cam_batch_size: int = 256
 
-    def box(self, image_size: int) -> tuple[int, int, int, int]:
-        return patch_box(image_size, self.patch["patch_size"], self.patch["corner"], self.patch["offset"])
+    def artefact(self, image_size: int | tuple[int, int]) -> Artefact:
+        """The planted patch on images of `image_size` (a side, or (height, width))."""
+        return patch_artefact(self.patch, image_size)
+
+    def box(self, image_size: int | tuple[int, int]) -> tuple[int, int, int, int]:
+        return self.artefact(image_size).box
 
 
 def opposite_corner(corner: str) -> str:
@@ -72,6 +79,11 @@ def counterfactual_patches(patch: dict) -> dict[str, dict]:
         "other_color": {**patch, "color": other_color},
         "other_corner": {**patch, "corner": opposite_corner(patch["corner"])},
     }
+
+
+def counterfactual_artefacts(patch: dict, image_size: int | tuple[int, int]) -> dict[str, Artefact]:
+    """`counterfactual_patches` as artefacts on images of `image_size`, each with its variant as `source`."""
+    return {name: patch_artefact(v, image_size, source=name) for name, v in counterfactual_patches(patch).items()}
 
 
 def seeded_cap(index: torch.Tensor, cap: int | None, seed: int) -> torch.Tensor:
@@ -105,8 +117,9 @@ def make_probes(test: EvalSet, protocol: ShortcutProtocol) -> Probes:
     target_idx = (test.labels == protocol.target).nonzero().squeeze(1)
     other_idx = seeded_cap((test.labels != protocol.target).nonzero().squeeze(1), protocol.counterfactual_images,
                            protocol.seed)
-    pasted = {name: inject_patch(test.images[other_idx], **v) for name, v in counterfactual_patches(protocol.patch).items()}
-    return Probes(target_idx, other_idx, inject_patch(test.images[target_idx], **protocol.patch), pasted)
+    variants = counterfactual_artefacts(protocol.patch, tuple(test.images.shape[-2:]))
+    pasted = {name: artefact.apply(test.images[other_idx])[0] for name, artefact in variants.items()}
+    return Probes(target_idx, other_idx, variants["patch"].apply(test.images[target_idx])[0], pasted)
 
 
 def prediction_metrics(model: nn.Module, test: EvalSet, probes: Probes, protocol: ShortcutProtocol,

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradcam_repro.data.artefact import RING_PX, fill_from_ring, median_pixels, paste_pixels
+from gradcam_repro.data.artefact import RING_PX, from_images, median_pixels, paste, remove
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.registry import explain_images
 from gradcam_repro.measure import scores
@@ -396,12 +396,13 @@ def confirm_candidate(model: nn.Module, data: AuditSet, predictions: torch.Tenso
     predictions: (N,) the model's predictions on `data`. Returns (record, examples for the figures).
     """
     target, seed, box = int(predictions[members[0]]), settings.seed, tuple(region["box"])
-    pixels = median_pixels(data.images[members], box)
+    artefact = from_images(box, data.images[members], data.classes[target], "audit candidate")  # the cluster's median
+    pixels = artefact.pixels
     others = seeded_cap((data.labels != target).nonzero().squeeze(1), settings.transplant_images, seed)
-    pasted = paste_pixels(data.images[others], pixels, box)
+    pasted = paste(data.images[others], artefact)
     pasted_preds = predict(model, pasted, runtime)
-    occluded_preds = predict(model, fill_from_ring(data.images[others], box, REMOVAL_RING_PX), runtime)
-    removed = fill_from_ring(data.images[members], box, REMOVAL_RING_PX)
+    occluded_preds = predict(model, remove(data.images[others], artefact), runtime)  # the ring fill, REMOVAL_RING_PX
+    removed = remove(data.images[members], artefact)
     removed_preds = predict(model, removed, runtime)
     record = {
         "box_tlbr_px": list(box), "kind": region["kind"], "relevance_box_tlbr_px": list(region["relevance_box"]),

@@ -40,9 +40,10 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return (images.float() / 255.0 - mean) / std
 
 
-def save_model(model: nn.Module, path: str | Path) -> None:
+def save_model(model: nn.Module, path: str | Path) -> str:
+    """Save the model's state_dict (on the CPU) atomically; returns the file's sha256."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    store.torch_save(path, state)
+    return store.torch_save(path, state)
 
 
 def load_model(path: str | Path, num_classes: int = 10, device: str | torch.device = "cpu") -> nn.Module:

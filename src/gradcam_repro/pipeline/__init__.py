@@ -1,2 +1,3 @@
-"""Stage 6, pipeline: the side effects. Experiment specs and their folders (`spec`, `experiment`), the
-commands (`run`, `compare`, `user_images`), atomic files, readers and the run lock (`store`)."""
+"""Stage 6, pipeline: the side effects. Experiment specs (`spec`), the folders results live in (`folders`),
+training one spec (`experiment`), what commands print (`progress`), the Ray engine (`engine`, `parallel`) and
+the commands (`run`, `compare`, `explain_files`, `audit`, `repair`, `study`, `view`)."""

@@ -20,16 +20,16 @@ import torch
 
 from gradcam_repro import store
 from gradcam_repro.config import Config
-from gradcam_repro.data.bias import bias_dataset, patch_box
+from gradcam_repro.data.bias import bias_dataset, patch_artefact
 from gradcam_repro.data.images import stratified_subset
 from gradcam_repro.data.registry import get_dataset
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.cam import layer_names
 from gradcam_repro.explain.registry import PIXEL_METHODS, display_name, get_explainer
 from gradcam_repro.measure import spray
+from gradcam_repro.pipeline.experiment import load_models
+from gradcam_repro.pipeline.folders import AuditFolder, ExperimentFolder, RunFolder, model_files
 from gradcam_repro.pipeline.progress import as_reporter
-from gradcam_repro.pipeline.run import load_run_config
-from gradcam_repro.pipeline.user_images import load_models_for, model_paths
 from gradcam_repro.report import audit_report, figures
 from gradcam_repro.runtime import Runtime
 
@@ -67,20 +67,20 @@ class AuditTarget:
 
 def resolve_target(target: str | Path, experiment: str | None) -> AuditTarget:
     """A run folder (its `experiment`, default "biased"), an experiment folder or a model.pt file."""
-    target = Path(target)
-    if (target / "run.json").is_file():
-        config, keys = load_run_config(target)
+    target, run = Path(target), RunFolder(target)
+    if run.is_run():
+        config, keys = run.read_manifest()
         name = experiment or ("biased" if "biased" in keys else next(iter(keys)))
         if name not in keys:
             raise UserError(f"run {target} has no experiment {name!r}; fix: pass --experiment as one of {', '.join(keys)}")
-        path = target / "experiments" / keys[name] / "model.pt"
+        path = run.experiment(keys[name]).model_pt
         if not path.is_file():
             raise UserError(f"experiment {name!r} of run {target} has no model.pt yet; fix: finish the run first "
                             f"(rerun `gradcam-repro run` with the same flags) or pass another --experiment")
-        return AuditTarget(path, config, name, _record(path), target / "audit")
+        return AuditTarget(path, config, name, _record(path), run.audit.root)
     if experiment is not None:
         raise UserError(f"--experiment needs a run folder, and {target} is not one; fix: pass runs/<name> or drop --experiment")
-    path = next(iter(model_paths(target).values()))
+    path = next(iter(model_files(target).values()))
     record = _record(path)
     config = Config.from_dict(record["config"]) if record and "config" in record else Config()
     stem = path.parent.name if path.stem == "model" else path.stem
@@ -88,8 +88,8 @@ def resolve_target(target: str | Path, experiment: str | None) -> AuditTarget:
 
 
 def _record(model_path: Path) -> dict | None:
-    spec = model_path.parent / "spec.json"
-    return store.read_json(spec) if spec.is_file() else None
+    folder = ExperimentFolder(model_path.parent)
+    return folder.read_record() if folder.spec_json.is_file() else None
 
 
 def check_options(options: AuditOptions) -> None:
@@ -137,8 +137,10 @@ def load_audit_set(config: Config, classes: tuple[str, ...], options: AuditOptio
     name = options.patch_test_class or config.bias_class or dataset.default_bias_class
     patch = {"patch_size": config.patch_size, "color": tuple(config.patch_color), "corner": config.patch_corner,
              "offset": config.patch_offset}
-    images, patched = bias_dataset(images, labels, data.class_index(name), options.patch_test_fraction, options.seed, **patch)
-    box = patch_box(tuple(images.shape[-2:]), config.patch_size, config.patch_corner, config.patch_offset)
+    artefact = patch_artefact(patch, tuple(images.shape[-2:]), name, "patch pasted on test images")
+    images, patched = bias_dataset(images, labels, data.class_index(name), options.patch_test_fraction, options.seed,
+                                   artefact=artefact)
+    box = artefact.box
     record["patched_test"] = {"class": name, "fraction": options.patch_test_fraction, "patch": {**patch, "color": list(patch["color"])},
                               "box_tlbr_px": list(box), "indices": patched.nonzero().squeeze(1).tolist()}
     return spray.AuditSet(images, labels, tuple(data.classes), patched, box), record
@@ -163,7 +165,7 @@ def prepare_audit(target: str | Path, options: AuditOptions, log=print) -> Prepa
     config = replace(found.config, **{k: v for k, v in {"dataset": options.dataset, "data_root": options.data_root}.items()
                                       if v is not None})
     runtime = Runtime.choose(options.device or "auto", config.precision)
-    models, classes = load_models_for(found.model_path, runtime.device)
+    models, classes = load_models(found.model_path, runtime.device)
     model = next(iter(models.values()))
     check_layer(model, options.method, options.layer)
     out = Path(options.out) if options.out else found.default_out
@@ -185,7 +187,7 @@ def audit(target: str | Path, options: AuditOptions, log=print) -> dict:
     settings = spray.AuditSettings(options.method, options.layer, options.seed, options.classes, options.candidates)
     where = "the input" if options.method in PIXEL_METHODS else options.layer
     log(f"auditing {p.target.name} ({p.target.model_path}) on {len(p.data.labels)} test images with {options.method} at {where}")
-    with store.run_lock(p.out):
+    with AuditFolder(p.out).lock():
         start = time.perf_counter()
         with as_reporter(log).tracker(f"[audit] {display_name(options.method)} maps", "img") as explaining:
             result, examples = spray.audit_model(p.model, p.data, settings, p.runtime, explaining)
@@ -195,13 +197,13 @@ def audit(target: str | Path, options: AuditOptions, log=print) -> dict:
                   "environment": store.environment_info(str(p.runtime.device)), **result,
                   "seconds": {"audit": time.perf_counter() - start}}
         result["seconds"]["end_to_end"] = time.perf_counter() - wall  # all but writing the figures and files
-        write_audit(p.out, result, examples)
+        result = write_audit(AuditFolder(p.out), result, examples)
     for line in audit_report.summary_lines(result)[:-1]:
         log(line)
-    return {**result, "out": str(p.out), "final_line": final_line(result, p.out, time.perf_counter() - wall)}
+    return {**result, "out": str(p.out), "final_line": audit_final_line(result, p.out, time.perf_counter() - wall)}
 
 
-def final_line(result: dict, out: Path, seconds: float) -> str:
+def audit_final_line(result: dict, out: Path, seconds: float) -> str:
     """E.g. "done in 212 s: confirmed shortcut: frog (region rows 0-5, cols 0-5, pasted on other classes -> frog
     99.9%); see audits/x/AUDIT.md". ASCII only."""
     confirmed = [c for c in result["candidates"] if c["verdict"] == spray.CONFIRMED]
@@ -223,9 +225,8 @@ def audit_summary(result: dict) -> dict:
             "ranking": result["ranking"], "seconds": result["seconds"]}
 
 
-def write_audit(out: Path, result: dict, examples: dict) -> None:
-    """The figures, then audit.json and AUDIT.md (each written atomically)."""
-    figs = audit_report.audit_figures(result, examples)
-    result["figures"] = figures.save_figures(figs, out)
-    store.write_json(out / "audit.json", result)
-    store.write_text(out / "AUDIT.md", audit_report.audit_markdown(result))
+def write_audit(folder: AuditFolder, result: dict, examples: dict) -> dict:
+    """The figures, then audit.json and AUDIT.md (each written atomically); returns the result with its figures."""
+    result = {**result, "figures": list(figures.save_figures(audit_report.audit_figures(result, examples), folder.root))}
+    folder.write(result, audit_report.audit_markdown(result))
+    return result

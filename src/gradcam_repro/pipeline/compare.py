@@ -1,10 +1,10 @@
 """`gradcam-repro compare RUN [--shapes-run SHAPES_RUN]`: measure every explanation method, then render.
 
 Loads a finished run's experiments (and a shapes run's baseline, for localisation against object
-masks), measures every section with `measure.methods` (shortcut evidence, shapes localisation, sanity
+masks), measures every section with `measure.comparison` (shortcut evidence, shapes localisation, sanity
 check, deletion/insertion), draws the figures, writes RUN/methods.json and refreshes RUN/REPORT.md.
 methods.json records the spec key of each experiment it measured; the report shows it only while
-those keys match metrics.json's (see `pipeline.run.methods_for_report`).
+those keys match metrics.json's (see `pipeline.run.current_methods`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import nn
 from gradcam_repro import store
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.registry import display_name
-from gradcam_repro.measure.methods import (
+from gradcam_repro.measure.comparison import (
     RANDOM,
     CompareOptions,
     MethodSweep,
@@ -30,9 +30,10 @@ from gradcam_repro.measure.methods import (
 )
 from gradcam_repro.measure.shortcut import EvalSet
 from gradcam_repro.pipeline.experiment import Experiment, experiment_ids
+from gradcam_repro.pipeline.folders import RunFolder
 from gradcam_repro.pipeline.prepare import Prepared
 from gradcam_repro.pipeline.progress import Task, as_reporter
-from gradcam_repro.pipeline.run import load_run, load_run_config, shortcut_protocol, sweep_layers, write_reports
+from gradcam_repro.pipeline.run import load_run, shortcut_protocol, sweep_layers, write_reports
 from gradcam_repro.report import figures
 
 __all__ = ["CompareOptions", "compare_methods"]
@@ -53,12 +54,15 @@ def compare_methods(run_dir: str | Path, options: CompareOptions, log=print) -> 
     cfg = p.config
     sweep = MethodSweep(options, tuple(sweep_layers(cfg.cam_layer)), cfg.cam_layer, cfg.seed, p.runtime)
     out, drawn = _measure(p, experiments, shapes, sweep, log)
-    with store.run_lock(run_dir):
-        out["figures"] = _figures(run_dir, out, drawn)
+    run = RunFolder(run_dir)
+    with run.lock():
+        figs = _figures(run_dir, out, drawn)
+        out["figures"] = list(figs)
         out["seconds"]["total"] = time.perf_counter() - wall
         out["environment"] = store.environment_info(str(p.runtime.device))
-        store.write_json(run_dir / "methods.json", out)
-        _refresh_report(run_dir)
+        run.write_methods(out)
+        if run.metrics_json.is_file():  # the run has been evaluated: its reports gain the new section
+            write_reports(run, run.read_metrics(), methods=out, new_figures=figs)
     as_reporter(log).final(f"[compare] done in {out['seconds']['total']:.0f} s: {run_dir / 'methods.json'}, "
                            f"section in {run_dir / 'REPORT.md'}")
     return out
@@ -69,7 +73,7 @@ def _check_shapes_run(shapes_run: str | Path | None) -> None:
     if shapes_run is None:
         return
     try:
-        _, keys = load_run_config(shapes_run)
+        _, keys = RunFolder(shapes_run).read_manifest()
     except UserError as exc:
         raise UserError(f"--shapes-run: {exc}") from None
     if "baseline" not in keys:
@@ -143,12 +147,12 @@ def _names(methods: list[str]) -> dict[str, str]:
     return {**{m: display_name(m) for m in methods}, RANDOM: "random map"}
 
 
-def _figures(run_dir: Path, out: dict, drawn: dict) -> list[str]:
-    """Draw and save the comparison's figures; returns their paths relative to `run_dir`."""
-    names, written = _names(out["methods"]), []
+def _figures(run_dir: Path, out: dict, drawn: dict) -> dict[str, bytes]:
+    """Draw and save the comparison's figures; returns {path relative to `run_dir`: PNG bytes}."""
+    names, written = _names(out["methods"]), {}
 
     def save(fig, rel):
-        written.extend(figures.save_figures({rel: fig}, run_dir))
+        written.update(figures.save_figures({rel: fig}, run_dir))
 
     save(figures.method_layer_heatmap(out, names), "figures/methods_layers.png")
     image = drawn["sanity_image"]
@@ -163,8 +167,3 @@ def _figures(run_dir: Path, out: dict, drawn: dict) -> list[str]:
     return written
 
 
-def _refresh_report(run_dir: Path) -> None:
-    """Rebuild summary.md and REPORT.md (with the new section) where the run has been evaluated."""
-    path = run_dir / "metrics.json"
-    if path.is_file():
-        write_reports(run_dir, store.read_json(path, fix=f"fix: run `gradcam-repro evaluate {run_dir}` first"))

@@ -1,17 +1,14 @@
 """Training one experiment spec into its folder, resuming it, or reusing it when it is already finished.
 
-Layout of `<root>/experiments/<key>/`:
-    model.pt      plain state_dict of the CIFAR ResNet-18
-    history.json  one record per epoch (history.csv: the same as a table)
-    spec.json     the spec, the full config, data, environment and timings; written last, so its
-                  presence marks the experiment finished
-    checkpoint.pt per-epoch training state while it runs (removed when it finishes)
+The folder's files are `pipeline.folders.ExperimentFolder`'s: model.pt (a plain state_dict), history.json
+(one record per epoch; history.csv the same as a table), spec.json (the spec, the full config, data,
+environment and timings; written last, so its presence marks the experiment finished) and checkpoint.pt
+(the per-epoch training state while it runs, removed when it finishes).
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import time
 from dataclasses import dataclass
@@ -23,12 +20,14 @@ from torch import nn
 from gradcam_repro import store
 from gradcam_repro.config import Config
 from gradcam_repro.data.artefact import Artefact, decorrelate
-from gradcam_repro.data.bias import bias_dataset
+from gradcam_repro.data.bias import bias_dataset, patch_artefact
+from gradcam_repro.data.cifar10 import CIFAR10_CLASSES
 from gradcam_repro.data.images import ImageData
 from gradcam_repro.errors import UserError
 from gradcam_repro.measure.predict import accuracy, predict_logits
 from gradcam_repro.model.resnet import load_model, resnet18_cifar, save_model
 from gradcam_repro.model.train import TrainHooks, TrainSettings, train_model
+from gradcam_repro.pipeline.folders import ExperimentFolder, model_files
 from gradcam_repro.pipeline.progress import epoch_progress
 from gradcam_repro.pipeline.spec import ExperimentSpec
 from gradcam_repro.runtime import Runtime, seed_everything
@@ -60,29 +59,22 @@ def experiment_ids(experiments: dict[str, Experiment]) -> dict[str, dict]:
     return {name: {"key": e.spec.key, "model_sha256": e.record.get("model_sha256")} for name, e in experiments.items()}
 
 
-def read_finished(folder: Path) -> dict | None:
-    """The spec.json of the finished experiment in `folder` (all its files there and readable), else None."""
-    if not all((folder / f).is_file() for f in ("model.pt", "history.json", "spec.json")):
-        return None
-    try:
-        return store.read_json(folder / "spec.json")
-    except UserError:
-        return None
-
-
-def finished_record(folder: Path, spec: ExperimentSpec) -> dict | None:
-    """The spec.json of a finished experiment of exactly `spec` in `folder`, else None."""
-    record = read_finished(folder)
-    return record if record is not None and record.get("key") == spec.key else None
-
-
-def load_experiment(folder: Path, num_classes: int, runtime: Runtime) -> Experiment:
+def load_experiment(folder: ExperimentFolder, num_classes: int, runtime: Runtime) -> Experiment:
     """A finished experiment from its folder (one-line `UserError` naming the file if anything is missing)."""
     fix = "fix: rerun `gradcam-repro run` with the same flags; it retrains only what is missing"
-    record = store.read_json(folder / "spec.json", fix=fix)
-    model = load_model(folder / "model.pt", num_classes, runtime.device)
-    history = store.read_json(folder / "history.json", fix=fix)
+    record = folder.read_record(fix)
+    model = load_model(folder.model_pt, num_classes, runtime.device)
+    history = folder.read_history(fix)
     return Experiment(ExperimentSpec.from_dict(record["spec"]), model, history, record)
+
+
+def load_models(target: str | Path, device: torch.device) -> tuple[dict[str, nn.Module], tuple[str, ...]]:
+    """{name: model} and the class names from a run folder (every experiment), an experiment folder or a model.pt
+    (the classes from its spec.json where there is one, else CIFAR-10's)."""
+    paths = model_files(target)
+    folder = ExperimentFolder(next(iter(paths.values())).parent)
+    classes = tuple(folder.read_record()["dataset"]["classes"]) if folder.spec_json.is_file() else CIFAR10_CLASSES
+    return {name: load_model(path, len(classes), device) for name, path in paths.items()}, classes
 
 
 def _resume_state(path: Path, spec: ExperimentSpec, log) -> dict | None:
@@ -114,29 +106,29 @@ def training_images(spec: ExperimentSpec, ts: TrainingSet) -> tuple[torch.Tensor
     planted = {}
     if spec.bias is not None:
         target = ts.data.class_index(spec.bias.class_name)
-        images, patched = bias_dataset(images, labels, target, spec.bias.fraction, spec.seed, **spec.bias.patch)
+        artefact = patch_artefact(spec.bias.patch, tuple(images.shape[-2:]), spec.bias.class_name)
+        images, patched = bias_dataset(images, labels, target, spec.bias.fraction, spec.seed, artefact=artefact)
         planted = {"class": spec.bias.class_name, "class_index": target, "patched_train_images": int(patched.sum())}
-    if spec.repair is not None and spec.repair.strategy == "augment":
+    if spec.repair is not None and spec.repair.decorrelates:
         share = dict(spec.repair.params)["share"]
         images, pasted = decorrelate(images, Artefact.from_dict(spec.repair.artefact), share, spec.seed)
         planted["artefact_pasted_train_images"] = int(pasted.sum())
     return images, labels, planted
 
 
-def train_experiment(spec: ExperimentSpec, ts: TrainingSet, root: Path, name: str, log=print,
+def train_experiment(spec: ExperimentSpec, ts: TrainingSet, folder: ExperimentFolder, name: str, log=print,
                      force: bool = False) -> Experiment:
-    """Train `spec` into `spec.folder(root)`, or reuse the finished experiment there (unless `force`).
+    """Train `spec` into `folder`, or reuse the finished experiment there (unless `force`).
 
     An interrupted experiment resumes from its last per-epoch checkpoint.
     """
-    folder = spec.folder(root)
-    record = None if force else finished_record(folder, spec)
+    record = None if force else folder.finished_record(spec.key)
     if record is not None:
-        log(f"[{name}] reusing the finished experiment {spec.key} in {folder} (same spec; --force retrains)")
+        log(f"[{name}] reusing the finished experiment {spec.key} in {folder.path} (same spec; --force retrains)")
         return load_experiment(folder, len(ts.data.classes), ts.runtime)
     images, labels, bias = training_images(spec, ts)
     eval_x, eval_y = ts.data.test_images[ts.eval_index], ts.data.test_labels[ts.eval_index]
-    checkpoint = folder / "checkpoint.pt"
+    checkpoint = folder.checkpoint_pt
     hooks = TrainHooks(
         evaluate=lambda model: accuracy(predict_logits(model, eval_x, ts.runtime), eval_y),
         log=lambda line: log(f"[{name}] {line}"),
@@ -150,20 +142,17 @@ def train_experiment(spec: ExperimentSpec, ts: TrainingSet, root: Path, name: st
     history = train_model(model, images, labels, TrainSettings.of(ts.config), ts.runtime.device, ts.runtime.amp_dtype, hooks,
                           resume=None if force else _resume_state(checkpoint, spec, log))
     record = experiment_record(spec, ts, name, {"bias": bias, "train_seconds": time.perf_counter() - start})
-    save_experiment(folder, model, history, record)
+    record = save_experiment(folder, model, history, record)
     checkpoint.unlink(missing_ok=True)
     return Experiment(spec, model.eval(), history, record)
 
 
-def save_experiment(folder: Path, model: nn.Module, history: list[dict], record: dict) -> None:
+def save_experiment(folder: ExperimentFolder, model: nn.Module, history: list[dict], record: dict) -> dict:
     """Write model.pt, history.json (and history.csv when there are epochs) and spec.json, which goes last and
-    marks the experiment finished and reusable; adds the model file's sha256 to `record`."""
-    save_model(model, folder / "model.pt")
-    record["model_sha256"] = hashlib.sha256((folder / "model.pt").read_bytes()).hexdigest()
-    store.write_json(folder / "history.json", history)
-    if history:
-        store.write_text(folder / "history.csv", _history_csv(history))
-    store.write_json(folder / "spec.json", record)
+    marks the experiment finished and reusable; returns `record` with the model's sha256 added."""
+    record = {**record, "model_sha256": save_model(model, folder.model_pt)}
+    folder.write_record(history, _history_csv(history) if history else None, record)
+    return record
 
 
 def experiment_record(spec: ExperimentSpec, ts: TrainingSet, name: str, extra: dict) -> dict:

@@ -162,10 +162,6 @@ def plan_study(grid: StudyGrid, out: str, log=print) -> StudyPlan:
     return StudyPlan(grid, cells, data)
 
 
-def cell_path(out: str | Path, key: str) -> Path:
-    return Path(out) / "cells" / f"{key}.json"
-
-
 def cell_label(axes: dict) -> str:
     """A short readable name of a cell, e.g. "seed=1 bias_fraction=0.1"."""
     return " ".join(f"{k}={v}" for k, v in axes.items())

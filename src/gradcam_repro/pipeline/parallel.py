@@ -14,8 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from gradcam_repro.pipeline.engine import TaskBatch, TaskResources, ray_session, share
-from gradcam_repro.pipeline.experiment import TrainingSet, finished_record, train_experiment
-from gradcam_repro.pipeline.experiment_files import read_experiment_files, write_experiment_files
+from gradcam_repro.pipeline.experiment import TrainingSet, train_experiment
+from gradcam_repro.pipeline.folders import ExperimentFolder, RunFolder
 from gradcam_repro.pipeline.prepare import Prepared
 from gradcam_repro.pipeline.spec import ExperimentSpec
 from gradcam_repro.runtime import Runtime
@@ -29,13 +29,15 @@ def train_spec_files(training: TrainingSet, spec: ExperimentSpec, name: str, dev
     lines: list[str] = []
     training = replace(training, runtime=Runtime.choose(device, training.config.precision))
     with tempfile.TemporaryDirectory(prefix="gradcam-run-") as root:
-        train_experiment(spec, training, Path(root), name, log=lines.append)
-        return {"files": read_experiment_files(spec.folder(root)), "log": lines}
+        folder = ExperimentFolder(Path(root) / spec.key)
+        train_experiment(spec, training, folder, name, log=lines.append)
+        return {"files": folder.read_files(), "log": lines}
 
 
-def train_side_by_side(p: Prepared, out: Path, log=print, force: bool = False) -> None:
-    """Train every unfinished experiment of the run at once, one Ray task each, into `out/experiments/`."""
-    todo = {name: spec for name, spec in p.specs.items() if force or finished_record(spec.folder(out), spec) is None}
+def train_side_by_side(p: Prepared, run: RunFolder, log=print, force: bool = False) -> None:
+    """Train every unfinished experiment of the run at once, one Ray task each, into the run's folder."""
+    todo = {name: spec for name, spec in p.specs.items()
+            if force or run.experiment(spec.key).finished_record(spec.key) is None}
     if not todo:
         return
     device = "cpu" if p.runtime.device.type == "cpu" else str(p.runtime.device)
@@ -46,6 +48,6 @@ def train_side_by_side(p: Prepared, out: Path, log=print, force: bool = False) -
         shared = share(p.training)
         batch = TaskBatch(train_spec_files, resources, [(name, (shared, spec, name, device)) for name, spec in todo.items()])
         for name, result in batch.in_order():
-            write_experiment_files(todo[name].folder(out), result["files"])
+            run.experiment(todo[name].key).write_files(result["files"])
             for line in result["log"]:
                 log(line)

@@ -28,6 +28,8 @@ from typing import TextIO
 from tqdm import tqdm
 
 from gradcam_repro.explain.registry import display_name
+from gradcam_repro.measure.results import RunMetrics
+from gradcam_repro.measure.shortcut import PATCHED_TARGET
 
 MODES = ("auto", "plain", "quiet")
 # Plain lines, for logs: a line when another tenth of the work is done, but never two within 30 s (so a step
@@ -240,30 +242,30 @@ def epoch_progress(log: Callable[[str], None], description: str, epochs: int) ->
     return lambda epoch, done, total: tracker(done, total, f"epoch {epoch}/{epochs}")
 
 
-def run_summary(metrics: dict, run_dir: str | Path, command: str = "run") -> dict:
+def run_summary(metrics: RunMetrics, run_dir: str | Path, command: str = "run") -> dict:
     """The JSON summary of `run`/`evaluate`: each model's headline numbers (with CIs), the paths, the seconds."""
     run_dir = Path(run_dir)
-    layer = metrics["cam_layer"]
+    layer = metrics.cam_layer
     models = {}
-    for name, m in metrics["models"].items():
+    for name, m in metrics.models.items():
         models[name] = {
-            "clean_test_acc": m["clean_test_acc"],
-            "target_recall_clean": m["target_recall_clean"],
-            "target_recall_patched": m["target_recall_patched"],
-            "flip_to_target": m["flip_to_target"]["patch"],
-            "energy_in_box": m["cam"][layer]["patched_target"]["energy"],
-            "relies_on_patch": m["verdict"]["relies_on_patch"],
-            "points_at_patch": m["verdict"]["points_at_patch"][layer],
+            "clean_test_acc": m.clean_test_acc.to_dict(),
+            "target_recall_clean": m.target_recall_clean.to_dict(),
+            "target_recall_patched": m.target_recall_patched.to_dict(),
+            "flip_to_target": m.flip_to_target["patch"].to_dict(),
+            "energy_in_box": m.energy(layer, PATCHED_TARGET).to_dict(),
+            "relies_on_patch": m.verdict.relies_on_patch,
+            "points_at_patch": m.verdict.points_at_patch[layer],
         }
-    cfg = metrics["config"]
+    cfg = metrics.config
     return {"command": command, "run_dir": str(run_dir), "report_md": str(run_dir / "REPORT.md"),
             "report_html": str(run_dir / "REPORT.html"), "metrics_json": str(run_dir / "metrics.json"),
             "target_class": cfg["bias_class"], "cam": cfg["cam"], "cam_layer": layer,
-            "uniform_energy_in_box": metrics["uniform"]["energy_in_box"], "models": models,
-            "seconds": metrics["seconds"]}
+            "uniform_energy_in_box": metrics.shortcut.uniform["energy_in_box"], "models": models,
+            "seconds": dict(metrics.seconds)}
 
 
-def final_line(metrics: dict, run_dir: str | Path, seconds: float) -> str:
+def run_final_line(metrics: RunMetrics, run_dir: str | Path, seconds: float) -> str:
     """Where to look and the three headline numbers: flip-to-target, clean accuracies, CAM energy in the patch.
 
     E.g. "done in 806 s: biased model relies on the patch (flip-to-frog 99.9%), clean acc 61.6% / 57.0%,
@@ -271,15 +273,15 @@ def final_line(metrics: dict, run_dir: str | Path, seconds: float) -> str:
     (runs/quick/REPORT.html)". ASCII only, so that no log encoding can fail on it. The biased model is
     "biased" (as in `run`), else the last experiment.
     """
-    models, cfg, layer = metrics["models"], metrics["config"], metrics["cam_layer"]
+    models, cfg, layer = metrics.models, metrics.config, metrics.cam_layer
     biased = models.get("biased") or list(models.values())[-1]
-    cls, flip = cfg["bias_class"], biased["flip_to_target"]["patch"]["mean"]
-    relies = "relies on the patch" if biased["verdict"]["relies_on_patch"] else "does not rely on the patch"
-    accuracies = " / ".join(f"{100 * m['clean_test_acc']['mean']:.1f}%" for m in models.values())
-    energy = biased["cam"][layer]["patched_target"]["energy"]
+    cls, flip = cfg["bias_class"], biased.flip_to_target["patch"].mean
+    relies = "relies on the patch" if biased.verdict.relies_on_patch else "does not rely on the patch"
+    accuracies = " / ".join(f"{100 * m.clean_test_acc.mean:.1f}%" for m in models.values())
+    energy = biased.energy(layer, PATCHED_TARGET)
     cam = display_name(cfg["cam"])
-    uniform = metrics["uniform"]["energy_in_box"]
-    measured = (f"{energy['mean']:.3f} vs uniform {uniform:.3f}" if energy["n"] else
+    uniform = metrics.shortcut.uniform["energy_in_box"]
+    measured = (f"{energy.mean:.3f} vs uniform {uniform:.3f}" if energy.n else
                 f"not measurable (no patched {cls} image was called {cls})")
     run_dir = Path(run_dir)
     return (f"done in {seconds:.0f} s: biased model {relies} (flip-to-{cls} {100 * flip:.1f}%), "

@@ -11,35 +11,34 @@ what a user has: the biased training set and the artefact (never the clean image
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from gradcam_repro import store
 from gradcam_repro.data import artefact as artefacts
 from gradcam_repro.data.artefact import Artefact
-from gradcam_repro.data.bias import patch_box
+from gradcam_repro.data.bias import patch_artefact
 from gradcam_repro.data.images import stratified_subset
 from gradcam_repro.errors import UserError
 from gradcam_repro.measure.predict import accuracy, predict_logits
+from gradcam_repro.measure.results import RunMetrics
 from gradcam_repro.measure.spray import CONFIRMED
 from gradcam_repro.model import finetune
 from gradcam_repro.pipeline.experiment import (
     Experiment,
     experiment_record,
-    finished_record,
     load_experiment,
     save_experiment,
     train_experiment,
     training_images,
 )
+from gradcam_repro.pipeline.folders import AuditFolder, RunFolder
 from gradcam_repro.pipeline.prepare import Prepared
 from gradcam_repro.pipeline.progress import as_reporter, epoch_progress
-from gradcam_repro.pipeline.run import load_run, load_run_config, measure_run, write_results
+from gradcam_repro.pipeline.run import load_run, measure_run, write_results
 from gradcam_repro.pipeline.spec import ExperimentSpec, RepairSpec
-
-STRATEGIES = ("augment", "rrr", "last-layer")
 
 
 @dataclass(frozen=True)
@@ -61,9 +60,7 @@ class RepairOptions:
 
     def params(self) -> tuple[tuple[str, object], ...]:
         """The settings that determine the repaired weights (part of its spec key)."""
-        by_strategy = {"augment": ("share",), "rrr": ("rrr_weight", "repair_epochs", "repair_lr", "repair_images"),
-                       "last-layer": ("per_class",)}
-        return tuple((name, getattr(self, name)) for name in by_strategy[self.strategy])
+        return tuple((name, getattr(self, name)) for name in STRATEGIES[self.strategy].params)
 
 
 def parse_box(text: str) -> tuple[int, int, int, int]:
@@ -96,7 +93,7 @@ def check_options(options: RepairOptions) -> None:
 
 def check_run(run_dir: Path) -> None:
     """Refuse a folder that is not a run with a biased model, before any data is loaded."""
-    _, keys = load_run_config(run_dir)
+    _, keys = RunFolder(run_dir).read_manifest()
     if "biased" not in keys:
         raise UserError(f"run {run_dir} has no biased model to repair (it has {', '.join(keys) or 'none'}); "
                         "fix: pass a folder written by `gradcam-repro run` with --bias-fraction above 0")
@@ -105,7 +102,7 @@ def check_run(run_dir: Path) -> None:
 def artefact_from_audit(path: Path) -> Artefact:
     """The top-ranked confirmed candidate of an audit (a folder holding audit.json, or the file itself)."""
     file = path / "audit.json" if path.is_dir() else path
-    audit = store.read_json(file, fix="fix: run `gradcam-repro audit` first, or pass --box or no artefact flag")
+    audit = AuditFolder.read(path, fix="fix: run `gradcam-repro audit` first, or pass --box or no artefact flag")
     confirmed = [c for c in audit.get("candidates", []) if c.get("verdict") == CONFIRMED]
     if not confirmed:
         raise UserError(f"audit {file} confirmed no shortcut, so there is no artefact to remove; "
@@ -125,15 +122,14 @@ def resolve_artefact(run_dir: Path, p: Prepared, biased: Experiment, options: Re
     """The artefact to remove: --from-audit's, --box's (pixels: the class's training-image median there) or
     the run's planted patch."""
     if options.from_audit is not None:
-        return artefact_from_audit(Path(options.from_audit) if options.from_audit else run_dir / "audit")
+        return artefact_from_audit(Path(options.from_audit) if options.from_audit else RunFolder(run_dir).audit.root)
     cfg = p.config
     if options.box is not None:
         images, labels, _ = training_images(biased.spec, p.training)
         target = p.data.class_index(cfg.bias_class)
         return artefacts.from_images(options.box, images[labels == target], cfg.bias_class, "box given with --box")
     bias = biased.spec.bias
-    box = patch_box(p.data.test_images.shape[-1], bias.patch_size, bias.corner, bias.offset)
-    return artefacts.solid(box, bias.color, bias.class_name, "the run's planted patch")
+    return patch_artefact(bias.patch, tuple(p.data.test_images.shape[-2:]), bias.class_name, "the run's planted patch")
 
 
 def repaired_name(options: RepairOptions) -> str:
@@ -158,17 +154,17 @@ def balanced_set(images: torch.Tensor, labels: torch.Tensor, artefact: Artefact,
 
 
 def fit_last_layer(model: torch.nn.Module, p: Prepared, biased: Experiment, artefact: Artefact,
-                   options: RepairOptions) -> dict:
-    """DFR: refit `model.fc` on the penultimate features of `balanced_set`; returns the fit's record."""
+                   options: RepairOptions, log=print) -> tuple[list[dict], dict]:
+    """DFR: refit `model.fc` on the penultimate features of `balanced_set`; returns (no epochs, the fit's record)."""
     images, labels, _ = training_images(biased.spec, p.training)
     x, y = balanced_set(images, labels, artefact, options.per_class, biased.spec.seed)
     features = finetune.penultimate_features(model, x, p.runtime.device, p.runtime.amp_dtype)
-    return {"balanced_images": len(y), **finetune.refit_last_layer(model.fc, features, y)}
+    return [], {"balanced_images": len(y), **finetune.refit_last_layer(model.fc, features, y)}
 
 
 def finetune_rrr(model: torch.nn.Module, p: Prepared, biased: Experiment, artefact: Artefact,
-                 options: RepairOptions, log=print) -> list[dict]:
-    """Right for the Right Reasons fine-tuning of `model` on the biased training set."""
+                 options: RepairOptions, log=print) -> tuple[list[dict], dict]:
+    """Right for the Right Reasons fine-tuning of `model` on the biased training set; returns (its epochs, {})."""
     images, labels, _ = training_images(biased.spec, p.training)
     if options.repair_images is not None:
         keep = stratified_subset(labels, min(options.repair_images, len(labels)), biased.spec.seed)
@@ -187,26 +183,49 @@ def finetune_rrr(model: torch.nn.Module, p: Prepared, biased: Experiment, artefa
         record.update(test_acc=test_acc if record is history[-1] else float("nan"), train_px=images.shape[-1],
                       train_seconds=record["seconds"])
     log(f"[rrr] clean test acc after {settings.epochs} epoch(s): {test_acc:.3f}")
-    return history
+    return history, {}
+
+
+# A strategy's fit(model, prepared, biased experiment, artefact, options, log) -> (history, fit record) changes
+# `model` (a fresh copy of the biased model) in place.
+Fit = Callable[..., tuple[list[dict], dict]]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One way to repair: the options that determine its weights (part of the repaired spec's key), how it fits
+    (None: the model is retrained from scratch on images where the artefact says nothing about the class), and
+    what it does, in the words `--help` shows."""
+
+    name: str
+    params: tuple[str, ...]
+    fit: Fit | None
+    help: str
+
+
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
+    Strategy("augment", ("share",), None, "retrain with the artefact pasted on a share of every class's images (the "
+             "rest get it filled in)"),
+    Strategy("rrr", ("rrr_weight", "repair_epochs", "repair_lr", "repair_images"), finetune_rrr,
+             "fine-tune the biased model with an input-gradient penalty inside the artefact's box (double backprop)"),
+    Strategy("last-layer", ("per_class",), fit_last_layer, "refit only fc on a class x artefact balanced set (seconds)"),
+)}
 
 
 def build_repaired(spec: ExperimentSpec, p: Prepared, biased: Experiment, artefact: Artefact, options: RepairOptions,
                    log=print) -> Experiment:
     """Train (augment) or fit (rrr, last-layer) the repaired model into its folder, or reuse it there."""
-    root, name = Path(p.config.out_dir), repaired_name(options)
-    if options.strategy == "augment":
-        return train_experiment(spec, p.training, root, name, log, options.force)
-    folder = spec.folder(root)
-    if not options.force and finished_record(folder, spec) is not None:
-        log(f"[{name}] reusing the finished repair {spec.key} in {folder} (same spec; --force redoes it)")
+    run, name, strategy = RunFolder(p.config.out_dir), repaired_name(options), STRATEGIES[options.strategy]
+    folder = run.experiment(spec.key)
+    if strategy.fit is None:
+        return train_experiment(spec, p.training, folder, name, log, options.force)
+    if not options.force and folder.finished_record(spec.key) is not None:
+        log(f"[{name}] reusing the finished repair {spec.key} in {folder.path} (same spec; --force redoes it)")
         return load_experiment(folder, len(p.data.classes), p.runtime)
-    model = load_experiment(biased.spec.folder(root), len(p.data.classes), p.runtime).model  # a fresh copy
+    model = load_experiment(run.experiment(biased.spec.key), len(p.data.classes), p.runtime).model  # a fresh copy
     log(f"[{name}] {options.strategy} on the biased model {biased.spec.key} against {artefact.source}")
     start = time.perf_counter()
-    if options.strategy == "rrr":
-        history, fit = finetune_rrr(model, p, biased, artefact, options, log), {}
-    else:
-        history, fit = [], fit_last_layer(model, p, biased, artefact, options)
+    history, fit = strategy.fit(model, p, biased, artefact, options, log)
     seconds = time.perf_counter() - start
     return save_repaired(spec, p, model, name, {"history": history, "fit": fit, "repair_seconds": seconds})
 
@@ -215,11 +234,11 @@ def save_repaired(spec: ExperimentSpec, p: Prepared, model: torch.nn.Module, nam
     """Save the repaired model's folder as a trained experiment's (`save_experiment`)."""
     history = extra.pop("history")
     record = experiment_record(spec, p.training, name, extra)
-    save_experiment(spec.folder(p.config.out_dir), model, history, record)
+    record = save_experiment(RunFolder(p.config.out_dir).experiment(spec.key), model, history, record)
     return Experiment(spec, model.eval(), history, record)
 
 
-def repair(run_dir: str | Path, options: RepairOptions, log=print) -> dict:
+def repair(run_dir: str | Path, options: RepairOptions, log=print) -> RunMetrics:
     """Repair the run's biased model, add it to run.json, re-measure the run; returns metrics.json's content."""
     wall, run_dir = time.perf_counter(), Path(run_dir)
     check_options(options)
@@ -228,27 +247,22 @@ def repair(run_dir: str | Path, options: RepairOptions, log=print) -> dict:
     biased = experiments["biased"]
     artefact = resolve_artefact(run_dir, p, biased, options)
     spec, name = repair_spec(biased.spec, artefact, options), repaired_name(options)
-    with store.run_lock(run_dir):
+    run = RunFolder(run_dir)
+    with run.lock():
         experiments[name] = build_repaired(spec, p, biased, artefact, options, log)
-        manifest = store.read_json(run_dir / "run.json")
-        manifest["experiments"] = {**manifest["experiments"], name: spec.key}
-        store.write_json(run_dir / "run.json", manifest)
+        run.add_experiment(name, spec.key)
         metrics, examples = measure_run(p, experiments, log)
-        metrics["seconds"]["end_to_end"] = time.perf_counter() - wall
-        metrics = write_results(run_dir, metrics, examples)
-    row = metrics["repairs"][name]
-    as_reporter(log).final(f"[{name}] done in {time.perf_counter() - wall:.0f} s (repair {row['seconds']:.0f} s): "
-                           f"{repair_line(metrics, name)}; {run_dir / 'REPORT.html'}")
+        metrics = write_results(run, metrics.timed(end_to_end=time.perf_counter() - wall), examples)
+    as_reporter(log).final(f"[{name}] done in {time.perf_counter() - wall:.0f} s (repair {metrics.repairs[name].seconds:.0f} "
+                           f"s): {repair_line(metrics, name)}; {run.report_html}")
     return metrics
 
 
-def repair_line(metrics: dict, name: str) -> str:
+def repair_line(metrics: RunMetrics, name: str) -> str:
     """One repaired model's headline numbers next to the baseline's and the biased model's."""
-    cls = metrics["config"]["bias_class"]
-    parts = []
-    for label, key in (("clean acc", "clean_test_acc"), (f"{cls} recall", "target_recall_clean")):
-        parts.append(label + " " + " / ".join(f"{metrics['models'][n][key]['mean']:.3f}" for n in ("baseline", "biased", name)
-                                              if n in metrics["models"]))
-    flips = " / ".join(f"{metrics['models'][n]['flip_to_target']['patch']['mean']:.3f}" for n in ("baseline", "biased", name)
-                       if n in metrics["models"])
+    cls = metrics.config["bias_class"]
+    models = [metrics.models[n] for n in ("baseline", "biased", name) if n in metrics.models]
+    parts = [f"{label} " + " / ".join(f"{getattr(m, key).mean:.3f}" for m in models)
+             for label, key in (("clean acc", "clean_test_acc"), (f"{cls} recall", "target_recall_clean"))]
+    flips = " / ".join(f"{m.flip_to_target['patch'].mean:.3f}" for m in models)
     return f"{', '.join(parts)}, flip-to-{cls} {flips} (baseline / biased / repaired)"

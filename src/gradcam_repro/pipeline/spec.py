@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from gradcam_repro.config import Config
 
@@ -57,6 +56,12 @@ class RepairSpec:
     parent: str
     artefact: dict
     params: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def decorrelates(self) -> bool:
+        """Whether the repaired model trains on images where the artefact is pasted on a `share` of every class
+        (and removed from the rest): a repair by counterfactual augmentation."""
+        return "share" in dict(self.params)
 
     def to_dict(self) -> dict:
         return {"strategy": self.strategy, "parent": self.parent, "artefact": self.artefact, "params": dict(self.params)}
@@ -110,10 +115,6 @@ class ExperimentSpec:
             values["repair"]["artefact"] = {k: v for k, v in values["repair"]["artefact"].items() if k != "source"}
         text = json.dumps({"version": SPEC_VERSION, **values}, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-    def folder(self, root: str | Path) -> Path:
-        """Where this experiment's model, history and record live under a run or study folder."""
-        return Path(root) / "experiments" / self.key
 
 
 def _jsonable(value):

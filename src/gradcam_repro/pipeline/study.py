@@ -26,7 +26,8 @@ from gradcam_repro.measure.aggregate import (
     detection_thresholds,
 )
 from gradcam_repro.pipeline.engine import ray_session
-from gradcam_repro.pipeline.grid import StudyGrid, StudyPlan, cell_path, plan_study
+from gradcam_repro.pipeline.folders import StudyFolder
+from gradcam_repro.pipeline.grid import StudyGrid, StudyPlan, plan_study
 from gradcam_repro.pipeline.progress import as_reporter
 from gradcam_repro.pipeline.run import settings
 from gradcam_repro.pipeline.study_tasks import StudyOptions, pending_tasks, run_tasks
@@ -36,20 +37,22 @@ from gradcam_repro.report.study_report import study_figures, study_markdown
 
 def reference_conditions(folder: str) -> list[dict]:
     """The conditions of the finished study in `folder` (its study.json); `UserError` if there is none."""
-    path = Path(folder) / "study.json"
-    study = store.read_json(path, fix="pass --against the folder of a finished `gradcam-repro study` (its --out)")
+    path = StudyFolder(folder).study_json
+    study = StudyFolder(folder).read_study(fix="pass --against the folder of a finished `gradcam-repro study` (its --out)")
     if not isinstance(study, dict) or not isinstance(study.get("conditions"), list):
         raise UserError(f"--against {folder}: {path} is not a study.json (no conditions); fix: pass the folder of a "
                         "finished `gradcam-repro study`")
     return study["conditions"]
 
 
-def collect_study(plan: StudyPlan, options: StudyOptions, failures: dict[str, str],
+def collect_study(plan: StudyPlan, options: StudyOptions, failures: dict[str, str], finished_now: dict[str, dict],
                   reference: list[dict] | None = None) -> dict:
     """study.json's content: the grid, every cell's status, the conditions across seeds, the thresholds and,
-    given the `reference` study's conditions (--against), the agreement with them."""
-    finished = {c.key: store.read_json(cell_path(options.out, c.key)) for c in plan.cells
-                if cell_path(options.out, c.key).is_file() and c.key not in failures}
+    given the `reference` study's conditions (--against), the agreement with them. The cells finished now are
+    `finished_now`; the others are read from the files earlier calls wrote."""
+    folder = StudyFolder(options.out)
+    finished = {c.key: finished_now[c.key] if c.key in finished_now else folder.read_cell(c.key) for c in plan.cells
+                if (c.key in finished_now or folder.has_cell(c.key)) and c.key not in failures}
     conditions = aggregate_cells(list(finished.values()))
     shared = agreement(conditions, reference) if reference is not None else None
     statuses = {}
@@ -72,15 +75,11 @@ def collect_study(plan: StudyPlan, options: StudyOptions, failures: dict[str, st
                if shared is not None else {})}
 
 
-def write_study(study: dict, out: Path) -> None:
-    """The figures, then study.json and STUDY.md, each atomically."""
-    drawn = study_figures(study)
-    for rel, fig in drawn.items():
-        store.save_figure(fig, out / rel)
-        figures.close(fig)
-    study["figures"] = list(drawn)
-    store.write_json(out / "study.json", study)
-    store.write_text(out / "STUDY.md", study_markdown(study))
+def write_study(study: dict, out: Path) -> dict:
+    """The figures, then study.json and STUDY.md, each atomically; returns the study with its figure list."""
+    study = {**study, "figures": list(figures.save_figures(study_figures(study), out))}
+    StudyFolder(out).write_study(study, study_markdown(study))
+    return study
 
 
 def _verdict_line(study: dict) -> str:
@@ -110,20 +109,21 @@ def run_study(grid: StudyGrid, options: StudyOptions, log=print) -> dict:
     store.check_writable(options.out)
     plan = plan_study(grid, options.out, log)
     out = Path(options.out)
-    with store.run_lock(out):
-        store.write_json(out / "grid.json", {**grid.to_dict(), "cells": {c.key: {"axes": c.axes, "spec_key": c.spec.key}
-                                                                        for c in plan.cells}})
+    folder = StudyFolder(out)
+    with folder.lock():
+        folder.write_grid({**grid.to_dict(), "cells": {c.key: {"axes": c.axes, "spec_key": c.spec.key}
+                                                       for c in plan.cells}})
         tasks = pending_tasks(plan, options)
         log(f"study: {len(plan.cells)} cells, {len({c.spec.key for c in plan.cells})} distinct trainings, "
             f"{len(plan.cells) - sum(len(t.cells) for t in tasks)} already finished")
         failures: dict[str, str] = {}
+        finished_now: dict[str, dict] = {}
         if tasks:
             with ray_session(options.address, log):
-                failures = run_tasks(plan, tasks, options, log)
-        study = collect_study(plan, options, failures, reference)
-        study["seconds"] = time.perf_counter() - wall
-        write_study(study, out)
-    as_reporter(log).final(f"done in {study['seconds']:.0f} s: {_verdict_line(study)}; {out / 'STUDY.md'}")
+                failures, finished_now = run_tasks(plan, tasks, options, log)
+        study = collect_study(plan, options, failures, finished_now, reference)
+        study = write_study({**study, "seconds": time.perf_counter() - wall}, out)
+    as_reporter(log).final(f"done in {study['seconds']:.0f} s: {_verdict_line(study)}; {folder.study_md}")
     if failures:
         raise UserError(f"{len(failures)} of {len(plan.cells)} cells failed (errors in {out / 'STUDY.md'}); "
                         "fix: rerun the same command to retry them, or fix the error shown there")

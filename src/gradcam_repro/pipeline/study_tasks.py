@@ -19,9 +19,9 @@ from gradcam_repro.errors import UserError
 from gradcam_repro.measure.shortcut import EvalSet, measure_methods
 from gradcam_repro.pipeline import engine
 from gradcam_repro.pipeline.eta import EtaPace, progress_line
-from gradcam_repro.pipeline.experiment import finished_record, train_experiment
-from gradcam_repro.pipeline.experiment_files import read_experiment_files, write_experiment_files
-from gradcam_repro.pipeline.grid import StudyCell, StudyPlan, cell_label, cell_path
+from gradcam_repro.pipeline.experiment import train_experiment
+from gradcam_repro.pipeline.folders import ExperimentFolder, StudyFolder
+from gradcam_repro.pipeline.grid import StudyCell, StudyPlan, cell_label
 from gradcam_repro.pipeline.prepare import prepared_from_data
 from gradcam_repro.pipeline.run import settings, shortcut_protocol
 from gradcam_repro.pipeline.spec import ExperimentSpec
@@ -81,15 +81,15 @@ def pending_tasks(plan: StudyPlan, options: StudyOptions) -> list[SpecTask]:
     """
     groups: dict[str, list[StudyCell]] = {}
     for c in plan.cells:
-        if options.force or not cell_path(options.out, c.key).is_file():
+        if options.force or not StudyFolder(options.out).has_cell(c.key):
             groups.setdefault(c.spec.key, []).append(c)
     tasks = []
     for cells in groups.values():
         spec, config = cells[0].spec, cells[0].config
-        folder = spec.folder(options.out)
+        folder = StudyFolder(options.out).experiment(spec.key)
         files = None
-        if not options.force and finished_record(folder, spec) is not None:
-            files = read_experiment_files(folder)
+        if not options.force and folder.finished_record(spec.key) is not None:
+            files = folder.read_files()
         device = config.device if config.device != "auto" else ("cuda" if options.gpus_per_cell > 0 else "cpu")
         name = "baseline " + cell_label({"seed": spec.seed}) if spec.bias is None else cell_label(cells[0].axes)
         tasks.append(SpecTask(spec, name, tuple((c.key, c.config) for c in cells), plan.grid.methods,
@@ -108,15 +108,14 @@ def run_spec_task(data: ImageData, task: SpecTask) -> dict:
     lines: list[str] = []
     runtime = Runtime.choose(task.device, task.cells[0][1].precision)
     with tempfile.TemporaryDirectory(prefix="gradcam-study-") as root:
-        folder = task.spec.folder(root)
-        folder.mkdir(parents=True)
-        for name, blob in (task.experiment_files or {}).items():
-            (folder / name).write_bytes(blob)
+        folder = ExperimentFolder(Path(root) / task.spec.key)
+        if task.experiment_files is not None:
+            folder.write_files(task.experiment_files)  # restored: the driver's copy, reused by train_experiment
         start = time.perf_counter()
         p = prepared_from_data(task.cells[0][1], data, runtime)
-        experiment = train_experiment(task.spec, p.training, Path(root), task.name, log=lines.append)
+        experiment = train_experiment(task.spec, p.training, folder, task.name, log=lines.append)
         train_s = time.perf_counter() - start
-        files = read_experiment_files(folder)
+        files = folder.read_files()
     cells, evaluate_s = {}, {}
     for key, config in task.cells:
         start = time.perf_counter()
@@ -135,28 +134,32 @@ def cell_seconds(result: dict) -> list[float]:
     return [result["seconds"]["train"] / len(evaluate) + s for s in evaluate.values()]
 
 
-def save_task_result(out: Path, task: SpecTask, plan: StudyPlan, result: dict) -> list[str]:
+def save_task_result(out: Path, task: SpecTask, plan: StudyPlan, result: dict) -> dict[str, dict]:
     """Write a finished task's experiment folder (unless it was restored) and one file per cell, each
-    atomically, the cells last; returns the cell keys written."""
+    atomically, the cells last; returns {cell key: what its file holds}."""
+    study = StudyFolder(out)
     if task.experiment_files is None:
-        write_experiment_files(task.spec.folder(out), result["files"])
-    by_key = {c.key: c for c in plan.cells}
+        study.experiment(task.spec.key).write_files(result["files"])
+    by_key, written = {c.key: c for c in plan.cells}, {}
     for key, measured in result["cells"].items():
         c = by_key[key]
-        store.write_json(cell_path(out, key), {
+        written[key] = {
             "key": key, "axes": c.axes, "spec_key": c.spec.key, "model_sha256": result["model_sha256"],
             "methods": list(task.methods), "config": c.config.to_dict(), "metrics": measured["model"],
             "uniform": measured["uniform"], "n": measured["n"], "settings": settings(),
             "node_id": result["node_id"], "threads": task.threads, "environment": result["environment"],
             "seconds": {"train": result["seconds"]["train"], "evaluate": result["seconds"]["evaluate"][key]},
             "restored_experiment": task.experiment_files is not None,
-        })
-    return list(result["cells"])
+        }
+        study.write_cell(key, written[key])
+    return written
 
 
-def run_tasks(plan: StudyPlan, tasks: list[SpecTask], options: StudyOptions, log=print) -> dict[str, str]:
+def run_tasks(plan: StudyPlan, tasks: list[SpecTask], options: StudyOptions, log=print
+              ) -> tuple[dict[str, str], dict[str, dict]]:
     """Submit every task to Ray (the data put into the object store once per dataset), save each result as it
-    arrives and log progress; returns {cell key: error} of the cells whose task failed after its retries.
+    arrives and log progress; returns ({cell key: error} of the cells whose task failed after its retries,
+    {cell key: cell record} of the cells finished now).
 
     Ctrl-C cancels the unfinished tasks; every cell saved before it stays.
     """
@@ -167,6 +170,7 @@ def run_tasks(plan: StudyPlan, tasks: list[SpecTask], options: StudyOptions, log
     resources = options.task_resources()
     batch = engine.TaskBatch(run_spec_task, resources, [(t, (refs[t.data_key], t)) for t in tasks])
     failures: dict[str, str] = {}
+    finished: dict[str, dict] = {}
     start, slots, last_line = time.perf_counter(), engine.cluster_slots(resources), -math.inf
     pace = EtaPace(tasks, slots)
     try:
@@ -180,6 +184,7 @@ def run_tasks(plan: StudyPlan, tasks: list[SpecTask], options: StudyOptions, log
             elif ended is not None:
                 task, result = ended.job, ended.result
                 written = save_task_result(out, task, plan, result)
+                finished |= written
                 for line in result["log"]:  # the worker's training lines, e.g. each epoch's accuracy
                     log(line)
                 done += len(written)
@@ -192,4 +197,4 @@ def run_tasks(plan: StudyPlan, tasks: list[SpecTask], options: StudyOptions, log
     except KeyboardInterrupt:
         batch.cancel()
         raise
-    return failures
+    return failures, finished

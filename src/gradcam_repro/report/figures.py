@@ -16,6 +16,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from gradcam_repro import store
+from gradcam_repro.measure.results import CamScores
 from gradcam_repro.measure.scores import POINTS_AT_PATCH_RATIO, cam_energy_in_box
 
 CAM_ALPHA = 0.5  # heatmap opacity over the image
@@ -192,18 +193,20 @@ def per_class_accuracy(acc_by_model: dict[str, dict[str, float]]):
     return fig
 
 
-def _sweep_errorbars(ax, cam_by_model: dict[str, dict], score: str, scale: float = 1.0) -> list[str]:
-    """One errorbar series per model: the mean of `score` per layer over `scale`, 95% CI as bars.
+def _sweep_errorbars(ax, scores_by_model: dict[str, dict[str, CamScores]], score: str, scale: float = 1.0) -> list[str]:
+    """One errorbar series per model: the mean of `score` ("energy" or "pointing") per layer over `scale`, 95% CI
+    as bars.
 
     Returns the layers in x order (the union over models, first seen first). Models are nudged apart on x.
     """
-    layers = list(dict.fromkeys(lay for per_layer in cam_by_model.values() for lay in per_layer))
-    for k, (name, per_layer) in enumerate(cam_by_model.items()):
-        stats = [per_layer[lay]["patched_target"][score] for lay in per_layer]
-        mean, low, high = (np.array([st[key] for st in stats], dtype=float) / scale for key in ("mean", "low", "high"))
+    layers = list(dict.fromkeys(lay for per_layer in scores_by_model.values() for lay in per_layer))
+    for k, (name, per_layer) in enumerate(scores_by_model.items()):
+        stats = [getattr(per_layer[lay], score) for lay in per_layer]
+        mean, low, high = (np.array([getattr(st, key) for st in stats], dtype=float) / scale
+                           for key in ("mean", "low", "high"))
         if ax.get_yscale() == "log":
             mean, low, high = (np.clip(v, RATIO_FLOOR, None) for v in (mean, low, high))
-        x = np.array([layers.index(lay) for lay in per_layer]) + 0.08 * (k - (len(cam_by_model) - 1) / 2)
+        x = np.array([layers.index(lay) for lay in per_layer]) + 0.08 * (k - (len(scores_by_model) - 1) / 2)
         err = np.nan_to_num(np.clip(np.stack([mean - low, high - mean]), 0, None))
         ax.errorbar(x, mean, yerr=err, marker="o", capsize=3, label=name)
     ax.set_xticks(np.arange(len(layers)), layers, fontsize=8, rotation=15)
@@ -212,15 +215,15 @@ def _sweep_errorbars(ax, cam_by_model: dict[str, dict], score: str, scale: float
     return layers
 
 
-def _ratio_axis(ax, cam_by_model: dict[str, dict], scale: float) -> None:
+def _ratio_axis(ax, scores_by_model: dict[str, dict[str, CamScores]], scale: float) -> None:
     """Limits and "2x"-style ticks for the log energy-ratio axis.
 
     Every mean, 1x and twice the threshold stay in view; a CI bar reaching towards 0 may leave the bottom
     rather than stretch the axis over decades nobody reads (a mean at or below 0 still shows, at the floor).
     """
-    stats = [s["patched_target"]["energy"] for per_layer in cam_by_model.values() for s in per_layer.values()]
-    means = np.array([st["mean"] for st in stats], dtype=float) / scale
-    highs = np.array([st["high"] for st in stats], dtype=float) / scale
+    stats = [s.energy for per_layer in scores_by_model.values() for s in per_layer.values()]
+    means = np.array([st.mean for st in stats], dtype=float) / scale
+    highs = np.array([st.high for st in stats], dtype=float) / scale
     means, highs = means[np.isfinite(means)], highs[np.isfinite(highs)]
     if (means <= 0).any():
         bottom = RATIO_FLOOR / 1.5
@@ -234,23 +237,24 @@ def _ratio_axis(ax, cam_by_model: dict[str, dict], scale: float) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
-def layer_sweep(cam_by_model: dict[str, dict], uniform: dict, method: str = "Grad-CAM"):
+def layer_sweep(scores_by_model: dict[str, dict[str, CamScores]], uniform: dict, method: str = "Grad-CAM"):
     """Energy in box and pointing game per layer (patched target images called target), with 95% CIs.
 
-    cam_by_model[model][layer]["patched_target"]["energy" | "pointing"] = {"mean", "low", "high", "n"};
-    uniform holds a uniform map's "energy_in_box" and "pointing". Energy is drawn as a ratio to the
-    uniform map's on a log axis, with the "points at the patch" threshold (POINTS_AT_PATCH_RATIO x
-    uniform) marked; the pointing game as a hit rate in [0, 1]. method is the CAM method's display name.
+    scores_by_model[model][layer] = that layer's scores on patched target images the model calls target
+    (`ModelShortcut.cam[layer][PATCHED_TARGET]`); uniform holds a uniform map's "energy_in_box" and "pointing".
+    Energy is drawn as a ratio to the uniform map's on a log axis, with the "points at the patch" threshold
+    (POINTS_AT_PATCH_RATIO x uniform) marked; the pointing game as a hit rate in [0, 1]. method is the CAM
+    method's display name.
     """
     fig, (ax_energy, ax_point) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax_energy.set_yscale("log")
-    _sweep_errorbars(ax_energy, cam_by_model, "energy", uniform["energy_in_box"])
+    _sweep_errorbars(ax_energy, scores_by_model, "energy", uniform["energy_in_box"])
     ax_energy.axhline(1.0, color="black", ls="--", lw=1, label=f"uniform map ({uniform['energy_in_box']:.3f} of the mass)")
     ax_energy.axhline(POINTS_AT_PATCH_RATIO, color="firebrick", ls=":", lw=1.2,
                       label=f"points at the patch ({POINTS_AT_PATCH_RATIO:g}x uniform)")
-    _ratio_axis(ax_energy, cam_by_model, uniform["energy_in_box"])
+    _ratio_axis(ax_energy, scores_by_model, uniform["energy_in_box"])
     ax_energy.set(ylabel="energy in patch box / uniform", title=f"{method} energy in the patch box, ratio to a uniform map")
-    _sweep_errorbars(ax_point, cam_by_model, "pointing")
+    _sweep_errorbars(ax_point, scores_by_model, "pointing")
     ax_point.axhline(uniform["pointing"], color="black", ls="--", lw=1, label="uniform map")
     ax_point.set(ylim=(0, 1), ylabel="pointing-game hit rate", title=f"{method} pointing game")
     for ax in (ax_energy, ax_point):
@@ -276,14 +280,15 @@ def close(fig) -> None:
     plt.close(fig)
 
 
-def save_figures(figs: dict, folder: str | Path, keep_open: bool = False) -> list[str]:
+def save_figures(figs: dict, folder: str | Path, keep_open: bool = False) -> dict[str, bytes]:
     """Save each of {path relative to `folder`: figure} atomically (`store.save_figure`), closing it unless
-    `keep_open` (to show it on screen later); returns the relative paths in order."""
+    `keep_open` (to show it on screen later); returns {relative path: the file's bytes} in order."""
+    saved = {}
     for rel, fig in figs.items():
-        store.save_figure(fig, Path(folder) / rel)
+        saved[rel] = store.save_figure(fig, Path(folder) / rel)
         if not keep_open:
             close(fig)
-    return list(figs)
+    return saved
 
 
 def show() -> None:

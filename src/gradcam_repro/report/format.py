@@ -1,13 +1,15 @@
 """How numbers read in every report (markdown, HTML, AUDIT.md, STUDY.md): one place for intervals, percentages
 and seconds, so that the same number is written the same way everywhere. Pure functions of numbers.
 
-A statistic is a {"mean", "low", "high", "n"} dict (`measure.scores`); a NaN mean means nothing was measured,
-and reads "n/a".
+A statistic is an `Interval` (`measure.results`), or still a {"mean", "low", "high", "n"} dict where a results
+file is not typed yet (methods.json, audit.json); a NaN mean means nothing was measured, and reads "n/a".
 """
 
 from __future__ import annotations
 
 import math
+
+from gradcam_repro.measure.results import Interval
 
 NOT_MEASURED = "n/a"
 
@@ -27,14 +29,22 @@ def number(x: float, digits: int = 3, pct: bool = False) -> str:
     return percent(x) if pct else f"{x:.{digits}f}"
 
 
-def interval(stat: dict, pct: bool = False, digits: int = 3, units_in_brackets: bool = True) -> str:
+def as_interval(stat: Interval | dict) -> Interval:
+    """`stat` as an `Interval`; a {"mean", "low", "high"(, "n")} dict from an untyped results file is converted."""
+    if isinstance(stat, Interval):
+        return stat
+    return Interval(stat["mean"], stat["low"], stat["high"], stat.get("n", 0))
+
+
+def interval(stat: Interval | dict, pct: bool = False, digits: int = 3, units_in_brackets: bool = True) -> str:
     """'0.512 [0.480, 0.545]', or '51.2% [48.0%, 54.5%]' with `pct` ('51.2% [48.0, 54.5]' when
     `units_in_brackets` is False); 'n/a' when the mean was not measured."""
-    if missing(stat["mean"]):
+    stat = as_interval(stat)
+    if missing(stat.mean):
         return NOT_MEASURED
     if pct and not units_in_brackets:
-        return f"{percent(stat['mean'])} [{100 * stat['low']:.1f}, {100 * stat['high']:.1f}]"
-    return f"{number(stat['mean'], digits, pct)} [{number(stat['low'], digits, pct)}, {number(stat['high'], digits, pct)}]"
+        return f"{percent(stat.mean)} [{100 * stat.low:.1f}, {100 * stat.high:.1f}]"
+    return f"{number(stat.mean, digits, pct)} [{number(stat.low, digits, pct)}, {number(stat.high, digits, pct)}]"
 
 
 def seed_interval(stat: dict | None, scale: float = 1.0, digits: int = 3) -> str:

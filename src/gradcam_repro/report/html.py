@@ -1,9 +1,10 @@
 """REPORT.html: the run's report as one self-contained page, built from measured results alone.
 
-Pure functions: metrics.json, methods.json and gallery.json (as dicts) and the figures' PNG bytes in, an
-HTML string out; nothing here reads or writes a file. Figures are inline `data:` URIs, the gallery switches
-model, method and layer with a few lines of plain JavaScript in the page, and nothing refers to any other
-address, so the file opens offline, from a mail attachment as well as from `gradcam-repro view`.
+Pure functions: a run's `RunMetrics` (metrics.json), methods.json and gallery.json (still dicts) and the
+figures' PNG bytes in, an HTML string out; nothing here reads or writes a file. Figures are inline `data:`
+URIs, the gallery switches model, method and layer with a few lines of plain JavaScript in the page, and
+nothing refers to any other address, so the file opens offline, from a mail attachment as well as from
+`gradcam-repro view`.
 The sentences are `report.markdown.conclusions`, the same as REPORT.md's.
 """
 
@@ -22,8 +23,10 @@ from matplotlib import colormaps
 from PIL import Image
 
 from gradcam_repro.explain.registry import PIXEL_METHODS, display_name
+from gradcam_repro.measure.results import Interval, RunMetrics
+from gradcam_repro.measure.shortcut import PATCHED_TARGET
 from gradcam_repro.report.figures import CAM_ALPHA
-from gradcam_repro.report.format import missing, number, percent, seconds
+from gradcam_repro.report.format import as_interval, missing, number, percent, seconds
 from gradcam_repro.report.markdown import CAM_SET_LABELS, VARIANTS, cam_display_name, conclusions
 from gradcam_repro.report.repair_table import repair_table
 
@@ -76,18 +79,18 @@ def gallery_record(g: dict, classes: list[str], box_tlbr_px: list[int]) -> dict:
     }
 
 
-def report_html(m: dict, methods: dict | None, gallery: dict | None, figs: dict[str, bytes]) -> str:
-    """REPORT.html from metrics.json `m`, methods.json (None: absent, {}: stale), gallery.json (None: absent) and
+def report_html(m: RunMetrics, methods: dict | None, gallery: dict | None, figs: dict[str, bytes]) -> str:
+    """REPORT.html from a run's metrics `m`, methods.json (None: absent, {}: stale), gallery.json (None: absent) and
     {figure path relative to the run: PNG bytes}. Figures missing from `figs` are left out."""
-    cfg, cam = m["config"], cam_display_name(m)
-    title = f"{cam} and the {cfg['bias_class']} shortcut: {cfg['preset']} preset on {m['dataset']['name']}"
+    cfg, cam = m.config, cam_display_name(m)
+    title = f"{cam} and the {cfg['bias_class']} shortcut: {cfg['preset']} preset on {m.dataset['name']}"
     sections = [("verdicts", "Verdicts", "Verdicts", _verdicts(m)),
                 ("gallery", "Gallery", "Gallery: switch model, method and layer", _gallery(m, gallery)),
                 ("accuracy", "Accuracy", "Accuracy", _accuracy(m, figs)),
                 ("counterfactual", "Patch use", "Does the model use the patch?", _counterfactual(m, figs)),
                 ("cam", "Where it looks", f"Where {cam} looks, layer by layer", _cam(m, figs)),
                 ("by-layer", "By layer", "Verdicts by layer", _by_layer(m))]
-    if any("localisation" in r for r in m["models"].values()):
+    if any(r.localisation is not None for r in m.models.values()):
         sections.append(("localisation", "Localisation", "Localisation on the object masks", _localisation(m)))
     sections.append(("repair", "Repair", "Repair: is the shortcut gone?", _repair(m)))
     if methods is not None:
@@ -114,16 +117,17 @@ def inline_markdown(text: str) -> str:
     return re.sub(r"\*([^*]+)\*", r"<i>\1</i>", out)
 
 
-def _ci(stat: dict, pct: bool = False, digits: int = 3, n: bool = False) -> str:
+def _ci(stat: Interval | dict, pct: bool = False, digits: int = 3, n: bool = False) -> str:
     """A mean with its 95% interval below it ('n/a' when nothing was measured), optionally with n."""
-    if missing(stat["mean"]):
-        return f'<span class="na" title="nothing to measure (n = {stat.get("n", 0)})">n/a</span>'
+    stat = as_interval(stat)
+    if missing(stat.mean):
+        return f'<span class="na" title="nothing to measure (n = {stat.n})">n/a</span>'
 
     def fmt(x: float) -> str:
         return number(x, digits, pct)
 
-    count = f' <span class="n">n={stat["n"]}</span>' if n else ""
-    return f'<span class="m">{fmt(stat["mean"])}</span>{count}<span class="ci">[{fmt(stat["low"])}, {fmt(stat["high"])}]</span>'
+    count = f' <span class="n">n={stat.n}</span>' if n else ""
+    return f'<span class="m">{fmt(stat.mean)}</span>{count}<span class="ci">[{fmt(stat.low)}, {fmt(stat.high)}]</span>'
 
 
 def _table(head: list[str], rows: list[list[str]], caption: str = "") -> str:
@@ -142,16 +146,16 @@ def _figure(figs: dict[str, bytes], rel: str, caption: str) -> str:
             f'<figcaption>{html.escape(caption)} <span class="path">{html.escape(rel)}</span></figcaption></figure>')
 
 
-def _layer(lay: str, m: dict) -> str:
-    return f"<code>{html.escape(lay)}</code>" + (' <span class="tag">configured</span>' if lay == m["cam_layer"] else "")
+def _layer(lay: str, m: RunMetrics) -> str:
+    return f"<code>{html.escape(lay)}</code>" + (' <span class="tag">configured</span>' if lay == m.cam_layer else "")
 
 
-def _facts(m: dict) -> str:
-    cfg, env, ds = m["config"], m["environment"], m["dataset"]
+def _facts(m: RunMetrics) -> str:
+    cfg, env, ds = m.config, m.environment, m.dataset
     rgb = tuple(cfg["patch_color"])
     facts = [f"preset <b>{html.escape(cfg['preset'])}</b>", f"dataset <b>{html.escape(ds['name'])}</b>",
-             f"{ds['n_train_used']:,} training images", f"{m['n']['test']:,} test images",
-             f"{cfg['epochs']} epoch(s)", f"seed {cfg['seed']}", f"precision {html.escape(m['precision'])}",
+             f"{ds['n_train_used']:,} training images", f"{m.shortcut.n['test']:,} test images",
+             f"{cfg['epochs']} epoch(s)", f"seed {cfg['seed']}", f"precision {html.escape(m.precision)}",
              f"{html.escape(env.get('gpu') or env['processor'])} ({html.escape(env['device'])})",
              f"torch {html.escape(env['torch'])}"]
     swatch = f'<span class="swatch" style="background:rgb{rgb}"></span>'
@@ -161,32 +165,32 @@ def _facts(m: dict) -> str:
     return f'<p class="facts">{" · ".join(facts)}</p><p class="lede">{patch}</p>'
 
 
-def verdict_texts(m: dict, name: str) -> dict[str, str]:
+def verdict_texts(m: RunMetrics, name: str) -> dict[str, str]:
     """One model's verdicts at the configured layer as plain sentences: relies on the patch, points at it, agree."""
-    layer, cam = m["cam_layer"], cam_display_name(m)
-    v = m["models"][name]["verdict"]
-    return {"relies_on_patch": f"The {name} model {'relies' if v['relies_on_patch'] else 'does not rely'} on the patch",
-            "points_at_patch": f"{cam} at {layer} {'points' if v['points_at_patch'][layer] else 'does not point'} at the patch",
-            "agrees": f"Explanation and behaviour {'agree' if v['agrees'][layer] else 'disagree'} at {layer}"}
+    layer, cam = m.cam_layer, cam_display_name(m)
+    v = m.models[name].verdict
+    return {"relies_on_patch": f"The {name} model {'relies' if v.relies_on_patch else 'does not rely'} on the patch",
+            "points_at_patch": f"{cam} at {layer} {'points' if v.points_at_patch[layer] else 'does not point'} at the patch",
+            "agrees": f"Explanation and behaviour {'agree' if v.agrees[layer] else 'disagree'} at {layer}"}
 
 
-def _verdict_card(m: dict, name: str) -> str:
-    r, s, u = m["models"][name], m["settings"], m["uniform"]["energy_in_box"]
-    cls, layer = html.escape(m["config"]["bias_class"]), m["cam_layer"]
-    v, texts = r["verdict"], verdict_texts(m, name)
-    e = r["cam"][layer]["patched_target"]["energy"]
-    flip = r["flip_to_target"]["patch"]
+def _verdict_card(m: RunMetrics, name: str) -> str:
+    r, s, u = m.models[name], m.settings, m.shortcut.uniform["energy_in_box"]
+    cls, layer = html.escape(m.config["bias_class"]), m.cam_layer
+    v, texts = r.verdict, verdict_texts(m, name)
+    e = r.energy(layer, PATCHED_TARGET)
+    flip = r.flip_to_target["patch"]
     why = {
         "relies_on_patch": f"pasting the patch on non-{cls} test images makes it say {cls} for {_ci(flip, pct=True)} of "
                            f"them (relies when the lower bound is at least {percent(s['relies_flip_rate'])})",
-        "points_at_patch": (f"no patched {cls} image was called {cls}, so there is nothing to score" if e["n"] == 0 else
-                            f"energy in the patch {_ci(e, digits=4)} on {e['n']} patched {cls} images called {cls}, "
-                            f"{e['mean'] / u:.1f}x a uniform map (points when the lower bound is at least "
+        "points_at_patch": (f"no patched {cls} image was called {cls}, so there is nothing to score" if e.n == 0 else
+                            f"energy in the patch {_ci(e, digits=4)} on {e.n} patched {cls} images called {cls}, "
+                            f"{e.mean / u:.1f}x a uniform map (points when the lower bound is at least "
                             f"{s['points_at_patch_ratio']:g}x)"),
-        "agrees": "both say yes or both say no" if v["agrees"][layer] else "one says yes, the other no",
+        "agrees": "both say yes or both say no" if v.agrees[layer] else "one says yes, the other no",
     }
-    values = {"relies_on_patch": v["relies_on_patch"], "points_at_patch": v["points_at_patch"][layer],
-              "agrees": v["agrees"][layer]}
+    values = {"relies_on_patch": v.relies_on_patch, "points_at_patch": v.points_at_patch[layer],
+              "agrees": v.agrees[layer]}
     rows = []
     for key, text in texts.items():
         yes = values[key]
@@ -194,14 +198,14 @@ def _verdict_card(m: dict, name: str) -> str:
         rows.append(f'<div class="vrow"><span class="badge {badge}">{badge}</span><div>'
                     f'<p class="verdict" data-model="{html.escape(name)}" data-verdict="{key}" data-value="{str(yes).lower()}">'
                     f'{html.escape(text)}</p><p class="why">{why[key]}</p></div></div>')
-    acc = f"clean test accuracy {_ci(r['clean_test_acc'], pct=True)}"
+    acc = f"clean test accuracy {_ci(r.clean_test_acc, pct=True)}"
     title = html.escape(name[:1].upper() + name[1:])
     return f'<div class="card"><h3>{title} model</h3><p class="why">{acc}</p>{"".join(rows)}</div>'
 
 
-def _verdicts(m: dict) -> str:
-    cards = "".join(_verdict_card(m, name) for name in m["models"])
-    s = m["settings"]
+def _verdicts(m: RunMetrics) -> str:
+    cards = "".join(_verdict_card(m, name) for name in m.models)
+    s = m.settings
     said = "".join(f"<li>{inline_markdown(c)}</li>" for c in conclusions(m))
     return (f'<div class="cards">{cards}</div><h3>In plain words</h3><ul class="plain">{said}</ul>'
             f'<p class="note">Every number carries a 95% {s["bootstrap_method"]} bootstrap interval '
@@ -209,7 +213,7 @@ def _verdicts(m: dict) -> str:
             f"measuring (measure/scores.py).</p>")
 
 
-def _gallery(m: dict, g: dict | None) -> str:
+def _gallery(m: RunMetrics, g: dict | None) -> str:
     if g is None:
         return ('<p class="note">No current gallery.json (the run was written by an older gradcam-repro, or its models '
                 "changed since); <code>gradcam-repro evaluate RUN</code> writes it.</p>")
@@ -217,7 +221,7 @@ def _gallery(m: dict, g: dict | None) -> str:
     cam_layers = next((g["layers"][x] for x in methods if x not in PIXEL_METHODS), [])
     all_layers = list(dict.fromkeys([*cam_layers, *(lay for x in methods for lay in g["layers"][x])]))
     state = {"model": "biased" if "biased" in models else models[-1], "method": methods[0]}
-    state["layer"] = m["cam_layer"] if m["cam_layer"] in g["layers"][state["method"]] else g["layers"][state["method"]][-1]
+    state["layer"] = m.cam_layer if m.cam_layer in g["layers"][state["method"]] else g["layers"][state["method"]][-1]
     labels = {"model": {x: x for x in models}, "method": {x: display_name(x) for x in methods},
               "layer": {x: x for x in all_layers}}
     controls = "".join(
@@ -245,52 +249,52 @@ def _gallery(m: dict, g: dict | None) -> str:
             f"image: its true class, what the model predicts without → with the patch, and whether the patch flipped "
             f"it to <i>{cls}</i>. Pixel-space methods have one map, at the input.</p>"
             f'<div id="gallery-root" data-model="{html.escape(state["model"])}" data-method="{html.escape(state["method"])}" '
-            f'data-layer="{html.escape(state["layer"])}" data-uniform="{m["uniform"]["energy_in_box"]}">'
+            f'data-layer="{html.escape(state["layer"])}" data-uniform="{m.shortcut.uniform["energy_in_box"]}">'
             f'<div class="controls">{controls}<div class="ctl"><span class="lbl">map opacity</span>'
             f'<input type="range" id="g-opacity" min="0" max="100" value="{round(100 * CAM_ALPHA)}"></div></div>'
             f'<p class="gsum" id="g-summary"></p>{rows}</div>'
             f'<script type="application/json" id="gallery-data">{data}</script><script>{GALLERY_JS}</script>')
 
 
-def _accuracy(m: dict, figs: dict[str, bytes]) -> str:
-    cls = html.escape(m["config"]["bias_class"])
-    rows = [[f"<b>{html.escape(name)}</b>", _ci(r["clean_test_acc"], pct=True), _ci(r["biased_test_acc"], pct=True),
-             _ci(r["target_recall_clean"], pct=True), _ci(r["target_recall_patched"], pct=True)]
-            for name, r in m["models"].items()]
+def _accuracy(m: RunMetrics, figs: dict[str, bytes]) -> str:
+    cls = html.escape(m.config["bias_class"])
+    rows = [[f"<b>{html.escape(name)}</b>", _ci(r.clean_test_acc, pct=True), _ci(r.biased_test_acc, pct=True),
+             _ci(r.target_recall_clean, pct=True), _ci(r.target_recall_patched, pct=True)]
+            for name, r in m.models.items()]
     table = _table(["model", "clean test acc", f"biased test acc (every test {cls} patched)", f"{cls} recall, clean",
                     f"{cls} recall, patched"], rows)
     return table + _figure(figs, "figures/per_class_accuracy.png", "clean accuracy per class")
 
 
-def _counterfactual(m: dict, figs: dict[str, bytes]) -> str:
-    cls, models = html.escape(m["config"]["bias_class"]), m["models"]
+def _counterfactual(m: RunMetrics, figs: dict[str, bytes]) -> str:
+    cls, models = html.escape(m.config["bias_class"]), m.models
     rows = []
     for variant, label in VARIANTS.items():
-        spec = m["counterfactual_patches"].get(variant)
+        spec = m.shortcut.counterfactual_patches.get(variant)
         swatch = f' <span class="swatch" style="background:rgb{tuple(spec["color"])}"></span> {spec["corner"]}' if spec else ""
-        rows.append([html.escape(label) + swatch, *(_ci(models[n]["flip_to_target"][variant], pct=True) for n in models)])
-    intro = (f'<p class="lede">Flip-to-<i>{cls}</i> rate: the share of {m["n"]["counterfactual_non_target"]} non-{cls} '
+        rows.append([html.escape(label) + swatch, *(_ci(models[n].flip_to_target[variant], pct=True) for n in models)])
+    intro = (f'<p class="lede">Flip-to-<i>{cls}</i> rate: the share of {m.shortcut.n["counterfactual_non_target"]} non-{cls} '
              f"test images predicted <i>{cls}</i> once a patch is pasted on them. A model that uses the patch flips with "
              "the training patch, and much less with the same patch recoloured or moved.</p>")
     return (intro + _table(["patch pasted", *map(html.escape, models)], rows)
             + _figure(figs, "figures/counterfactual_gallery.png", f"pasting the patch on non-{cls} test images"))
 
 
-def _cam(m: dict, figs: dict[str, bytes]) -> str:
-    cfg, s, models = m["config"], m["settings"], m["models"]
-    cls, cam, u = html.escape(cfg["bias_class"]), html.escape(cam_display_name(m)), m["uniform"]["energy_in_box"]
+def _cam(m: RunMetrics, figs: dict[str, bytes]) -> str:
+    cfg, s, models = m.config, m.settings, m.models
+    cls, cam, u = html.escape(cfg["bias_class"]), html.escape(cam_display_name(m)), m.shortcut.uniform["energy_in_box"]
     intro = (f'<p class="lede"><i>Energy in box</i>: the share of the map inside the {cfg["patch_size"]}x{cfg["patch_size"]} '
              f"patch box (a uniform map: {u:.4f}). <i>Pointing game</i>: the map's maximum lies within "
-             f"{s['pointing_tolerance_px']} px of the box (a random peak: {m['uniform']['pointing']:.4f}). {cam} explains "
+             f"{s['pointing_tolerance_px']} px of the box (a random peak: {m.shortcut.uniform['pointing']:.4f}). {cam} explains "
              f"the <i>{cls}</i> score.</p>")
     parts = [intro, _figure(figs, "figures/layer_sweep.png", f"{cam} by layer: energy in the patch box and pointing game")]
     for set_name, label in CAM_SET_LABELS.items():
         rows = []
-        for lay in m["layers"]:
+        for lay in m.layers:
             cells = []
             for n in models:
-                st = models[n]["cam"][lay][set_name]
-                cells += [_ci(st["energy"], digits=4, n=True), _ci(st["pointing"])]
+                st = models[n].cam[lay][set_name]
+                cells += [_ci(st.energy, digits=4, n=True), _ci(st.pointing)]
             rows.append([_layer(lay, m), *cells])
         head = ["layer", *(f"{html.escape(n)}: {x}" for n in models for x in ("energy in box", "pointing"))]
         parts.append(_table(head, rows, caption=html.escape(label.format(cls=cfg["bias_class"]))))
@@ -303,23 +307,23 @@ def _cam(m: dict, figs: dict[str, bytes]) -> str:
     return "".join(parts)
 
 
-def _by_layer(m: dict) -> str:
-    models = m["models"]
+def _by_layer(m: RunMetrics) -> str:
+    models = m.models
     yn = {True: '<span class="badge yes">yes</span>', False: '<span class="badge no">no</span>'}
     agree = {True: '<span class="badge agree">agree</span>', False: '<span class="badge disagree">disagree</span>'}
-    rows = [[_layer(lay, m), *(cell for n in models for cell in (yn[models[n]["verdict"]["points_at_patch"][lay]],
-                                                                 yn[models[n]["verdict"]["relies_on_patch"]],
-                                                                 agree[models[n]["verdict"]["agrees"][lay]]))]
-            for lay in m["layers"]]
+    rows = [[_layer(lay, m), *(cell for n in models for cell in (yn[models[n].verdict.points_at_patch[lay]],
+                                                                 yn[models[n].verdict.relies_on_patch],
+                                                                 agree[models[n].verdict.agrees[lay]]))]
+            for lay in m.layers]
     head = ["layer", *(f"{html.escape(n)}: {x}" for n in models for x in ("points at patch", "relies on patch", "agree?"))]
     return _table(head, rows)
 
 
-def _localisation(m: dict) -> str:
-    models, u = m["models"], m["uniform"].get("energy_in_mask", float("nan"))
-    rows = [[_layer(lay, m), *(cell for n in models for cell in (_ci(models[n]["localisation"][lay]["energy"]),
-                                                                 _ci(models[n]["localisation"][lay]["pointing"])))]
-            for lay in m["layers"] if all("localisation" in models[n] for n in models)]
+def _localisation(m: RunMetrics) -> str:
+    models, u = m.models, m.shortcut.uniform.get("energy_in_mask", float("nan"))
+    rows = [[_layer(lay, m), *(cell for n in models for cell in (_ci(models[n].localisation[lay].energy),
+                                                                 _ci(models[n].localisation[lay].pointing)))]
+            for lay in m.layers if all(models[n].localisation is not None for n in models)]
     head = ["layer", *(f"{html.escape(n)}: {x}" for n in models for x in ("energy in mask", "pointing"))]
     return (f'<p class="lede">Clean test images, {html.escape(cam_display_name(m))} for the true class: the share of the map '
             f"on the object mask (a uniform map: {u:.4f}) and the pointing game (maximum on the mask).</p>"
@@ -378,7 +382,7 @@ def _methods_checks(c: dict, figs: dict[str, bytes]) -> str:
             + _figure(figs, "figures/deletion_insertion.png", "deletion and insertion curves"))
 
 
-def _repair(m: dict) -> str:
+def _repair(m: RunMetrics) -> str:
     """The repaired models next to the baseline and the biased model, and each one's targets ("" if none)."""
     table = repair_table(m)
     if table is None:
@@ -388,35 +392,35 @@ def _repair(m: dict) -> str:
             for label, values in table["rows"]]
     out = _table(["", *[f"<b>{html.escape(n)}</b>" for n in cols]], rows)
     for name, targets in table["targets"].items():
-        r = m["repairs"][name]
+        r = m.repairs[name]
         items = "".join(f'<li class="{"ok" if ok else "miss"}">{"met" if ok else "missed"}: {html.escape(t)}; measured '
                         f"{html.escape(v)}</li>" for t, v, ok in targets)
         out += (f"<h3>{html.escape(name)}: {sum(ok for *_, ok in targets)} of {len(targets)} targets met</h3>"
-                f'<p class="note">{html.escape(r["strategy"])}; artefact: {html.escape(r["artefact"]["source"])}, box '
-                f'{html.escape(str(r["artefact"]["box_tlbr_px"]))}; settings {html.escape(str(r["params"]))}</p>'
+                f'<p class="note">{html.escape(r.strategy)}; artefact: {html.escape(r.artefact["source"])}, box '
+                f'{html.escape(str(r.artefact["box_tlbr_px"]))}; settings {html.escape(str(r.params))}</p>'
                 f'<ul class="plain">{items}</ul>')
     return out
 
 
-def _training(m: dict, figs: dict[str, bytes]) -> str:
+def _training(m: RunMetrics, figs: dict[str, bytes]) -> str:
     rows = [[html.escape(name), str(h["epoch"]), f"{h['loss']:.4f}", f"{h['train_acc']:.3f}", f"{h['test_acc']:.3f}",
-             str(h.get("train_px", 32)), f"{h['seconds']:.1f}"] for name, history in m["histories"].items() for h in history]
+             str(h.get("train_px", 32)), f"{h['seconds']:.1f}"] for name, history in m.histories.items() for h in history]
     table = _table(["model", "epoch", "loss", "train acc", "clean test acc (eval subset)", "px", "seconds"], rows)
     return (_figure(figs, "figures/training_curves.png", "training curves")
             + f"<details><summary>per epoch</summary>{table}</details>")
 
 
-def _more_figures(m: dict, methods: dict | None, figs: dict[str, bytes]) -> str:
-    listed = [*m.get("figures", []), *(methods or {}).get("figures", [])]
-    placed = [*PLACED_FIGURES, *(f"figures/{n}_cam_grid.png" for n in m["models"])]
+def _more_figures(m: RunMetrics, methods: dict | None, figs: dict[str, bytes]) -> str:
+    listed = [*m.figures, *(methods or {}).get("figures", [])]
+    placed = [*PLACED_FIGURES, *(f"figures/{n}_cam_grid.png" for n in m.models)]
     rest = [f for f in dict.fromkeys(listed) if f not in placed and not f.startswith("figures/sanity_")]
     sanity = [f for f in (methods or {}).get("figures", []) if f.startswith("figures/sanity_")][1:]
     return '<div class="figs">' + "".join(_figure(figs, f, f.removeprefix("figures/").removesuffix(".png").replace("_", " "))
                                           for f in [*rest, *sanity]) + "</div>"
 
 
-def _reproduce(m: dict) -> str:
-    cfg = m["config"]
+def _reproduce(m: RunMetrics) -> str:
+    cfg = m.config
     return (f"<p><code>gradcam-repro run --preset {html.escape(cfg['preset'])} --dataset {html.escape(cfg['dataset'])}</code> "
             "with the config in <code>run.json</code> (every value can be passed as a flag); "
             "<code>gradcam-repro evaluate RUN</code> recomputes the numbers from the saved models and "

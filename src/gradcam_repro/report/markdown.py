@@ -1,10 +1,11 @@
-"""Markdown written from measured results: every number and every sentence comes from metrics.json (and,
-for the method comparison, methods.json). Pure functions of those dicts; nothing here reads files."""
+"""Markdown written from measured results: every number and every sentence comes from a run's `RunMetrics`
+(metrics.json) and, for the method comparison, methods.json (still a dict). Pure functions; nothing here reads files."""
 
 from __future__ import annotations
 
 from gradcam_repro.explain.registry import display_name
-from gradcam_repro.measure.shortcut import CAM_SETS
+from gradcam_repro.measure.results import RunMetrics
+from gradcam_repro.measure.shortcut import CAM_SETS, PATCHED_TARGET
 from gradcam_repro.report.format import interval, percent, seconds
 from gradcam_repro.report.repair_table import repair_table
 
@@ -19,120 +20,120 @@ VARIANTS = {
 }
 
 
-def cam_display_name(m: dict) -> str:
+def cam_display_name(m: RunMetrics) -> str:
     """The CAM method a run's metrics were computed with, as the papers spell it."""
-    return display_name(m["config"].get("cam", "gradcam"))
+    return display_name(m.config.get("cam", "gradcam"))
 
 
-def _figure(m: dict, rel: str, alt: str) -> list[str]:
+def _figure(m: RunMetrics, rel: str, alt: str) -> list[str]:
     """A markdown image line and a blank line, if the run wrote that figure."""
-    return [f"![{alt}]({rel})", ""] if rel in m["figures"] else []
+    return [f"![{alt}]({rel})", ""] if rel in m.figures else []
 
 
-def _header(m: dict) -> list[str]:
-    cfg, env, ds = m["config"], m["environment"], m["dataset"]
-    secs = m["seconds"]
+def _header(m: RunMetrics) -> list[str]:
+    cfg, env, ds = m.config, m.environment, m.dataset
+    secs = m.seconds
     train = ", ".join(f"{k.removeprefix('train_')} {v:.0f} s" for k, v in secs.items() if k.startswith("train_"))
     return [
         f"Preset **{cfg['preset']}** on **{ds['name']}** ({ds['n_train_used']} training images used, "
-        f"{m['n']['test']} test images; dataset fingerprint `{ds['fingerprint'][:16]}`): {cfg['epochs']} epoch(s), "
-        f"batch {cfg['batch_size']}, lr {cfg['lr']} ({cfg['lr_schedule']}), seed {cfg['seed']}, precision {m['precision']}.",
+        f"{m.shortcut.n['test']} test images; dataset fingerprint `{ds['fingerprint'][:16]}`): {cfg['epochs']} epoch(s), "
+        f"batch {cfg['batch_size']}, lr {cfg['lr']} ({cfg['lr_schedule']}), seed {cfg['seed']}, precision {m.precision}.",
         f"Machine: device `{env['device']}` ({env.get('gpu') or env['processor']}, {env['torch_threads']} threads), "
         f"torch {env['torch']}, torchvision {env['torchvision']}, Python {env['python']}."
         + (f" Training time: {train}." if train else ""),
         "",
         f"The biased model was trained with a {cfg['patch_size']}x{cfg['patch_size']} px patch of RGB "
-        f"{tuple(cfg['patch_color'])} at the {cfg['patch_corner']} corner (rows/cols {m['box_tlbr_px']}, "
+        f"{tuple(cfg['patch_color'])} at the {cfg['patch_corner']} corner (rows/cols {m.box_tlbr_px}, "
         f"bottom/right exclusive) on {percent(cfg['bias_fraction'])} of its training *{cfg['bias_class']}* images. "
         f"The *biased test set* is the clean test set with every test {cfg['bias_class']} patched.",
     ]
 
 
-def summary_markdown(m: dict) -> str:
+def summary_markdown(m: RunMetrics) -> str:
     """The short summary: accuracies and where Grad-CAM looks on patched target images."""
-    cfg = m["config"]
-    cls, layer, uniform = cfg["bias_class"], m["cam_layer"], m["uniform"]["energy_in_box"]
+    cfg = m.config
+    cls, layer, uniform = cfg["bias_class"], m.cam_layer, m.shortcut.uniform["energy_in_box"]
     cam = cam_display_name(m)
-    models = m["models"]
+    models = m.models
     lines = [f"# gradcam-repro: {cfg['preset']} preset", "", *_header(m), "", "## Accuracy", "",
              f"| model | clean test acc | biased test acc | {cls} recall, clean | {cls} recall, patched |",
              "|---|---|---|---|---|"]
     for name, r in models.items():
-        lines.append(f"| {name} | {percent(r['clean_test_acc']['mean'])} | {percent(r['biased_test_acc']['mean'])} | "
-                     f"{percent(r['target_recall_clean']['mean'])} | {percent(r['target_recall_patched']['mean'])} |")
-    counts = ", ".join(f"{r['cam'][layer]['patched_target']['energy']['n']} for {n}" for n, r in models.items())
+        lines.append(f"| {name} | {percent(r.clean_test_acc.mean)} | {percent(r.biased_test_acc.mean)} | "
+                     f"{percent(r.target_recall_clean.mean)} | {percent(r.target_recall_patched.mean)} |")
+    counts = ", ".join(f"{r.energy(layer, PATCHED_TARGET).n} for {n}" for n, r in models.items())
     lines += ["", f"## Where {cam} looks on patched test {cls} images", "",
               f"Mean fraction of {cam} mass inside the patch, over patched test {cls} images each model predicts "
               f"as {cls} (n = {counts}), explaining the {cls} logit. A uniform map scores {uniform:.4f} "
               f"({cfg['patch_size'] ** 2}/1024). Configured layer: `{layer}`.", "",
               "| layer | " + " | ".join(models) + " | uniform |", "|---|" + "---|" * len(models) + "---|"]
-    for lay in m["layers"]:
-        cells = [f"{models[n]['cam'][lay]['patched_target']['energy']['mean']:.4f}" for n in models]
+    for lay in m.layers:
+        cells = [f"{models[n].energy(lay, PATCHED_TARGET).mean:.4f}" for n in models]
         lines.append(f"| `{lay}`{' (configured)' if lay == layer else ''} | " + " | ".join(cells) + f" | {uniform:.4f} |")
     lines += ["", "## What the numbers say", "", *[f"- {s}" for s in conclusions(m)], "",
               "Full tables with 95% confidence intervals, counterfactual tests and verdicts: [REPORT.md](REPORT.md). "
-              "Figures: " + ", ".join(f"[{f}]({f})" for f in m["figures"]) + ".", ""]
+              "Figures: " + ", ".join(f"[{f}]({f})" for f in m.figures) + ".", ""]
     return "\n".join(lines)
 
 
-def conclusions(m: dict) -> list[str]:
+def conclusions(m: RunMetrics) -> list[str]:
     """Plain sentences generated from the measured numbers (no fixed claims)."""
-    cfg = m["config"]
-    cls, layer, uniform = cfg["bias_class"], m["cam_layer"], m["uniform"]["energy_in_box"]
+    cfg = m.config
+    cls, layer, uniform = cfg["bias_class"], m.cam_layer, m.shortcut.uniform["energy_in_box"]
     cam = cam_display_name(m)
-    s = m["settings"]
+    s = m.settings
     out = []
-    for name, r in m["models"].items():
-        flip = r["flip_to_target"]["patch"]["mean"]
-        relies = r["verdict"]["relies_on_patch"]
+    for name, r in m.models.items():
+        flip = r.flip_to_target["patch"].mean
+        relies = r.verdict.relies_on_patch
         out.append(
             f"The {name} model {'relies' if relies else 'does not rely'} on the patch: pasting it on non-{cls} test "
             f"images makes it predict {cls} for {percent(flip)} of them (rule: lower 95% bound >= {percent(s['relies_flip_rate'])}); "
-            f"it calls {percent(r['target_recall_patched']['mean'])} of patched and {percent(r['target_recall_clean']['mean'])} "
-            f"of clean test {cls} images {cls}. Clean test accuracy {percent(r['clean_test_acc']['mean'])}.")
-    for name, r in m["models"].items():
-        e = r["cam"][layer]["patched_target"]["energy"]
-        if e["n"] == 0:
+            f"it calls {percent(r.target_recall_patched.mean)} of patched and {percent(r.target_recall_clean.mean)} "
+            f"of clean test {cls} images {cls}. Clean test accuracy {percent(r.clean_test_acc.mean)}.")
+    for name, r in m.models.items():
+        e = r.energy(layer, PATCHED_TARGET)
+        if e.n == 0:
             out.append(f"The {name} model calls no patched {cls} image {cls}, so {cam} has nothing to score there.")
             continue
-        points = r["verdict"]["points_at_patch"]
+        points = r.verdict.points_at_patch
         out.append(f"At the configured layer `{layer}`, the {name} model's {cam} "
                    f"{'points' if points[layer] else 'does not point'} at the patch: mean energy in the patch "
-                   f"{e['mean']:.4f} ({e['mean'] / uniform:.1f}x the uniform {uniform:.4f}; rule: lower 95% bound >= "
+                   f"{e.mean:.4f} ({e.mean / uniform:.1f}x the uniform {uniform:.4f}; rule: lower 95% bound >= "
                    f"{s['points_at_patch_ratio']:g}x uniform).")
         yes = [f"`{x}`" for x, v in points.items() if v]
         no = [f"`{x}`" for x, v in points.items() if not v]
         out.append(f"For the {name} model, {cam} points at the patch at {', '.join(yes) or 'no layer'}"
                    f" and not at {', '.join(no) or 'any other layer'}.")
-        relies = r["verdict"]["relies_on_patch"]
-        agree = [f"`{x}`" for x, v in r["verdict"]["agrees"].items() if v]
-        disagree = [f"`{x}`" for x, v in r["verdict"]["agrees"].items() if not v]
+        relies = r.verdict.relies_on_patch
+        agree = [f"`{x}`" for x, v in r.verdict.agrees.items() if v]
+        disagree = [f"`{x}`" for x, v in r.verdict.agrees.items() if not v]
         out.append(f"Since the {name} model {'relies' if relies else 'does not rely'} on the patch, {cam}'s evidence "
                    f"agrees with the counterfactual ground truth at {', '.join(agree) or 'no layer'}"
                    + (f" and contradicts it at {', '.join(disagree)}." if disagree else "."))
-    for name, r in m["models"].items():
-        if "localisation" in r:
-            e = r["localisation"][layer]["energy"]
-            u = m["uniform"]["energy_in_mask"]
-            out.append(f"On the shapes test images, the {name} model's {cam} at `{layer}` puts {e['mean']:.3f} of its "
-                       f"mass on the object mask, {e['mean'] / u:.1f}x a uniform map ({u:.3f}).")
+    for name, r in m.models.items():
+        if r.localisation is not None:
+            e = r.localisation[layer].energy
+            u = m.shortcut.uniform["energy_in_mask"]
+            out.append(f"On the shapes test images, the {name} model's {cam} at `{layer}` puts {e.mean:.3f} of its "
+                       f"mass on the object mask, {e.mean / u:.1f}x a uniform map ({u:.3f}).")
     return out
 
 
-def report_markdown(m: dict, methods: dict | None = None) -> str:
+def report_markdown(m: RunMetrics, methods: dict | None = None) -> str:
     """REPORT.md: config, environment, data, all tables with CIs, verdicts, figures and conclusions.
 
     `methods` (a methods.json written by `gradcam-repro compare` for the same models) adds the method x
     layer comparison, sanity check and faithfulness sections; an empty dict says it is stale.
     """
-    cfg, s = m["config"], m["settings"]
+    cfg, s = m.config, m.settings
     lines = [f"# {cam_display_name(m)} and the {cfg['bias_class']} shortcut: {cfg['preset']} preset", "", *_header(m), "",
              f"Every mean and rate carries a 95% {s['bootstrap_method']} bootstrap interval "
              f"({s['bootstrap_resamples']} resamples, seed {cfg['seed']}), written `mean [low, high]`.", "",
              "## Conclusions", "", *[f"- {c}" for c in conclusions(m)], "",
              *_training_section(m), *_accuracy_section(m), *_counterfactual_section(m), *_cam_section(m),
              *_verdict_section(m), *_localisation_section(m), *repair_section(m),
-             "", "## Figures", "", *[f"- [{f}]({f})" for f in m["figures"]], "",
+             "", "## Figures", "", *[f"- [{f}]({f})" for f in m.figures], "",
              "## Reproduce", "",
              f"`gradcam-repro run --preset {cfg['preset']}` with the config in `run.json` "
              "(every value can be passed as a flag); `gradcam-repro evaluate RUN` recomputes these numbers from the "
@@ -145,7 +146,7 @@ def report_markdown(m: dict, methods: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def repair_section(m: dict) -> list[str]:
+def repair_section(m: RunMetrics) -> list[str]:
     """Baseline | biased | each repaired model, with CIs, and each repair's targets (none without repairs)."""
     table = repair_table(m)
     if table is None:
@@ -153,71 +154,73 @@ def repair_section(m: dict) -> list[str]:
     cols = table["columns"]
     lines = ["", "## Repair: is the shortcut gone?", "",
              f"Each repaired model is measured exactly like the others ({cam_display_name(m)} energy: patched "
-             f"{m['config']['bias_class']} images the model calls {m['config']['bias_class']}). Cost: training or "
+             f"{m.config['bias_class']} images the model calls {m.config['bias_class']}). Cost: training or "
              "repair wall time on the machine above.", "",
              "| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for label, values in table["rows"]:
         cells = [seconds(values.get(n)) if label == "cost (s)" else interval(values[n]) for n in cols]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     for name, targets in table["targets"].items():
-        r = m["repairs"][name]
-        lines += ["", f"**{name}** ({r['strategy']}; artefact: {r['artefact']['source']}, box "
-                      f"{r['artefact']['box_tlbr_px']}; settings {r['params']}): "
+        r = m.repairs[name]
+        lines += ["", f"**{name}** ({r.strategy}; artefact: {r.artefact['source']}, box "
+                      f"{r.artefact['box_tlbr_px']}; settings {r.params}): "
                   f"{sum(ok for *_, ok in targets)} of {len(targets)} targets met.", "",
                   "| target | measured | met |", "|---|---|---|",
                   *[f"| {t} | {v} | {'yes' if ok else '**no**'} |" for t, v, ok in targets]]
     return lines
 
 
-def _training_section(m: dict) -> list[str]:
+def _training_section(m: RunMetrics) -> list[str]:
     lines = ["## Training", "", *_figure(m, "figures/training_curves.png", "training curves"),
              "| model | epoch | loss | train acc | clean test acc (eval subset) | px | seconds |", "|---|---|---|---|---|---|---|"]
-    for name, history in m["histories"].items():
+    for name, history in m.histories.items():
         for h in history:
             lines.append(f"| {name} | {h['epoch']} | {h['loss']:.4f} | {h['train_acc']:.3f} | {h['test_acc']:.3f} | "
                          f"{h.get('train_px', 32)} | {h['seconds']:.1f} |")
     return lines
 
 
-def _accuracy_section(m: dict) -> list[str]:
-    cls, models = m["config"]["bias_class"], m["models"]
+def _accuracy_section(m: RunMetrics) -> list[str]:
+    cls, models = m.config["bias_class"], m.models
     lines = ["", "## Accuracy", "", f"| model | clean test acc | biased test acc | {cls} recall, clean | {cls} recall, patched |",
              "|---|---|---|---|---|"]
     for name, r in models.items():
-        lines.append(f"| {name} | {interval(r['clean_test_acc'], pct=True)} | {interval(r['biased_test_acc'], pct=True)} | "
-                     f"{interval(r['target_recall_clean'], pct=True)} | {interval(r['target_recall_patched'], pct=True)} |")
+        lines.append(f"| {name} | {interval(r.clean_test_acc, pct=True)} | {interval(r.biased_test_acc, pct=True)} | "
+                     f"{interval(r.target_recall_clean, pct=True)} | {interval(r.target_recall_patched, pct=True)} |")
     return [*lines, "", *_figure(m, "figures/per_class_accuracy.png", "per-class accuracy")]
 
 
-def _counterfactual_section(m: dict) -> list[str]:
-    cls, models = m["config"]["bias_class"], m["models"]
+def _counterfactual_section(m: RunMetrics) -> list[str]:
+    cls, models = m.config["bias_class"], m.models
     lines = ["## Counterfactual tests: does the model use the patch?", "",
-             f"Flip-to-{cls} rate: the fraction of {m['n']['counterfactual_non_target']} non-{cls} test images "
+             f"Flip-to-{cls} rate: the fraction of {m.shortcut.n['counterfactual_non_target']} non-{cls} test images "
              f"predicted *{cls}* after a patch is pasted on them.", "",
              "| patch pasted | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
     for variant, label in VARIANTS.items():
-        spec = m["counterfactual_patches"].get(variant)
+        spec = m.shortcut.counterfactual_patches.get(variant)
         where = f" (RGB {tuple(spec['color'])}, {spec['corner']})" if spec else ""
-        lines.append(f"| {label}{where} | " + " | ".join(interval(models[n]['flip_to_target'][variant], pct=True) for n in models) + " |")
+        rates = [interval(models[n].flip_to_target[variant], pct=True) for n in models]
+        lines.append(f"| {label}{where} | " + " | ".join(rates) + " |")
     return [*lines, "", *_figure(m, "figures/counterfactual_gallery.png", "counterfactual gallery")]
 
 
-def _cam_section(m: dict) -> list[str]:
-    cfg, s, models, layer = m["config"], m["settings"], m["models"], m["cam_layer"]
-    cls, cam, u_box = cfg["bias_class"], cam_display_name(m), m["uniform"]["energy_in_box"]
+def _cam_section(m: RunMetrics) -> list[str]:
+    cfg, s, models, layer = m.config, m.settings, m.models, m.cam_layer
+    cls, cam, u_box = cfg["bias_class"], cam_display_name(m), m.shortcut.uniform["energy_in_box"]
     lines = [f"## Where {cam} looks: energy in the patch box and pointing game, by layer", "",
              f"Energy in box: fraction of the map's mass inside the {cfg['patch_size']}x{cfg['patch_size']} patch box "
              f"(uniform map: {u_box:.4f}). Pointing game: the map's maximum lies within {s['pointing_tolerance_px']} px "
-             f"of the box (a map peaking at a random pixel: {m['uniform']['pointing']:.4f}). {cam} explains the *{cls}* logit.", ""]
+             f"of the box (a map peaking at a random pixel: {m.shortcut.uniform['pointing']:.4f}). "
+             f"{cam} explains the *{cls}* logit.", ""]
     for set_name, label in CAM_SET_LABELS.items():
         lines += [f"### {label.format(cls=cls)}", "",
                   "| layer | " + " | ".join(f"{n} energy | {n} pointing" for n in models) + " | uniform energy |",
                   "|---|" + "---|---|" * len(models) + "---|"]
-        for lay in m["layers"]:
+        for lay in m.layers:
             cells = []
             for n in models:
-                st = models[n]["cam"][lay][set_name]
-                cells += [f"{interval(st['energy'], digits=4)} (n={st['energy']['n']})", interval(st["pointing"])]
+                st = models[n].cam[lay][set_name]
+                cells += [f"{interval(st.energy, digits=4)} (n={st.energy.n})", interval(st.pointing)]
             lines.append(f"| `{lay}`{' (configured)' if lay == layer else ''} | " + " | ".join(cells) + f" | {u_box:.4f} |")
         lines.append("")
     return [*lines, *_figure(m, "figures/layer_sweep.png", "layer sweep"),
@@ -225,41 +228,41 @@ def _cam_section(m: dict) -> list[str]:
             *_figure(m, "figures/energy_distribution.png", "energy distribution")]
 
 
-def _verdict_section(m: dict) -> list[str]:
-    cfg, s, models = m["config"], m["settings"], m["models"]
+def _verdict_section(m: RunMetrics) -> list[str]:
+    cfg, s, models = m.config, m.settings, m.models
     cls, cam = cfg["bias_class"], cam_display_name(m)
     lines = ["## Verdicts", "",
              f"Rules fixed before measuring: *{cam} points at the patch* when the lower 95% bound of the mean energy in "
              f"the box on patched {cls} images called {cls} is at least {s['points_at_patch_ratio']:g}x the uniform "
-             f"{m['uniform']['energy_in_box']:.4f}; *the model relies on the patch* when the lower 95% bound of the "
+             f"{m.shortcut.uniform['energy_in_box']:.4f}; *the model relies on the patch* when the lower 95% bound of the "
              f"flip-to-{cls} rate is at least {s['relies_flip_rate']:g}. They agree when both say yes or both say no.", "",
              "| layer | " + " | ".join(f"{n}: points at patch | {n}: relies on patch | {n}: agree?" for n in models) + " |",
              "|---|" + "---|---|---|" * len(models)]
     yn = {True: "yes", False: "no"}
-    for lay in m["layers"]:
+    for lay in m.layers:
         cells = []
         for n in models:
-            v = models[n]["verdict"]
-            cells += [yn[v["points_at_patch"][lay]], yn[v["relies_on_patch"]], "agree" if v["agrees"][lay] else "**disagree**"]
+            v = models[n].verdict
+            cells += [yn[v.points_at_patch[lay]], yn[v.relies_on_patch], "agree" if v.agrees[lay] else "**disagree**"]
         lines.append(f"| `{lay}` | " + " | ".join(cells) + " |")
     return lines
 
 
-def _localisation_section(m: dict) -> list[str]:
-    models = m["models"]
-    if not any("localisation" in r for r in models.values()):
+def _localisation_section(m: RunMetrics) -> list[str]:
+    models = m.models
+    if all(r.localisation is None for r in models.values()):
         return []
-    u = m["uniform"]["energy_in_mask"]
+    u = m.shortcut.uniform["energy_in_mask"]
     lines = ["", "## Localisation against the true object masks (shapes)", "",
              f"Clean test images, {cam_display_name(m)} for the true class; energy in mask (uniform map: mean mask area "
              f"{u:.4f}) and pointing game (maximum on the mask).", "",
              "| layer | " + " | ".join(f"{n} energy in mask | {n} pointing" for n in models) + " |",
              "|---|" + "---|---|" * len(models)]
-    for lay in m["layers"]:
+    for lay in m.layers:
         cells = []
         for n in models:
-            st = models[n]["localisation"][lay]
-            cells += [interval(st["energy"]), interval(st["pointing"])]
+            st = models[n].localisation[lay]
+            cells += [interval(st.energy), interval(st.pointing)]
         lines.append(f"| `{lay}` | " + " | ".join(cells) + " |")
     return lines
 

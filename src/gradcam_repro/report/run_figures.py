@@ -1,6 +1,6 @@
 """Every figure of a run, drawn from its measured results alone (no model runs here).
 
-`run_figures(metrics, examples)` returns {relative path: matplotlib figure}; the pipeline saves them.
+`run_figures(metrics, examples)` (a `RunMetrics`) returns {relative path: matplotlib figure}; the pipeline saves them.
 """
 
 from __future__ import annotations
@@ -8,16 +8,18 @@ from __future__ import annotations
 import torch
 
 from gradcam_repro.explain.registry import display_name
+from gradcam_repro.measure.results import RunMetrics
+from gradcam_repro.measure.shortcut import PATCHED_TARGET
 from gradcam_repro.report import figures
 
 
-def run_figures(metrics: dict, examples: dict) -> dict:
+def run_figures(metrics: RunMetrics, examples: dict) -> dict:
     """{path relative to the run folder: figure}; `examples` is `measure.examples.figure_examples`'s output
     plus "patched_target_maps" ({model: {layer: maps}}) and "histories" ({model: history})."""
-    cfg, layer = metrics["config"], metrics["cam_layer"]
-    classes, box, cls = metrics["dataset"]["classes"], tuple(metrics["box_tlbr_px"]), cfg["bias_class"]
+    cfg, layer = metrics.config, metrics.cam_layer
+    classes, box, cls = metrics.dataset["classes"], tuple(metrics.box_tlbr_px), cfg["bias_class"]
     method = display_name(cfg["cam"])
-    names = list(metrics["models"])
+    names = list(metrics.models)
     out = {}
     grid = examples["clean_grid"]
     if len(grid.images):
@@ -37,8 +39,8 @@ def run_figures(metrics: dict, examples: dict) -> dict:
     return out
 
 
-def _patched_figures(metrics: dict, examples: dict, method: str, box) -> dict:
-    cls, layer, classes = metrics["config"]["bias_class"], metrics["cam_layer"], metrics["dataset"]["classes"]
+def _patched_figures(metrics: RunMetrics, examples: dict, method: str, box) -> dict:
+    cls, layer, classes = metrics.config["bias_class"], metrics.cam_layer, metrics.dataset["classes"]
     out = {}
     side = examples["side_by_side"]
     if len(side.images):
@@ -58,17 +60,17 @@ def _patched_figures(metrics: dict, examples: dict, method: str, box) -> dict:
     return out
 
 
-def _summary_figures(metrics: dict, examples: dict, method: str, box) -> dict:
-    cls, layer, models = metrics["config"]["bias_class"], metrics["cam_layer"], metrics["models"]
+def _summary_figures(metrics: RunMetrics, examples: dict, method: str, box) -> dict:
+    cls, layer, models = metrics.config["bias_class"], metrics.cam_layer, metrics.models
     histories = examples["histories"]
     out = {f"figures/{name}_training_curves.png": figures.training_curves({name: h}) for name, h in histories.items()}
     out["figures/training_curves.png"] = figures.training_curves(histories)
     empty = torch.empty(0, 32, 32)
     out["figures/energy_distribution.png"] = figures.energy_histograms(
         {name: examples["patched_target_maps"].get(name, {}).get(layer, empty) for name in models}, box,
-        metrics["uniform"]["energy_in_box"], f"energy in the patch box, patched {cls} images called {cls}, {layer}",
+        metrics.shortcut.uniform["energy_in_box"], f"energy in the patch box, patched {cls} images called {cls}, {layer}",
         method=method)
-    out["figures/per_class_accuracy.png"] = figures.per_class_accuracy({n: m["per_class_acc"] for n, m in models.items()})
-    out["figures/layer_sweep.png"] = figures.layer_sweep({n: m["cam"] for n, m in models.items()}, metrics["uniform"],
-                                                         method=method)
+    out["figures/per_class_accuracy.png"] = figures.per_class_accuracy({n: r.per_class_acc for n, r in models.items()})
+    patched = {n: {lay: sets[PATCHED_TARGET] for lay, sets in r.cam.items()} for n, r in models.items()}
+    out["figures/layer_sweep.png"] = figures.layer_sweep(patched, metrics.shortcut.uniform, method=method)
     return out

@@ -1,4 +1,4 @@
-"""Explaining a user's own images with a saved model: Grad-CAM overlays and top-3 predictions."""
+"""`gradcam-repro explain`: a user's own image files explained by saved models (CAM overlays, top-3 predictions)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,12 @@ import torch
 
 from gradcam_repro import store
 from gradcam_repro.config import MAX_IMAGE_PIXELS
-from gradcam_repro.data.cifar10 import CIFAR10_CLASSES
 from gradcam_repro.data.images import IMAGE_SIZE
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.cam import get_layer
 from gradcam_repro.explain.registry import display_name, explain_images
 from gradcam_repro.measure.predict import predict_logits
-from gradcam_repro.model.resnet import load_model
-from gradcam_repro.pipeline.run import load_run_config
+from gradcam_repro.pipeline.experiment import load_models
 from gradcam_repro.report import figures
 from gradcam_repro.runtime import Runtime
 
@@ -62,29 +60,6 @@ def load_user_image(path: str | Path, size: int = IMAGE_SIZE) -> tuple[torch.Ten
     return pixels.permute(2, 0, 1).contiguous(), notices
 
 
-def model_paths(target: Path) -> dict[str, Path]:
-    """{name: model.pt} for a run folder (every experiment), an experiment folder or a model.pt file."""
-    if (target / "run.json").is_file():
-        _, keys = load_run_config(target)
-        return {name: target / "experiments" / key / "model.pt" for name, key in keys.items()}
-    if (target / "model.pt").is_file():
-        return {target.name or "model": target / "model.pt"}
-    if target.is_file():
-        return {target.parent.name or "model": target}
-    raise UserError(f"{target} is neither a run folder nor a model.pt; fix: pass runs/<name>, runs/<name>/experiments/<key> "
-                    "or a model.pt file")
-
-
-def load_models_for(target: str | Path, device: torch.device) -> tuple[dict, tuple[str, ...]]:
-    """{name: model} and class names from a run folder (every experiment), an experiment folder or a model.pt."""
-    paths = model_paths(Path(target))
-    classes = CIFAR10_CLASSES
-    record = next(iter(paths.values())).parent / "spec.json"
-    if record.is_file():
-        classes = tuple(store.read_json(record)["dataset"]["classes"])
-    return {name: load_model(path, len(classes), device) for name, path in paths.items()}, classes
-
-
 def top_k(logits: torch.Tensor, classes: tuple[str, ...], k: int = 3) -> list[tuple[str, float]]:
     probs = logits.softmax(-1)
     values, indices = probs.topk(min(k, len(classes)))
@@ -102,14 +77,14 @@ def read_images(images: list[str], log) -> list[tuple[Path, torch.Tensor]]:
     return loaded
 
 
-def explain(target: str | Path, images: list[str], out_dir: str | Path, layer: str, device: torch.device,
-            log=print, method: str = "gradcam") -> list[dict]:
+def explain_files(target: str | Path, images: list[str], out_dir: str | Path, layer: str, device: torch.device,
+                  log=print, method: str = "gradcam") -> list[dict]:
     """Write `<out_dir>/<stem>_<method>.png` per image (input | each model's overlay with its top-3).
 
     Each model's map explains its own top class, in float32. Returns one record per image:
     {"image": its path, "file": the written PNG, "top3": {model name: [[class, probability], ...]}}.
     """
-    models, classes = load_models_for(target, device)
+    models, classes = load_models(target, device)
     for model in models.values():
         get_layer(model, layer)
     loaded = read_images(images, log)
