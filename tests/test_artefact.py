@@ -12,6 +12,7 @@ from torch import nn
 from gradcam_repro.data import artefact as artefacts
 from gradcam_repro.data.artefact import Artefact, fill_from_ring, median_pixels, paste_pixels
 from gradcam_repro.data.bias import bias_dataset, inject_patch, patch_artefact, patch_box
+from gradcam_repro.data.images import EvalSet
 from gradcam_repro.errors import UserError
 from gradcam_repro.measure import spray
 from gradcam_repro.measure.shortcut import counterfactual_artefacts, counterfactual_patches
@@ -138,7 +139,7 @@ def test_the_counterfactual_variants_are_artefacts_pasting_the_recorded_patches(
 def test_the_audits_transplant_pastes_the_clusters_median_and_removal_fills_from_the_ring():
     images, labels = random_images(24, seed=2), torch.arange(24) % 4
     images[labels == 1, :, 2:6, 3:8] = 200  # the cluster's constant region
-    data = spray.AuditSet(images, labels, ("a", "b", "c", "d"))
+    data = EvalSet(images, labels, ("a", "b", "c", "d"))
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 4)).eval()
     members, box = (labels == 1).nonzero().squeeze(1), (2, 3, 6, 8)

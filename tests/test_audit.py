@@ -16,7 +16,7 @@ from gradcam_repro.cli import main
 from gradcam_repro.config import Config
 from gradcam_repro.data.artefact import fill_from_ring, median_pixels, paste_pixels
 from gradcam_repro.data.bias import bias_dataset, inject_patch, patch_box
-from gradcam_repro.data.images import ImageData
+from gradcam_repro.data.images import EvalSet, ImageData
 from gradcam_repro.data.registry import Dataset
 from gradcam_repro.data.shapes import SHAPES_CLASSES, make_shapes
 from gradcam_repro.measure import spray
@@ -60,7 +60,7 @@ def audited(model, shapes, test_fraction: float) -> dict:
     """The audit (SpRAy at conv2 with HiResCAM) on the test set with `test_fraction` of crescents patched."""
     _, _, test_x, test_y = shapes
     images, patched = bias_dataset(test_x, test_y, TARGET, test_fraction, 0, **PATCH)
-    data = spray.AuditSet(images, test_y, tuple(SHAPES_CLASSES), patched, BOX)
+    data = EvalSet(images, test_y, tuple(SHAPES_CLASSES), patched=patched, planted_box=BOX)
     result, _ = spray.audit_model(model, data, spray.AuditSettings(layer="conv2"), CPU)
     return result
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from gradcam_repro.cli import main
+from gradcam_repro.data.images import EvalSet
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.cam import GradCAM
 from gradcam_repro.explain.registry import CAM_METHODS, PIXEL_METHODS, explain_images, make_explainer, map_layers
 from gradcam_repro.measure import comparison
 from gradcam_repro.measure.comparison import MethodSweep, compare_settings, faithfulness_check, flags_shortcut
-from gradcam_repro.measure.shortcut import EvalSet
 from gradcam_repro.model.resnet import normalize
 from gradcam_repro.pipeline.compare import CompareOptions, compare_methods
 from gradcam_repro.runtime import Runtime

@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+from audit_helpers import audit_json, candidate
 from cam_helpers import train_small_cnn
 from torch import nn
 
@@ -148,10 +149,10 @@ def test_rrr_finetune_hands_each_epoch_record_over_as_that_epoch_ends():
 
 def test_the_artefact_comes_from_the_audits_top_confirmed_candidate(tmp_path):
     pixels = torch.full((3, 6, 6), 7, dtype=torch.uint8)
-    candidates = [{"rank": 1, "class": "deer", "verdict": "none", "box_tlbr_px": [0, 0, 2, 2], "kind": "relevance only"},
-                  {"rank": 2, "class": "frog", "verdict": "confirmed shortcut", "box_tlbr_px": [0, 0, 6, 6],
-                   "kind": "constant pixels", "pixels": pixels.tolist(), "mean_rgb": [7, 7, 7]}]
-    (tmp_path / "audit.json").write_text(json.dumps({"candidates": candidates}))
+    candidates = [candidate(1, "deer", "none", box_tlbr_px=[0, 0, 2, 2], kind="relevance only"),
+                  candidate(2, "frog", "confirmed shortcut", box_tlbr_px=[0, 0, 6, 6], kind="constant pixels",
+                            pixels=pixels.tolist(), mean_rgb=[7, 7, 7])]
+    (tmp_path / "audit.json").write_text(json.dumps(audit_json(candidates)))
     found = artefact_from_audit(tmp_path)
     assert found.class_name == "frog" and found.box == (0, 0, 6, 6) and torch.equal(found.pixels, pixels)
     assert torch.equal(artefacts.from_images((0, 0, 2, 2), torch.stack([torch.full((3, 8, 8), v, dtype=torch.uint8)
@@ -175,7 +176,7 @@ def test_repair_adds_a_measured_column_to_the_run_and_refuses_bad_inputs(shapes_
     assert "unknown strategy 'mend'" in _error(capsys)
     assert main(["repair", str(run), "--strategy", "last-layer", "--box", "30,30,40,40"]) == 2
     assert "lies outside the 32x32 px image" in _error(capsys)
-    (tmp_path / "audit.json").write_text(json.dumps({"candidates": [{"rank": 1, "verdict": "none"}]}))
+    (tmp_path / "audit.json").write_text(json.dumps(audit_json([candidate(1, "frog", "none")])))
     assert main(["repair", str(run), "--strategy", "rrr", "--from-audit", str(tmp_path / "audit.json")]) == 2
     assert "confirmed no shortcut" in _error(capsys)
     assert (run / "metrics.json").read_bytes() == before  # a refused repair leaves the run as it was

@@ -27,6 +27,15 @@ from gradcam_repro.measure.aggregate import (
     detection_thresholds,
     seed_interval,
 )
+from gradcam_repro.measure.results import CamScores, Interval, Verdict
+from gradcam_repro.measure.study_results import (
+    AgreementCounts,
+    CellMetrics,
+    ConditionAgreement,
+    MethodScores,
+    StudyCellResult,
+    Tally,
+)
 from gradcam_repro.pipeline.engine import join_error
 from gradcam_repro.pipeline.eta import EtaPace, progress_line
 from gradcam_repro.pipeline.grid import StudyGrid, read_study_file, study_grid
@@ -83,18 +92,19 @@ def test_the_seed_interval_is_the_student_t_interval_and_undefined_for_one_seed(
 
 
 def ci(mean, half=0.01, n=100):
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
+    return Interval(mean, mean - half, mean + half, n)
 
 
 def fake_cell(seed, fraction, flip, energy, uniform=0.05):
-    """A cell record with a flip-to-target rate and a Grad-CAM energy at layer4 (image-level CIs of +-0.01)."""
+    """A cell with a flip-to-target rate and a Grad-CAM energy at layer4 (image-level CIs of +-0.01); what the
+    aggregation does not read is a placeholder."""
     points = energy - 0.01 >= 2 * uniform
-    cam = {"layer4": {"patched_target": {"energy": ci(energy), "pointing": ci(0.5)}}}
-    return {"axes": {"seed": seed, "bias_fraction": fraction}, "uniform": {"energy_in_box": uniform},
-            "metrics": {**{k: ci(0.6) for k in ("clean_test_acc", "biased_test_acc", "target_recall_clean",
-                                               "target_recall_patched")},
-                        "flip_to_target": {"none": ci(0.0), "patch": ci(flip), "other_color": ci(0.0), "other_corner": ci(0.0)},
-                        "methods": {"gradcam": {"cam": cam, "verdict": {"points_at_patch": {"layer4": points}}}}}}
+    cam = {"layer4": {"patched_target": CamScores(ci(energy), ci(0.5))}}
+    metrics = CellMetrics(ci(0.6), {}, ci(0.6), ci(0.6), ci(0.6),
+                          {"none": ci(0.0), "patch": ci(flip), "other_color": ci(0.0), "other_corner": ci(0.0)},
+                          {"gradcam": MethodScores(cam, Verdict(flip - 0.01 >= 0.5, {"layer4": points}, {}))})
+    return StudyCellResult(f"{seed}-{fraction}", {"seed": seed, "bias_fraction": fraction}, "spec", None, ["gradcam"],
+                           {}, metrics, {"energy_in_box": uniform}, {}, {}, "node", 1, {}, {}, False)
 
 
 def test_verdicts_are_counted_per_seed_and_thresholds_need_the_lower_seed_bound_to_clear_the_rule():
@@ -104,22 +114,22 @@ def test_verdicts_are_counted_per_seed_and_thresholds_need_the_lower_seed_bound_
     energies = {0.0: (0.05, 0.06, 0.04), 0.1: (0.30, 0.32, 0.31), 0.3: (0.5, 0.5, 0.52)}
     cells = [fake_cell(s, f, flips[f][s], energies[f][s]) for f in flips for s in range(3)]
     conditions = aggregate_cells(cells)
-    assert [c["axes"] for c in conditions] == [{"bias_fraction": f} for f in flips]
+    assert [c.axes for c in conditions] == [{"bias_fraction": f} for f in flips]
     mid = conditions[1]
-    assert mid["seeds"] == [0, 1, 2]
-    assert mid["verdicts"]["relies_on_patch"] == {"k": 2, "n": 3}
-    assert mid["verdicts"]["flags/gradcam/layer4"] == {"k": 3, "n": 3}
-    assert "flags/gradcam/layer4" not in conditions[0]["verdicts"]  # the baseline is not compared with itself
-    assert mid["metrics"]["flip_to_target/patch"]["mean"] == pytest.approx(0.6)
-    assert mid["metrics"]["flip_to_target/patch"]["image_half_width"] == pytest.approx(0.01)
-    assert mid["metrics"]["energy_ratio/gradcam/layer4"]["mean"] == pytest.approx(0.31 / 0.05)
+    assert mid.seeds == [0, 1, 2]
+    assert mid.verdicts["relies_on_patch"] == Tally(k=2, n=3)
+    assert mid.verdicts["flags/gradcam/layer4"] == Tally(k=3, n=3)
+    assert "flags/gradcam/layer4" not in conditions[0].verdicts  # the baseline is not compared with itself
+    assert mid.metrics["flip_to_target/patch"].mean == pytest.approx(0.6)
+    assert mid.metrics["flip_to_target/patch"].image_half_width == pytest.approx(0.01)
+    assert mid.metrics["energy_ratio/gradcam/layer4"].mean == pytest.approx(0.31 / 0.05)
     (t,) = detection_thresholds(conditions)
-    assert t["fractions"] == [0.0, 0.1, 0.3] and t["n_seeds"] == 3
-    assert t["relies_on_patch"] == 0.3
-    assert t["flags"] == {"gradcam": {"layer4": 0.1}}
+    assert t.fractions == [0.0, 0.1, 0.3] and t.n_seeds == 3
+    assert t.relies_on_patch == 0.3
+    assert t.flags == {"gradcam": {"layer4": 0.1}}
     # One seed: no interval, so no threshold is claimed, whatever the means.
-    (single,) = detection_thresholds(aggregate_cells([c for c in cells if c["axes"]["seed"] == 0]))
-    assert single["relies_on_patch"] is None and single["flags"] == {"gradcam": {"layer4": None}}
+    (single,) = detection_thresholds(aggregate_cells([c for c in cells if c.axes["seed"] == 0]))
+    assert single.relies_on_patch is None and single.flags == {"gradcam": {"layer4": None}}
 
 
 def test_agreement_lists_the_verdicts_robust_in_one_study_and_not_in_the_same_way_in_the_other():
@@ -127,27 +137,30 @@ def test_agreement_lists_the_verdicts_robust_in_one_study_and_not_in_the_same_wa
     energies = {0.0: (0.05, 0.06, 0.04), 1.0: (0.30, 0.32, 0.31)}
     here = aggregate_cells([fake_cell(s, f, flips[f][s], energies[f][s]) for f in flips for s in range(3)])
     same = agreement(here, here)[1]
-    assert same["same"] and same["differs"] == [] and same["seeds"] == [3, 3]
-    assert same["tallies"] == {n: [t, t] for n, t in here[1]["verdicts"].items()}
+    assert same.same and same.differs == [] and same.seeds == (3, 3)
+    assert same.tallies == {n: (t, t) for n, t in here[1].verdicts.items()}
     # The reference: 2 seeds; seed 0's baseline already points (0.35), so at fraction 1 both seeds point but
     # only seed 1 flags the patch (1 of 2). At fraction 0 "points" is 1 of 2 there, 0 of 3 here.
     there = aggregate_cells([fake_cell(s, 0.0, 0.0, (0.35, 0.05)[s]) for s in range(2)]
                             + [fake_cell(s, 1.0, 0.99, 0.30) for s in range(2)])
     (base, full) = agreement(here, there)
-    assert base["differs"] == ["points_at_patch/gradcam/layer4"] and base["states"]["points_at_patch/gradcam/layer4"] == [
-        "none", "some"]
-    assert full["seeds"] == [3, 2] and full["tallies"]["flags/gradcam/layer4"] == [{"k": 3, "n": 3}, {"k": 1, "n": 2}]
-    assert full["differs"] == ["flags/gradcam/layer4"] and not full["same"] and full["contradicted"] == []
+    assert base.differs == ["points_at_patch/gradcam/layer4"] and base.states["points_at_patch/gradcam/layer4"] == (
+        "none", "some")
+    assert full.seeds == (3, 2) and full.tallies["flags/gradcam/layer4"] == (Tally(k=3, n=3), Tally(k=1, n=2))
+    assert full.differs == ["flags/gradcam/layer4"] and not full.same and full.contradicted == []
     never = aggregate_cells([fake_cell(s, f, 0.99 if f else 0.0, 0.05) for f in (0.0, 1.0) for s in range(2)])
-    assert set(agreement(here, never)[1]["contradicted"]) == {"points_at_patch/gradcam/layer4", "flags/gradcam/layer4"}
-    assert agreement(here, [c for c in there if c["axes"]["bias_fraction"] == 0.5]) == []
+    assert set(agreement(here, never)[1].contradicted) == {"points_at_patch/gradcam/layer4", "flags/gradcam/layer4"}
+    assert agreement(here, [c for c in there if c.axes["bias_fraction"] == 0.5]) == []
 
 
 def test_agreement_counts_the_verdicts_robust_in_each_study_and_those_the_same_in_both():
-    shared = [{"states": {"a": ["every", "every"], "b": ["none", "some"], "c": ["some", "every"], "d": ["some", "some"]}},
-              {"states": {"a": ["every", "none"], "b": ["none", "none"], "e": ["none", "some"]}}]
-    assert agreement_counts(shared) == {"same": 2, "robust_here": 5, "robust_there": 4}
-    assert agreement_counts([]) == {"same": 0, "robust_here": 0, "robust_there": 0}
+    def states(**pairs):  # an agreement where only the states count
+        return ConditionAgreement({}, (1, 1), {}, {n: tuple(pair) for n, pair in pairs.items()}, [], [], True)
+
+    shared = [states(a=["every", "every"], b=["none", "some"], c=["some", "every"], d=["some", "some"]),
+              states(a=["every", "none"], b=["none", "none"], e=["none", "some"])]
+    assert agreement_counts(shared) == AgreementCounts(same=2, robust_here=5, robust_there=4)
+    assert agreement_counts([]) == AgreementCounts(same=0, robust_here=0, robust_there=0)
 
 
 def test_the_progress_line_counts_cells_and_rounds_the_eta():
@@ -257,7 +270,7 @@ def test_a_cluster_that_wants_an_auth_token_gets_a_one_line_error_naming_the_fix
 def test_a_four_cell_study_on_local_ray_writes_every_cell_shared_baselines_and_the_reports(local_study):
     out, study, lines = local_study
     cells = cells_of(out)
-    assert len(cells) == 4 and all(c["status"] == "done" for c in study["cells"].values())
+    assert len(cells) == 4 and all(c.status == "done" for c in study.cells.values())
     assert any("2 dataset(s) put into the object store" in line for line in lines)  # one per shapes seed
     assert len({c["spec_key"] for c in cells.values()}) == 4 == len(list((out / "experiments").iterdir()))
     for c in cells.values():
@@ -270,14 +283,14 @@ def test_a_four_cell_study_on_local_ray_writes_every_cell_shared_baselines_and_t
         assert set(c["metrics"]["methods"]) == set(METHODS)
         assert set(c["metrics"]["methods"]["inputxgradient"]["cam"]) == {"input"}
         assert c["metrics"]["methods"]["gradcam"]["cam"]["layer1"]["clean_target"]["energy"]["n"] == 8
-    assert [cond["axes"] for cond in study["conditions"]] == [{"bias_fraction": 0.0}, {"bias_fraction": 1.0}]
-    assert all(cond["seeds"] == [0, 1] for cond in study["conditions"])
-    assert json.loads((out / "study.json").read_text())["conditions"] == json.loads(json.dumps(study["conditions"]))
+    assert [cond.axes for cond in study.conditions] == [{"bias_fraction": 0.0}, {"bias_fraction": 1.0}]
+    assert all(cond.seeds == [0, 1] for cond in study.conditions)
+    assert json.loads((out / "study.json").read_text())["conditions"] == json.loads(json.dumps(study.to_dict()["conditions"]))
     report = (out / "STUDY.md").read_text()
     for section in ("## Does the model rely on the patch?", "### Input x Gradient", "## Detection thresholds",
                     "Student t-interval over seeds", "figures/dose_response_reliance.png"):
         assert section in report
-    for rel in study["figures"]:
+    for rel in study.figures:
         assert (out / rel).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.rglob("*.tmp"))
 
@@ -289,9 +302,9 @@ def test_against_another_study_reports_where_the_every_seed_verdicts_differ(loca
     lines = []
     again = run_study(StudyGrid(SETTINGS, AXES, METHODS), StudyOptions(out=str(here), against=str(local_out)),
                       log=lines.append)
-    assert [c["same"] for c in again["against"]["conditions"]] == [True, True]
+    assert [c.same for c in again.against.conditions] == [True, True]
     assert f"## Against `{local_out}`" in (here / "STUDY.md").read_text()
-    robust = sum(state[0] != "some" for c in again["against"]["conditions"] for state in c["states"].values())
+    robust = sum(state[0] != "some" for c in again.against.conditions for state in c.states.values())
     assert f"at 2 shared condition(s): {robust} of its {robust} seed-robust verdicts hold the same way here" in lines[-1]
     assert f"Of the {robust} verdicts seed-robust there, **{robust} hold the same way here**" in (here / "STUDY.md").read_text()
     # A reference where a verdict that does not hold in every seed here holds in every seed there.
@@ -304,9 +317,9 @@ def test_against_another_study_reports_where_the_every_seed_verdicts_differ(loca
     (reference / "study.json").write_text(json.dumps(edited))
     again = run_study(StudyGrid(SETTINGS, AXES, METHODS), StudyOptions(out=str(here), against=str(reference)),
                       log=lines.append)
-    (_, differs) = again["against"]["conditions"]
-    assert not differs["same"] and differs["differs"] == [name]
-    assert differs["contradicted"] == ([name] if tally["k"] == 0 else [])
+    (_, differs) = again.against.conditions
+    assert not differs.same and differs.differs == [name]
+    assert differs.contradicted == ([name] if tally["k"] == 0 else [])
     note = "no seed here, every seed there (contradicted)" if tally["k"] == 0 else "some seeds here, every seed there"
     assert f"| {name} | {tally['k']}/2 | 2/2 | {note} |" in (here / "STUDY.md").read_text()
     against = json.loads((here / "study.json").read_text())["against"]

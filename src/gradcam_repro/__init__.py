@@ -10,9 +10,10 @@ The folders follow the pipeline, each stage a package that imports only from the
     explain/   `cam` (Grad-CAM and six relatives), `pixel` (Captum's pixel-space methods), `registry` (one
                explainer protocol and registry)
     measure/   `scores` (scores with bootstrap CIs), `predict`, `shortcut` (flip tests, energy in the patch),
-               `results` (the typed results: RunMetrics and its parts), `examples` (what the figures show),
-               `sanity` (randomisation check), `faithfulness` (deletion/insertion), `comparison` (every method x
-               layer), `spray` (the audit's SpRAy clustering and causal tests), `aggregate` (studies across seeds)
+               typed results (`results`: RunMetrics and its parts; `audit_results`: AuditResult; `study_results`:
+               StudyResult and its cells), `examples` (what the figures show), `sanity` (randomisation check),
+               `faithfulness` (deletion/insertion), `comparison` (every method x layer), `spray` (the audit's SpRAy
+               clustering and causal tests), `aggregate` (studies across seeds)
     report/    pure renderers of measured results: `format` (numbers), `figures`, `run_figures`, `markdown`,
                `html` (REPORT.html; its CSS and JS in report/assets/), `repair_table`, `audit_report`,
                `study_report`
@@ -22,8 +23,9 @@ The folders follow the pipeline, each stage a package that imports only from the
                `compare`, `explain_files`, `audit`, `repair`, `view`, and `study` with its `grid`,
                `study_tasks` and `eta`
 
-with `errors` (the one-line UserError), `config` (one dataclass, presets), `runtime` (device, precision,
-seeds) and `store` (atomic files, readers, the run lock) beneath every stage, and `cli` on top.
+with `errors` (the one-line UserError), `config` (one dataclass, presets), `options` (an options dataclass
+as command-line flags), `runtime` (device, precision, seeds) and `store` (atomic files, readers, the run
+lock) beneath every stage, and `cli` on top.
 """
 
 __version__ = "0.2.0"

@@ -8,9 +8,10 @@ result, so a result can always be traced back to what produced it.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gradcam_repro.errors import UserError
+from gradcam_repro.options import ALL, count_or_all, parse_color, parse_sizes
 
 # The layer the seed explains: `layer4[-1].conv2` of the CIFAR ResNet-18, the last convolution (4x4 at 32 px).
 SEED_LAYER = "layer4.1.conv2"
@@ -25,58 +26,100 @@ MAX_IMAGE_PIXELS = 40_000_000
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 PRECISIONS = ("auto", "bf16", "fp32")
 LR_SCHEDULES = ("constant", "onecycle")
+# The --help groups of Config's flags.
+RUN, TRAINING, SHORTCUT, EXPLANATION = "what to run", "training", "shortcut (bias injection)", "explanation and output"
 
 
 @dataclass
 class Config:
     """All knobs of one `gradcam-repro run`. Defaults are the seed protocol."""
 
-    preset: str = "paper"  # the name of the preset the values came from (`preset_config`); defaults: the seed
-    dataset: str = "cifar10"  # a name in data.registry.DATASETS (checked where the registry is known)
-    data_root: str | None = None  # None: $GRADCAM_DATA_ROOT, else ./data
-    out: str | None = None  # None: runs/<preset>
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    seed: int = 0
+    # Each field is one flag of `run` and `study` (options.add_options): its help is written here, once; the
+    # default is appended to it. The flags default to None so that only what is given overrides the preset.
+    preset: str = field(default="paper", metadata={  # the preset the values came from; defaults: the seed
+        "group": RUN, "default_text": f"{DEFAULT_PRESET}; study: {STUDY_PRESET}",
+        "help": "named config: paper = seed protocol on all 50,000 images (5 epochs SGD lr 0.01); quick = both "
+                "experiments in <= 15 min on a 2-core CPU; sweep = one `study` cell (21 in <= 60 min); smoke = about "
+                "a minute, for tests. Every other flag overrides the preset"})
+    dataset: str = field(default="cifar10", metadata={  # a name in data.registry.DATASETS (checked where it is known)
+        "group": RUN, "help": "cifar10 or the synthetic shapes set with object masks"})
+    data_root: str | None = field(default=None, metadata={  # None: $GRADCAM_DATA_ROOT, else ./data
+        "help": "folder holding cifar-10-batches-py/ or train/<class>/ + test/<class>/; download is tried if empty",
+        "default_text": "where the run found it, else $GRADCAM_DATA_ROOT, else ./data"})
+    out: str | None = field(default=None, metadata={"group": RUN, "help": "output folder", "default_text": "runs/<preset>"})
+    device: str = field(default="auto", metadata={"help": "auto (CUDA if available), cpu, cuda or cuda:N"})
+    seed: int = field(default=0, metadata={
+        "group": RUN, "help": "seed for initialisation, subsets, shuffling and augmentation"})
 
     # Training (seed protocol: 5 epochs SGD lr 0.01 momentum 0.9, batch 128).
-    epochs: int = 5
-    batch_size: int = 128
-    lr: float = 0.01
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    lr_schedule: str = "constant"  # constant | onecycle (linear warm-up then linear decay)
-    label_smoothing: float = 0.0
-    train_subset: int | None = None  # None: all training images (class-stratified subset otherwise)
-    eval_subset: int | None = None  # test images scored after each epoch; None: all
-    test_subset: int | None = None  # test images used for the final metrics and figures; None: all
-    augment: bool = True  # random crop (pad 4) + horizontal flip
+    epochs: int = field(default=5, metadata={"group": TRAINING, "help": "training epochs per experiment"})
+    batch_size: int = field(default=128, metadata={"group": TRAINING, "help": "training batch size"})
+    lr: float = field(default=0.01, metadata={"group": TRAINING, "help": "SGD learning rate, the peak for onecycle"})
+    momentum: float = field(default=0.9, metadata={"group": TRAINING, "help": "SGD momentum"})
+    nesterov: bool = field(default=False, metadata={"group": TRAINING, "negatable": True, "help": "Nesterov momentum"})
+    weight_decay: float = field(default=0.0, metadata={"group": TRAINING, "help": "L2 weight decay"})
+    lr_schedule: str = field(default="constant", metadata={
+        "group": TRAINING, "choices": LR_SCHEDULES,
+        "help": "constant (the seed's) or onecycle: linear warm-up over 25%% of steps, then linear decay"})
+    label_smoothing: float = field(default=0.0, metadata={"group": TRAINING, "help": "cross-entropy label smoothing"})
+    train_subset: int | None = field(default=None, metadata={  # None: all training images (class-stratified otherwise)
+        "group": TRAINING, "help": "train on a class-balanced subset of this many images", "default_text": "all"})
+    eval_subset: int | None = field(default=None, metadata={
+        "group": TRAINING, "help": "test images scored after each epoch; final metrics use --test-subset",
+        "default_text": "all"})
+    test_subset: int | None = field(default=None, metadata={
+        "group": TRAINING, "help": "final metrics and figures on a class-balanced subset of the test set",
+        "default_text": "all"})
+    augment: bool = field(default=True, metadata={
+        "group": TRAINING, "help": "random crop (zero pad 4 px) + horizontal flip"})
     # Progressive resizing: input side in px for each epoch, the last repeating
     # (e.g. (16, 24, 32)); empty: always 32. Evaluation is always at 32 px.
-    train_resolutions: tuple[int, ...] = ()
-    precision: str = "auto"  # auto (bf16 where supported) | bf16 | fp32
-    compile: bool = False  # train through torch.compile(model); measured slower on a 2-core CPU, meant for GPUs
+    train_resolutions: tuple[int, ...] = field(default=(), metadata={
+        "group": TRAINING, "type": parse_sizes, "default_text": "32 throughout",
+        "help": "progressive resizing: training input side per epoch, e.g. 16,24,32 (the last repeats). Evaluation "
+                "and Grad-CAM always use 32 px"})
+    precision: str = field(default="auto", metadata={
+        "group": TRAINING, "choices": PRECISIONS, "help": "auto (bf16 where the hardware has it), bf16 or fp32"})
+    compile: bool = field(default=False, metadata={
+        "group": TRAINING, "negatable": True,
+        "help": "train through torch.compile. Measured slower on a 2-core CPU; it helps mainly on GPUs"})
 
     # Shortcut: a coloured square pasted on every image of one class.
-    bias_class: str | None = None  # None: the dataset's default (frog for CIFAR-10, hbar for shapes)
-    patch_size: int = 6
-    patch_color: tuple[int, int, int] = (255, 255, 0)
-    patch_corner: str = "top-left"
-    patch_offset: int = 0
-    bias_fraction: float = 1.0
+    bias_class: str | None = field(default=None, metadata={  # None: the dataset's default
+        "group": SHORTCUT, "help": "class whose training images get the patch",
+        "default_text": "frog; hbar for --dataset shapes"})
+    patch_size: int = field(default=6, metadata={"group": SHORTCUT, "help": "side of the square patch in px"})
+    patch_color: tuple[int, int, int] = field(default=(255, 255, 0), metadata={
+        "group": SHORTCUT, "type": parse_color, "help": "R,G,B or a colour name such as yellow"})
+    patch_corner: str = field(default="top-left", metadata={
+        "group": SHORTCUT, "choices": CORNERS, "help": "where the patch goes"})
+    patch_offset: int = field(default=0, metadata={
+        "group": SHORTCUT, "help": "distance of the patch from the corner in px"})
+    bias_fraction: float = field(default=1.0, metadata={
+        "group": SHORTCUT, "help": "fraction of the class's training images patched, in [0, 1]"})
 
     # Explanation and figures.
-    cam: str = "gradcam"  # CAM method: one of explain.registry.CAM_METHODS (checked where the registry is known)
-    cam_layer: str = SEED_LAYER
-    cam_batch_size: int = 256
-    counterfactual_images: int | None = None  # non-target test images the patch is pasted on; None: all
-    cam_images: int | None = None  # images per CAM evaluation set (seeded choice); None: all
-    figure_images: int = 8
-    show: bool = False
+    cam: str = field(default="gradcam", metadata={  # one of explain.registry.CAM_METHODS (checked where it is known)
+        "help": "CAM method (scorecam costs one forward pass per channel, ~500x gradcam at layer4)"})
+    cam_layer: str = field(default=SEED_LAYER, metadata={
+        "help": "explained layer as a dotted path, e.g. layer4, layer3, layer3.1.conv2, layer2; the default is the "
+                "seed's layer4[-1].conv2"})
+    cam_batch_size: int = field(default=256, metadata={
+        "group": EXPLANATION, "help": "images per Grad-CAM forward/backward pass"})
+    counterfactual_images: int | None = field(default=None, metadata={  # None: all
+        "group": EXPLANATION, "type": count_or_all, "default_text": "all",
+        "help": "non-target test images the patch is pasted on for the flip-to-target tests (seeded choice; "
+                "'all' for every one)"})
+    cam_images: int | None = field(default=None, metadata={  # None: all
+        "group": EXPLANATION, "type": count_or_all, "default_text": "all",
+        "help": "images per Grad-CAM evaluation set (seeded choice; 'all' for every one)"})
+    figure_images: int = field(default=8, metadata={"group": EXPLANATION, "help": "images per figure grid"})
+    show: bool = field(default=False, metadata={"group": EXPLANATION, "help": "also show the figures on screen"})
 
     # Shapes dataset sizes (ignored for cifar10).
-    shapes_train: int = 10_000
-    shapes_test: int = 2_000
+    shapes_train: int = field(default=10_000, metadata={
+        "group": EXPLANATION, "help": "shapes dataset: number of training images"})
+    shapes_test: int = field(default=2_000, metadata={"group": EXPLANATION, "help": "shapes dataset: number of test images"})
 
     def validate(self) -> Config:
         """Raise `UserError` naming the first out-of-range value and how to fix it.
@@ -206,9 +249,6 @@ PRESETS: dict[str, dict] = {
         "shapes_test": 300,
     },
 }
-
-
-ALL = "all"  # a sample-size flag's value for "every image" (the field's None), e.g. --counterfactual-images all
 
 
 def preset_config(name: str, **overrides) -> Config:

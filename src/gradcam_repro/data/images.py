@@ -62,3 +62,21 @@ def stratified_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
         rank[where] = torch.arange(len(where))
     keep = order[torch.argsort(rank * len(labels) + torch.arange(len(labels)), stable=True)[:n]]
     return keep.sort().values
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Labelled images a model is measured or audited on: (N, 3, H, W) uint8 `images`, (N,) int64 `labels` and
+    the class names.
+
+    What is known besides, for checking a measurement only: `masks` (N, H, W) bool, the true object masks (the
+    shapes set); `patched` (N,) bool, where a known artefact was pasted, and `planted_box` where it sits (an
+    audit's check of its own clusters and regions). None where nobody knows.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+    masks: torch.Tensor | None = None
+    patched: torch.Tensor | None = None
+    planted_box: tuple[int, int, int, int] | None = None

@@ -19,12 +19,13 @@ import torch
 from torch import nn
 
 from gradcam_repro.data.bias import inject_patch, patch_box
+from gradcam_repro.data.images import EvalSet
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.pixel import PIXEL_LAYER
 from gradcam_repro.explain.registry import EXPLAINERS, display_name, explain_images, map_layers, single_layer_explainer
 from gradcam_repro.measure import faithfulness, sanity, scores
 from gradcam_repro.measure.predict import predict
-from gradcam_repro.measure.shortcut import EvalSet, Progress, score_maps, seeded_cap, staged
+from gradcam_repro.measure.shortcut import Progress, score_maps, seeded_cap, staged
 from gradcam_repro.model.resnet import normalize
 from gradcam_repro.runtime import Runtime
 
@@ -48,14 +49,16 @@ class CompareOptions:
     shapes_run: a `--dataset shapes` run for localisation; device, data_root: overrides of the run's own.
     """
 
-    methods: tuple[str, ...] | None = None
-    images: int = 100
-    scorecam_images: int = 8
-    sanity_images: int = 16
-    faithfulness_images: int = 64
-    shapes_run: str | None = None
-    device: str | None = None
-    data_root: str | None = None
+    methods: tuple[str, ...] | None = field(default=None, metadata={
+        "metavar": "METHOD", "help": "subset of methods", "default_text": "all"})
+    images: int = field(default=100, metadata={"help": "images per scored set"})
+    scorecam_images: int = field(default=8, metadata={"help": "of those, how many Score-CAM explains"})
+    sanity_images: int = field(default=16, metadata={"help": "images in the randomisation cascade"})
+    faithfulness_images: int = field(default=64, metadata={"help": "images for deletion/insertion"})
+    shapes_run: str | None = field(default=None, metadata={
+        "help": "a run made with --dataset shapes: adds localisation against object masks"})
+    device: str | None = None  # --device, shared with the other commands
+    data_root: str | None = None  # --data-root, shared with the other commands
 
     def __post_init__(self):
         if self.methods is not None:

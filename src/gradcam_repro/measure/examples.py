@@ -11,9 +11,10 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from gradcam_repro.data.images import EvalSet
 from gradcam_repro.explain.registry import display_name, explain_images
 from gradcam_repro.measure import scores
-from gradcam_repro.measure.shortcut import EvalSet, Progress, ShortcutProtocol, staged
+from gradcam_repro.measure.shortcut import Progress, ShortcutProtocol, staged
 from gradcam_repro.runtime import Runtime
 
 SIDE_BY_SIDE_IMAGES = 6

@@ -97,9 +97,9 @@ class Verdict:
 
 
 @dataclass(frozen=True)
-class ModelShortcut:
-    """One model's shortcut results: accuracies, reliance (flip rates per pasted variant), CAM scores per
-    layer and evaluation set, localisation against object masks (shapes only) and the verdict."""
+class Predictions:
+    """What a model's predictions say, whichever method explains it: accuracies (clean, per class, on the biased
+    test set), the target class's recall on clean and patched images, and the flip rates (reliance)."""
 
     clean_test_acc: Interval
     per_class_acc: dict[str, float]
@@ -107,6 +107,20 @@ class ModelShortcut:
     target_recall_clean: Interval
     target_recall_patched: Interval
     flip_to_target: dict[str, Interval]  # variant ("none", "patch", "other_color", "other_corner") -> rate
+
+    def predictions_dict(self) -> dict:
+        return {"clean_test_acc": self.clean_test_acc.to_dict(), "per_class_acc": dict(self.per_class_acc),
+                "biased_test_acc": self.biased_test_acc.to_dict(),
+                "target_recall_clean": self.target_recall_clean.to_dict(),
+                "target_recall_patched": self.target_recall_patched.to_dict(),
+                "flip_to_target": _dicts(self.flip_to_target)}
+
+
+@dataclass(frozen=True)
+class ModelShortcut(Predictions):
+    """One model's shortcut results: its predictions, CAM scores per layer and evaluation set, localisation
+    against object masks (shapes only) and the verdict."""
+
     cam: dict[str, dict[str, CamScores]]  # layer -> CAM set (measure.shortcut.CAM_SETS) -> scores
     verdict: Verdict
     localisation: dict[str, CamScores] | None = None  # layer -> scores against object masks
@@ -115,12 +129,7 @@ class ModelShortcut:
         return self.cam[layer][cam_set].energy
 
     def to_dict(self) -> dict:
-        out = {"clean_test_acc": self.clean_test_acc.to_dict(), "per_class_acc": dict(self.per_class_acc),
-               "biased_test_acc": self.biased_test_acc.to_dict(),
-               "target_recall_clean": self.target_recall_clean.to_dict(),
-               "target_recall_patched": self.target_recall_patched.to_dict(),
-               "flip_to_target": _dicts(self.flip_to_target),
-               "cam": {layer: _dicts(sets) for layer, sets in self.cam.items()}}
+        out = {**self.predictions_dict(), "cam": {layer: _dicts(sets) for layer, sets in self.cam.items()}}
         if self.localisation is not None:
             out["localisation"] = _dicts(self.localisation)
         return out | {"verdict": self.verdict.to_dict()}

@@ -16,6 +16,7 @@ from torch import nn
 
 from gradcam_repro.data.artefact import Artefact
 from gradcam_repro.data.bias import patch_artefact
+from gradcam_repro.data.images import EvalSet
 from gradcam_repro.explain.registry import explain_images, map_layers
 from gradcam_repro.measure import scores
 from gradcam_repro.measure.predict import predict
@@ -28,16 +29,6 @@ PATCHED_TARGET, FLIPPED, CLEAN_TARGET = CAM_SETS
 
 # progress(done, total, stage=""): told of each explanation pass (pipeline.progress.Tracker is one).
 Progress = Callable[..., None]
-
-
-@dataclass(frozen=True)
-class EvalSet:
-    """Clean test images (N, 3, H, W) uint8 with (N,) int64 labels; masks (N, H, W) bool on shapes."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    classes: tuple[str, ...]
-    masks: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -154,10 +145,27 @@ def measure_model(model: nn.Module, test: EvalSet, probes: Probes, protocol: Sho
 
     `progress(done, total, stage)` hears of each explanation pass (stage: the image set explained)."""
     m, preds = prediction_metrics(model, test, probes, protocol, runtime)
+    judged, patched_maps = judged_explanations(model, test, (probes, preds, m), protocol, runtime, progress)
+    return {**m, **judged}, {"predictions": preds, "patched_target_maps": patched_maps}
+
+
+def judged_explanations(model: nn.Module, test: EvalSet, predicted: tuple[Probes, dict, dict], protocol: ShortcutProtocol,
+                        runtime: Runtime, progress: Progress | None = None) -> tuple[dict, dict]:
+    """`protocol.method`'s scores for one model and the verdicts they give with its prediction metrics.
+
+    predicted: (probes, predictions, prediction metrics) from `prediction_metrics`, computed once per model
+    whichever methods explain it. Returns ({"cam", "localisation" (masks only), "verdict"}, the patched target
+    images' maps)."""
+    probes, preds, m = predicted
     explained, patched_maps = explanation_metrics(model, test, probes, preds, protocol, runtime, progress)
-    m.update(explained)
-    m["verdict"] = scores.verdicts(m, scores.uniform_energy(protocol.box(test.images.shape[-1]), test.images.shape[-1]))
-    return m, {"predictions": preds, "patched_target_maps": patched_maps}
+    size = test.images.shape[-1]
+    explained["verdict"] = scores.verdicts({**m, **explained}, scores.uniform_energy(protocol.box(size), size))
+    return explained, patched_maps
+
+
+def sample_sizes(test: EvalSet, probes: Probes) -> dict[str, int]:
+    """The image counts every rate was measured on."""
+    return {"test": len(test.labels), "target_test": len(probes.target_idx), "counterfactual_non_target": len(probes.other_idx)}
 
 
 def explanation_metrics(model: nn.Module, test: EvalSet, probes: Probes, preds: dict, protocol: ShortcutProtocol,
@@ -211,8 +219,7 @@ def measure_shortcut(models: dict[str, nn.Module], test: EvalSet, protocol: Shor
                                                                       staged(progress, name))
     out["uniform"] = uniform_scores(test, protocol)
     out["counterfactual_patches"] = {k: {**v, "color": list(v["color"])} for k, v in counterfactual_patches(protocol.patch).items()}
-    out["n"] = {"test": len(test.labels), "target_test": len(probes.target_idx),
-                "counterfactual_non_target": len(probes.other_idx)}
+    out["n"] = sample_sizes(test, probes)
     return out, examples
 
 
@@ -250,11 +257,6 @@ def measure_methods(model: nn.Module, test: EvalSet, protocol: ShortcutProtocol,
     """
     probes = make_probes(test, protocol)
     m, preds = prediction_metrics(model, test, probes, protocol, runtime)
-    uniform = uniform_scores(test, protocol)
-    m["methods"] = {}
-    for method in methods:
-        explained, _ = explanation_metrics(model, test, probes, preds, replace(protocol, method=method), runtime)
-        explained["verdict"] = scores.verdicts({**m, **explained}, uniform["energy_in_box"])
-        m["methods"][method] = explained
-    return {"model": m, "uniform": uniform, "n": {"test": len(test.labels), "target_test": len(probes.target_idx),
-                                                   "counterfactual_non_target": len(probes.other_idx)}}
+    judged = {method: judged_explanations(model, test, (probes, preds, m), replace(protocol, method=method), runtime)[0]
+              for method in methods}
+    return {"model": {**m, "methods": judged}, "uniform": uniform_scores(test, protocol), "n": sample_sizes(test, probes)}

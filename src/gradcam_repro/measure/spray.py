@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradcam_repro.data.artefact import RING_PX, from_images, median_pixels, paste, remove
+from gradcam_repro.data.images import EvalSet
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.registry import explain_images
 from gradcam_repro.measure import scores
@@ -295,21 +296,6 @@ def verdict(transplanted: dict, occluded: dict, untouched: dict, removal: dict, 
 # ----- the audit of one model ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class AuditSet:
-    """The audited test images: (N, 3, H, W) uint8 `images`, (N,) int64 `labels`, the class names.
-
-    patched: (N,) bool, True where a known artefact was pasted (for checking the audit only: the adjusted
-    Rand index and the region's overlap with `planted_box`); None where nobody knows.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    classes: tuple[str, ...]
-    patched: torch.Tensor | None = None
-    planted_box: tuple[int, int, int, int] | None = None
-
-
-@dataclass(frozen=True)
 class AuditSettings:
     """How an audit explains and tests: explainer, layer, seed (clusters, samples, bootstrap), which classes
     (None: all), how many top classes are tested causally and on how many other-class images."""
@@ -388,7 +374,7 @@ def top_candidates(ranked: list[dict], count: int) -> list[dict]:
     return chosen
 
 
-def confirm_candidate(model: nn.Module, data: AuditSet, predictions: torch.Tensor, members: torch.Tensor,
+def confirm_candidate(model: nn.Module, data: EvalSet, predictions: torch.Tensor, members: torch.Tensor,
                       region: dict, settings: AuditSettings, runtime: Runtime) -> tuple[dict, dict]:
     """Transplant and removal tests of one candidate region, with 95% CIs and the verdict.
 
@@ -424,7 +410,7 @@ def confirm_candidate(model: nn.Module, data: AuditSet, predictions: torch.Tenso
     return record, examples
 
 
-def _audited_classes(data: AuditSet, settings: AuditSettings) -> list[int]:
+def _audited_classes(data: EvalSet, settings: AuditSettings) -> list[int]:
     if len(data.labels) == 0:
         raise UserError("the dataset has no test images to audit; fix: pass a --data-root whose test split holds images")
     if settings.classes is None:
@@ -440,7 +426,7 @@ def _too_few(name: str, n: int) -> str:
             "cluster its explanations")
 
 
-def _add_ground_truth(record: dict, ids: torch.Tensor, data: AuditSet, members: torch.Tensor, target: int) -> None:
+def _add_ground_truth(record: dict, ids: torch.Tensor, data: EvalSet, members: torch.Tensor, target: int) -> None:
     """Where the pasted images are of this class: each cluster's patched share and the adjusted Rand
     index (patched vs not) over the class's true images (`adjusted_rand_index`) and over every image assigned
     to it (`adjusted_rand_index_all`)."""
@@ -471,7 +457,7 @@ def artefact_clusters(record: dict, images: torch.Tensor, ids: torch.Tensor, box
     return out
 
 
-def add_artefact_group(candidate: dict, pixels: torch.Tensor, classes: dict, class_examples: dict, data: AuditSet) -> None:
+def add_artefact_group(candidate: dict, pixels: torch.Tensor, classes: dict, class_examples: dict, data: EvalSet) -> None:
     """Record a confirmed candidate's sub-population: its clusters and image count (and, where the patch was
     pasted on this class for checking, the adjusted Rand index of that group against patched/unpatched)."""
     name = candidate["class"]
@@ -486,7 +472,7 @@ def add_artefact_group(candidate: dict, pixels: torch.Tensor, classes: dict, cla
     classes[name]["adjusted_rand_index_artefact"] = adjusted_rand(in_group[true], data.patched[members][true])
 
 
-def discover(data: AuditSet, predictions: torch.Tensor, maps: torch.Tensor, settings: AuditSettings) -> tuple[dict, dict]:
+def discover(data: EvalSet, predictions: torch.Tensor, maps: torch.Tensor, settings: AuditSettings) -> tuple[dict, dict]:
     """`discover_class` for every audited class ({name: record}, {name: examples}); too-small classes are
     recorded as skipped, or refused when they were asked for by name."""
     spread = pixel_spread(data.images)
@@ -506,7 +492,7 @@ def discover(data: AuditSet, predictions: torch.Tensor, maps: torch.Tensor, sett
     return records, examples
 
 
-def audit_model(model: nn.Module, data: AuditSet, settings: AuditSettings, runtime: Runtime,
+def audit_model(model: nn.Module, data: EvalSet, settings: AuditSettings, runtime: Runtime,
                 progress: Callable[[int, int], None] | None = None) -> tuple[dict, dict]:
     """Discover and confirm shortcuts of `model` on `data` (see the module docstring).
 

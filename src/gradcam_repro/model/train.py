@@ -31,24 +31,26 @@ DIVERGENCE_CHECK_EVERY = 20
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """What one training run needs to know: the optimiser, schedule, batches, augmentation and seed.
+    """What one training run needs to know: the optimiser, its schedule, the batches, augmentation and the seed.
 
-    Field names and meanings are those of the run's config (`Config`), so `TrainSettings.of(config)` takes them
-    from it; defaults are the seed protocol (5 epochs SGD lr 0.01 momentum 0.9, batch 128).
+    The names and meanings are those of the run's config fields (`Config`: defaults there are the seed protocol,
+    e.g. 5 epochs of SGD at lr 0.01, momentum 0.9, batch 128), so `TrainSettings.of(config)` takes them from it.
+    lr_schedule: "constant" | "onecycle"; train_resolutions: progressive resizing, the side per epoch (the last
+    repeating; () for full size throughout).
     """
 
-    epochs: int = 5
-    batch_size: int = 128
-    lr: float = 0.01
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    lr_schedule: str = "constant"  # constant | onecycle
-    label_smoothing: float = 0.0
-    augment: bool = True
-    train_resolutions: tuple[int, ...] = ()  # progressive resizing: side per epoch, the last repeating
-    compile: bool = False
-    seed: int = 0
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    lr_schedule: str
+    label_smoothing: float
+    augment: bool
+    train_resolutions: tuple[int, ...]
+    compile: bool
+    seed: int
 
     @classmethod
     def of(cls, settings) -> TrainSettings:

@@ -13,7 +13,7 @@ Everything is checked before anything is written.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -21,12 +21,13 @@ import torch
 from gradcam_repro import store
 from gradcam_repro.config import Config
 from gradcam_repro.data.bias import bias_dataset, patch_artefact
-from gradcam_repro.data.images import stratified_subset
+from gradcam_repro.data.images import EvalSet, stratified_subset
 from gradcam_repro.data.registry import get_dataset
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.cam import layer_names
 from gradcam_repro.explain.registry import PIXEL_METHODS, display_name, get_explainer
 from gradcam_repro.measure import spray
+from gradcam_repro.measure.audit_results import AuditResult
 from gradcam_repro.pipeline.experiment import load_models
 from gradcam_repro.pipeline.folders import AuditFolder, ExperimentFolder, RunFolder, model_files
 from gradcam_repro.pipeline.progress import as_reporter
@@ -38,19 +39,31 @@ from gradcam_repro.runtime import Runtime
 class AuditOptions:
     """What `gradcam-repro audit` was asked for (one field per flag; None: the default described in --help)."""
 
-    experiment: str | None = None
-    dataset: str | None = None
-    data_root: str | None = None
-    method: str = spray.AUDIT_METHOD
-    layer: str = spray.AUDIT_LAYER
-    out: str | None = None
-    device: str | None = None
-    images: int | None = None
-    classes: tuple[str, ...] | None = None
-    candidates: int = spray.TOP_CANDIDATES
-    patch_test_fraction: float | None = None
-    patch_test_class: str | None = None
-    seed: int = 0
+    experiment: str | None = field(default=None, metadata={
+        "help": "which experiment of a run folder to audit", "default_text": "biased"})
+    dataset: str | None = field(default=None, metadata={
+        "help": "dataset of the test images",
+        "default_text": "the one the model was trained on, from spec.json; cifar10 for a bare model.pt"})
+    data_root: str | None = None  # --data-root, shared with the other commands
+    method: str = field(default=spray.AUDIT_METHOD, metadata={
+        "help": "explanation method (README, Finding a shortcut, explains the default)"})
+    layer: str = field(default=spray.AUDIT_LAYER, metadata={"help": "explained layer, a dotted path"})
+    out: str | None = field(default=None, metadata={
+        "help": "output folder", "default_text": "<run>/audit, or audits/<model> for a model.pt"})
+    device: str | None = None  # --device, shared with the other commands
+    images: int | None = field(default=None, metadata={
+        "help": "audit a class-balanced subset of this many test images", "default_text": "all"})
+    classes: tuple[str, ...] | None = field(default=None, metadata={
+        "metavar": "CLASS", "help": "audit only these classes", "default_text": "all"})
+    candidates: int = field(default=spray.TOP_CANDIDATES, metadata={
+        "help": "how many top-ranked classes are tested causally"})
+    patch_test_fraction: float | None = field(default=None, metadata={
+        "metavar": "F", "default_text": "the test set as it is",
+        "help": "paste the run's patch (its size, colour, corner) on a seeded share F of --patch-test-class's test "
+                "images, recorded in audit.json, to check the audit"})
+    patch_test_class: str | None = field(default=None, metadata={
+        "help": "class whose test images get the patch", "default_text": "the run's bias class"})
+    seed: int = field(default=0, metadata={"help": "seed of the subsets, the pasted share, clustering and bootstrap"})
 
 
 @dataclass(frozen=True)
@@ -116,7 +129,7 @@ def check_layer(model: torch.nn.Module, method: str, layer: str) -> None:
 
 
 def load_audit_set(config: Config, classes: tuple[str, ...], options: AuditOptions, log=print
-                   ) -> tuple[spray.AuditSet, dict]:
+                   ) -> tuple[EvalSet, dict]:
     """The audited test images (a class-balanced `--images` subset, `--patch-test-fraction` of one class
     patched) and the record of where they came from and what was pasted."""
     dataset = get_dataset(config.dataset)
@@ -133,7 +146,7 @@ def load_audit_set(config: Config, classes: tuple[str, ...], options: AuditOptio
     record = {"name": data.name, "source": data.source, "fingerprint": data.fingerprint, "n_test": len(labels),
               "classes": list(data.classes)}
     if options.patch_test_fraction is None:
-        return spray.AuditSet(images, labels, tuple(data.classes)), record
+        return EvalSet(images, labels, tuple(data.classes)), record
     name = options.patch_test_class or config.bias_class or dataset.default_bias_class
     patch = {"patch_size": config.patch_size, "color": tuple(config.patch_color), "corner": config.patch_corner,
              "offset": config.patch_offset}
@@ -143,7 +156,7 @@ def load_audit_set(config: Config, classes: tuple[str, ...], options: AuditOptio
     box = artefact.box
     record["patched_test"] = {"class": name, "fraction": options.patch_test_fraction, "patch": {**patch, "color": list(patch["color"])},
                               "box_tlbr_px": list(box), "indices": patched.nonzero().squeeze(1).tolist()}
-    return spray.AuditSet(images, labels, tuple(data.classes), patched, box), record
+    return EvalSet(images, labels, tuple(data.classes), patched=patched, planted_box=box), record
 
 
 @dataclass
@@ -153,7 +166,7 @@ class PreparedAudit:
     target: AuditTarget
     model: torch.nn.Module
     runtime: Runtime
-    data: spray.AuditSet
+    data: EvalSet
     data_record: dict
     out: Path
 
@@ -177,11 +190,18 @@ def prepare_audit(target: str | Path, options: AuditOptions, log=print) -> Prepa
     return PreparedAudit(found, model, runtime, data, data_record, out)
 
 
-def audit(target: str | Path, options: AuditOptions, log=print) -> dict:
-    """Audit the model at `target` and write audit.json, AUDIT.md and the figures.
+@dataclass(frozen=True)
+class AuditDone:
+    """What `audit` hands back: the result as audit.json holds it, the folder it was written to and the line
+    the CLI prints last."""
 
-    Returns audit.json's content plus "out" (the folder) and "final_line" (what the CLI prints last).
-    """
+    result: AuditResult
+    out: Path
+    final_line: str
+
+
+def audit(target: str | Path, options: AuditOptions, log=print) -> AuditDone:
+    """Audit the model at `target` and write audit.json, AUDIT.md and the figures."""
     wall = time.perf_counter()
     p = prepare_audit(target, options, log)
     settings = spray.AuditSettings(options.method, options.layer, options.seed, options.classes, options.candidates)
@@ -190,43 +210,48 @@ def audit(target: str | Path, options: AuditOptions, log=print) -> dict:
     with AuditFolder(p.out).lock():
         start = time.perf_counter()
         with as_reporter(log).tracker(f"[audit] {display_name(options.method)} maps", "img") as explaining:
-            result, examples = spray.audit_model(p.model, p.data, settings, p.runtime, explaining)
+            found, examples = spray.audit_model(p.model, p.data, settings, p.runtime, explaining)
         default = (options.method, options.layer) == (spray.AUDIT_METHOD, spray.AUDIT_LAYER)
-        result = {"target": str(target), "model": str(p.target.model_path), "experiment": p.target.name,
-                  "dataset": p.data_record, "default_method_layer": default, "precision": p.runtime.precision,
-                  "environment": store.environment_info(str(p.runtime.device)), **result,
-                  "seconds": {"audit": time.perf_counter() - start}}
-        result["seconds"]["end_to_end"] = time.perf_counter() - wall  # all but writing the figures and files
+        audit_s = time.perf_counter() - start
+        result = AuditResult.from_dict({
+            "target": str(target), "model": str(p.target.model_path), "experiment": p.target.name,
+            "dataset": p.data_record, "default_method_layer": default, "precision": p.runtime.precision,
+            "environment": store.environment_info(str(p.runtime.device)), **found,
+            # end to end: all but writing the figures and files
+            "seconds": {"audit": audit_s, "end_to_end": time.perf_counter() - wall}})
         result = write_audit(AuditFolder(p.out), result, examples)
     for line in audit_report.summary_lines(result)[:-1]:
         log(line)
-    return {**result, "out": str(p.out), "final_line": audit_final_line(result, p.out, time.perf_counter() - wall)}
+    return AuditDone(result, p.out, audit_final_line(result, p.out, time.perf_counter() - wall))
 
 
-def audit_final_line(result: dict, out: Path, seconds: float) -> str:
+def audit_final_line(result: AuditResult, out: Path, seconds: float) -> str:
     """E.g. "done in 212 s: confirmed shortcut: frog (region rows 0-5, cols 0-5, pasted on other classes -> frog
     99.9%); see audits/x/AUDIT.md". ASCII only."""
-    confirmed = [c for c in result["candidates"] if c["verdict"] == spray.CONFIRMED]
-    found = "; ".join(f"{c['class']} (region {audit_report.box_text(c['box_tlbr_px'])}, pasted on other classes -> "
-                      f"{c['class']} {100 * c['transplant_flip']['mean']:.1f}%)" for c in confirmed)
+    confirmed = [c for c in result.candidates if c.verdict == spray.CONFIRMED]
+    found = "; ".join(f"{c.class_name} (region {audit_report.box_text(c.box_tlbr_px)}, pasted on other classes -> "
+                      f"{c.class_name} {100 * c.transplant_flip.mean:.1f}%)" for c in confirmed)
     verdict = f"confirmed shortcut: {found}" if confirmed else (
-        f"no shortcut confirmed among the {len(result['candidates'])} top-ranked classes")
+        f"no shortcut confirmed among the {len(result.candidates)} top-ranked classes")
     return f"done in {seconds:.0f} s: {verdict}; see {out / 'AUDIT.md'}"
 
 
-def audit_summary(result: dict) -> dict:
-    """The JSON summary of `audit` (--json): the verdicts with their numbers, the ranking and the paths."""
-    out = Path(result["out"])
+def audit_summary(result: AuditResult, out: Path) -> dict:
+    """The JSON summary of `audit` (--json) written to `out`: the verdicts with their numbers, the ranking and
+    the paths."""
+    out = Path(out)
     keep = ("rank", "class", "cluster", "n", "box_tlbr_px", "kind", "transplant_flip", "occluded_flip", "untouched",
             "removal_change", "verdict", "iou_with_planted_box")
+    candidates = [c.to_dict() for c in result.candidates]
     return {"command": "audit", "out": str(out), "audit_json": str(out / "audit.json"), "audit_md": str(out / "AUDIT.md"),
-            "experiment": result["experiment"], "method": result["settings"]["method"], "layer": result["settings"]["layer"],
-            "confirmed": result["confirmed"], "candidates": [{k: c[k] for k in keep if k in c} for c in result["candidates"]],
-            "ranking": result["ranking"], "seconds": result["seconds"]}
+            "experiment": result.experiment, "method": result.settings["method"], "layer": result.settings["layer"],
+            "confirmed": list(result.confirmed), "candidates": [{k: c[k] for k in keep if k in c} for c in candidates],
+            "ranking": [r.to_dict() for r in result.ranking], "seconds": dict(result.seconds)}
 
 
-def write_audit(folder: AuditFolder, result: dict, examples: dict) -> dict:
+def write_audit(folder: AuditFolder, result: AuditResult, examples: dict) -> AuditResult:
     """The figures, then audit.json and AUDIT.md (each written atomically); returns the result with its figures."""
-    result = {**result, "figures": list(figures.save_figures(audit_report.audit_figures(result, examples), folder.root))}
-    folder.write(result, audit_report.audit_markdown(result))
+    saved = figures.save_figures(audit_report.audit_figures(result, examples), folder.root)
+    result = replace(result, figures=tuple(saved))
+    folder.write(result.to_dict(), audit_report.audit_markdown(result))
     return result

@@ -16,6 +16,7 @@ from pathlib import Path
 from torch import nn
 
 from gradcam_repro import store
+from gradcam_repro.data.images import EvalSet
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.registry import display_name
 from gradcam_repro.measure.comparison import (
@@ -28,7 +29,6 @@ from gradcam_repro.measure.comparison import (
     shapes_localisation,
     shortcut_evidence,
 )
-from gradcam_repro.measure.shortcut import EvalSet
 from gradcam_repro.pipeline.experiment import Experiment, experiment_ids
 from gradcam_repro.pipeline.folders import RunFolder
 from gradcam_repro.pipeline.prepare import Prepared

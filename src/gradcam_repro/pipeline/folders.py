@@ -34,6 +34,11 @@ from gradcam_repro.measure.results import RunMetrics
 EVALUATE_FIX = "fix: run `gradcam-repro evaluate {run}` first"
 
 
+def _read_if_there(path: Path, fix: str) -> dict | None:
+    """A JSON file an earlier command wrote, None where there is none (unreadable: one-line error naming `fix`)."""
+    return store.read_json(path, fix=fix) if path.is_file() else None
+
+
 class ExperimentFolder:
     """`experiments/<key>/`: one trained (or repaired) model and its record."""
 
@@ -86,18 +91,16 @@ class ExperimentFolder:
                 tmp.write_bytes(files[name])
 
 
-class RunFolder:
-    """`runs/<name>/`: a run's manifest, experiments, results, reports and lock."""
+class WrittenFolder:
+    """A folder that one command at a time writes to: `lock()` is held while it does. Each of `FILES`
+    ({attribute: file name}) becomes a path attribute, e.g. `RunFolder(r).metrics_json`."""
+
+    FILES: dict[str, str] = {}
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        self.run_json = self.root / "run.json"
-        self.metrics_json = self.root / "metrics.json"
-        self.gallery_json = self.root / "gallery.json"
-        self.methods_json = self.root / "methods.json"
-        self.summary_md = self.root / "summary.md"
-        self.report_md = self.root / "REPORT.md"
-        self.report_html = self.root / "REPORT.html"
+        for attribute, name in self.FILES.items():
+            setattr(self, attribute, self.root / name)
 
     def __str__(self) -> str:
         return str(self.root)
@@ -105,6 +108,14 @@ class RunFolder:
     def lock(self) -> AbstractContextManager:
         """Held while a command writes here; a second writer gets a one-line error."""
         return store.run_lock(self.root)
+
+
+class RunFolder(WrittenFolder):
+    """`runs/<name>/`: a run's manifest, experiments, results, reports and lock."""
+
+    FILES = {"run_json": "run.json", "metrics_json": "metrics.json", "gallery_json": "gallery.json",
+             "methods_json": "methods.json", "summary_md": "summary.md", "report_md": "REPORT.md",
+             "report_html": "REPORT.html"}
 
     def experiment(self, key: str) -> ExperimentFolder:
         return ExperimentFolder(self.root / "experiments" / key)
@@ -170,18 +181,14 @@ class RunFolder:
 
     def read_gallery(self) -> dict | None:
         """gallery.json as an earlier command wrote it, or None when there is none."""
-        if not self.gallery_json.is_file():
-            return None
-        return store.read_json(self.gallery_json, fix=f"fix: rerun `gradcam-repro evaluate {self.root}`")
+        return _read_if_there(self.gallery_json, fix=f"fix: rerun `gradcam-repro evaluate {self.root}`")
 
     def write_methods(self, methods: dict) -> None:
         store.write_json(self.methods_json, methods)
 
     def read_methods(self) -> dict | None:
         """methods.json as an earlier `compare` wrote it, or None when there is none."""
-        if not self.methods_json.is_file():
-            return None
-        return store.read_json(self.methods_json, fix=f"fix: rerun `gradcam-repro compare {self.root}`")
+        return _read_if_there(self.methods_json, fix=f"fix: rerun `gradcam-repro compare {self.root}`")
 
     def read_figures(self, listed) -> dict[str, bytes]:
         """{relative path: PNG bytes} of the listed figures an earlier command saved (those that exist)."""
@@ -193,16 +200,10 @@ class RunFolder:
         store.write_text(self.report_html, report_html)
 
 
-class AuditFolder:
+class AuditFolder(WrittenFolder):
     """An audit's output folder: audit.json, AUDIT.md and its figures."""
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-        self.audit_json = self.root / "audit.json"
-        self.audit_md = self.root / "AUDIT.md"
-
-    def lock(self) -> AbstractContextManager:
-        return store.run_lock(self.root)
+    FILES = {"audit_json": "audit.json", "audit_md": "AUDIT.md"}
 
     def write(self, result: dict, markdown: str) -> None:
         store.write_json(self.audit_json, result)
@@ -215,17 +216,10 @@ class AuditFolder:
         return store.read_json(path / "audit.json" if path.is_dir() else path, fix=fix)
 
 
-class StudyFolder:
+class StudyFolder(WrittenFolder):
     """A study's folder: one JSON file per finished cell, the cells' experiments, the aggregated study."""
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-        self.grid_json = self.root / "grid.json"
-        self.study_json = self.root / "study.json"
-        self.study_md = self.root / "STUDY.md"
-
-    def lock(self) -> AbstractContextManager:
-        return store.run_lock(self.root)
+    FILES = {"grid_json": "grid.json", "study_json": "study.json", "study_md": "STUDY.md"}
 
     def write_grid(self, grid: dict) -> None:
         """grid.json: the grid and its cells' keys, written before any cell runs."""

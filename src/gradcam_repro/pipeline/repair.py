@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -22,6 +22,7 @@ from gradcam_repro.data.artefact import Artefact
 from gradcam_repro.data.bias import patch_artefact
 from gradcam_repro.data.images import stratified_subset
 from gradcam_repro.errors import UserError
+from gradcam_repro.measure.audit_results import AuditResult
 from gradcam_repro.measure.predict import accuracy, predict_logits
 from gradcam_repro.measure.results import RunMetrics
 from gradcam_repro.measure.spray import CONFIRMED
@@ -45,18 +46,26 @@ from gradcam_repro.pipeline.spec import ExperimentSpec, RepairSpec
 class RepairOptions:
     """What `gradcam-repro repair` was asked for (one field per flag; see --help for the defaults' reasons)."""
 
-    strategy: str
-    from_audit: str | None = None  # an audit folder or audit.json; "" = <run>/audit
-    box: tuple[int, int, int, int] | None = None
-    share: float = 0.5  # augment: share of every class's images that carry the artefact
-    rrr_weight: float = 1.0
-    repair_epochs: int = 1  # rrr fine-tuning passes
-    repair_lr: float = 0.01
-    repair_images: int | None = None  # rrr: a class-balanced subset of the training images (None: all)
-    per_class: int = 250  # last-layer: images per class, each shown with and without the artefact
-    device: str | None = None
-    data_root: str | None = None
-    force: bool = False
+    strategy: str = field(metadata={"metavar": "STRATEGY"})  # a name in STRATEGIES; --help lists them
+    from_audit: str | None = field(default=None, metadata={  # an audit folder or audit.json; "" = <run>/audit
+        "nargs": "?", "const": "", "metavar": "AUDIT",
+        "help": "take the artefact from an audit's top confirmed candidate (AUDIT left out: RUN_DIR/audit)"})
+    box: tuple[int, int, int, int] | None = field(default=None, metadata={  # parsed by parse_box (a UserError)
+        "type": str, "help": "the artefact is what the bias class's training images hold in this box: "
+                             "top,left,bottom,right in px (bottom/right exclusive)"})
+    share: float = field(default=0.5, metadata={
+        "help": "augment: share of each class's training images given the artefact"})
+    rrr_weight: float = field(default=1.0, metadata={"help": "rrr: weight of the input-gradient penalty"})
+    repair_epochs: int = field(default=1, metadata={"help": "rrr: fine-tuning epochs"})
+    repair_lr: float = field(default=0.01, metadata={"help": "rrr: constant SGD learning rate"})
+    repair_images: int | None = field(default=None, metadata={
+        "help": "rrr: fine-tune on a class-balanced subset of this many training images",
+        "default_text": "all the biased model saw"})
+    per_class: int = field(default=250, metadata={
+        "help": "last-layer: training images per class, each with and without the artefact"})
+    device: str | None = None  # --device, shared with the other commands
+    data_root: str | None = None  # --data-root, shared with the other commands
+    force: bool = field(default=False, metadata={"help": "redo the repair even if the same one is saved in the run"})
 
     def params(self) -> tuple[tuple[str, object], ...]:
         """The settings that determine the repaired weights (part of its spec key)."""
@@ -102,19 +111,20 @@ def check_run(run_dir: Path) -> None:
 def artefact_from_audit(path: Path) -> Artefact:
     """The top-ranked confirmed candidate of an audit (a folder holding audit.json, or the file itself)."""
     file = path / "audit.json" if path.is_dir() else path
-    audit = AuditFolder.read(path, fix="fix: run `gradcam-repro audit` first, or pass --box or no artefact flag")
-    confirmed = [c for c in audit.get("candidates", []) if c.get("verdict") == CONFIRMED]
+    fix = "fix: run `gradcam-repro audit` first, or pass --box or no artefact flag"
+    audit = AuditResult.from_dict(AuditFolder.read(path, fix=fix), str(file))
+    confirmed = [c for c in audit.candidates if c.verdict == CONFIRMED]
     if not confirmed:
         raise UserError(f"audit {file} confirmed no shortcut, so there is no artefact to remove; "
                         "fix: pass --box top,left,bottom,right or repair with the run's own patch (no --from-audit)")
     best = confirmed[0]
-    box = tuple(best["box_tlbr_px"])
-    source = f"audit {file} (rank {best['rank']}, {best['class']}, {best['kind']})"
-    if "pixels" in best:
-        return Artefact(box, torch.tensor(best["pixels"], dtype=torch.uint8), best["class"], source)
-    if best.get("kind") == "constant pixels":  # audits written before the pixels were recorded: constant = mean
-        color = tuple(round(v) for v in best["mean_rgb"])
-        return artefacts.solid(box, color, best["class"], source + ", mean colour")
+    box = best.box_tlbr_px
+    source = f"audit {file} (rank {best.rank}, {best.class_name}, {best.kind})"
+    if best.pixels is not None:
+        return Artefact(box, torch.tensor(best.pixels, dtype=torch.uint8), best.class_name, source)
+    if best.kind == "constant pixels":  # audits written before the pixels were recorded: constant = mean
+        color = tuple(round(v) for v in best.mean_rgb)
+        return artefacts.solid(box, color, best.class_name, source + ", mean colour")
     raise UserError(f"audit {file} does not record the candidate's pixels; fix: rerun `gradcam-repro audit`")
 
 

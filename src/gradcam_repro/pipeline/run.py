@@ -13,11 +13,12 @@ from pathlib import Path
 
 from gradcam_repro import store
 from gradcam_repro.config import SEED_LAYER, Config
+from gradcam_repro.data.images import EvalSet
 from gradcam_repro.explain.registry import display_name
 from gradcam_repro.measure import scores
 from gradcam_repro.measure.examples import figure_examples, gallery_maps
 from gradcam_repro.measure.results import ModelShortcut, RepairRecord, RunMetrics, ShortcutResults
-from gradcam_repro.measure.shortcut import EvalSet, ShortcutProtocol, measure_shortcut
+from gradcam_repro.measure.shortcut import ShortcutProtocol, measure_shortcut
 from gradcam_repro.pipeline.experiment import Experiment, experiment_ids, load_experiment, train_experiment
 from gradcam_repro.pipeline.folders import RunFolder
 from gradcam_repro.pipeline.parallel import train_side_by_side

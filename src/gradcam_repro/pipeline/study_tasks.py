@@ -9,14 +9,15 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gradcam_repro import store
 from gradcam_repro.config import Config
-from gradcam_repro.data.images import ImageData
+from gradcam_repro.data.images import EvalSet, ImageData
 from gradcam_repro.errors import UserError
-from gradcam_repro.measure.shortcut import EvalSet, measure_methods
+from gradcam_repro.measure.shortcut import measure_methods
+from gradcam_repro.measure.study_results import CellMetrics, StudyCellResult
 from gradcam_repro.pipeline import engine
 from gradcam_repro.pipeline.eta import EtaPace, progress_line
 from gradcam_repro.pipeline.experiment import train_experiment
@@ -36,14 +37,23 @@ class StudyOptions:
     failed; force: retrain and remeasure finished cells; progress_every_s: seconds between progress lines;
     against: another study's folder whose verdicts this one's are compared with (`aggregate.agreement`)."""
 
-    out: str = "runs/study"
-    address: str | None = None
-    cpus_per_cell: int = 1
-    gpus_per_cell: float = 0.0
-    max_retries: int = 2
-    force: bool = False
-    progress_every_s: float = 30.0
-    against: str | None = None
+    out: str = field(default="runs/study", metadata={"help": "output folder"})
+    address: str | None = field(default=None, metadata={
+        "group": "Ray", "help": "join this Ray cluster unchanged",
+        "default_text": "$RAY_ADDRESS, else start a local Ray with one worker per core"})
+    cpus_per_cell: int = field(default=1, metadata={"group": "Ray", "help": "Ray CPUs and torch threads per cell"})
+    gpus_per_cell: float = field(default=0.0, metadata={
+        "group": "Ray", "help": "Ray GPUs per cell; fractions share a GPU"})
+    max_retries: int = field(default=2, metadata={
+        "group": "Ray", "help": "retries of a failed cell before it is reported"})
+    force: bool = field(default=False, metadata={
+        "help": "retrain and remeasure finished cells (default: reuse them; interrupted cells resume)"})
+    progress_every_s: float = field(default=30.0, metadata={"cli": False})  # for tests: no flag
+    against: str | None = field(default=None, metadata={
+        "metavar": "STUDY_DIR",
+        "help": "compare with another study's verdicts (its study.json) at the conditions both have, e.g. a cheaper "
+                "preset against quick: STUDY.md and study.json say which verdicts hold in every seed of one study "
+                "only"})
 
     def validate(self) -> StudyOptions:
         if self.cpus_per_cell < 1:
@@ -134,7 +144,7 @@ def cell_seconds(result: dict) -> list[float]:
     return [result["seconds"]["train"] / len(evaluate) + s for s in evaluate.values()]
 
 
-def save_task_result(out: Path, task: SpecTask, plan: StudyPlan, result: dict) -> dict[str, dict]:
+def save_task_result(out: Path, task: SpecTask, plan: StudyPlan, result: dict) -> dict[str, StudyCellResult]:
     """Write a finished task's experiment folder (unless it was restored) and one file per cell, each
     atomically, the cells last; returns {cell key: what its file holds}."""
     study = StudyFolder(out)
@@ -143,20 +153,18 @@ def save_task_result(out: Path, task: SpecTask, plan: StudyPlan, result: dict) -
     by_key, written = {c.key: c for c in plan.cells}, {}
     for key, measured in result["cells"].items():
         c = by_key[key]
-        written[key] = {
-            "key": key, "axes": c.axes, "spec_key": c.spec.key, "model_sha256": result["model_sha256"],
-            "methods": list(task.methods), "config": c.config.to_dict(), "metrics": measured["model"],
-            "uniform": measured["uniform"], "n": measured["n"], "settings": settings(),
-            "node_id": result["node_id"], "threads": task.threads, "environment": result["environment"],
-            "seconds": {"train": result["seconds"]["train"], "evaluate": result["seconds"]["evaluate"][key]},
-            "restored_experiment": task.experiment_files is not None,
-        }
-        study.write_cell(key, written[key])
+        written[key] = StudyCellResult(
+            key, c.axes, c.spec.key, result["model_sha256"], list(task.methods), c.config.to_dict(),
+            CellMetrics.from_dict(measured["model"]), measured["uniform"], measured["n"], settings(),
+            result["node_id"], task.threads, result["environment"],
+            {"train": result["seconds"]["train"], "evaluate": result["seconds"]["evaluate"][key]},
+            restored_experiment=task.experiment_files is not None)
+        study.write_cell(key, written[key].to_dict())
     return written
 
 
 def run_tasks(plan: StudyPlan, tasks: list[SpecTask], options: StudyOptions, log=print
-              ) -> tuple[dict[str, str], dict[str, dict]]:
+              ) -> tuple[dict[str, str], dict[str, StudyCellResult]]:
     """Submit every task to Ray (the data put into the object store once per dataset), save each result as it
     arrives and log progress; returns ({cell key: error} of the cells whose task failed after its retries,
     {cell key: cell record} of the cells finished now).
@@ -170,7 +178,7 @@ def run_tasks(plan: StudyPlan, tasks: list[SpecTask], options: StudyOptions, log
     resources = options.task_resources()
     batch = engine.TaskBatch(run_spec_task, resources, [(t, (refs[t.data_key], t)) for t in tasks])
     failures: dict[str, str] = {}
-    finished: dict[str, dict] = {}
+    finished: dict[str, StudyCellResult] = {}
     start, slots, last_line = time.perf_counter(), engine.cluster_slots(resources), -math.inf
     pace = EtaPace(tasks, slots)
     try:

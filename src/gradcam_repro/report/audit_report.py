@@ -1,5 +1,5 @@
-"""AUDIT.md and the audit's figures: pure functions of `measure.spray.audit_model`'s results (and, for the
-figures, its examples). Nothing here reads or writes files."""
+"""AUDIT.md and the audit's figures: pure functions of an `AuditResult` (and, for the figures,
+`measure.spray.audit_model`'s examples). Nothing here reads or writes files."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import numpy as np
 import torch
 
 from gradcam_repro.explain.registry import PIXEL_METHODS, display_name
+from gradcam_repro.measure.audit_results import AuditCandidate, AuditResult, RankedCluster
+from gradcam_repro.measure.results import Interval
 from gradcam_repro.measure.spray import CANDIDATE, CONFIRMED, EXAMPLE_IMAGES
 from gradcam_repro.report.figures import draw_box, layout_under_suptitle, overlay, to_hwc
 from gradcam_repro.report.format import interval
@@ -16,21 +18,21 @@ VERDICT_COLOURS = {CONFIRMED: "tab:red", CANDIDATE: "tab:orange", "none": "tab:b
 PANEL_IN = 1.35  # inches per image panel
 
 
-def _pct(stat: dict) -> str:
+def _pct(stat: Interval) -> str:
     return interval(stat, pct=True, units_in_brackets=False)
 
 
-def explainer_text(result: dict) -> str:
-    s = result["settings"]
+def explainer_text(result: AuditResult) -> str:
+    s = result.settings
     where = "the input" if s["method"] in PIXEL_METHODS else f"`{s['layer']}`"
-    chosen = "the audit's default" if result.get("default_method_layer") else "chosen with --method/--layer"
+    chosen = "the audit's default" if result.default_method_layer else "chosen with --method/--layer"
     return f"{display_name(s['method'])} at {where} ({chosen})"
 
 
-def class_verdicts(result: dict) -> dict[str, str]:
+def class_verdicts(result: AuditResult) -> dict[str, str]:
     """{class: verdict of its tested candidate, or "not tested"} for every discovered class."""
-    tested = {c["class"]: c["verdict"] for c in result["candidates"]}
-    return {name: tested.get(name, "not tested") for name in result["classes"]}
+    tested = {c.class_name: c.verdict for c in result.candidates}
+    return {name: tested.get(name, "not tested") for name in result.classes}
 
 
 def box_text(box) -> str:
@@ -39,38 +41,38 @@ def box_text(box) -> str:
     return f"rows {top}-{bottom - 1}, cols {left}-{right - 1}"
 
 
-def summary_lines(result: dict) -> list[str]:
+def summary_lines(result: AuditResult) -> list[str]:
     """What the CLI prints at the end: one line per tested candidate and the overall verdict."""
-    lines = [f"#{c['rank']} {c['class']} (cluster {c['cluster']}, n={c['n']}): {c['verdict']}; region {box_text(c['box_tlbr_px'])} "
-             f"({c['kind']}); pasted on other classes -> {c['class']} {_pct(c['transplant_flip'])}; occluded "
-             f"{_pct(c['occluded_flip'])}; removal changes {_pct(c['removal_change'])}" + _group_text(c)
-             for c in result["candidates"]]
-    confirmed = result["confirmed"]
+    lines = [f"#{c.rank} {c.class_name} (cluster {c.cluster}, n={c.n}): {c.verdict}; region {box_text(c.box_tlbr_px)} "
+             f"({c.kind}); pasted on other classes -> {c.class_name} {_pct(c.transplant_flip)}; occluded "
+             f"{_pct(c.occluded_flip)}; removal changes {_pct(c.removal_change)}" + _group_text(c)
+             for c in result.candidates]
+    confirmed = result.confirmed
     lines.append(f"confirmed shortcut: {', '.join(confirmed)}" if confirmed else
-                 f"no shortcut confirmed among the {len(result['candidates'])} tested classes")
+                 f"no shortcut confirmed among the {len(result.candidates)} tested classes")
     return lines
 
 
-def _group_text(candidate: dict) -> str:
+def _group_text(candidate: AuditCandidate) -> str:
     """"; carried by clusters 1, 2 (515 images)" for a confirmed candidate's sub-population, else ""."""
-    if "artefact_clusters" not in candidate:
+    if candidate.artefact_clusters is None:
         return ""
-    clusters = ", ".join(str(c) for c in candidate["artefact_clusters"])
-    return f"; carried by cluster(s) {clusters} ({candidate['artefact_images']} images)"
+    clusters = ", ".join(str(c) for c in candidate.artefact_clusters)
+    return f"; carried by cluster(s) {clusters} ({candidate.artefact_images} images)"
 
 
 # ----- markdown -----------------------------------------------------------------------------------------
 
-def _header(result: dict) -> list[str]:
-    d = result["dataset"]
-    lines = [f"# Shortcut audit: {result['experiment']}", ""]
-    confirmed = result["confirmed"]
+def _header(result: AuditResult) -> list[str]:
+    d = result.dataset
+    lines = [f"# Shortcut audit: {result.experiment}", ""]
+    confirmed = result.confirmed
     lines += [(f"**Confirmed shortcut: {', '.join(confirmed)}.**" if confirmed else
-               f"**No shortcut confirmed** among the {len(result['candidates'])} top-ranked classes tested."), ""]
-    lines += [f"Model `{result['model']}`; dataset **{d['name']}** from `{d['source']}` ({d['n_test']} test images, "
+               f"**No shortcut confirmed** among the {len(result.candidates)} top-ranked classes tested."), ""]
+    lines += [f"Model `{result.model}`; dataset **{d['name']}** from `{d['source']}` ({d['n_test']} test images, "
               f"fingerprint `{d['fingerprint'][:16]}`); explanations: {explainer_text(result)}, precision "
-              f"{result['precision']}, device `{result['environment']['device']}`; audit took "
-              f"{result['seconds']['audit']:.0f} s.", ""]
+              f"{result.precision}, device `{result.environment['device']}`; audit took "
+              f"{result.seconds['audit']:.0f} s.", ""]
     pasted = d.get("patched_test")
     if pasted:
         p = pasted["patch"]
@@ -81,61 +83,67 @@ def _header(result: dict) -> list[str]:
     return lines
 
 
-def _candidate_rows(result: dict) -> list[str]:
+def _candidate_rows(result: AuditResult) -> list[str]:
     rows = ["| rank | class | cluster (n) | region | found by | pasted on other classes: called this class | "
             "region occluded only | untouched | removal changes the prediction | verdict |",
             "|---|---|---|---|---|---|---|---|---|---|"]
-    for c in result["candidates"]:
-        rows.append(f"| {c['rank']} | {c['class']} | {c['cluster']} ({c['n']}) | {box_text(c['box_tlbr_px'])} | {c['kind']} | "
-                    f"{_pct(c['transplant_flip'])} | {_pct(c['occluded_flip'])} | {_pct(c['untouched'])} | "
-                    f"{_pct(c['removal_change'])} | **{c['verdict']}** |")
+    for c in result.candidates:
+        rows.append(f"| {c.rank} | {c.class_name} | {c.cluster} ({c.n}) | {box_text(c.box_tlbr_px)} | {c.kind} | "
+                    f"{_pct(c.transplant_flip)} | {_pct(c.occluded_flip)} | {_pct(c.untouched)} | "
+                    f"{_pct(c.removal_change)} | **{c.verdict}** |")
     rows.append("")
-    for c in result["candidates"]:
-        iou = f" Overlap with the planted patch: IoU {c['iou_with_planted_box']:.2f}." if "iou_with_planted_box" in c else ""
-        rows.append(f"- #{c['rank']} {c['class']}: {c['reason']}. Pasted pixels: mean RGB {tuple(c['mean_rgb'])}.{iou}")
+    for c in result.candidates:
+        iou = f" Overlap with the planted patch: IoU {c.iou_with_planted_box:.2f}." if c.iou_with_planted_box is not None else ""
+        rows.append(f"- #{c.rank} {c.class_name}: {c.reason}. Pasted pixels: mean RGB {tuple(c.mean_rgb)}.{iou}")
     return rows + [""]
 
 
-def _class_rows(result: dict) -> list[str]:
-    verdicts = class_verdicts(result)
+def _best_clusters(result: AuditResult) -> dict[str, RankedCluster]:
+    """{class: its best-ranked cluster}, best class first."""
     best = {}
-    for row in result["ranking"]:
-        best.setdefault(row["class"], row)
+    for row in result.ranking:
+        best.setdefault(row.class_name, row)
+    return best
+
+
+def _class_rows(result: AuditResult) -> list[str]:
+    verdicts = class_verdicts(result)
+    best = _best_clusters(result)
     rows = ["| class | images | clusters (eigengap) | fixed-place energy, whole class | best cluster (n) | its fixed-place "
             "energy | x uniform (lower bound) | verdict |", "|---|---|---|---|---|---|---|---|"]
-    order = [r["class"] for r in best.values()] + [n for n in result["classes"] if n not in best]
+    order = [r.class_name for r in best.values()] + [n for n in result.classes if n not in best]
     for name in order:
-        rec = result["classes"][name]
-        if "skipped" in rec:
-            rows.append(f"| {name} | {rec['n_images']} | skipped: too few images | | | | | |")
+        rec = result.classes[name]
+        if not rec.discovered:
+            rows.append(f"| {name} | {rec.n_images} | skipped: too few images | | | | | |")
             continue
         b = best.get(name)
-        cluster = rec["clusters"][b["cluster"]] if b else None
-        rows.append(f"| {name} | {rec['n_images']} | {rec['n_clusters']} ({rec['eigengap']:.3f}) | {interval(rec['fixed_place'])} | "
-                    + (f"{b['cluster']} ({b['n']}) | {interval(cluster['fixed_place'])} | {b['score']:.1f}x | " if b else "none | | | ")
+        cluster = rec.clusters[b.cluster] if b else None
+        rows.append(f"| {name} | {rec.n_images} | {rec.n_clusters} ({rec.eigengap:.3f}) | {interval(rec.fixed_place)} | "
+                    + (f"{b.cluster} ({b.n}) | {interval(cluster.fixed_place)} | {b.score:.1f}x | " if b else "none | | | ")
                     + f"{verdicts[name]} |")
     return rows + [""]
 
 
-def _ground_truth_rows(result: dict) -> list[str]:
+def _ground_truth_rows(result: AuditResult) -> list[str]:
     rows = []
-    for name, rec in result["classes"].items():
-        if "adjusted_rand_index" in rec:
-            shares = ", ".join(f"cluster {c['cluster']}: {c['patched_share']:.0%} of {c['n']}" for c in rec["clusters"])
+    for name, rec in result.classes.items():
+        if rec.adjusted_rand_index is not None:
+            shares = ", ".join(f"cluster {c.cluster}: {c.patched_share:.0%} of {c.n}" for c in rec.clusters)
             group = (f" The confirmed artefact's sub-population (its clusters together) against patched/unpatched: "
-                     f"{rec['adjusted_rand_index_artefact']:.3f}." if "adjusted_rand_index_artefact" in rec else "")
-            ari = (f"Adjusted Rand index of the clusters against patched/unpatched: {rec['adjusted_rand_index']:.3f} over "
-                   f"the true {name} images, {rec['adjusted_rand_index_all']:.3f} over every image assigned to the class."
+                     f"{rec.adjusted_rand_index_artefact:.3f}." if rec.adjusted_rand_index_artefact is not None else "")
+            ari = (f"Adjusted Rand index of the clusters against patched/unpatched: {rec.adjusted_rand_index:.3f} over "
+                   f"the true {name} images, {rec.adjusted_rand_index_all:.3f} over every image assigned to the class."
                    + group
-                   if rec["patched_share_true"] < 1 else
+                   if rec.patched_share_true < 1 else
                    f"Every true {name} image assigned to it is patched, so there is no split to score.")
-            rows.append(f"- {name}: {rec['n_patched']} patched images among the {rec['n_images']} assigned to it; patched share "
+            rows.append(f"- {name}: {rec.n_patched} patched images among the {rec.n_images} assigned to it; patched share "
                         f"per cluster: {shares}. {ari}")
     return ["## Checked against the pasted patch", ""] + rows + [""] if rows else []
 
 
-def _rules(result: dict) -> list[str]:
-    s = result["settings"]
+def _rules(result: AuditResult) -> list[str]:
+    s = result.settings
     return [
         "## How the audit works (rules fixed before measuring)", "",
         f"1. **Discover** (SpRAy): each class's maps (of the test images predicted as it, explaining that class) are "
@@ -162,12 +170,12 @@ def _rules(result: dict) -> list[str]:
         f"{s['seed']}).", ""]
 
 
-def audit_markdown(result: dict) -> str:
+def audit_markdown(result: AuditResult) -> str:
     """AUDIT.md from audit.json's content."""
     lines = _header(result) + ["## Causal tests of the top candidates", ""] + _candidate_rows(result)
     lines += ["## Discovery: every class", ""] + _class_rows(result) + _ground_truth_rows(result)
     lines += ["## Figures", ""]
-    for rel in result.get("figures", []):
+    for rel in result.figures:
         lines += [f"![{rel}]({rel})", ""]
     lines += _rules(result)
     return "\n".join(lines)
@@ -183,36 +191,34 @@ def _panel(ax, picture, title: str, box=None, colour: str = "white") -> None:
     ax.axis("off")
 
 
-def ranking_figure(result: dict):
+def ranking_figure(result: AuditResult):
     """Left: each class's best cluster, fixed-place energy as x uniform with its CI, coloured by verdict.
     Right: each class's normalised-Laplacian spectrum with the eigengap's choice of k marked."""
     verdicts = class_verdicts(result)
-    best = {}
-    for row in result["ranking"]:
-        best.setdefault(row["class"], row)
+    best = _best_clusters(result)
     names = list(best)[::-1]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 0.35 * max(len(names), 6) + 1.4))
     for y, name in enumerate(names):
-        c = result["classes"][name]["clusters"][best[name]["cluster"]]
-        fp, u = c["fixed_place"], c["uniform"]
-        ax.barh(y, fp["mean"] / u, color=VERDICT_COLOURS[verdicts[name]],
-                xerr=[[(fp["mean"] - fp["low"]) / u], [(fp["high"] - fp["mean"]) / u]], capsize=3)
+        c = result.classes[name].clusters[best[name].cluster]
+        fp, u = c.fixed_place, c.uniform
+        ax.barh(y, fp.mean / u, color=VERDICT_COLOURS[verdicts[name]],
+                xerr=[[(fp.mean - fp.low) / u], [(fp.high - fp.mean) / u]], capsize=3)
     ax.axvline(1.0, color="k", ls="--", lw=0.8)
-    ax.set_yticks(range(len(names)), [f"{n} (cluster {best[n]['cluster']}, n={best[n]['n']})" for n in names], fontsize=8)
+    ax.set_yticks(range(len(names)), [f"{n} (cluster {best[n].cluster}, n={best[n].n})" for n in names], fontsize=8)
     ax.set_xlabel("fixed-place energy of the best cluster, x uniform (dashed: 1)\nbar: mean, whisker: 95% CI; ranked by the lower bound")
     handles = [plt.Rectangle((0, 0), 1, 1, color=col) for col in VERDICT_COLOURS.values()]
     ax.legend(handles, list(VERDICT_COLOURS), fontsize=7, loc="lower right")
     ax.set_title("classes ranked by how consistently relevance sits at one place", fontsize=9)
     cmap = plt.get_cmap("tab10")
-    for i, (name, rec) in enumerate(r for r in result["classes"].items() if "eigenvalues" in r[1]):
-        ev = rec["eigenvalues"]
-        ax2.plot(range(1, len(ev) + 1), ev, "-o", ms=3, lw=1, color=cmap(i % 10), label=f"{name} (k={rec['n_clusters']})")
-        ax2.plot([rec["n_clusters"]], [ev[rec["n_clusters"] - 1]], "s", ms=8, mfc="none", color=cmap(i % 10))
+    for i, (name, rec) in enumerate(r for r in result.classes.items() if r[1].discovered):
+        ev = rec.eigenvalues
+        ax2.plot(range(1, len(ev) + 1), ev, "-o", ms=3, lw=1, color=cmap(i % 10), label=f"{name} (k={rec.n_clusters})")
+        ax2.plot([rec.n_clusters], [ev[rec.n_clusters - 1]], "s", ms=8, mfc="none", color=cmap(i % 10))
     ax2.set_xlabel("eigenvalue index")
     ax2.set_ylabel("normalised-Laplacian eigenvalue")
     ax2.set_title("spectra: the square marks k, the last eigenvalue before the largest gap", fontsize=9)
     ax2.legend(fontsize=6, ncol=2)
-    layout_under_suptitle(fig, f"Shortcut audit of {result['experiment']}: {explainer_text(result)}")
+    layout_under_suptitle(fig, f"Shortcut audit of {result.experiment}: {explainer_text(result)}")
     return fig
 
 
@@ -222,38 +228,38 @@ def _cluster_members(ex: dict, cluster: int) -> torch.Tensor:
     return members[ex["clusters"][cluster]["example_order"]]
 
 
-def prototypes_figure(result: dict, examples: dict):
+def prototypes_figure(result: AuditResult, examples: dict):
     """One row per class (ranked): per cluster, its mean map with the candidate region and its top example."""
-    names = list(dict.fromkeys(r["class"] for r in result["ranking"]))
+    names = list(dict.fromkeys(r.class_name for r in result.ranking))
     names += [n for n in examples["classes"] if n not in names]
-    cols = 2 * max(result["classes"][n]["n_clusters"] for n in names)
+    cols = 2 * max(result.classes[n].n_clusters for n in names)
     fig, axes = plt.subplots(len(names), cols, figsize=(PANEL_IN * cols, PANEL_IN * len(names) + 0.6), squeeze=False)
     for row, name in zip(axes, names):
-        rec, ex = result["classes"][name], examples["classes"][name]
+        rec, ex = result.classes[name], examples["classes"][name]
         for ax in row:
             ax.axis("off")
-        for j, cluster in enumerate(rec["clusters"]):
-            box = cluster["region"]["box"] if cluster["region"] else None
+        for j, cluster in enumerate(rec.clusters):
+            box = cluster.region.box if cluster.region else None
             mean = ex["clusters"][j]["mean_map"]
             _panel(row[2 * j], plt.get_cmap("jet")(mean.numpy())[..., :3],
-                   f"{name} c{j} n={cluster['n']}\n{cluster['score']:.1f}x uniform", box)
+                   f"{name} c{j} n={cluster.n}\n{cluster.score:.1f}x uniform", box)
             first = _cluster_members(ex, j)[0]
             _panel(row[2 * j + 1], overlay(examples["images"][first], examples["maps"][first]), "top example", box)
     layout_under_suptitle(fig, "Cluster prototypes: mean map (box: candidate region) | image with the most fixed-place relevance")
     return fig
 
 
-def candidate_figure(result: dict, examples: dict, rank: int):
+def candidate_figure(result: AuditResult, examples: dict, rank: int):
     """One tested candidate: the cluster's examples with the region, the pasted pixels on other classes' images
     (before -> after), and the region removed from the cluster's images."""
-    c, ex = result["candidates"][rank - 1], examples["candidates"][rank - 1]
-    classes = result["dataset"]["classes"]
-    members = _cluster_members(examples["classes"][c["class"]], c["cluster"])[:EXAMPLE_IMAGES]
+    c, ex = result.candidates[rank - 1], examples["candidates"][rank - 1]
+    classes = result.dataset["classes"]
+    members = _cluster_members(examples["classes"][c.class_name], c.cluster)[:EXAMPLE_IMAGES]
     box = ex["box"]
     fig, axes = plt.subplots(3, EXAMPLE_IMAGES + 1, figsize=(PANEL_IN * (EXAMPLE_IMAGES + 1), PANEL_IN * 3 + 0.9))
     for ax in axes.ravel():
         ax.axis("off")
-    mean = examples["classes"][c["class"]]["clusters"][c["cluster"]]["mean_map"]
+    mean = examples["classes"][c.class_name]["clusters"][c.cluster]["mean_map"]
     _panel(axes[0, 0], plt.get_cmap("jet")(mean.numpy())[..., :3], "cluster mean map", box)
     for ax, i in zip(axes[0, 1:], members):
         _panel(ax, overlay(examples["images"][i], examples["maps"][i]), f"{classes[int(examples['predictions'][i])]}", box)
@@ -265,18 +271,18 @@ def candidate_figure(result: dict, examples: dict, rank: int):
         _panel(ax, to_hwc(img), f"{classes[int(before)]} -> {classes[int(after)]}", box)
     for ax, img, after in zip(axes[2, 1:], ex["removed"], ex["removed_after"]):
         _panel(ax, to_hwc(img), f"region filled -> {classes[int(after)]}", box)
-    axes[2, 0].text(0.5, 0.5, f"removal changes\n{_pct(c['removal_change'])}\nof {c['n']} predictions", ha="center",
+    axes[2, 0].text(0.5, 0.5, f"removal changes\n{_pct(c.removal_change)}\nof {c.n} predictions", ha="center",
                     va="center", fontsize=7, transform=axes[2, 0].transAxes)
-    layout_under_suptitle(fig, f"#{c['rank']} {c['class']}, cluster {c['cluster']} (n={c['n']}): {c['verdict']}\n"
-                                f"pasted on other classes -> {c['class']}: {_pct(c['transplant_flip'])}; occluded only: "
-                                f"{_pct(c['occluded_flip'])}", fontsize=9)
+    layout_under_suptitle(fig, f"#{c.rank} {c.class_name}, cluster {c.cluster} (n={c.n}): {c.verdict}\n"
+                                f"pasted on other classes -> {c.class_name}: {_pct(c.transplant_flip)}; occluded only: "
+                                f"{_pct(c.occluded_flip)}", fontsize=9)
     return fig
 
 
-def audit_figures(result: dict, examples: dict) -> dict:
+def audit_figures(result: AuditResult, examples: dict) -> dict:
     """{path relative to the audit folder: figure} for every figure of an audit."""
     figs = {"figures/audit_ranking.png": ranking_figure(result),
             "figures/audit_prototypes.png": prototypes_figure(result, examples)}
-    for c in result["candidates"]:
-        figs[f"figures/audit_candidate_{c['rank']}_{c['class']}.png"] = candidate_figure(result, examples, c["rank"])
+    for c in result.candidates:
+        figs[f"figures/audit_candidate_{c.rank}_{c.class_name}.png"] = candidate_figure(result, examples, c.rank)
     return figs

@@ -27,7 +27,7 @@ from gradcam_repro.measure.results import Interval, RunMetrics
 from gradcam_repro.measure.shortcut import PATCHED_TARGET
 from gradcam_repro.report.figures import CAM_ALPHA
 from gradcam_repro.report.format import as_interval, missing, number, percent, seconds
-from gradcam_repro.report.markdown import CAM_SET_LABELS, VARIANTS, cam_display_name, conclusions
+from gradcam_repro.report.markdown import CAM_SET_LABELS, VARIANTS, cam_display_name, conclusions, method_name
 from gradcam_repro.report.repair_table import repair_table
 
 # Map PNGs are palette images: pixel value = round(255 * map), drawn with the figures' jet colormap.
@@ -346,7 +346,7 @@ def _methods(c: dict, figs: dict[str, bytes]) -> str:
             if has_loc:
                 loc = c["localisation"].get(method, {}).get(layer)
                 cells.append(_ci(loc["energy"], n=True) if loc else "n/a")
-            name = f"<b>{html.escape(_method_name(method))}</b>" if i == 0 else ""  # once per group of layers
+            name = f"<b>{html.escape(method_name(method))}</b>" if i == 0 else ""  # once per group of layers
             rows.append([name, f"<code>{html.escape(layer)}</code>", *cells])
     intro = (f'<p class="lede">Patched test images each model calls the target class, explained for that class '
              f"({st['images']} per model; Score-CAM the first {st['scorecam_images']}). Energy in the patch box (uniform "
@@ -359,18 +359,14 @@ def _methods(c: dict, figs: dict[str, bytes]) -> str:
             + shortcut + _methods_checks(c, figs) + "".join(_figure(figs, f, f"sanity cascade {f}") for f in sanity_figs[:1]))
 
 
-def _method_name(method: str) -> str:
-    return "random map" if method == "random" else display_name(method)
-
-
 def _methods_checks(c: dict, figs: dict[str, bytes]) -> str:
     st = c["settings"]
     verdict = {True: '<span class="badge agree">passes</span>', False: '<span class="badge disagree">fails</span>'}
-    sanity = [[html.escape(_method_name(method)), f"<code>{html.escape(r['layer'])}</code>",
+    sanity = [[html.escape(method_name(method)), f"<code>{html.escape(r['layer'])}</code>",
                html.escape(str(r["verdict"]["step"])), _ci(r["verdict"]["spearman"]), _ci(r["verdict"]["ssim"]),
                verdict[r["verdict"]["passes"]]]
               for method, r in c["sanity"].items()]
-    faith = [[html.escape(_method_name(method)), _ci(r["deletion_auc"]), _ci(r["insertion_auc"])]
+    faith = [[html.escape(method_name(method)), _ci(r["deletion_auc"]), _ci(r["insertion_auc"])]
              for method, r in c["faithfulness"].items()]
     return (f'<h3>Sanity check: cascading randomisation</h3><p class="lede">The baseline model\'s weights are re-initialised '
             f"from the classifier down; a method passes when the upper bound of the mean Spearman correlation with its "

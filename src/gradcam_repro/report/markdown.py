@@ -267,10 +267,19 @@ def _localisation_section(m: RunMetrics) -> list[str]:
     return lines
 
 
+def method_name(key: str) -> str:
+    """How reports name a method of methods.json, its chance baseline ("random") included."""
+    return "random map" if key == "random" else display_name(key)
+
+
 def methods_markdown(c: dict) -> list[str]:
     """Markdown of a methods.json: method x layer table, sanity check, deletion/insertion AUCs."""
+    return [*_methods_table(c), *_sanity_section(c), *_faithfulness_section(c)]
+
+
+def _methods_table(c: dict) -> list[str]:
+    """Which method and layer flag the shortcut: energy in the box and pointing game, biased vs baseline model."""
     st, u = c["settings"], c["uniform"]
-    name = lambda k: "random map" if k == "random" else display_name(k)  # noqa: E731
     has_loc = "localisation" in c
     lines = ["## Which method and layer see the shortcut (`gradcam-repro compare`)", "",
              f"Patched test images each model calls the target class, explained for that class: energy in the patch box "
@@ -293,35 +302,44 @@ def methods_markdown(c: dict) -> list[str]:
             flag = "**yes**" if c["flags_shortcut"][method][layer] else "no"
             loc = c.get("localisation", {}).get(method, {}).get(layer)
             extra = [(f"{interval(loc['energy'])} (n={loc['energy']['n']})" if loc else "n/a")] if has_loc else []
-            lines.append(f"| {name(method)} | `{layer}` | " + " | ".join([*cells, flag, *extra]) + " |")
-    flagged = [f"{name(m)} at `{lay}`" for m, by in c["flags_shortcut"].items() for lay, f in by.items() if f]
-    lines += ["", f"Pairs that flag the shortcut: {', '.join(flagged) if flagged else 'none'}.", "",
-              "## Sanity check: cascading model parameter randomisation (Adebayo et al., 2018)", "",
-              f"The baseline model's weights are re-initialised from the classifier down to the stem; after each step the "
-              f"maps of {st['sanity_images']} clean test images (true class; Score-CAM: the first {st['scorecam_images']}) "
-              "are compared with the original maps (Spearman rank correlation, SciPy; SSIM, scikit-image). A method "
-              f"*passes* when the upper 95% bound of the mean Spearman correlation is below {st['sanity_max_spearman']} at "
-              "the step that randomises the block holding its layer (pixel methods: the classifier).", "",
-              "| method | layer | deciding step | Spearman there | SSIM there | passes | mean Spearman per step (fc → stem) |",
-              "|---|---|---|---|---|---|---|"]
+            lines.append(f"| {method_name(method)} | `{layer}` | " + " | ".join([*cells, flag, *extra]) + " |")
+    flagged = [f"{method_name(m)} at `{lay}`" for m, by in c["flags_shortcut"].items() for lay, f in by.items() if f]
+    return [*lines, "", f"Pairs that flag the shortcut: {', '.join(flagged) if flagged else 'none'}.", ""]
+
+
+def _sanity_section(c: dict) -> list[str]:
+    """The cascading randomisation check: does each method's map change when the weights do?"""
+    st = c["settings"]
+    lines = ["## Sanity check: cascading model parameter randomisation (Adebayo et al., 2018)", "",
+             f"The baseline model's weights are re-initialised from the classifier down to the stem; after each step the "
+             f"maps of {st['sanity_images']} clean test images (true class; Score-CAM: the first {st['scorecam_images']}) "
+             "are compared with the original maps (Spearman rank correlation, SciPy; SSIM, scikit-image). A method "
+             f"*passes* when the upper 95% bound of the mean Spearman correlation is below {st['sanity_max_spearman']} at "
+             "the step that randomises the block holding its layer (pixel methods: the classifier).", "",
+             "| method | layer | deciding step | Spearman there | SSIM there | passes | mean Spearman per step (fc → stem) |",
+             "|---|---|---|---|---|---|---|"]
     for method, r in c["sanity"].items():
         v = r["verdict"]
         per_step = ", ".join(f"{s['spearman']['mean']:.2f}" for s in r["steps"])
-        lines.append(f"| {name(method)} | `{r['layer']}` | {v['step']} | {interval(v['spearman'])} | {interval(v['ssim'])} | "
-                     f"{'yes' if v['passes'] else '**no**'} | {per_step} |")
+        lines.append(f"| {method_name(method)} | `{r['layer']}` | {v['step']} | {interval(v['spearman'])} | "
+                     f"{interval(v['ssim'])} | {'yes' if v['passes'] else '**no**'} | {per_step} |")
     sanity_figs = [f for f in c.get("figures", []) if f.startswith("figures/sanity_")]
-    lines += ["", *[f"![sanity]({f})" for f in sanity_figs[:1]], "",
-              *(["Cascade figures: " + ", ".join(f"[{f}]({f})" for f in sanity_figs), ""] if sanity_figs else []),
-              "## Faithfulness: deletion and insertion (Petsiuk et al., 2018)", "",
-              f"{st['faithfulness_images']} seeded clean test images, the baseline model's predicted class; "
-              f"{st['pixels_per_step']} pixels per step, most salient first. Deletion sets pixels to the "
-              f"{st['deletion_baseline']}; insertion starts from a {st['insertion_canvas']} of the image. Lower deletion "
-              "AUC and higher insertion AUC are better; *random map* is the chance baseline.", "",
-              "| method | deletion AUC | insertion AUC |", "|---|---|---|"]
+    return [*lines, "", *[f"![sanity]({f})" for f in sanity_figs[:1]], "",
+            *(["Cascade figures: " + ", ".join(f"[{f}]({f})" for f in sanity_figs), ""] if sanity_figs else [])]
+
+
+def _faithfulness_section(c: dict) -> list[str]:
+    """Deletion and insertion AUCs of each method against a random map, and where and how long it was measured."""
+    st = c["settings"]
+    lines = ["## Faithfulness: deletion and insertion (Petsiuk et al., 2018)", "",
+             f"{st['faithfulness_images']} seeded clean test images, the baseline model's predicted class; "
+             f"{st['pixels_per_step']} pixels per step, most salient first. Deletion sets pixels to the "
+             f"{st['deletion_baseline']}; insertion starts from a {st['insertion_canvas']} of the image. Lower deletion "
+             "AUC and higher insertion AUC are better; *random map* is the chance baseline.", "",
+             "| method | deletion AUC | insertion AUC |", "|---|---|---|"]
     for method, r in c["faithfulness"].items():
-        lines.append(f"| {name(method)} | {interval(r['deletion_auc'])} | {interval(r['insertion_auc'])} |")
-    lines += ["", *(["![deletion and insertion](figures/deletion_insertion.png)", ""]
-                    if "figures/deletion_insertion.png" in c.get("figures", []) else []),
-              f"Measured in {c['seconds']['total']:.0f} s on {c['environment'].get('processor', '?')} "
-              f"({c['environment'].get('device', '?')}).", ""]
-    return lines
+        lines.append(f"| {method_name(method)} | {interval(r['deletion_auc'])} | {interval(r['insertion_auc'])} |")
+    return [*lines, "", *(["![deletion and insertion](figures/deletion_insertion.png)", ""]
+                          if "figures/deletion_insertion.png" in c.get("figures", []) else []),
+            f"Measured in {c['seconds']['total']:.0f} s on {c['environment'].get('processor', '?')} "
+            f"({c['environment'].get('device', '?')}).", ""]
