@@ -15,8 +15,7 @@ from torchvision.io import write_png
 from gradcam_repro.cli import main
 from gradcam_repro.config import Config
 from gradcam_repro.data.cifar10 import CIFAR10_CLASSES, load_cifar10
-from gradcam_repro.measure.results import CamScores, Interval, ModelShortcut, RunMetrics, ShortcutResults, Verdict
-from gradcam_repro.measure.shortcut import PATCHED_TARGET
+from gradcam_repro.measure.results import PATCHED_TARGET, CamScores, Interval, ModelShortcut, RunMetrics, ShortcutResults, Verdict
 from gradcam_repro.model.train import TrainHooks, train_model
 from gradcam_repro.pipeline.progress import PlainTask, Reporter, Task, as_reporter, run_final_line
 

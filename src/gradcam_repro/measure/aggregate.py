@@ -16,7 +16,7 @@ import numpy as np
 
 from gradcam_repro.measure import scores
 from gradcam_repro.measure.comparison import flags_shortcut
-from gradcam_repro.measure.results import Interval
+from gradcam_repro.measure.results import PATCHED_TARGET, Interval
 from gradcam_repro.measure.study_results import (
     AgreementCounts,
     ConditionAgreement,
@@ -70,11 +70,11 @@ def cell_scalars(cell: StudyCellResult) -> dict[str, Interval]:
     out.update({f"flip_to_target/{variant}": ci for variant, ci in m.flip_to_target.items()})
     for method, measured in m.methods.items():
         for layer, sets in measured.cam.items():
-            energy = sets["patched_target"].energy
+            energy = sets[PATCHED_TARGET].energy
             out[f"energy/{method}/{layer}"] = energy
             out[f"energy_ratio/{method}/{layer}"] = Interval(energy.mean / uniform, energy.low / uniform,
                                                              energy.high / uniform, energy.n)
-            out[f"pointing/{method}/{layer}"] = sets["patched_target"].pointing
+            out[f"pointing/{method}/{layer}"] = sets[PATCHED_TARGET].pointing
     return out
 
 
@@ -88,8 +88,8 @@ def cell_verdicts(cell: StudyCellResult, baseline: StudyCellResult | None) -> di
         for layer, points in measured.verdict.points_at_patch.items():
             out[f"points_at_patch/{method}/{layer}"] = bool(points)
             if baseline is not None:
-                pair = {"biased": measured.cam[layer]["patched_target"].to_dict(),
-                        "baseline": baseline.metrics.methods[method].cam[layer]["patched_target"].to_dict()}
+                pair = {"biased": measured.cam[layer][PATCHED_TARGET].to_dict(),
+                        "baseline": baseline.metrics.methods[method].cam[layer][PATCHED_TARGET].to_dict()}
                 out[f"flags/{method}/{layer}"] = flags_shortcut(pair, uniform)
     return out
 

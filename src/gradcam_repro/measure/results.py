@@ -17,6 +17,10 @@ from typing import Any
 
 from gradcam_repro.errors import UserError
 
+# The CAM evaluation sets scored per model (metrics.json's cam[layer] keys): (a) patched target images the model
+# calls target, (b) pasted non-target images it flipped to target, (c) clean target images (the control).
+CAM_SETS = PATCHED_TARGET, FLIPPED, CLEAN_TARGET = ("patched_target", "flipped", "clean_target")
+
 REEVALUATE_FIX = "fix: rerun `gradcam-repro evaluate RUN` to rewrite it with this version"
 
 
@@ -125,7 +129,7 @@ class ModelShortcut(Predictions):
     verdict: Verdict
     localisation: dict[str, CamScores] | None = None  # layer -> scores against object masks
 
-    def energy(self, layer: str, cam_set: str = "patched_target") -> Interval:
+    def energy(self, layer: str, cam_set: str = PATCHED_TARGET) -> Interval:
         return self.cam[layer][cam_set].energy
 
     def to_dict(self) -> dict:

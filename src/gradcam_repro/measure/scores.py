@@ -11,6 +11,8 @@ import math
 import numpy as np
 import torch
 
+from gradcam_repro.measure.results import PATCHED_TARGET
+
 # 95% intervals from this many bootstrap resamples (percentile method: it stays
 # defined for degenerate samples such as all-ones rates, where BCa is not).
 BOOTSTRAP_RESAMPLES = 2000
@@ -123,7 +125,7 @@ def verdicts(model_metrics: dict, uniform_energy_in_box: float) -> dict:
     relies = model_metrics["flip_to_target"]["patch"]["low"] >= RELIES_FLIP_RATE
     points = {}
     for layer, sets in model_metrics["cam"].items():
-        low = sets["patched_target"]["energy"]["low"]
+        low = sets[PATCHED_TARGET]["energy"]["low"]
         points[layer] = bool(low == low and low >= POINTS_AT_PATCH_RATIO * uniform_energy_in_box)
     return {"relies_on_patch": bool(relies), "points_at_patch": points,
             "agrees": {layer: p == bool(relies) for layer, p in points.items()}}

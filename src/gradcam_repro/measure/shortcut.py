@@ -20,12 +20,8 @@ from gradcam_repro.data.images import EvalSet
 from gradcam_repro.explain.registry import explain_images, map_layers
 from gradcam_repro.measure import scores
 from gradcam_repro.measure.predict import predict
+from gradcam_repro.measure.results import CLEAN_TARGET, FLIPPED, PATCHED_TARGET
 from gradcam_repro.runtime import Runtime
-
-# The CAM sets scored per model: (a) patched target images it calls target, (b) pasted non-target
-# images it flipped to target, (c) clean target images (the control).
-CAM_SETS = ("patched_target", "flipped", "clean_target")
-PATCHED_TARGET, FLIPPED, CLEAN_TARGET = CAM_SETS
 
 # progress(done, total, stage=""): told of each explanation pass (pipeline.progress.Tracker is one).
 Progress = Callable[..., None]
@@ -180,9 +176,9 @@ def explanation_metrics(model: nn.Module, test: EvalSet, probes: Probes, preds: 
     seed, target, cap, layers = protocol.seed, protocol.target, protocol.cam_images, list(protocol.layers)
     box = protocol.box(test.images.shape[-1])
     sets = {
-        "patched_target": probes.patched_targets[seeded_cap((preds["patched_targets"] == target).nonzero().squeeze(1), cap, seed)],
-        "flipped": probes.pasted["patch"][seeded_cap((preds["patch"] == target).nonzero().squeeze(1), cap, seed)],
-        "clean_target": test.images[probes.target_idx][seeded_cap(torch.arange(len(probes.target_idx)), cap, seed)],
+        PATCHED_TARGET: probes.patched_targets[seeded_cap((preds["patched_targets"] == target).nonzero().squeeze(1), cap, seed)],
+        FLIPPED: probes.pasted["patch"][seeded_cap((preds["patch"] == target).nonzero().squeeze(1), cap, seed)],
+        CLEAN_TARGET: test.images[probes.target_idx][seeded_cap(torch.arange(len(probes.target_idx)), cap, seed)],
     }
     m = {"cam": {layer: {} for layer in map_layers(protocol.method, layers)}}
     patched_maps = {}
@@ -191,7 +187,7 @@ def explanation_metrics(model: nn.Module, test: EvalSet, probes: Probes, preds: 
                               protocol.cam_batch_size, staged(progress, set_name))
         for layer in m["cam"]:
             m["cam"][layer][set_name] = score_maps(maps[layer], box, seed)
-        if set_name == "patched_target":
+        if set_name == PATCHED_TARGET:
             patched_maps = maps
     if test.masks is not None:  # localisation against the true object masks (shapes)
         chosen = seeded_cap(torch.arange(len(test.labels)), cap, seed)

@@ -53,7 +53,7 @@ class MethodScores:
     """One explanation method's scores on one cell: CAM scores per layer and evaluation set, localisation
     against object masks (shapes only) and the verdict."""
 
-    cam: dict[str, dict[str, CamScores]]  # layer -> CAM set (measure.shortcut's "patched_target", ...) -> scores
+    cam: dict[str, dict[str, CamScores]]  # layer -> CAM set (measure.results.CAM_SETS) -> scores
     verdict: Verdict
     localisation: dict[str, CamScores] | None = None  # layer -> scores against object masks
 

@@ -28,8 +28,7 @@ from typing import TextIO
 from tqdm import tqdm
 
 from gradcam_repro.explain.registry import display_name
-from gradcam_repro.measure.results import RunMetrics
-from gradcam_repro.measure.shortcut import PATCHED_TARGET
+from gradcam_repro.measure.results import PATCHED_TARGET, RunMetrics
 
 MODES = ("auto", "plain", "quiet")
 # Plain lines, for logs: a line when another tenth of the work is done, but never two within 30 s (so a step

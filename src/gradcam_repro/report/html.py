@@ -23,8 +23,7 @@ from matplotlib import colormaps
 from PIL import Image
 
 from gradcam_repro.explain.registry import PIXEL_METHODS, display_name
-from gradcam_repro.measure.results import Interval, RunMetrics
-from gradcam_repro.measure.shortcut import PATCHED_TARGET
+from gradcam_repro.measure.results import PATCHED_TARGET, Interval, RunMetrics
 from gradcam_repro.report.figures import CAM_ALPHA
 from gradcam_repro.report.format import as_interval, missing, number, percent, seconds
 from gradcam_repro.report.markdown import CAM_SET_LABELS, VARIANTS, cam_display_name, conclusions, method_name

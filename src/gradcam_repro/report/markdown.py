@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 from gradcam_repro.explain.registry import display_name
-from gradcam_repro.measure.results import RunMetrics
-from gradcam_repro.measure.shortcut import CAM_SETS, PATCHED_TARGET
+from gradcam_repro.measure.results import CAM_SETS, PATCHED_TARGET, RunMetrics
 from gradcam_repro.report.format import interval, percent, seconds
 from gradcam_repro.report.repair_table import repair_table
 
-# How the reports name each CAM evaluation set of `measure.shortcut.CAM_SETS`.
+# How the reports name each CAM evaluation set of `measure.results.CAM_SETS`.
 CAM_SET_LABELS = dict(zip(CAM_SETS, ("patched {cls} images called {cls}", "non-{cls} images flipped to {cls} by the patch",
                                      "clean {cls} images (control)")))
 VARIANTS = {

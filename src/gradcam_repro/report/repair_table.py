@@ -7,8 +7,7 @@ patched target images, flip-to-target with the training patch, the CAM's energy 
 
 from __future__ import annotations
 
-from gradcam_repro.measure.results import Interval, RunMetrics
-from gradcam_repro.measure.shortcut import PATCHED_TARGET
+from gradcam_repro.measure.results import PATCHED_TARGET, Interval, RunMetrics
 
 # The targets a repair must reach (issue "repair"), fixed before any repair was measured.
 MAX_RECALL_DROP = 0.05  # clean target recall >= the baseline's - 5 points

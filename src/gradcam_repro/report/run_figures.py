@@ -8,8 +8,7 @@ from __future__ import annotations
 import torch
 
 from gradcam_repro.explain.registry import display_name
-from gradcam_repro.measure.results import RunMetrics
-from gradcam_repro.measure.shortcut import PATCHED_TARGET
+from gradcam_repro.measure.results import PATCHED_TARGET, RunMetrics
 from gradcam_repro.report import figures
 
 
