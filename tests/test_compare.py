@@ -16,6 +16,7 @@ from gradcam_repro.explain.cam import GradCAM
 from gradcam_repro.explain.registry import CAM_METHODS, PIXEL_METHODS, explain_images, make_explainer, map_layers
 from gradcam_repro.measure import comparison
 from gradcam_repro.measure.comparison import MethodSweep, compare_settings, faithfulness_check, flags_shortcut
+from gradcam_repro.measure.results import CamScores, Interval
 from gradcam_repro.model.resnet import normalize
 from gradcam_repro.pipeline.compare import CompareOptions, compare_methods
 from gradcam_repro.runtime import Runtime
@@ -35,7 +36,7 @@ def compared(shapes_run, tmp_path_factory):
     shutil.copytree(shapes_run, run)
     returned = compare_methods(run, CompareOptions(**TINY), log=_quiet)
     saved = json.loads((run / "methods.json").read_text())
-    assert returned["experiments"] == saved["experiments"] and returned["figures"] == saved["figures"]
+    assert returned.experiments == saved["experiments"] and list(returned.figures) == saved["figures"]
     return run, saved
 
 
@@ -97,7 +98,7 @@ def test_pixels_per_step_recorded_is_the_one_used(resnet, monkeypatch):
     result = faithfulness_check(resnet, test, MethodSweep(options, ("layer4",), "layer4", 0, CPU))
     assert len(result["curves"]["random"]["fractions"]) == math.ceil(32 * 32 / 200) + 1
     assert len(result["curves"]["gradcam"]["fractions"]) == math.ceil(32 * 32 / 200) + 1
-    assert compare_settings(options, CPU)["pixels_per_step"] == 200
+    assert compare_settings(options, CPU).pixels_per_step == 200
 
 
 def test_report_gets_the_section_and_the_figures_exist(compared):
@@ -143,7 +144,7 @@ def test_explain_images_grad_cam_equals_the_grad_cam_class(resnet):
 
 def test_the_flag_rule_needs_both_the_uniform_and_the_baseline_bound():
     def energy(low, high, n=4):
-        return {"energy": {"mean": (low + high) / 2, "low": low, "high": high, "n": n}}
+        return CamScores(Interval((low + high) / 2, low, high, n), Interval(0.5, 0.4, 0.6, n))
 
     uniform = 0.05
     assert flags_shortcut({"biased": energy(0.2, 0.3), "baseline": energy(0.0, 0.1)}, uniform)

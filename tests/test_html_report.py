@@ -24,6 +24,7 @@ from playwright.sync_api import sync_playwright
 
 from gradcam_repro.cli import main
 from gradcam_repro.explain.registry import PIXEL_METHODS, display_name
+from gradcam_repro.measure.comparison_results import MethodsResult, StaleMethods
 from gradcam_repro.measure.results import RunMetrics
 from gradcam_repro.measure.scores import cam_energy_in_box
 from gradcam_repro.pipeline import view
@@ -101,7 +102,7 @@ def test_report_rebuilds_the_same_page_without_any_model(shapes_run, tmp_path):
 
 def test_a_stale_methods_json_is_named_and_the_verdicts_follow_the_numbers(shapes_run):
     metrics, gallery, _ = _load(shapes_run)
-    assert "compare RUN" in report_html(RunMetrics.from_dict(metrics), {}, gallery, {})
+    assert "compare RUN" in report_html(RunMetrics.from_dict(metrics), StaleMethods({}), gallery, {})
     biased = metrics["models"]["biased"]
     biased["flip_to_target"]["patch"] = {"mean": 0.97, "low": 0.95, "high": 0.99, "n": 200}
     biased["verdict"]["relies_on_patch"] = True
@@ -116,17 +117,21 @@ def _stat(mean: float, n: int = 4) -> dict:
 def test_compare_section_shows_every_method_with_intervals_flags_and_checks(shapes_run):
     metrics, gallery, _ = _load(shapes_run)
     score = {"energy": _stat(0.4321), "pointing": _stat(0.75)}
-    methods = {  # the shape of methods.json, as `gradcam-repro compare` writes it, for two methods
-        "methods": ["gradcam", "saliency"], "experiments": metrics["experiments"],
-        "settings": {"images": 4, "scorecam_images": 1, "faithfulness_images": 4, "sanity_max_spearman": 0.5},
+    methods = MethodsResult.from_dict({  # methods.json, as `gradcam-repro compare` writes it, for two methods
+        "methods": ["gradcam", "saliency"], "layers": ["layer3"], "cam_layer": "layer3", "experiments": metrics["experiments"],
+        "settings": {"images": 4, "scorecam_images": 1, "sanity_images": 2, "faithfulness_images": 4, "pixels_per_step": 64,
+                     "deletion_baseline": "mean colour", "insertion_canvas": "blur", "sanity_max_spearman": 0.5,
+                     "precision": "float32"},
+        "seconds": {"total": 1.0},
         "uniform": {"energy_in_box": 0.0352, "pointing": 0.0977},
         "shortcut": {"gradcam": {"layer3": {"biased": score, "baseline": score}}, "saliency": {"input": {"biased": score}}},
         "flags_shortcut": {"gradcam": {"layer3": True}, "saliency": {"input": False}},
-        "sanity": {m: {"layer": "layer3", "verdict": {"step": "layer3", "spearman": _stat(0.1234), "ssim": _stat(0.2),
-                                                      "passes": m == "gradcam"}} for m in ("gradcam", "saliency")},
+        "sanity": {m: {"layer": "layer3", "steps": [],
+                       "verdict": {"step": "layer3", "spearman": _stat(0.1234), "ssim": _stat(0.2), "passes": m == "gradcam",
+                                   "threshold": 0.5}} for m in ("gradcam", "saliency")},
         "faithfulness": {m: {"deletion_auc": _stat(0.2468), "insertion_auc": _stat(0.1357)} for m in ("gradcam", "random")},
-        "figures": ["figures/methods_layers.png"],
-    }
+        "figures": ["figures/methods_layers.png"], "environment": {"device": "cpu"},
+    })
     png = (shapes_run / metrics["figures"][0]).read_bytes()
     page = report_html(RunMetrics.from_dict(metrics), methods, gallery, {"figures/methods_layers.png": png})
     section = page[page.index('<section id="methods">'):]

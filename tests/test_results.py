@@ -10,8 +10,10 @@ import torch
 from test_regression import PATCH, tiny_net, tiny_test_set
 
 from gradcam_repro.errors import UserError
-from gradcam_repro.measure.results import Interval, ModelShortcut, RunMetrics, ShortcutResults
+from gradcam_repro.measure.comparison_results import MethodsResult
+from gradcam_repro.measure.results import CamScores, Interval, ModelShortcut, RunMetrics, ShortcutResults
 from gradcam_repro.measure.shortcut import ShortcutProtocol, measure_shortcut
+from gradcam_repro.pipeline.folders import RunFolder
 from gradcam_repro.runtime import Runtime
 
 
@@ -68,3 +70,83 @@ def test_a_file_from_an_older_version_is_one_line_naming_the_missing_key_and_the
     assert "\n" not in message
     with pytest.raises(UserError, match="older gradcam-repro"):
         ModelShortcut.from_dict({"clean_test_acc": {"mean": 0.5}})
+
+
+def _stat(mean: float, n: int = 4) -> dict:
+    return {"mean": mean, "low": mean - 0.01, "high": mean + 0.01, "n": n}
+
+
+NOTHING = {"mean": math.nan, "low": math.nan, "high": math.nan, "n": 0}
+
+
+def methods_dict(with_localisation: bool) -> dict:
+    """A methods.json as `gradcam-repro compare` writes it (keys in its order), for Grad-CAM and Saliency."""
+    scores = {"energy": _stat(0.43), "pointing": _stat(0.75)}
+    empty = {"energy": NOTHING, "pointing": NOTHING}
+    step = {"name": "fc", "spearman": _stat(0.1, 2), "abs_spearman": _stat(0.2, 2), "ssim": _stat(0.3, 2),
+            "undefined_spearman": 0}
+    verdict = {"step": "fc", "spearman": _stat(0.1, 2), "ssim": _stat(0.3, 2), "passes": True, "threshold": 0.5}
+    out = {"methods": ["gradcam", "saliency"], "layers": ["layer3", "layer4"], "cam_layer": "layer4",
+           "experiments": {"baseline": {"key": "a", "model_sha256": "b"}, "biased": {"key": "c", "model_sha256": "d"}},
+           "settings": {"images": 8, "scorecam_images": 1, "sanity_images": 2, "faithfulness_images": 4,
+                        "pixels_per_step": 64, "deletion_baseline": "mean colour", "insertion_canvas": "blur",
+                        "sanity_max_spearman": 0.5, "precision": "float32"},
+           "seconds": {"shortcut": 2.0, **({"localisation": 1.5} if with_localisation else {}), "sanity": 3.0,
+                       "faithfulness": 4.0, "total": 11.0},
+           "shortcut": {"gradcam": {"layer3": {"baseline": scores, "biased": scores}, "layer4": {"baseline": scores}},
+                        "saliency": {"input": {"baseline": empty, "biased": empty}}},
+           "uniform": {"energy_in_box": 0.035, "pointing": 0.098, **({"energy_in_mask": 0.12} if with_localisation else {})},
+           "flags_shortcut": {"gradcam": {"layer3": True, "layer4": False}, "saliency": {"input": False}}}
+    if with_localisation:
+        out |= {"localisation": {"gradcam": {"layer3": scores, "layer4": scores}, "saliency": {"input": empty}},
+                "shapes_run": "runs/shapes"}
+    return out | {"sanity": {m: {"layer": "input", "steps": [step, {**step, "name": "stem"}], "verdict": verdict}
+                             for m in ("gradcam", "saliency")},
+                  "faithfulness": {m: {"deletion_auc": _stat(0.25), "insertion_auc": _stat(0.14)}
+                                   for m in ("gradcam", "saliency", "random")},
+                  "figures": ["figures/methods_layers.png"], "environment": {"device": "cpu", "processor": "x86_64"}}
+
+
+@pytest.mark.parametrize("with_localisation", [True, False])
+def test_methods_result_reads_back_exactly_what_was_written_key_order_included(with_localisation):
+    stored = json.dumps(methods_dict(with_localisation), indent=2)
+    methods = MethodsResult.from_dict(json.loads(stored))
+    assert json.dumps(methods.to_dict(), indent=2) == stored
+    assert (methods.localisation is not None) == with_localisation
+    assert isinstance(methods.shortcut["gradcam"]["layer3"]["biased"], CamScores)
+    assert math.isnan(methods.shortcut["saliency"]["input"]["biased"].energy.mean)
+
+
+def test_methods_result_is_frozen_and_a_later_step_builds_a_new_one():
+    methods = MethodsResult.from_dict(methods_dict(True))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        methods.figures = ()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        methods.settings.images = 1
+    drawn = dataclasses.replace(methods, figures=("figures/a.png",), seconds={**methods.seconds, "total": 1.0})
+    assert methods.figures == ("figures/methods_layers.png",) and methods.seconds["total"] == 11.0
+    assert drawn.to_dict()["figures"] == ["figures/a.png"]
+
+
+@pytest.mark.parametrize("path", [("environment",), ("settings", "precision"), ("sanity", "gradcam", "steps"),
+                                  ("faithfulness", "random", "insertion_auc")])
+def test_a_methods_json_from_an_older_version_is_one_line_naming_the_fix(tmp_path, path):
+    values = methods_dict(False)
+    parent = values
+    for key in path[:-1]:
+        parent = parent[key]
+    del parent[path[-1]]
+    (tmp_path / "methods.json").write_text(json.dumps(values))
+    with pytest.raises(UserError) as info:
+        RunFolder(tmp_path).read_methods()
+    message = str(info.value)
+    assert len(message.splitlines()) == 1 and "methods.json" in message and "older gradcam-repro" in message
+    assert repr(path[-1]) in message and "rerun `gradcam-repro compare RUN`" in message
+
+
+def test_a_run_without_methods_json_reads_none_and_a_written_one_reads_back(tmp_path):
+    run = RunFolder(tmp_path)
+    assert run.read_methods() is None
+    methods = MethodsResult.from_dict(methods_dict(True))
+    run.write_methods(methods)
+    assert json.dumps(run.read_methods().to_dict()) == json.dumps(methods.to_dict())

@@ -10,8 +10,8 @@ The folders follow the pipeline, each stage a package that imports only from the
     explain/   `cam` (Grad-CAM and six relatives), `pixel` (Captum's pixel-space methods), `registry` (one
                explainer protocol and registry)
     measure/   `scores` (scores with bootstrap CIs), `predict`, `shortcut` (flip tests, energy in the patch),
-               typed results (`results`: RunMetrics and its parts; `audit_results`: AuditResult; `study_results`:
-               StudyResult and its cells), `examples` (what the figures show), `sanity` (randomisation check),
+               typed results (`results`: RunMetrics and its parts; `comparison_results`: MethodsResult, compare's
+               methods.json; `audit_results`: AuditResult; `study_results`: StudyResult and its cells), `examples` (what the figures show), `sanity` (randomisation check),
                `faithfulness` (deletion/insertion), `comparison` (every method x layer), `spray` (the audit's SpRAy
                clustering and causal tests), `aggregate` (studies across seeds)
     report/    pure renderers of measured results: `format` (numbers), `figures`, `run_figures`, `markdown`,

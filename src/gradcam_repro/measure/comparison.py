@@ -6,8 +6,8 @@
 - `sanity_check`: cascading parameter randomisation (Adebayo et al., 2018) at the run's CAM layer;
 - `faithfulness_check`: deletion/insertion AUCs (Petsiuk et al., 2018) on clean test images, against random maps.
 
-Pure: models and uint8 tensors in, plain dicts out (JSON-ready results, plus the tensors the figures
-need under their own keys); no files, no figures. `pipeline.compare` loads the run, calls these and renders.
+Pure: models and uint8 tensors in, dicts out holding the typed parts of methods.json
+(`measure.comparison_results`) and, under their own keys, the tensors the figures need; no files, no figures. `pipeline.compare` loads the run, calls these and renders.
 Every method goes through the explainer registry, so nothing here depends on which family a method is in.
 """
 
@@ -24,7 +24,9 @@ from gradcam_repro.errors import UserError
 from gradcam_repro.explain.pixel import PIXEL_LAYER
 from gradcam_repro.explain.registry import EXPLAINERS, display_name, explain_images, map_layers, single_layer_explainer
 from gradcam_repro.measure import faithfulness, sanity, scores
+from gradcam_repro.measure.comparison_results import CompareSettings, Faithfulness, MethodSanity, SanityStep, SanityVerdict
 from gradcam_repro.measure.predict import predict
+from gradcam_repro.measure.results import CamScores
 from gradcam_repro.measure.shortcut import Progress, score_maps, seeded_cap, staged
 from gradcam_repro.model.resnet import normalize
 from gradcam_repro.runtime import Runtime
@@ -102,20 +104,21 @@ class MethodSweep:
         return self.options.method_names
 
 
-def compare_settings(options: CompareOptions, runtime: Runtime) -> dict:
+def compare_settings(options: CompareOptions, runtime: Runtime) -> CompareSettings:
     """The sample sizes and fixed rules every number of methods.json was measured with."""
-    return {**{name: getattr(options, name) for name in _SAMPLE_FIELDS},
-            "pixels_per_step": PIXELS_PER_STEP, "deletion_baseline": "mean colour (0 after normalisation)",
-            "insertion_canvas": f"Gaussian blur, kernel {faithfulness.INSERTION_BLUR_KERNEL_PX} px, "
-                                f"sigma {faithfulness.INSERTION_BLUR_SIGMA_PX} px",
-            "sanity_max_spearman": sanity.SANITY_MAX_SPEARMAN,
-            "precision": f"every explanation and deletion/insertion pass in the run's precision, {runtime.precision}"}
+    return CompareSettings(
+        *(getattr(options, name) for name in _SAMPLE_FIELDS), pixels_per_step=PIXELS_PER_STEP,
+        deletion_baseline="mean colour (0 after normalisation)",
+        insertion_canvas=f"Gaussian blur, kernel {faithfulness.INSERTION_BLUR_KERNEL_PX} px, "
+                         f"sigma {faithfulness.INSERTION_BLUR_SIGMA_PX} px",
+        sanity_max_spearman=sanity.SANITY_MAX_SPEARMAN,
+        precision=f"every explanation and deletion/insertion pass in the run's precision, {runtime.precision}")
 
 
 def shortcut_evidence(models: dict[str, nn.Module], test: EvalSet, target: int, patch: dict, sweep: MethodSweep) -> dict:
     """Patched target images each model calls target, explained for the target class, scored against the box.
 
-    patch: `inject_patch` keywords. Returns {"shortcut": {method: {layer: {model name: score_maps}}},
+    patch: `inject_patch` keywords. Returns {"shortcut": {method: {layer: {model name: CamScores}}},
     "uniform": {"energy_in_box", "pointing"}, "flags_shortcut": {method: {layer: bool}},
     "called_target": {model name: images explained}}.
     """
@@ -132,7 +135,7 @@ def shortcut_evidence(models: dict[str, nn.Module], test: EvalSet, target: int, 
             maps = explain_images(method, model, batch, torch.full((len(batch),), target), sweep.layers, sweep.runtime,
                                   progress=staged(sweep.progress, f"{name} {display_name(method)}"))
             for layer, m in maps.items():
-                shortcut[method].setdefault(layer, {})[name] = score_maps(m, box, sweep.seed)
+                shortcut[method].setdefault(layer, {})[name] = CamScores.from_dict(score_maps(m, box, sweep.seed))
     size = images.shape[-1]
     uniform = {"energy_in_box": scores.uniform_energy(box, size), "pointing": scores.uniform_pointing(box, size)}
     flags = {m: {layer: flags_shortcut(s, uniform["energy_in_box"]) for layer, s in by_layer.items()}
@@ -140,21 +143,21 @@ def shortcut_evidence(models: dict[str, nn.Module], test: EvalSet, target: int, 
     return {"shortcut": shortcut, "uniform": uniform, "flags_shortcut": flags, "called_target": called_target}
 
 
-def flags_shortcut(by_model: dict, uniform: float) -> bool:
+def flags_shortcut(by_model: dict[str, CamScores], uniform: float) -> bool:
     """The pair flags the shortcut: biased-model energy in the box >= 2x uniform at its CI's lower bound,
     and above the baseline model's upper bound (the same rule as the main report, plus the control)."""
     biased, baseline = by_model.get("biased"), by_model.get("baseline")
-    if biased is None or biased["energy"]["n"] == 0:
+    if biased is None or biased.energy.n == 0:
         return False
-    above_uniform = biased["energy"]["low"] >= scores.POINTS_AT_PATCH_RATIO * uniform
-    above_baseline = baseline is None or baseline["energy"]["n"] == 0 or biased["energy"]["low"] > baseline["energy"]["high"]
+    above_uniform = biased.energy.low >= scores.POINTS_AT_PATCH_RATIO * uniform
+    above_baseline = baseline is None or baseline.energy.n == 0 or biased.energy.low > baseline.energy.high
     return bool(above_uniform and above_baseline)
 
 
 def shapes_localisation(model: nn.Module, test: EvalSet, sweep: MethodSweep) -> dict:
     """Clean test images with object masks, explained for their true class, scored against the masks.
 
-    Returns {"localisation": {method: {layer: score_maps}}, "energy_in_mask": the uniform map's energy}.
+    Returns {"localisation": {method: {layer: CamScores}}, "energy_in_mask": the uniform map's energy}.
     """
     if test.masks is None:
         raise ValueError("shapes_localisation needs a test set with object masks")
@@ -165,14 +168,14 @@ def shapes_localisation(model: nn.Module, test: EvalSet, sweep: MethodSweep) -> 
         maps = explain_images(method, model, test.images[idx], test.labels[idx], sweep.layers, sweep.runtime,
                               progress=staged(sweep.progress, f"shapes {display_name(method)}"))
         for layer, m in maps.items():
-            localisation[method][layer] = score_maps(m, None, sweep.seed, masks=test.masks[idx])
+            localisation[method][layer] = CamScores.from_dict(score_maps(m, None, sweep.seed, masks=test.masks[idx]))
     return {"localisation": localisation, "energy_in_mask": scores.uniform_energy(test.masks[chosen])}
 
 
 def sanity_check(model: nn.Module, test: EvalSet, sweep: MethodSweep) -> dict:
     """Cascading randomisation of `model` on seeded clean test images (true class), each method at the CAM layer.
 
-    Returns {"sanity": {method: {"layer", "steps", "verdict"}}, "cascade_maps": {method: {step: (H, W) map of
+    Returns {"sanity": {method: MethodSanity}, "cascade_maps": {method: {step: (H, W) map of
     the first image}}, "image": (1, 3, H, W) uint8, that image (empty when there are no test images)}.
     """
     pick = seeded_cap(torch.arange(len(test.labels)), sweep.options.sanity_images, sweep.seed + 1)
@@ -184,12 +187,9 @@ def sanity_check(model: nn.Module, test: EvalSet, sweep: MethodSweep) -> dict:
         layer = map_layers(method, [sweep.cam_layer])[0]
         explain_fn = single_layer_explainer(method, sweep.cam_layer, sweep.runtime.amp_dtype)
         result = sanity.cascading_randomisation(model, x[:n], t[:n], explain_fn, seed=sweep.seed, keep_images=1)
-        results[method] = {
-            "layer": layer,
-            "steps": [{k: s[k] for k in ("name", "spearman", "abs_spearman", "ssim", "undefined_spearman")}
-                      for s in result["steps"]],
-            "verdict": sanity.sanity_verdict(result, DECIDING_STEP_LAYER.get(layer, layer)),
-        }
+        results[method] = MethodSanity(
+            layer, tuple(SanityStep.from_dict(s) for s in result["steps"]),
+            SanityVerdict.from_dict(sanity.sanity_verdict(result, DECIDING_STEP_LAYER.get(layer, layer))))
         cascade_maps[method] = {k: v[0] for k, v in result["maps"].items()}
     return {"sanity": results, "cascade_maps": cascade_maps, "image": test.images[pick[:1]]}
 
@@ -198,7 +198,7 @@ def faithfulness_check(model: nn.Module, test: EvalSet, sweep: MethodSweep) -> d
     """Deletion and insertion on seeded clean test images for `model`'s predicted class, each method's maps
     at the CAM layer and the RANDOM chance baseline, PIXELS_PER_STEP pixels per step.
 
-    Returns {"faithfulness": {method: summarise_faithfulness}, "curves": {method: deletion_insertion result}}.
+    Returns {"faithfulness": {method: Faithfulness}, "curves": {method: deletion_insertion result}}.
     """
     pick = seeded_cap(torch.arange(len(test.labels)), sweep.options.faithfulness_images, sweep.seed + 2)
     images = test.images[pick]
@@ -211,7 +211,7 @@ def faithfulness_check(model: nn.Module, test: EvalSet, sweep: MethodSweep) -> d
         result = faithfulness.deletion_insertion(model, normalize(images[:n].to(device)), predicted[:n].to(device), maps,
                                                  pixels_per_step=PIXELS_PER_STEP, amp_dtype=sweep.runtime.amp_dtype,
                                                  device=device)
-        results[method] = faithfulness.summarise_faithfulness(result, sweep.seed)
+        results[method] = Faithfulness.from_dict(faithfulness.summarise_faithfulness(result, sweep.seed))
         curves[method] = result
     return {"faithfulness": results, "curves": curves}
 

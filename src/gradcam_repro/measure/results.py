@@ -12,8 +12,8 @@ Nothing mutates a result once built: a later step (the figures, the end-to-end t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, get_type_hints
 
 from gradcam_repro.errors import UserError
 
@@ -29,11 +29,11 @@ def older_version_error(what: str, missing: str, fix: str = REEVALUATE_FIX) -> U
     return UserError(f"{what} was written by an older gradcam-repro (no {missing!r}); {fix}")
 
 
-def _get(values: dict, key: str, what: str):
+def _get(values: dict, key: str, what: str, fix: str = REEVALUATE_FIX):
     try:
         return values[key]
     except (KeyError, TypeError):
-        raise older_version_error(what, key) from None
+        raise older_version_error(what, key, fix) from None
 
 
 @dataclass(frozen=True)
@@ -65,20 +65,31 @@ def _dicts(values: dict) -> dict:
     return {name: v.to_dict() for name, v in values.items()}
 
 
+class FlatRecord:
+    """A frozen dataclass whose JSON is its fields in order, `Interval` fields as {"mean", "low", "high", "n"}
+    and the rest as they are: its to_dict/from_dict pair, written once for every such record. `FIX` is what the
+    older-version error tells the user to rerun."""
+
+    FIX = REEVALUATE_FIX
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name).to_dict() if isinstance(getattr(self, f.name), Interval)
+                else getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict, what: str | None = None):
+        what = what or cls.__name__
+        hints = get_type_hints(cls)
+        return cls(*(Interval.from_dict(_get(values, f.name, what, cls.FIX), what) if hints[f.name] is Interval
+                     else _get(values, f.name, what, cls.FIX) for f in fields(cls)))
+
+
 @dataclass(frozen=True)
-class CamScores:
+class CamScores(FlatRecord):
     """One CAM evaluation set at one layer: energy in the patch (or mask) and the pointing game."""
 
     energy: Interval
     pointing: Interval
-
-    def to_dict(self) -> dict:
-        return {"energy": self.energy.to_dict(), "pointing": self.pointing.to_dict()}
-
-    @classmethod
-    def from_dict(cls, values: dict, what: str = "CAM scores") -> CamScores:
-        return cls(Interval.from_dict(_get(values, "energy", what), what),
-                   Interval.from_dict(_get(values, "pointing", what), what))
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from gradcam_repro.measure.comparison import (
     shapes_localisation,
     shortcut_evidence,
 )
+from gradcam_repro.measure.comparison_results import MethodsResult
 from gradcam_repro.pipeline.experiment import Experiment, experiment_ids
 from gradcam_repro.pipeline.folders import RunFolder
 from gradcam_repro.pipeline.prepare import Prepared
@@ -39,7 +40,7 @@ from gradcam_repro.report import figures
 __all__ = ["CompareOptions", "compare_methods"]
 
 
-def compare_methods(run_dir: str | Path, options: CompareOptions, log=print) -> dict:
+def compare_methods(run_dir: str | Path, options: CompareOptions, log=print) -> MethodsResult:
     """Measure every method of `options` on a finished run; write methods.json, figures and REPORT.md's section.
 
     Every input is checked (one-line `UserError`) before anything is measured or written. Returns what
@@ -53,19 +54,17 @@ def compare_methods(run_dir: str | Path, options: CompareOptions, log=print) -> 
     shapes = _shapes_source(run_dir, p, experiments, options, log)
     cfg = p.config
     sweep = MethodSweep(options, tuple(sweep_layers(cfg.cam_layer)), cfg.cam_layer, cfg.seed, p.runtime)
-    out, drawn = _measure(p, experiments, shapes, sweep, log)
+    result, drawn = _measure(p, experiments, shapes, sweep, log)
     run = RunFolder(run_dir)
     with run.lock():
-        figs = _figures(run_dir, out, drawn)
-        out["figures"] = list(figs)
-        out["seconds"]["total"] = time.perf_counter() - wall
-        out["environment"] = store.environment_info(str(p.runtime.device))
-        run.write_methods(out)
+        figs = _figures(run_dir, result, drawn)
+        result = replace(result, figures=tuple(figs), seconds={**result.seconds, "total": time.perf_counter() - wall})
+        run.write_methods(result)
         if run.metrics_json.is_file():  # the run has been evaluated: its reports gain the new section
-            write_reports(run, run.read_metrics(), methods=out, new_figures=figs)
-    as_reporter(log).final(f"[compare] done in {out['seconds']['total']:.0f} s: {run_dir / 'methods.json'}, "
+            write_reports(run, run.read_metrics(), methods=result, new_figures=figs)
+    as_reporter(log).final(f"[compare] done in {result.seconds['total']:.0f} s: {run_dir / 'methods.json'}, "
                            f"section in {run_dir / 'REPORT.md'}")
-    return out
+    return result
 
 
 def _check_shapes_run(shapes_run: str | Path | None) -> None:
@@ -107,14 +106,12 @@ def _timed(sections: Task, seconds: dict, section: str, measure, *args) -> dict:
     return result
 
 
-def _measure(p: Prepared, experiments: dict[str, Experiment], shapes, sweep: MethodSweep, log) -> tuple[dict, dict]:
-    """Every section, timed: (methods.json without figures, total and environment; the figures' tensors)."""
+def _measure(p: Prepared, experiments: dict[str, Experiment], shapes, sweep: MethodSweep,
+             log) -> tuple[MethodsResult, dict]:
+    """Every section, timed: (methods.json without figures and total time; the figures' tensors)."""
     models = {name: e.model for name, e in experiments.items()}
     test, cls = _test_set(p), p.config.bias_class
-    out: dict = {"methods": list(sweep.methods), "layers": list(sweep.layers), "cam_layer": sweep.cam_layer,
-                 "experiments": experiment_ids(experiments),
-                 "settings": compare_settings(sweep.options, sweep.runtime), "seconds": {}}
-    seconds = out["seconds"]
+    seconds: dict[str, float] = {}
     reporter = as_reporter(log)
     sections = reporter.task("[compare] sections", 4 if shapes is not None else 3, "section")
     sweep = replace(sweep, progress=reporter.tracker("[compare] maps", "img"))
@@ -122,39 +119,41 @@ def _measure(p: Prepared, experiments: dict[str, Experiment], shapes, sweep: Met
     found = _timed(sections, seconds, "shortcut", shortcut_evidence, models, test, p.target, shortcut_protocol(p).patch, sweep)
     for name, n in found["called_target"].items():
         log(f"[compare] {name}: {n} patched {cls} images called {cls}")
-    out.update({k: found[k] for k in ("shortcut", "uniform", "flags_shortcut")})
+    uniform, localisation, shapes_folder = found["uniform"], None, None
     # 2. Localisation on shapes (true object masks), the shapes run's baseline model in its own precision.
     if shapes is not None:
-        folder, sp, model = shapes
-        found = _timed(sections, seconds, "localisation", shapes_localisation, model, _test_set(sp), replace(sweep, runtime=sp.runtime))
-        out["localisation"] = found["localisation"]
-        out["uniform"]["energy_in_mask"] = found["energy_in_mask"]
-        out["shapes_run"] = folder
+        shapes_folder, sp, model = shapes
+        located = _timed(sections, seconds, "localisation", shapes_localisation, model, _test_set(sp),
+                         replace(sweep, runtime=sp.runtime))
+        localisation, uniform = located["localisation"], {**uniform, "energy_in_mask": located["energy_in_mask"]}
     # 3. Sanity check: cascading randomisation of the baseline model, clean test images, true class.
     base = models["baseline"]
     cascade = _timed(sections, seconds, "sanity", sanity_check, base, test, sweep)
-    out["sanity"] = cascade["sanity"]
     # 4. Faithfulness: deletion/insertion on clean test images, the baseline model's predicted class.
     faithful = _timed(sections, seconds, "faithfulness", faithfulness_check, base, test, sweep)
-    out["faithfulness"] = faithful["faithfulness"]
     sections.close()
     sweep.progress.close()
-    return out, {"cascade_maps": cascade["cascade_maps"], "sanity_image": cascade["image"], "curves": faithful["curves"]}
+    result = MethodsResult(
+        sweep.methods, sweep.layers, sweep.cam_layer, experiment_ids(experiments),
+        compare_settings(sweep.options, sweep.runtime), seconds, found["shortcut"], uniform, found["flags_shortcut"],
+        cascade["sanity"], faithful["faithfulness"], store.environment_info(str(p.runtime.device)), localisation,
+        shapes_folder)
+    return result, {"cascade_maps": cascade["cascade_maps"], "sanity_image": cascade["image"], "curves": faithful["curves"]}
 
 
-def _names(methods: list[str]) -> dict[str, str]:
+def _names(methods: tuple[str, ...]) -> dict[str, str]:
     """How figures label each method and the random baseline."""
     return {**{m: display_name(m) for m in methods}, RANDOM: "random map"}
 
 
-def _figures(run_dir: Path, out: dict, drawn: dict) -> dict[str, bytes]:
+def _figures(run_dir: Path, result: MethodsResult, drawn: dict) -> dict[str, bytes]:
     """Draw and save the comparison's figures; returns {path relative to `run_dir`: PNG bytes}."""
-    names, written = _names(out["methods"]), {}
+    names, written = _names(result.methods), {}
 
     def save(fig, rel):
         written.update(figures.save_figures({rel: fig}, run_dir))
 
-    save(figures.method_layer_heatmap(out, names), "figures/methods_layers.png")
+    save(figures.method_layer_heatmap(result, names), "figures/methods_layers.png")
     image = drawn["sanity_image"]
     if len(image):
         for method, maps in drawn["cascade_maps"].items():

@@ -29,6 +29,7 @@ from pathlib import Path
 from gradcam_repro import store
 from gradcam_repro.config import Config
 from gradcam_repro.errors import UserError
+from gradcam_repro.measure.comparison_results import MethodsResult
 from gradcam_repro.measure.results import RunMetrics
 
 EVALUATE_FIX = "fix: run `gradcam-repro evaluate {run}` first"
@@ -183,12 +184,13 @@ class RunFolder(WrittenFolder):
         """gallery.json as an earlier command wrote it, or None when there is none."""
         return _read_if_there(self.gallery_json, fix=f"fix: rerun `gradcam-repro evaluate {self.root}`")
 
-    def write_methods(self, methods: dict) -> None:
-        store.write_json(self.methods_json, methods)
+    def write_methods(self, methods: MethodsResult) -> None:
+        store.write_json(self.methods_json, methods.to_dict())
 
-    def read_methods(self) -> dict | None:
+    def read_methods(self) -> MethodsResult | None:
         """methods.json as an earlier `compare` wrote it, or None when there is none."""
-        return _read_if_there(self.methods_json, fix=f"fix: rerun `gradcam-repro compare {self.root}`")
+        values = _read_if_there(self.methods_json, fix=f"fix: rerun `gradcam-repro compare {self.root}`")
+        return None if values is None else MethodsResult.from_dict(values, str(self.methods_json))
 
     def read_figures(self, listed) -> dict[str, bytes]:
         """{relative path: PNG bytes} of the listed figures an earlier command saved (those that exist)."""

@@ -28,6 +28,7 @@ from typing import TextIO
 from tqdm import tqdm
 
 from gradcam_repro.explain.registry import display_name
+from gradcam_repro.measure.comparison_results import MethodsResult
 from gradcam_repro.measure.results import PATCHED_TARGET, RunMetrics
 
 MODES = ("auto", "plain", "quiet")
@@ -288,13 +289,13 @@ def run_final_line(metrics: RunMetrics, run_dir: str | Path, seconds: float) -> 
             f"view: gradcam-repro view {shlex.quote(str(run_dir))} ({run_dir / 'REPORT.html'})")
 
 
-def compare_summary(methods: dict, run_dir: str | Path) -> dict:
+def compare_summary(methods: MethodsResult, run_dir: str | Path) -> dict:
     """The JSON summary of `compare`: which method x layer flags the shortcut (methods.json's table), the paths."""
     run_dir = Path(run_dir)
-    flags = methods["flags_shortcut"]
+    flags = methods.flags_shortcut
     flagged = [f"{method}@{layer}" for method, by_layer in flags.items() for layer, flag in by_layer.items() if flag]
     return {"command": "compare", "run_dir": str(run_dir), "methods_json": str(run_dir / "methods.json"),
             "report_md": str(run_dir / "REPORT.md"), "report_html": str(run_dir / "REPORT.html"),
             "flags_shortcut": flags, "flagged": flagged,
             "n_flagged": len(flagged), "n_measured": sum(len(by_layer) for by_layer in flags.values()),
-            "seconds": methods["seconds"]}
+            "seconds": methods.seconds}

@@ -16,6 +16,7 @@ from gradcam_repro.config import SEED_LAYER, Config
 from gradcam_repro.data.images import EvalSet
 from gradcam_repro.explain.registry import display_name
 from gradcam_repro.measure import scores
+from gradcam_repro.measure.comparison_results import MethodsResult, StaleMethods
 from gradcam_repro.measure.examples import figure_examples, gallery_maps
 from gradcam_repro.measure.results import ModelShortcut, RepairRecord, RunMetrics, ShortcutResults
 from gradcam_repro.measure.shortcut import ShortcutProtocol, measure_shortcut
@@ -128,7 +129,7 @@ def write_results(run: RunFolder, metrics: RunMetrics, examples: dict, show: boo
     return metrics
 
 
-def write_reports(run: RunFolder, metrics: RunMetrics, methods: dict | None = None, gallery: dict | None = None,
+def write_reports(run: RunFolder, metrics: RunMetrics, methods: MethodsResult | None = None, gallery: dict | None = None,
                   new_figures: dict[str, bytes] | None = None) -> Path:
     """summary.md, REPORT.md and REPORT.html from `metrics`, with compare's `methods` and the `gallery` when they
     measured these models.
@@ -140,7 +141,7 @@ def write_reports(run: RunFolder, metrics: RunMetrics, methods: dict | None = No
     gallery = run.read_gallery() if gallery is None else gallery
     if gallery is not None and gallery.get("experiments") != metrics.experiments:
         gallery = None  # measured on other models: the page says how to get a current one
-    listed = list(dict.fromkeys([*metrics.figures, *(methods or {}).get("figures", [])]))
+    listed = list(dict.fromkeys([*metrics.figures, *(methods.figures if isinstance(methods, MethodsResult) else ())]))
     new_figures = new_figures or {}
     saved = run.read_figures(rel for rel in listed if rel not in new_figures)
     figs = {rel: new_figures[rel] if rel in new_figures else saved[rel] for rel in listed if rel in new_figures or rel in saved}
@@ -148,12 +149,12 @@ def write_reports(run: RunFolder, metrics: RunMetrics, methods: dict | None = No
     return run.report_md
 
 
-def current_methods(methods: dict | None, metrics: RunMetrics) -> dict | None:
-    """compare's results if they measured the models of `metrics` (same keys and model files); {} marks them
-    stale, None absent."""
+def current_methods(methods: MethodsResult | None, metrics: RunMetrics) -> MethodsResult | StaleMethods | None:
+    """compare's results if they measured the models of `metrics` (same keys and model files), `StaleMethods`
+    if they measured others, None when absent."""
     if methods is None:
         return None
-    return methods if methods.get("experiments") == metrics.experiments else {}
+    return methods if methods.experiments == metrics.experiments else StaleMethods(methods.experiments)
 
 
 def run(config: Config, log=print, force: bool = False, parallel: bool = False) -> RunMetrics:

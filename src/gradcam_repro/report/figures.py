@@ -16,6 +16,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from gradcam_repro import store
+from gradcam_repro.measure.comparison_results import MethodsResult
 from gradcam_repro.measure.results import CamScores
 from gradcam_repro.measure.scores import POINTS_AT_PATCH_RATIO, cam_energy_in_box
 
@@ -331,18 +332,18 @@ def deletion_insertion_curves(curves_by_method: dict[str, dict], title):
     return fig
 
 
-def method_layer_heatmap(methods: dict, names: dict[str, str]):
+def method_layer_heatmap(methods: MethodsResult, names: dict[str, str]):
     """Heatmaps of mean CAM energy, rows = methods, columns = layers (and "input" for pixel methods).
 
     Panels: energy in the patch box on patched target images, biased and baseline
     model; energy in the object mask on shapes (if measured). Cells without a value are blank.
     """
-    rows = methods["methods"]
-    cols = [*methods["layers"], "input"]
-    panels = [("biased: energy in patch box", methods["shortcut"], "biased"),
-              ("baseline: energy in patch box", methods["shortcut"], "baseline")]
-    if "localisation" in methods:
-        panels.append(("shapes: energy in object mask", methods["localisation"], None))
+    rows = methods.methods
+    cols = [*methods.layers, "input"]
+    panels = [("biased: energy in patch box", methods.shortcut, "biased"),
+              ("baseline: energy in patch box", methods.shortcut, "baseline")]
+    if methods.localisation is not None:
+        panels.append(("shapes: energy in object mask", methods.localisation, None))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.45 * len(rows) + 1.8), squeeze=False)
     for ax, (title, table, model) in zip(axes[0], panels):
         values = np.full((len(rows), len(cols)), np.nan)
@@ -351,8 +352,8 @@ def method_layer_heatmap(methods: dict, names: dict[str, str]):
                 cell = table.get(method, {}).get(layer)
                 if cell is not None and model is not None:
                     cell = cell.get(model)
-                if cell is not None and cell["energy"]["n"] > 0:
-                    values[i, j] = cell["energy"]["mean"]
+                if cell is not None and cell.energy.n > 0:
+                    values[i, j] = cell.energy.mean
         image = ax.imshow(values, cmap="viridis", vmin=0, vmax=max(np.nanmax(values) if np.isfinite(values).any() else 1, 1e-6))
         for i in range(len(rows)):
             for j in range(len(cols)):
@@ -363,7 +364,7 @@ def method_layer_heatmap(methods: dict, names: dict[str, str]):
         ax.set_yticks(range(len(rows)), [names.get(r, r) for r in rows], fontsize=7)
         ax.set_title(title, fontsize=9)
         fig.colorbar(image, ax=ax, fraction=0.046)
-    uniform = methods["uniform"]
+    uniform = methods.uniform
     layout_under_suptitle(fig, f"mean energy by method and layer (uniform map: box {uniform['energy_in_box']:.3f}"
                            + (f", mask {uniform['energy_in_mask']:.3f}" if "energy_in_mask" in uniform else "") + ")")
     return fig

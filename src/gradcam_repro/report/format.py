@@ -2,7 +2,7 @@
 and seconds, so that the same number is written the same way everywhere. Pure functions of numbers.
 
 A statistic is an `Interval` (`measure.results`), or still a {"mean", "low", "high", "n"} dict where a results
-file is not typed yet (methods.json, audit.json); a NaN mean means nothing was measured, and reads "n/a".
+file is not typed yet; a NaN mean means nothing was measured, and reads "n/a".
 """
 
 from __future__ import annotations

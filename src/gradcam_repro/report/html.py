@@ -1,6 +1,6 @@
 """REPORT.html: the run's report as one self-contained page, built from measured results alone.
 
-Pure functions: a run's `RunMetrics` (metrics.json), methods.json and gallery.json (still dicts) and the
+Pure functions: a run's `RunMetrics` (metrics.json), `MethodsResult` (methods.json), gallery.json (still a dict) and the
 figures' PNG bytes in, an HTML string out; nothing here reads or writes a file. Figures are inline `data:`
 URIs, the gallery switches model, method and layer with a few lines of plain JavaScript in the page, and
 nothing refers to any other address, so the file opens offline, from a mail attachment as well as from
@@ -23,6 +23,7 @@ from matplotlib import colormaps
 from PIL import Image
 
 from gradcam_repro.explain.registry import PIXEL_METHODS, display_name
+from gradcam_repro.measure.comparison_results import MethodsResult, StaleMethods
 from gradcam_repro.measure.results import PATCHED_TARGET, Interval, RunMetrics
 from gradcam_repro.report.figures import CAM_ALPHA
 from gradcam_repro.report.format import as_interval, missing, number, percent, seconds
@@ -78,8 +79,9 @@ def gallery_record(g: dict, classes: list[str], box_tlbr_px: list[int]) -> dict:
     }
 
 
-def report_html(m: RunMetrics, methods: dict | None, gallery: dict | None, figs: dict[str, bytes]) -> str:
-    """REPORT.html from a run's metrics `m`, methods.json (None: absent, {}: stale), gallery.json (None: absent) and
+def report_html(m: RunMetrics, methods: MethodsResult | StaleMethods | None, gallery: dict | None,
+                figs: dict[str, bytes]) -> str:
+    """REPORT.html from a run's metrics `m`, compare's results (None: absent), gallery.json (None: absent) and
     {figure path relative to the run: PNG bytes}. Figures missing from `figs` are left out."""
     cfg, cam = m.config, cam_display_name(m)
     title = f"{cam} and the {cfg['bias_class']} shortcut: {cfg['preset']} preset on {m.dataset['name']}"
@@ -104,7 +106,8 @@ def report_html(m: RunMetrics, methods: dict | None, gallery: dict | None, figs:
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>'
             f'<style>{CSS}</style></head><body><header><h1>{html.escape(title)}</h1>{_facts(m)}</header>'
             f'<nav>{nav}</nav><main>{body}</main><footer>Written by gradcam-repro from metrics.json'
-            f'{", methods.json" if methods else ""}{", gallery.json" if gallery else ""}. One file, no network.</footer>'
+            f'{", methods.json" if isinstance(methods, MethodsResult) else ""}{", gallery.json" if gallery else ""}. '
+            'One file, no network.</footer>'
             f'</body></html>\n')
 
 
@@ -329,49 +332,48 @@ def _localisation(m: RunMetrics) -> str:
             + _table(head, rows))
 
 
-def _methods(c: dict, figs: dict[str, bytes]) -> str:
-    if not c:
+def _methods(c: MethodsResult | StaleMethods, figs: dict[str, bytes]) -> str:
+    if isinstance(c, StaleMethods):
         return ('<p class="note">methods.json was measured on other models (the run was retrained); '
                 "rerun <code>gradcam-repro compare RUN</code>.</p>")
-    st, u, has_loc = c["settings"], c["uniform"], "localisation" in c
+    st, u, has_loc = c.settings, c.uniform, c.localisation is not None
     rows = []
-    for method in c["methods"]:
-        for i, (layer, by_model) in enumerate(c["shortcut"][method].items()):
+    for method in c.methods:
+        for i, (layer, by_model) in enumerate(c.shortcut[method].items()):
             cells = []
             for model in ("biased", "baseline"):
                 r = by_model.get(model)
-                cells += [_ci(r["energy"], n=True), _ci(r["pointing"])] if r else ["n/a", "n/a"]
-            cells.append('<span class="badge yes">flags</span>' if c["flags_shortcut"][method][layer] else "")
+                cells += [_ci(r.energy, n=True), _ci(r.pointing)] if r else ["n/a", "n/a"]
+            cells.append('<span class="badge yes">flags</span>' if c.flags_shortcut[method][layer] else "")
             if has_loc:
-                loc = c["localisation"].get(method, {}).get(layer)
-                cells.append(_ci(loc["energy"], n=True) if loc else "n/a")
+                loc = c.localisation.get(method, {}).get(layer)
+                cells.append(_ci(loc.energy, n=True) if loc else "n/a")
             name = f"<b>{html.escape(method_name(method))}</b>" if i == 0 else ""  # once per group of layers
             rows.append([name, f"<code>{html.escape(layer)}</code>", *cells])
     intro = (f'<p class="lede">Patched test images each model calls the target class, explained for that class '
-             f"({st['images']} per model; Score-CAM the first {st['scorecam_images']}). Energy in the patch box (uniform "
+             f"({st.images} per model; Score-CAM the first {st.scorecam_images}). Energy in the patch box (uniform "
              f"{u['energy_in_box']:.4f}) and pointing game. <i>Flags</i>: the biased model's energy is at least 2x uniform "
              "at its lower bound and above the baseline's upper bound.</p>")
     shortcut = _table(["method", "layer", "biased: energy", "biased: pointing", "baseline: energy", "baseline: pointing",
                        "flags", *(["shapes: energy in mask"] if has_loc else [])], rows)
-    sanity_figs = [f for f in c.get("figures", []) if f.startswith("figures/sanity_")]
+    sanity_figs = [f for f in c.figures if f.startswith("figures/sanity_")]
     return (intro + _figure(figs, "figures/methods_layers.png", "energy in the patch box, method x layer")
             + shortcut + _methods_checks(c, figs) + "".join(_figure(figs, f, f"sanity cascade {f}") for f in sanity_figs[:1]))
 
 
-def _methods_checks(c: dict, figs: dict[str, bytes]) -> str:
-    st = c["settings"]
+def _methods_checks(c: MethodsResult, figs: dict[str, bytes]) -> str:
+    st = c.settings
     verdict = {True: '<span class="badge agree">passes</span>', False: '<span class="badge disagree">fails</span>'}
-    sanity = [[html.escape(method_name(method)), f"<code>{html.escape(r['layer'])}</code>",
-               html.escape(str(r["verdict"]["step"])), _ci(r["verdict"]["spearman"]), _ci(r["verdict"]["ssim"]),
-               verdict[r["verdict"]["passes"]]]
-              for method, r in c["sanity"].items()]
-    faith = [[html.escape(method_name(method)), _ci(r["deletion_auc"]), _ci(r["insertion_auc"])]
-             for method, r in c["faithfulness"].items()]
+    sanity = [[html.escape(method_name(method)), f"<code>{html.escape(r.layer)}</code>", html.escape(str(r.verdict.step)),
+               _ci(r.verdict.spearman), _ci(r.verdict.ssim), verdict[r.verdict.passes]]
+              for method, r in c.sanity.items()]
+    faith = [[html.escape(method_name(method)), _ci(r.deletion_auc), _ci(r.insertion_auc)]
+             for method, r in c.faithfulness.items()]
     return (f'<h3>Sanity check: cascading randomisation</h3><p class="lede">The baseline model\'s weights are re-initialised '
             f"from the classifier down; a method passes when the upper bound of the mean Spearman correlation with its "
-            f"original maps is below {st['sanity_max_spearman']} once its layer is randomised.</p>"
+            f"original maps is below {st.sanity_max_spearman} once its layer is randomised.</p>"
             + _table(["method", "layer", "deciding step", "Spearman", "SSIM", "verdict"], sanity)
-            + f'<h3>Faithfulness: deletion and insertion</h3><p class="lede">{st["faithfulness_images"]} clean test images; '
+            + f'<h3>Faithfulness: deletion and insertion</h3><p class="lede">{st.faithfulness_images} clean test images; '
             "lower deletion AUC and higher insertion AUC are better; <i>random map</i> is chance.</p>"
             + _table(["method", "deletion AUC", "insertion AUC"], faith)
             + _figure(figs, "figures/deletion_insertion.png", "deletion and insertion curves"))
@@ -405,11 +407,12 @@ def _training(m: RunMetrics, figs: dict[str, bytes]) -> str:
             + f"<details><summary>per epoch</summary>{table}</details>")
 
 
-def _more_figures(m: RunMetrics, methods: dict | None, figs: dict[str, bytes]) -> str:
-    listed = [*m.figures, *(methods or {}).get("figures", [])]
+def _more_figures(m: RunMetrics, methods: MethodsResult | StaleMethods | None, figs: dict[str, bytes]) -> str:
+    compared = methods.figures if isinstance(methods, MethodsResult) else ()
+    listed = [*m.figures, *compared]
     placed = [*PLACED_FIGURES, *(f"figures/{n}_cam_grid.png" for n in m.models)]
     rest = [f for f in dict.fromkeys(listed) if f not in placed and not f.startswith("figures/sanity_")]
-    sanity = [f for f in (methods or {}).get("figures", []) if f.startswith("figures/sanity_")][1:]
+    sanity = [f for f in compared if f.startswith("figures/sanity_")][1:]
     return '<div class="figs">' + "".join(_figure(figs, f, f.removeprefix("figures/").removesuffix(".png").replace("_", " "))
                                           for f in [*rest, *sanity]) + "</div>"
 

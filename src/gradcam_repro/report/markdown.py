@@ -1,9 +1,10 @@
 """Markdown written from measured results: every number and every sentence comes from a run's `RunMetrics`
-(metrics.json) and, for the method comparison, methods.json (still a dict). Pure functions; nothing here reads files."""
+(metrics.json) and, for the method comparison, `MethodsResult` (methods.json). Pure functions; nothing here reads files."""
 
 from __future__ import annotations
 
 from gradcam_repro.explain.registry import display_name
+from gradcam_repro.measure.comparison_results import MethodsResult, StaleMethods
 from gradcam_repro.measure.results import CAM_SETS, PATCHED_TARGET, RunMetrics
 from gradcam_repro.report.format import interval, percent, seconds
 from gradcam_repro.report.repair_table import repair_table
@@ -119,11 +120,11 @@ def conclusions(m: RunMetrics) -> list[str]:
     return out
 
 
-def report_markdown(m: RunMetrics, methods: dict | None = None) -> str:
+def report_markdown(m: RunMetrics, methods: MethodsResult | StaleMethods | None = None) -> str:
     """REPORT.md: config, environment, data, all tables with CIs, verdicts, figures and conclusions.
 
-    `methods` (a methods.json written by `gradcam-repro compare` for the same models) adds the method x
-    layer comparison, sanity check and faithfulness sections; an empty dict says it is stale.
+    `methods` (what `gradcam-repro compare` measured on the same models) adds the method x layer comparison,
+    sanity check and faithfulness sections; `StaleMethods` says it was measured on other models.
     """
     cfg, s = m.config, m.settings
     lines = [f"# {cam_display_name(m)} and the {cfg['bias_class']} shortcut: {cfg['preset']} preset", "", *_header(m), "",
@@ -137,7 +138,7 @@ def report_markdown(m: RunMetrics, methods: dict | None = None) -> str:
              f"`gradcam-repro run --preset {cfg['preset']}` with the config in `run.json` "
              "(every value can be passed as a flag); `gradcam-repro evaluate RUN` recomputes these numbers from the "
              "saved models and `gradcam-repro report RUN` rebuilds this file from `metrics.json`.", ""]
-    if methods == {}:
+    if isinstance(methods, StaleMethods):
         lines += ["## Which method and layer see the shortcut", "",
                   "`methods.json` was measured on other models (the run was retrained); rerun `gradcam-repro compare RUN`.", ""]
     elif methods is not None:
@@ -271,74 +272,74 @@ def method_name(key: str) -> str:
     return "random map" if key == "random" else display_name(key)
 
 
-def methods_markdown(c: dict) -> list[str]:
-    """Markdown of a methods.json: method x layer table, sanity check, deletion/insertion AUCs."""
+def methods_markdown(c: MethodsResult) -> list[str]:
+    """Markdown of compare's results: method x layer table, sanity check, deletion/insertion AUCs."""
     return [*_methods_table(c), *_sanity_section(c), *_faithfulness_section(c)]
 
 
-def _methods_table(c: dict) -> list[str]:
+def _methods_table(c: MethodsResult) -> list[str]:
     """Which method and layer flag the shortcut: energy in the box and pointing game, biased vs baseline model."""
-    st, u = c["settings"], c["uniform"]
-    has_loc = "localisation" in c
+    st, u = c.settings, c.uniform
+    has_loc = c.localisation is not None
     lines = ["## Which method and layer see the shortcut (`gradcam-repro compare`)", "",
              f"Patched test images each model calls the target class, explained for that class: energy in the patch box "
              f"(uniform map {u['energy_in_box']:.4f}) and pointing game (random peak {u['pointing']:.4f}); "
-             f"{st['images']} images per model (Score-CAM: the first {st['scorecam_images']}, it costs one forward pass "
+             f"{st.images} images per model (Score-CAM: the first {st.scorecam_images}, it costs one forward pass "
              "per channel). *Flags* = the biased model's energy is at least 2x uniform at its lower 95% bound and above "
-             f"the baseline model's upper bound. Precision: {st.get('precision', 'n/a')}."
+             f"the baseline model's upper bound. Precision: {st.precision}."
              + (f" Localisation: energy in the true object mask on shapes test images (uniform {u['energy_in_mask']:.4f})."
                 if has_loc else ""), "",
-             *(["![method x layer](figures/methods_layers.png)", ""] if "figures/methods_layers.png" in c.get("figures", []) else []),
+             *(["![method x layer](figures/methods_layers.png)", ""] if "figures/methods_layers.png" in c.figures else []),
              "| method | layer | biased: energy in box | biased: pointing | baseline: energy in box | baseline: pointing | flags |"
              + (" shapes: energy in mask |" if has_loc else ""),
              "|---|---|---|---|---|---|---|" + ("---|" if has_loc else "")]
-    for method in c["methods"]:
-        for layer, by_model in c["shortcut"][method].items():
+    for method in c.methods:
+        for layer, by_model in c.shortcut[method].items():
             cells = []
             for model in ("biased", "baseline"):
                 r = by_model.get(model)
-                cells += [f"{interval(r['energy'])} (n={r['energy']['n']})", interval(r["pointing"])] if r else ["n/a", "n/a"]
-            flag = "**yes**" if c["flags_shortcut"][method][layer] else "no"
-            loc = c.get("localisation", {}).get(method, {}).get(layer)
-            extra = [(f"{interval(loc['energy'])} (n={loc['energy']['n']})" if loc else "n/a")] if has_loc else []
+                cells += [f"{interval(r.energy)} (n={r.energy.n})", interval(r.pointing)] if r else ["n/a", "n/a"]
+            flag = "**yes**" if c.flags_shortcut[method][layer] else "no"
+            loc = (c.localisation or {}).get(method, {}).get(layer)
+            extra = [(f"{interval(loc.energy)} (n={loc.energy.n})" if loc else "n/a")] if has_loc else []
             lines.append(f"| {method_name(method)} | `{layer}` | " + " | ".join([*cells, flag, *extra]) + " |")
-    flagged = [f"{method_name(m)} at `{lay}`" for m, by in c["flags_shortcut"].items() for lay, f in by.items() if f]
+    flagged = [f"{method_name(m)} at `{lay}`" for m, by in c.flags_shortcut.items() for lay, f in by.items() if f]
     return [*lines, "", f"Pairs that flag the shortcut: {', '.join(flagged) if flagged else 'none'}.", ""]
 
 
-def _sanity_section(c: dict) -> list[str]:
+def _sanity_section(c: MethodsResult) -> list[str]:
     """The cascading randomisation check: does each method's map change when the weights do?"""
-    st = c["settings"]
+    st = c.settings
     lines = ["## Sanity check: cascading model parameter randomisation (Adebayo et al., 2018)", "",
              f"The baseline model's weights are re-initialised from the classifier down to the stem; after each step the "
-             f"maps of {st['sanity_images']} clean test images (true class; Score-CAM: the first {st['scorecam_images']}) "
+             f"maps of {st.sanity_images} clean test images (true class; Score-CAM: the first {st.scorecam_images}) "
              "are compared with the original maps (Spearman rank correlation, SciPy; SSIM, scikit-image). A method "
-             f"*passes* when the upper 95% bound of the mean Spearman correlation is below {st['sanity_max_spearman']} at "
+             f"*passes* when the upper 95% bound of the mean Spearman correlation is below {st.sanity_max_spearman} at "
              "the step that randomises the block holding its layer (pixel methods: the classifier).", "",
              "| method | layer | deciding step | Spearman there | SSIM there | passes | mean Spearman per step (fc → stem) |",
              "|---|---|---|---|---|---|---|"]
-    for method, r in c["sanity"].items():
-        v = r["verdict"]
-        per_step = ", ".join(f"{s['spearman']['mean']:.2f}" for s in r["steps"])
-        lines.append(f"| {method_name(method)} | `{r['layer']}` | {v['step']} | {interval(v['spearman'])} | "
-                     f"{interval(v['ssim'])} | {'yes' if v['passes'] else '**no**'} | {per_step} |")
-    sanity_figs = [f for f in c.get("figures", []) if f.startswith("figures/sanity_")]
+    for method, r in c.sanity.items():
+        v = r.verdict
+        per_step = ", ".join(f"{s.spearman.mean:.2f}" for s in r.steps)
+        lines.append(f"| {method_name(method)} | `{r.layer}` | {v.step} | {interval(v.spearman)} | "
+                     f"{interval(v.ssim)} | {'yes' if v.passes else '**no**'} | {per_step} |")
+    sanity_figs = [f for f in c.figures if f.startswith("figures/sanity_")]
     return [*lines, "", *[f"![sanity]({f})" for f in sanity_figs[:1]], "",
             *(["Cascade figures: " + ", ".join(f"[{f}]({f})" for f in sanity_figs), ""] if sanity_figs else [])]
 
 
-def _faithfulness_section(c: dict) -> list[str]:
+def _faithfulness_section(c: MethodsResult) -> list[str]:
     """Deletion and insertion AUCs of each method against a random map, and where and how long it was measured."""
-    st = c["settings"]
+    st = c.settings
     lines = ["## Faithfulness: deletion and insertion (Petsiuk et al., 2018)", "",
-             f"{st['faithfulness_images']} seeded clean test images, the baseline model's predicted class; "
-             f"{st['pixels_per_step']} pixels per step, most salient first. Deletion sets pixels to the "
-             f"{st['deletion_baseline']}; insertion starts from a {st['insertion_canvas']} of the image. Lower deletion "
+             f"{st.faithfulness_images} seeded clean test images, the baseline model's predicted class; "
+             f"{st.pixels_per_step} pixels per step, most salient first. Deletion sets pixels to the "
+             f"{st.deletion_baseline}; insertion starts from a {st.insertion_canvas} of the image. Lower deletion "
              "AUC and higher insertion AUC are better; *random map* is the chance baseline.", "",
              "| method | deletion AUC | insertion AUC |", "|---|---|---|"]
-    for method, r in c["faithfulness"].items():
-        lines.append(f"| {method_name(method)} | {interval(r['deletion_auc'])} | {interval(r['insertion_auc'])} |")
+    for method, r in c.faithfulness.items():
+        lines.append(f"| {method_name(method)} | {interval(r.deletion_auc)} | {interval(r.insertion_auc)} |")
     return [*lines, "", *(["![deletion and insertion](figures/deletion_insertion.png)", ""]
-                          if "figures/deletion_insertion.png" in c.get("figures", []) else []),
-            f"Measured in {c['seconds']['total']:.0f} s on {c['environment'].get('processor', '?')} "
-            f"({c['environment'].get('device', '?')}).", ""]
+                          if "figures/deletion_insertion.png" in c.figures else []),
+            f"Measured in {c.seconds['total']:.0f} s on {c.environment.get('processor', '?')} "
+            f"({c.environment.get('device', '?')}).", ""]
