@@ -88,8 +88,8 @@ def cell_verdicts(cell: StudyCellResult, baseline: StudyCellResult | None) -> di
         for layer, points in measured.verdict.points_at_patch.items():
             out[f"points_at_patch/{method}/{layer}"] = bool(points)
             if baseline is not None:
-                pair = {"biased": measured.cam[layer][PATCHED_TARGET].to_dict(),
-                        "baseline": baseline.metrics.methods[method].cam[layer][PATCHED_TARGET].to_dict()}
+                pair = {"biased": measured.cam[layer][PATCHED_TARGET],
+                        "baseline": baseline.metrics.methods[method].cam[layer][PATCHED_TARGET]}
                 out[f"flags/{method}/{layer}"] = flags_shortcut(pair, uniform)
     return out
 
