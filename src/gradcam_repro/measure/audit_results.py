@@ -13,17 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gradcam_repro.measure.results import Interval, older_version_error
+from gradcam_repro.measure.results import Interval, read_key
 
 REAUDIT_FIX = "fix: rerun `gradcam-repro audit` to rewrite it with this version"
 _NESTED_LIST_DEPTH = 3  # a candidate's pixels: (3, H, W)
 
 
 def _get(values: dict, key: str, what: str):
-    try:
-        return values[key]
-    except (KeyError, TypeError):
-        raise older_version_error(what, key, REAUDIT_FIX) from None
+    return read_key(values, key, what, REAUDIT_FIX)
 
 
 def _tuples(values, depth: int = _NESTED_LIST_DEPTH):

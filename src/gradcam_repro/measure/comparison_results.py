@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gradcam_repro.measure.results import CamScores, FlatRecord, Interval, older_version_error
+from gradcam_repro.measure.results import CamScores, FlatRecord, Interval, read_key
 
 RECOMPARE_FIX = "fix: rerun `gradcam-repro compare RUN` to rewrite it with this version"
 
@@ -24,10 +24,7 @@ ByLayer = dict[str, dict[str, CamScores]]
 
 
 def _get(values: dict, key: str, what: str):
-    try:
-        return values[key]
-    except (KeyError, TypeError):
-        raise older_version_error(what, key, RECOMPARE_FIX) from None
+    return read_key(values, key, what, RECOMPARE_FIX)
 
 
 def _interval(values: dict, key: str, what: str) -> Interval:

@@ -29,7 +29,8 @@ def older_version_error(what: str, missing: str, fix: str = REEVALUATE_FIX) -> U
     return UserError(f"{what} was written by an older gradcam-repro (no {missing!r}); {fix}")
 
 
-def _get(values: dict, key: str, what: str, fix: str = REEVALUATE_FIX):
+def read_key(values: dict, key: str, what: str, fix: str = REEVALUATE_FIX):
+    """values[key], or the one-line older-version error naming `what`, the key and `fix`."""
     try:
         return values[key]
     except (KeyError, TypeError):
@@ -54,7 +55,7 @@ class Interval:
 
     @classmethod
     def from_dict(cls, values: dict, what: str = "an interval") -> Interval:
-        return cls(*(_get(values, k, what) for k in ("mean", "low", "high", "n")))
+        return cls(*(read_key(values, k, what) for k in ("mean", "low", "high", "n")))
 
 
 def _intervals(values: dict, what: str) -> dict[str, Interval]:
@@ -80,8 +81,8 @@ class FlatRecord:
     def from_dict(cls, values: dict, what: str | None = None):
         what = what or cls.__name__
         hints = get_type_hints(cls)
-        return cls(*(Interval.from_dict(_get(values, f.name, what, cls.FIX), what) if hints[f.name] is Interval
-                     else _get(values, f.name, what, cls.FIX) for f in fields(cls)))
+        return cls(*(Interval.from_dict(read_key(values, f.name, what, cls.FIX), what) if hints[f.name] is Interval
+                     else read_key(values, f.name, what, cls.FIX) for f in fields(cls)))
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,8 @@ class Verdict:
 
     @classmethod
     def from_dict(cls, values: dict, what: str = "a verdict") -> Verdict:
-        return cls(_get(values, "relies_on_patch", what), dict(_get(values, "points_at_patch", what)),
-                   dict(_get(values, "agrees", what)))
+        return cls(read_key(values, "relies_on_patch", what), dict(read_key(values, "points_at_patch", what)),
+                   dict(read_key(values, "agrees", what)))
 
 
 @dataclass(frozen=True)
@@ -152,15 +153,15 @@ class ModelShortcut(Predictions):
     @classmethod
     def from_dict(cls, values: dict, what: str = "a model's results") -> ModelShortcut:
         def interval(key):
-            return Interval.from_dict(_get(values, key, what), what)
+            return Interval.from_dict(read_key(values, key, what), what)
 
         cam = {layer: {s: CamScores.from_dict(v, what) for s, v in sets.items()}
-               for layer, sets in _get(values, "cam", what).items()}
+               for layer, sets in read_key(values, "cam", what).items()}
         localisation = values.get("localisation")
-        return cls(interval("clean_test_acc"), dict(_get(values, "per_class_acc", what)), interval("biased_test_acc"),
+        return cls(interval("clean_test_acc"), dict(read_key(values, "per_class_acc", what)), interval("biased_test_acc"),
                    interval("target_recall_clean"), interval("target_recall_patched"),
-                   _intervals(_get(values, "flip_to_target", what), what), cam,
-                   Verdict.from_dict(_get(values, "verdict", what), what),
+                   _intervals(read_key(values, "flip_to_target", what), what), cam,
+                   Verdict.from_dict(read_key(values, "verdict", what), what),
                    {layer: CamScores.from_dict(v, what) for layer, v in localisation.items()} if localisation else None)
 
 
@@ -180,9 +181,9 @@ class ShortcutResults:
 
     @classmethod
     def from_dict(cls, values: dict, what: str = "shortcut results") -> ShortcutResults:
-        models = {name: ModelShortcut.from_dict(m, f"{what} (model {name})") for name, m in _get(values, "models", what).items()}
-        return cls(models, dict(_get(values, "uniform", what)), dict(_get(values, "counterfactual_patches", what)),
-                   dict(_get(values, "n", what)))
+        models = {name: ModelShortcut.from_dict(m, f"{what} (model {name})") for name, m in read_key(values, "models", what).items()}
+        return cls(models, dict(read_key(values, "uniform", what)), dict(read_key(values, "counterfactual_patches", what)),
+                   dict(read_key(values, "n", what)))
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,7 @@ class RepairRecord:
 
     @classmethod
     def from_dict(cls, values: dict, what: str = "a repair record") -> RepairRecord:
-        return cls(*(_get(values, k, what) for k in ("strategy", "parent", "params", "artefact", "seconds")))
+        return cls(*(read_key(values, k, what) for k in ("strategy", "parent", "params", "artefact", "seconds")))
 
 
 # metrics.json's keys in the order they are written: the run's facts, then the shortcut results, then the rest.
@@ -251,7 +252,7 @@ class RunMetrics:
 
     @classmethod
     def from_dict(cls, values: dict, what: str = "metrics.json") -> RunMetrics:
-        facts = [_get(values, key, what) for key in _FACTS]
-        repairs = {name: RepairRecord.from_dict(r, what) for name, r in _get(values, "repairs", what).items()}
-        return cls(*facts, ShortcutResults.from_dict(values, what), _get(values, "histories", what), repairs,
-                   dict(_get(values, "seconds", what)), list(values.get("figures", [])), values.get("peak_rss_mb"))
+        facts = [read_key(values, key, what) for key in _FACTS]
+        repairs = {name: RepairRecord.from_dict(r, what) for name, r in read_key(values, "repairs", what).items()}
+        return cls(*facts, ShortcutResults.from_dict(values, what), read_key(values, "histories", what), repairs,
+                   dict(read_key(values, "seconds", what)), list(values.get("figures", [])), values.get("peak_rss_mb"))

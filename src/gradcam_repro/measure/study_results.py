@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gradcam_repro.measure.results import CamScores, Interval, Predictions, Verdict, older_version_error
+from gradcam_repro.measure.results import CamScores, Interval, Predictions, Verdict, read_key
 
 CELL_FIX = "fix: rerun the study with --force to remeasure its cells with this version"
 STUDY_FIX = "fix: rerun its `gradcam-repro study` command with this version to rewrite it"
@@ -21,10 +21,7 @@ STUDY_FIX = "fix: rerun its `gradcam-repro study` command with this version to r
 def _getter(values: dict, what: str, fix: str):
     """`get(key)`: values[key], or the older-version error for `what`."""
     def get(key: str):
-        try:
-            return values[key]
-        except (KeyError, TypeError):
-            raise older_version_error(what, key, fix) from None
+        return read_key(values, key, what, fix)
     return get
 
 
