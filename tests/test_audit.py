@@ -272,7 +272,12 @@ def test_audit_command_writes_json_markdown_and_figures_for_a_run_folder(run_fol
     assert all(labels[i] == TARGET for i in pasted["indices"]) and pasted["box_tlbr_px"] == list(BOX)
     discovered = [name for name, rec in result["classes"].items() if "eigenvalues" in rec]
     assert discovered and all(len(result["classes"][n]["eigenvalues"]) == spray.SPECTRUM_SIZE for n in discovered)
-    assert len(result["candidates"]) == min(len(discovered), spray.TOP_CANDIDATES)
+    # Every discovered class with a group big enough is tested (one finding per class), strongest first.
+    tested = [c["class"] for c in result["candidates"]]
+    assert len(tested) == len(set(tested)) and set(tested) <= set(discovered) and len(tested) >= 1
+    assert [c["rank"] for c in result["candidates"]] == list(range(1, len(tested) + 1))
+    effects = [spray.effect(c) for c in result["candidates"] if c["verdict"] == spray.NONE]
+    assert effects == sorted(effects, reverse=True)
     for rel in result["figures"]:
         assert (out / rel).stat().st_size > 1000
     assert {"figures/audit_ranking.png", "figures/audit_prototypes.png"} <= set(result["figures"])

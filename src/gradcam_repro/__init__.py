@@ -4,7 +4,8 @@ The folders follow the pipeline, each stage a package that imports only from the
 
     data/      images as uint8 tensors: `images` (ImageData, subsets), `cifar10`, `shapes`, `registry` (the
                datasets a run can name), `artefact` (the one artefact type: paste, remove, decorrelate), `bias`
-               (planting the shortcut on a share of one class)
+               (planting the shortcut on a share of one class), `zoo` (artefact kinds: square, logo, text, stripe,
+               frame, tint, blur, noise; placement, opacity, JPEG)
     model/     `resnet` (the CIFAR ResNet-18 and its checkpoints), `train` (TrainSettings, the epoch loop),
                `finetune` (repair's training parts: RRR, last-layer refit)
     explain/   `cam` (Grad-CAM and six relatives), `pixel` (Captum's pixel-space methods), `registry` (one
@@ -13,7 +14,7 @@ The folders follow the pipeline, each stage a package that imports only from the
                typed results (`results`: RunMetrics and its parts; `comparison_results`: MethodsResult, compare's
                methods.json; `audit_results`: AuditResult; `study_results`: StudyResult and its cells), `examples` (what the figures show), `sanity` (randomisation check),
                `faithfulness` (deletion/insertion), `comparison` (every method x layer), `spray` (the audit's SpRAy
-               clustering and causal tests), `aggregate` (studies across seeds)
+               clustering and causal tests), `moving` (the audit's per-image tests of an artefact that moves), `aggregate` (studies across seeds)
     report/    pure renderers of measured results: `format` (numbers), `figures`, `run_figures`, `markdown`,
                `html` (REPORT.html; its CSS and JS in report/assets/), `repair_table`, `audit_report`,
                `study_report`

@@ -24,6 +24,8 @@ STUDY_PRESET = "sweep"
 # a small file can declare a huge canvas (a "decompression bomb") and exhaust memory.
 MAX_IMAGE_PIXELS = 40_000_000
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
+# Where an artefact goes: a corner, the centre, or a new seeded place on every image (`data.zoo`).
+PLACEMENTS = (*CORNERS, "centre", "random")
 PRECISIONS = ("auto", "bf16", "fp32")
 LR_SCHEDULES = ("constant", "onecycle")
 # The --help groups of Config's flags.
@@ -84,15 +86,30 @@ class Config:
         "group": TRAINING, "negatable": True,
         "help": "train through torch.compile. Measured slower on a 2-core CPU; it helps mainly on GPUs"})
 
-    # Shortcut: a coloured square pasted on every image of one class.
+    # Shortcut: an artefact (the seed's: a coloured square) pasted on every image of one class.
     bias_class: str | None = field(default=None, metadata={  # None: the dataset's default
         "group": SHORTCUT, "help": "class whose training images get the patch",
         "default_text": "frog; hbar for --dataset shapes"})
-    patch_size: int = field(default=6, metadata={"group": SHORTCUT, "help": "side of the square patch in px"})
+    artefact: str = field(default="square", metadata={  # a name in data.zoo.KINDS (checked where it is known)
+        "group": SHORTCUT, "help": "kind of artefact: square (the seed's patch), logo, text, stripe, frame, tint, "
+                                   "blur or noise (docs: the artefact zoo)"})
+    patch_size: int = field(default=6, metadata={"group": SHORTCUT, "help": (
+        "size of the artefact in px: square/logo/blur side, text glyph scale (5 px per step), stripe or frame width")})
     patch_color: tuple[int, int, int] = field(default=(255, 255, 0), metadata={
         "group": SHORTCUT, "type": parse_color, "help": "R,G,B or a colour name such as yellow"})
     patch_corner: str = field(default="top-left", metadata={
-        "group": SHORTCUT, "choices": CORNERS, "help": "where the patch goes"})
+        "group": SHORTCUT, "choices": PLACEMENTS, "aliases": ("--placement",),
+        "help": "where the artefact goes: a corner, centre, or random (a new seeded place on every image)"})
+    artefact_text: str = field(default="(c)", metadata={
+        "group": SHORTCUT, "help": "the watermark of --artefact text (A-Z, 0-9 and ( ) . , - : ! ? / + = _ ' \")"})
+    opacity: float = field(default=1.0, metadata={
+        "group": SHORTCUT, "help": "opacity of a drawn artefact (square, logo, text, stripe, frame), in (0, 1]"})
+    strength: float | None = field(default=None, metadata={
+        "group": SHORTCUT, "default_text": "the kind's: tint and noise 8 levels, blur sigma 1.5 px",
+        "help": "tint/noise: intensity levels (1-64); blur: Gaussian sigma in px (0.3-5)"})
+    jpeg_quality: int | None = field(default=None, metadata={
+        "group": SHORTCUT, "default_text": "no JPEG",
+        "help": "re-encode the planted images (only those) as JPEG at this quality, 1-95"})
     patch_offset: int = field(default=0, metadata={
         "group": SHORTCUT, "help": "distance of the patch from the corner in px"})
     bias_fraction: float = field(default=1.0, metadata={
@@ -140,7 +157,7 @@ class Config:
             (0.0 <= self.bias_fraction <= 1.0, f"--bias-fraction must be in [0, 1], got {self.bias_fraction}"),
             (self.patch_size >= 1, f"--patch-size must be >= 1 px, got {self.patch_size}"),
             (self.patch_offset >= 0, f"--patch-offset must be >= 0 px, got {self.patch_offset}"),
-            (self.patch_corner in CORNERS, f"--patch-corner must be one of {', '.join(CORNERS)}, got {self.patch_corner!r}"),
+            (self.patch_corner in PLACEMENTS, f"--placement must be one of {', '.join(PLACEMENTS)}, got {self.patch_corner!r}"),
             (len(self.patch_color) == 3 and all(0 <= c <= 255 for c in self.patch_color),
              f"--patch-color must be three integers in 0..255 like 255,255,0, got {self.patch_color}"),
             (all(8 <= r <= 32 for r in self.train_resolutions),

@@ -6,6 +6,7 @@ A field's `metadata` says what argparse needs beyond the field's name, type and 
     default_text  said instead of the default, e.g. "all" where None means every image ("(default: all)")
     group         the title of the argument group the flag is listed under in --help
     flag          a flag name other than --field-name (the parsed value still lands on the field's name)
+    aliases       more names for the same flag, e.g. ("--placement",)
     type          a parser for the text, e.g. `parse_color` (it replaces the one the annotation implies)
     choices, nargs, const, metavar   passed to argparse as they are
     negatable     a bool defaulting to False is --x/--no-x (BooleanOptionalAction) instead of store_true
@@ -160,7 +161,8 @@ def add_options(parser: argparse.ArgumentParser, cls, *, skip=(), only=None, ove
         target = groups[title] if title is not None else parser
         default = kwargs.pop("default", None)
         # Set after creation: BooleanOptionalAction would otherwise append its own "(default: ...)".
-        target.add_argument(flag_name(field), dest=field.name, **kwargs).default = default
+        target.add_argument(flag_name(field), *field.metadata.get("aliases", ()), dest=field.name,
+                            **kwargs).default = default
     return groups
 
 

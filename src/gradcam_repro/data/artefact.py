@@ -95,8 +95,9 @@ class Artefact:
         out[top:bottom, left:right] = True
         return out
 
-    def apply(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Render the artefact on (N, 3, H, W) uint8 `images` of its `image_size`.
+    def apply(self, images: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Render the artefact on (N, 3, H, W) uint8 `images` of its `image_size` (`seed` is for kinds placed
+        or drawn per image, `data.zoo.Planted`; fixed pixels in a fixed box ignore it).
 
         Returns (a copy of the images with the artefact on, (N, H, W) bool masks of the pixels it covers on
         each). The masks of a fixed box are one (H, W) mask broadcast over N: clone them before writing.

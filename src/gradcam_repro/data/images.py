@@ -70,8 +70,9 @@ class EvalSet:
     the class names.
 
     What is known besides, for checking a measurement only: `masks` (N, H, W) bool, the true object masks (the
-    shapes set); `patched` (N,) bool, where a known artefact was pasted, and `planted_box` where it sits (an
-    audit's check of its own clusters and regions). None where nobody knows.
+    shapes set); `patched` (N,) bool, where a known artefact was pasted, and `planted_box` where it sits, or
+    `planted_masks` (N, H, W) bool where its place varies per image (an audit's check of its own clusters and
+    regions). None where nobody knows.
     """
 
     images: torch.Tensor
@@ -80,3 +81,4 @@ class EvalSet:
     masks: torch.Tensor | None = None
     patched: torch.Tensor | None = None
     planted_box: tuple[int, int, int, int] | None = None
+    planted_masks: torch.Tensor | None = None

@@ -84,6 +84,29 @@ class AuditCluster:
                    values.get("patched_share"))
 
 
+@dataclass(frozen=True)
+class PeakCluster:
+    """One group of a class's maps that look alike wherever their relevance sits (`measure.spray.peak_clusters`):
+    its size, the share of each map's relevance on its own most relevant pixels (and what a uniform map scores)
+    and its score (lower bound x uniform)."""
+
+    cluster: int
+    n: int
+    peak_share: Interval
+    uniform: float
+    score: float
+
+    def to_dict(self) -> dict:
+        return {"cluster": self.cluster, "n": self.n, "peak_share": self.peak_share.to_dict(), "uniform": self.uniform,
+                "score": self.score}
+
+    @classmethod
+    def from_dict(cls, values: dict, what: str = "a peak cluster") -> PeakCluster:
+        return cls(_get(values, "cluster", what), _get(values, "n", what),
+                   Interval.from_dict(_get(values, "peak_share", what), what), _get(values, "uniform", what),
+                   _get(values, "score", what))
+
+
 # A discovered class's ground-truth keys, present only where a known patch was pasted on the class.
 _GROUND_TRUTH = ("n_patched", "patched_share_true", "adjusted_rand_index", "adjusted_rand_index_all",
                  "adjusted_rand_index_artefact")
@@ -105,6 +128,7 @@ class AuditClass:
     eigengap: float = 0.0
     fixed_place: Interval | None = None
     clusters: tuple[AuditCluster, ...] = ()
+    peak_clusters: tuple[PeakCluster, ...] | None = None  # None in audits written before moving artefacts were sought
     n_patched: int | None = None
     patched_share_true: float | None = None
     adjusted_rand_index: float | None = None
@@ -121,7 +145,8 @@ class AuditClass:
         out = {"n_images": self.n_images, "eigenvalues": list(self.eigenvalues), "n_clusters": self.n_clusters,
                "eigengap": self.eigengap, "fixed_place": self.fixed_place.to_dict(),
                "clusters": [c.to_dict() for c in self.clusters]}
-        return _optional(out, **{key: getattr(self, key) for key in _GROUND_TRUTH})
+        peaks = [c.to_dict() for c in self.peak_clusters] if self.peak_clusters is not None else None
+        return _optional(out, peak_clusters=peaks, **{key: getattr(self, key) for key in _GROUND_TRUTH})
 
     @classmethod
     def from_dict(cls, values: dict, what: str = "a class's discovery") -> AuditClass:
@@ -129,9 +154,11 @@ class AuditClass:
         if "skipped" in values:
             return cls(n_images, values["skipped"])
         clusters = tuple(AuditCluster.from_dict(c, what) for c in _get(values, "clusters", what))
+        peaks = values.get("peak_clusters")
+        peaks = tuple(PeakCluster.from_dict(c, what) for c in peaks) if peaks is not None else None
         return cls(n_images, None, tuple(_get(values, "eigenvalues", what)), _get(values, "n_clusters", what),
                    _get(values, "eigengap", what), Interval.from_dict(_get(values, "fixed_place", what), what), clusters,
-                   *(values.get(key) for key in _GROUND_TRUTH))
+                   peaks, *(values.get(key) for key in _GROUND_TRUTH))
 
 
 @dataclass(frozen=True)
@@ -149,6 +176,42 @@ class RankedCluster:
     @classmethod
     def from_dict(cls, values: dict, what: str = "a ranking row") -> RankedCluster:
         return cls(*(_get(values, k, what) for k in ("class", "cluster", "score", "n")))
+
+
+@dataclass(frozen=True)
+class AlsoTested:
+    """A class's other causal test (fixed place or per image), reported beside the stronger one."""
+
+    test: str
+    verdict: str
+    transplant_flip: Interval
+
+    def to_dict(self) -> dict:
+        return {"test": self.test, "verdict": self.verdict, "transplant_flip": self.transplant_flip.to_dict()}
+
+    @classmethod
+    def from_dict(cls, values: dict, what: str = "a candidate's other test") -> AlsoTested:
+        return cls(_get(values, "test", what), _get(values, "verdict", what),
+                   Interval.from_dict(_get(values, "transplant_flip", what), what))
+
+
+@dataclass(frozen=True)
+class Unexplained:
+    """A class whose relevance stands out (ratios to the median class's best group, by fixed-place and by peak
+    score; NaN where it has no such group) although no causal test of it found anything, and what that means."""
+
+    class_name: str
+    fixed_place_ratio: float
+    peak_ratio: float
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"class": self.class_name, "fixed_place_ratio": self.fixed_place_ratio, "peak_ratio": self.peak_ratio,
+                "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, values: dict, what: str = "an unexplained concentration") -> Unexplained:
+        return cls(*(_get(values, k, what) for k in ("class", "fixed_place_ratio", "peak_ratio", "reason")))
 
 
 @dataclass(frozen=True)
@@ -179,6 +242,13 @@ class AuditCandidate:
     iou_with_planted_box: float | None = None
     artefact_clusters: tuple[int, ...] | None = None
     artefact_images: int | None = None
+    test: str | None = None  # "fixed place" or "per image" (each image's own region); None: written before there were two
+    also_tested: tuple[AlsoTested, ...] | None = None  # the class's other test, weaker than this one
+
+    @property
+    def per_image(self) -> bool:
+        """Whether the region was each image's own (an artefact that moves), not one fixed box."""
+        return self.test == "per image"
 
     def to_dict(self) -> dict:
         out = {"rank": self.rank, "class": self.class_name, "cluster": self.cluster, "n": self.n,
@@ -190,8 +260,9 @@ class AuditCandidate:
                 "untouched": self.untouched.to_dict(), "removal_change": self.removal_change.to_dict(),
                 "verdict": self.verdict, "reason": self.reason}
         group = list(self.artefact_clusters) if self.artefact_clusters is not None else None
+        also = [t.to_dict() for t in self.also_tested] if self.also_tested is not None else None
         return _optional(out, iou_with_planted_box=self.iou_with_planted_box, artefact_clusters=group,
-                         artefact_images=self.artefact_images)
+                         artefact_images=self.artefact_images, test=self.test, also_tested=also)
 
     @classmethod
     def from_dict(cls, values: dict, what: str = "a candidate") -> AuditCandidate:
@@ -207,7 +278,8 @@ class AuditCandidate:
                    _tuples(pixels) if pixels is not None else None, interval("transplant_flip"),
                    interval("occluded_flip"), interval("untouched"), interval("removal_change"), get("verdict"),
                    get("reason"), values.get("iou_with_planted_box"), tuple(group) if group is not None else None,
-                   values.get("artefact_images"))
+                   values.get("artefact_images"), values.get("test"),
+                   tuple(AlsoTested.from_dict(t, what) for t in values["also_tested"]) if "also_tested" in values else None)
 
 
 # audit.json's keys before the audit's findings, in the order they are written.
@@ -235,6 +307,7 @@ class AuditResult:
     candidates: tuple[AuditCandidate, ...]
     confirmed: tuple[str, ...]
     seconds: dict[str, float]  # "audit", "end_to_end"
+    unexplained: tuple[Unexplained, ...] | None = None  # None in audits written before it was looked for
     planted_box_tlbr_px: tuple[int, ...] | None = None
     figures: tuple[str, ...] = ()
 
@@ -244,6 +317,8 @@ class AuditResult:
                 "classes": {name: c.to_dict() for name, c in self.classes.items()},
                 "ranking": [r.to_dict() for r in self.ranking], "candidates": [c.to_dict() for c in self.candidates],
                 "confirmed": list(self.confirmed)}
+        if self.unexplained is not None:
+            out["unexplained"] = [u.to_dict() for u in self.unexplained]
         planted = list(self.planted_box_tlbr_px) if self.planted_box_tlbr_px is not None else None
         out = _optional(out, planted_box_tlbr_px=planted) | {"seconds": dict(self.seconds)}
         return out | ({"figures": list(self.figures)} if self.figures else {})
@@ -255,7 +330,9 @@ class AuditResult:
 
         classes = {name: AuditClass.from_dict(c, f"{what} (class {name})") for name, c in get("classes").items()}
         candidates = tuple(AuditCandidate.from_dict(c, f"{what} (candidate {i})") for i, c in enumerate(get("candidates"), 1))
-        planted = values.get("planted_box_tlbr_px")
+        planted, unexplained = values.get("planted_box_tlbr_px"), values.get("unexplained")
         return cls(*(get(key) for key in _FACTS), get("n_test"), dict(get("settings")), classes,
                    tuple(RankedCluster.from_dict(r, what) for r in get("ranking")), candidates, tuple(get("confirmed")),
-                   dict(get("seconds")), tuple(planted) if planted is not None else None, tuple(values.get("figures", ())))
+                   dict(get("seconds")),
+                   tuple(Unexplained.from_dict(u, what) for u in unexplained) if unexplained is not None else None,
+                   tuple(planted) if planted is not None else None, tuple(values.get("figures", ())))

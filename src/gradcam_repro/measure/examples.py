@@ -131,10 +131,10 @@ def gallery_maps(models: dict[str, nn.Module], test: EvalSet, measured: dict, pr
                        "maps": {method: {layer: (M, H, W) in [0, 1]}}, "energy": {method: {layer: (M,) in [0, 1]}}}}}.
     """
     probes, target = measured["probes"], protocol.target
-    box = protocol.box(test.images.shape[-1])
     tgt = _seeded_rows(test.labels[probes.target_idx], n, protocol.seed)
     other = _seeded_rows(test.labels[probes.other_idx], n, protocol.seed)
     images = torch.cat([probes.patched_targets[tgt], probes.pasted["patch"][other]])
+    masks = torch.cat([probes.patched_masks[tgt], probes.pasted_masks["patch"][other]])
     targets = torch.full((len(images),), target)
     out = {"images": images, "labels": torch.cat([test.labels[probes.target_idx][tgt], test.labels[probes.other_idx][other]]),
            "patched_target": torch.arange(len(images)) < len(tgt), "target": target, "layers": {}, "models": {}}
@@ -147,7 +147,7 @@ def gallery_maps(models: dict[str, nn.Module], test: EvalSet, measured: dict, pr
             maps = explain_images(method, model, images, targets, list(protocol.layers), runtime, protocol.cam_batch_size,
                                   staged(progress, f"{name} {display_name(method)}"))
             entry["maps"][method] = maps
-            entry["energy"][method] = {layer: scores.cam_energy_in_box(m, box) for layer, m in maps.items()}
+            entry["energy"][method] = {layer: scores.cam_energy_in_mask(m, masks) for layer, m in maps.items()}
             out["layers"][method] = list(maps)
         out["models"][name] = entry
     return out

@@ -220,7 +220,7 @@ class RunMetrics:
     dataset: dict[str, Any]
     environment: dict[str, Any]
     precision: str
-    box_tlbr_px: list[int]
+    box_tlbr_px: list[int] | None  # None: the artefact has no one fixed box (placed per image, or global)
     cam_layer: str
     layers: list[str]
     settings: dict[str, Any]

@@ -75,11 +75,57 @@ def pointing_game(maps: torch.Tensor, box: tuple[int, int, int, int], tolerance_
     return inside & (maps.flatten(1).amax(dim=1) > 0)
 
 
-def pointing_game_mask(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """(N,) bool: the map's maximum (first in raster order) falls on the (N, H, W) mask."""
+def dilate_masks(masks: torch.Tensor, px: int) -> torch.Tensor:
+    """(N, H, W) bool masks grown by `px` pixels in every direction, clipped to the image.
+
+    The neighbourhood is a (2 px + 1)-pixel square (Chebyshev distance <= px), so a
+    box grows into the box widened by `px` on each side, as in `pointing_game`.
+    """
+    if px < 0:
+        raise ValueError(f"px must be >= 0, got {px}")
+    if px == 0:
+        return masks.bool()
+    grown = torch.nn.functional.max_pool2d(masks.float().unsqueeze(1), kernel_size=2 * px + 1, stride=1, padding=px)
+    return grown.squeeze(1) > 0
+
+
+def pointing_game_mask(maps: torch.Tensor, masks: torch.Tensor, *, tolerance_px: int = 0) -> torch.Tensor:
+    """(N,) bool: the map's maximum (first in raster order) falls on the (N, H, W) mask
+    grown by `tolerance_px` (`dilate_masks`); an all-zero map never hits.
+
+    With a box's mask and `tolerance_px=POINTING_TOLERANCE_PX` this is `pointing_game`.
+    """
     n = maps.shape[0]
+    if tolerance_px:
+        masks = dilate_masks(masks, tolerance_px)
     flat = maps.flatten(1).argmax(dim=1)
     return masks.flatten(1)[torch.arange(n), flat] & (maps.flatten(1).amax(dim=1) > 0)
+
+
+def relevance_rank_accuracy(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """(N,) float: with K the mask's pixel count, the share of the map's K highest pixels on the mask.
+
+    Relevance rank accuracy (Arras et al. 2022; Quantus's RelevanceRankAccuracy).
+    Ties are ranked in raster order (a stable descending sort: of equal values the
+    first pixel ranks higher, as the maximum in the pointing game), so an all-zero
+    map's top K are its first K pixels. An empty mask scores NaN. A map equal to
+    its mask scores 1; a uniformly random ranking scores K / (H * W) in expectation
+    (`uniform_rank_accuracy`).
+    """
+    on = masks.flatten(1).bool()
+    k = on.sum(dim=1)
+    order = torch.sort(maps.flatten(1), dim=1, descending=True, stable=True).indices
+    hits_in_top = on.gather(1, order).cumsum(dim=1)  # [i, j]: mask pixels among image i's j + 1 highest
+    hits = hits_in_top.gather(1, (k - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+    dtype = maps.dtype if maps.is_floating_point() else torch.get_default_dtype()
+    share = hits.to(dtype) / k.clamp(min=1).to(dtype)
+    return torch.where(k > 0, share, torch.full_like(share, math.nan))
+
+
+def uniform_rank_accuracy(masks: torch.Tensor) -> float:
+    """What a uniformly random ranking scores in `relevance_rank_accuracy`, in expectation:
+    the mean over the (N, H, W) masks of K / (H * W) (empty masks count as 0)."""
+    return masks.flatten(1).float().mean(dim=1).mean().item()
 
 
 def uniform_pointing(box: tuple[int, int, int, int], image_size: int = 32, tolerance_px: int = POINTING_TOLERANCE_PX) -> float:

@@ -1,5 +1,9 @@
-"""The shortcut tests: does a model use the patch (counterfactual flips), and does its explanation show it
-(energy in the patch box and pointing game, per layer)?
+"""The shortcut tests: does a model use the artefact (counterfactual flips), and does its explanation show it
+(energy in the artefact's per-image mask, pointing game and relevance rank accuracy, per layer)?
+
+Every score is taken against each image's own mask, as the artefact's `apply` rendered it: for the seed's
+square that is one fixed box on every image, for a randomly placed or global artefact (`data.zoo`) a mask per
+image. The uniform reference is the masks' mean share of the image.
 
 Pure functions on tensors; every pass over a dataset goes in large batches. `measure_shortcut` returns
 plain results (JSON-ready dicts with confidence intervals) plus the tensors the figures need.
@@ -17,6 +21,7 @@ from torch import nn
 from gradcam_repro.data.artefact import Artefact
 from gradcam_repro.data.bias import patch_artefact
 from gradcam_repro.data.images import EvalSet
+from gradcam_repro.data.zoo import Planted
 from gradcam_repro.explain.registry import explain_images, map_layers
 from gradcam_repro.measure import scores
 from gradcam_repro.measure.predict import predict
@@ -31,8 +36,8 @@ Progress = Callable[..., None]
 class ShortcutProtocol:
     """What the shortcut study measures, fixed before measuring.
 
-    target: the shortcut class; patch: the planted square as a dict (`data.bias.DEFAULT_PATCH`'s keys; pasted
-    as the `Artefact` `artefact()` gives); layers: explained at once by `method`;
+    target: the shortcut class; patch: the planted artefact as a dict (`data.bias.DEFAULT_PATCH`'s keys and
+    any of `data.bias.ZOO_KEYS`; pasted as `artefact()` gives it); layers: explained at once by `method`;
     counterfactual_images / cam_images: seeded sample caps (None: all); seed: samples and bootstrap.
     """
 
@@ -45,11 +50,12 @@ class ShortcutProtocol:
     cam_images: int | None = None
     cam_batch_size: int = 256
 
-    def artefact(self, image_size: int | tuple[int, int]) -> Artefact:
-        """The planted patch on images of `image_size` (a side, or (height, width))."""
+    def artefact(self, image_size: int | tuple[int, int]) -> Artefact | Planted:
+        """The planted artefact on images of `image_size` (a side, or (height, width))."""
         return patch_artefact(self.patch, image_size)
 
-    def box(self, image_size: int | tuple[int, int]) -> tuple[int, int, int, int]:
+    def box(self, image_size: int | tuple[int, int]) -> tuple[int, int, int, int] | None:
+        """The artefact's one fixed box; None where its place varies per image or it has none (a tint)."""
         return self.artefact(image_size).box
 
 
@@ -59,7 +65,8 @@ def opposite_corner(corner: str) -> str:
 
 
 def counterfactual_patches(patch: dict) -> dict[str, dict]:
-    """The configured patch, the same place in the complementary colour, and the same colour at the opposite corner."""
+    """The configured patch, the same place in the complementary colour, and the same colour at the opposite
+    corner: the seed's square's controls (other kinds take theirs from `data.zoo.Planted`)."""
     other_color = tuple(255 - c for c in patch["color"])
     return {
         "patch": dict(patch),
@@ -68,9 +75,24 @@ def counterfactual_patches(patch: dict) -> dict[str, dict]:
     }
 
 
-def counterfactual_artefacts(patch: dict, image_size: int | tuple[int, int]) -> dict[str, Artefact]:
-    """`counterfactual_patches` as artefacts on images of `image_size`, each with its variant as `source`."""
+def counterfactual_artefacts(patch: dict, image_size: int | tuple[int, int]) -> dict[str, Artefact | Planted]:
+    """The artefact and its two controls on images of `image_size`, each with its variant as `source`:
+    "other_color" (the same place in another colour, or another kind where the kind has no colour) and
+    "other_corner" (the same artefact elsewhere, or another kind at a place where it has no place)."""
+    artefact = patch_artefact(patch, image_size, source="patch")
+    if isinstance(artefact, Planted):
+        return {"patch": artefact, "other_color": artefact.control(), "other_corner": artefact.elsewhere()}
     return {name: patch_artefact(v, image_size, source=name) for name, v in counterfactual_patches(patch).items()}
+
+
+def artefact_record(artefact: Artefact | Planted, patch: dict) -> dict:
+    """What metrics.json records of a pasted variant: the patch dict's keys (colour as a list), and for other
+    kinds the artefact's own description."""
+    if not isinstance(artefact, Planted):
+        return {**patch, "color": list(patch["color"])}
+    d = artefact.to_dict()
+    return {"patch_size": d["size"], "color": d["color"], "corner": d["placement"], "offset": d["offset"],
+            **{k: d[k] for k in ("kind", "opacity", "strength", "text", "jpeg_quality")}}
 
 
 def seeded_cap(index: torch.Tensor, cap: int | None, seed: int) -> torch.Tensor:
@@ -81,23 +103,30 @@ def seeded_cap(index: torch.Tensor, cap: int | None, seed: int) -> torch.Tensor:
     return index[pick.sort().values]
 
 
-def score_maps(maps: torch.Tensor, box, seed: int, masks: torch.Tensor | None = None) -> dict:
-    """Energy and pointing game of (N, H, W) maps, against `box` or per-image `masks`, with CIs."""
+def score_maps(maps: torch.Tensor, box, seed: int, masks: torch.Tensor | None = None, tolerance: bool = False) -> dict:
+    """Energy and pointing game of (N, H, W) maps, against `box` or per-image (N, H, W) `masks`, with CIs.
+
+    tolerance: the pointing game's hit area is the mask grown by `scores.POINTING_TOLERANCE_PX` (what the box
+    rule does; the true object masks of the shapes set are scored without it, as before)."""
     if masks is None:
         energy, hits = scores.cam_energy_in_box(maps, box), scores.pointing_game(maps, box)
     else:
-        energy, hits = scores.cam_energy_in_mask(maps, masks), scores.pointing_game_mask(maps, masks)
+        grow = scores.POINTING_TOLERANCE_PX if tolerance else 0
+        energy, hits = scores.cam_energy_in_mask(maps, masks), scores.pointing_game_mask(maps, masks, tolerance_px=grow)
     return {"energy": scores.bootstrap_ci(energy, seed), "pointing": scores.bootstrap_ci(hits, seed)}
 
 
 @dataclass
 class Probes:
-    """The images every model is probed with: patched target images and non-target images with each patch."""
+    """The images every model is probed with: patched target images and non-target images with each variant
+    (`counterfactual_artefacts`), with the (N, H, W) bool masks of where the artefact went on each."""
 
     target_idx: torch.Tensor
     other_idx: torch.Tensor
     patched_targets: torch.Tensor
     pasted: dict[str, torch.Tensor]
+    patched_masks: torch.Tensor
+    pasted_masks: dict[str, torch.Tensor]
 
 
 def make_probes(test: EvalSet, protocol: ShortcutProtocol) -> Probes:
@@ -105,8 +134,10 @@ def make_probes(test: EvalSet, protocol: ShortcutProtocol) -> Probes:
     other_idx = seeded_cap((test.labels != protocol.target).nonzero().squeeze(1), protocol.counterfactual_images,
                            protocol.seed)
     variants = counterfactual_artefacts(protocol.patch, tuple(test.images.shape[-2:]))
-    pasted = {name: artefact.apply(test.images[other_idx])[0] for name, artefact in variants.items()}
-    return Probes(target_idx, other_idx, variants["patch"].apply(test.images[target_idx])[0], pasted)
+    pasted = {name: artefact.apply(test.images[other_idx], seed=protocol.seed) for name, artefact in variants.items()}
+    patched, masks = variants["patch"].apply(test.images[target_idx], seed=protocol.seed + 1)
+    return Probes(target_idx, other_idx, patched, {k: v[0] for k, v in pasted.items()}, masks,
+                  {k: v[1] for k, v in pasted.items()})
 
 
 def prediction_metrics(model: nn.Module, test: EvalSet, probes: Probes, protocol: ShortcutProtocol,
@@ -142,7 +173,14 @@ def measure_model(model: nn.Module, test: EvalSet, probes: Probes, protocol: Sho
     `progress(done, total, stage)` hears of each explanation pass (stage: the image set explained)."""
     m, preds = prediction_metrics(model, test, probes, protocol, runtime)
     judged, patched_maps = judged_explanations(model, test, (probes, preds, m), protocol, runtime, progress)
-    return {**m, **judged}, {"predictions": preds, "patched_target_maps": patched_maps}
+    masks = probes.patched_masks[patched_rows(preds, protocol)]
+    return {**m, **judged}, {"predictions": preds, "patched_target_maps": patched_maps, "patched_target_masks": masks}
+
+
+def patched_rows(preds: dict, protocol: ShortcutProtocol) -> torch.Tensor:
+    """The patched target images the CAM sets explain: those the model calls the target (a seeded cap)."""
+    called = (preds["patched_targets"] == protocol.target).nonzero().squeeze(1)
+    return seeded_cap(called, protocol.cam_images, protocol.seed)
 
 
 def judged_explanations(model: nn.Module, test: EvalSet, predicted: tuple[Probes, dict, dict], protocol: ShortcutProtocol,
@@ -154,9 +192,14 @@ def judged_explanations(model: nn.Module, test: EvalSet, predicted: tuple[Probes
     images' maps)."""
     probes, preds, m = predicted
     explained, patched_maps = explanation_metrics(model, test, probes, preds, protocol, runtime, progress)
-    size = test.images.shape[-1]
-    explained["verdict"] = scores.verdicts({**m, **explained}, scores.uniform_energy(protocol.box(size), size))
+    explained["verdict"] = scores.verdicts({**m, **explained}, uniform_share(probes.patched_masks))
     return explained, patched_maps
+
+
+def uniform_share(masks: torch.Tensor) -> float:
+    """What a uniform map scores on (N, H, W) masks: their mean share of the image (for one fixed box, exactly
+    its area over the image's)."""
+    return masks.sum().item() / masks.numel() if masks.numel() else float("nan")
 
 
 def sample_sizes(test: EvalSet, probes: Probes) -> dict[str, int]:
@@ -174,19 +217,21 @@ def explanation_metrics(model: nn.Module, test: EvalSet, probes: Probes, preds: 
     one set of predictions.
     """
     seed, target, cap, layers = protocol.seed, protocol.target, protocol.cam_images, list(protocol.layers)
-    box = protocol.box(test.images.shape[-1])
-    sets = {
-        PATCHED_TARGET: probes.patched_targets[seeded_cap((preds["patched_targets"] == target).nonzero().squeeze(1), cap, seed)],
-        FLIPPED: probes.pasted["patch"][seeded_cap((preds["patch"] == target).nonzero().squeeze(1), cap, seed)],
-        CLEAN_TARGET: test.images[probes.target_idx][seeded_cap(torch.arange(len(probes.target_idx)), cap, seed)],
+    patched = patched_rows(preds, protocol)
+    flipped = seeded_cap((preds["patch"] == target).nonzero().squeeze(1), cap, seed)
+    clean = seeded_cap(torch.arange(len(probes.target_idx)), cap, seed)
+    sets = {  # set -> (images, the masks they are scored on; clean images: where the artefact would go)
+        PATCHED_TARGET: (probes.patched_targets[patched], probes.patched_masks[patched]),
+        FLIPPED: (probes.pasted["patch"][flipped], probes.pasted_masks["patch"][flipped]),
+        CLEAN_TARGET: (test.images[probes.target_idx][clean], probes.patched_masks[clean]),
     }
     m = {"cam": {layer: {} for layer in map_layers(protocol.method, layers)}}
     patched_maps = {}
-    for set_name, batch in sets.items():
+    for set_name, (batch, masks) in sets.items():
         maps = explain_images(protocol.method, model, batch, torch.full((len(batch),), target), layers, runtime,
                               protocol.cam_batch_size, staged(progress, set_name))
         for layer in m["cam"]:
-            m["cam"][layer][set_name] = score_maps(maps[layer], box, seed)
+            m["cam"][layer][set_name] = score_maps(maps[layer], None, seed, masks=masks, tolerance=True)
         if set_name == PATCHED_TARGET:
             patched_maps = maps
     if test.masks is not None:  # localisation against the true object masks (shapes)
@@ -213,8 +258,8 @@ def measure_shortcut(models: dict[str, nn.Module], test: EvalSet, protocol: Shor
     for name, model in models.items():
         out["models"][name], examples["models"][name] = measure_model(model, test, probes, protocol, runtime,
                                                                       staged(progress, name))
-    out["uniform"] = uniform_scores(test, protocol)
-    out["counterfactual_patches"] = {k: {**v, "color": list(v["color"])} for k, v in counterfactual_patches(protocol.patch).items()}
+    out["uniform"] = uniform_scores(test, protocol, probes)
+    out["counterfactual_patches"] = counterfactual_records(protocol.patch, tuple(test.images.shape[-2:]))
     out["n"] = sample_sizes(test, probes)
     return out, examples
 
@@ -230,11 +275,19 @@ def _staged_call(progress: Progress, stage: str, done: int, total: int, inner: s
     progress(done, total, f"{stage} {inner}".strip())
 
 
-def uniform_scores(test: EvalSet, protocol: ShortcutProtocol) -> dict:
-    """What a uniform map scores: {"energy_in_box", "pointing"}, plus "energy_in_mask" where there are masks."""
-    size = test.images.shape[-1]
-    box = protocol.box(size)
-    out = {"energy_in_box": scores.uniform_energy(box, size), "pointing": scores.uniform_pointing(box, size)}
+def counterfactual_records(patch: dict, image_size: tuple[int, int]) -> dict[str, dict]:
+    """What each pasted variant was, as metrics.json records it (`artefact_record`)."""
+    variants = counterfactual_artefacts(patch, image_size)
+    plain = counterfactual_patches(patch)
+    return {name: artefact_record(artefact, plain[name]) for name, artefact in variants.items()}
+
+
+def uniform_scores(test: EvalSet, protocol: ShortcutProtocol, probes: Probes) -> dict:
+    """What a uniform map scores on the artefact's masks: {"energy_in_box" (the masks' share of the image),
+    "pointing" (the grown masks' share)}, plus "energy_in_mask" where there are object masks."""
+    masks = probes.patched_masks
+    grown = scores.dilate_masks(masks, scores.POINTING_TOLERANCE_PX) if len(masks) else masks
+    out = {"energy_in_box": uniform_share(masks), "pointing": uniform_share(grown)}
     if test.masks is not None:
         chosen = seeded_cap(torch.arange(len(test.labels)), protocol.cam_images, protocol.seed)
         out["energy_in_mask"] = scores.uniform_energy(test.masks[chosen])
@@ -255,4 +308,5 @@ def measure_methods(model: nn.Module, test: EvalSet, protocol: ShortcutProtocol,
     m, preds = prediction_metrics(model, test, probes, protocol, runtime)
     judged = {method: judged_explanations(model, test, (probes, preds, m), replace(protocol, method=method), runtime)[0]
               for method in methods}
-    return {"model": {**m, "methods": judged}, "uniform": uniform_scores(test, protocol), "n": sample_sizes(test, probes)}
+    return {"model": {**m, "methods": judged}, "uniform": uniform_scores(test, protocol, probes),
+            "n": sample_sizes(test, probes)}

@@ -16,6 +16,13 @@ transplanted onto test images of other classes (flip rate to the audited class, 
 merely occluded), and the region is removed from the cluster's own images (filled with the local mean:
 how often the prediction changes).
 
+An artefact that moves (a watermark at a new place on every image) has no fixed place to find: every class
+is therefore also grouped by what its relevance looks like and tested per image (`measure.moving`). Every
+class's strongest groups are tested both ways (the tests cost seconds), each class keeps the test with the
+larger causal effect, and the findings are ranked by that effect, not by how concentrated the relevance is.
+Where a class's relevance stands out yet no test confirms anything, the audit says so ("unexplained
+concentration") instead of implying that there is no shortcut.
+
 Pure functions on tensors and arrays; `audit_model` runs the model and returns JSON-ready results plus the
 tensors the figures need. Maps are (N, H, W) in [0, 1]; images (N, 3, H, W) uint8; boxes are
 (top, left, bottom, right) in pixels with bottom/right exclusive.
@@ -36,7 +43,7 @@ from gradcam_repro.data.artefact import RING_PX, from_images, median_pixels, pas
 from gradcam_repro.data.images import EvalSet
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.registry import explain_images
-from gradcam_repro.measure import scores
+from gradcam_repro.measure import moving, scores
 from gradcam_repro.measure.predict import predict
 from gradcam_repro.measure.shortcut import seeded_cap
 from gradcam_repro.runtime import Runtime
@@ -74,7 +81,7 @@ SEARCH_MARGIN_PX = 4
 CONSTANT_PIXEL_RATIO = 0.25
 MIN_ARTEFACT_PX = 4
 # Confirmation settings.
-TOP_CANDIDATES = 3  # the best cluster of each of the three top-ranked classes is tested causally
+TOP_CANDIDATES = None  # None: every class's strongest clusters are tested causally (--candidates N: the N top-ranked)
 TRANSPLANT_IMAGES = 1000  # other-class test images per transplant test (seeded choice)
 REMOVAL_RING_PX = RING_PX  # the local mean is taken over a 2 px ring around the region
 EXAMPLE_IMAGES = 6  # images per cluster kept for the figures
@@ -96,6 +103,10 @@ CONFIRM_FLIP_RATE = scores.RELIES_FLIP_RATE
 CANDIDATE_FLIP_RATE = 0.1
 CANDIDATE_REMOVAL_RATE = 0.5
 CONFIRMED, CANDIDATE, NONE = "confirmed shortcut", "candidate only", "none"
+VERDICT_ORDER = (CONFIRMED, CANDIDATE, NONE)  # a class keeps its strongest finding, in this order, then by effect
+FIXED_TEST, PER_IMAGE_TEST = "fixed place", "per image"
+PER_IMAGE_KIND = "per-image relevance"
+UNEXPLAINED = "unexplained concentration"
 
 
 # ----- discovery ---------------------------------------------------------------------------------------
@@ -304,7 +315,7 @@ class AuditSettings:
     layer: str = AUDIT_LAYER
     seed: int = 0
     classes: tuple[str, ...] | None = None
-    top_candidates: int = TOP_CANDIDATES
+    top_candidates: int | None = TOP_CANDIDATES
     transplant_images: int = TRANSPLANT_IMAGES
     batch_size: int = 256
 
@@ -319,6 +330,8 @@ def settings_record(settings: AuditSettings) -> dict:
             "search_margin_px": SEARCH_MARGIN_PX, "constant_pixel_ratio": CONSTANT_PIXEL_RATIO,
             "removal_ring_px": REMOVAL_RING_PX, "confirm_flip_rate": CONFIRM_FLIP_RATE,
             "candidate_flip_rate": CANDIDATE_FLIP_RATE, "candidate_removal_rate": CANDIDATE_REMOVAL_RATE,
+            "peak_share": moving.PEAK_SHARE, "max_region_share": moving.MAX_REGION_SHARE,
+            "unexplained_ratio": moving.UNEXPLAINED_RATIO,
             "bootstrap_resamples": scores.BOOTSTRAP_RESAMPLES, "confidence": scores.CONFIDENCE}
 
 
@@ -353,7 +366,24 @@ def discover_class(maps: torch.Tensor, images: torch.Tensor, reference_spread: t
         cluster, ex = _cluster_record(maps[member], images[member], reference_spread, seed)
         record["clusters"].append({"cluster": j, **cluster})
         examples["clusters"].append(ex)
+    record["peak_clusters"], examples["peak_ids"] = peak_clusters(maps, seed)
     return record, examples
+
+
+def peak_clusters(maps: torch.Tensor, seed: int = 0) -> tuple[list[dict], torch.Tensor]:
+    """SpRAy again on one class's (n, H, W) maps, by what the relevance looks like rather than where it sits
+    (`moving.shift_invariant_embedding`); each group scored by how peaked its maps are (`moving.peak_share`,
+    lower 95% bound x uniform). Returns (JSON-ready groups, (n,) group ids)."""
+    affinity = knn_affinity(moving.shift_invariant_embedding(maps, EMBED_GRID))
+    k, _ = eigengap(laplacian_spectrum(affinity))
+    ids = spectral_clusters(affinity, k, seed)
+    rows = []
+    for j in range(k):
+        member = torch.from_numpy(ids == j)
+        share = scores.bootstrap_ci(moving.peak_share(maps[member]), seed)
+        rows.append({"cluster": j, "n": int(member.sum()), "peak_share": share, "uniform": moving.PEAK_SHARE,
+                     "score": share["low"] / moving.PEAK_SHARE})
+    return rows, torch.from_numpy(ids)
 
 
 def ranking(classes: dict[str, dict]) -> list[dict]:
@@ -362,16 +392,6 @@ def ranking(classes: dict[str, dict]) -> list[dict]:
             for name, rec in classes.items() if "clusters" in rec
             for c in rec["clusters"] if c["n"] >= MIN_CLUSTER_IMAGES]
     return sorted(rows, key=lambda r: -r["score"] if r["score"] == r["score"] else np.inf)
-
-
-def top_candidates(ranked: list[dict], count: int) -> list[dict]:
-    """The best-ranked cluster of each of the `count` best-ranked classes."""
-    chosen, seen = [], set()
-    for row in ranked:
-        if row["class"] not in seen and len(chosen) < count:
-            seen.add(row["class"])
-            chosen.append(row)
-    return chosen
 
 
 def confirm_candidate(model: nn.Module, data: EvalSet, predictions: torch.Tensor, members: torch.Tensor,
@@ -403,11 +423,69 @@ def confirm_candidate(model: nn.Module, data: EvalSet, predictions: torch.Tensor
                                                   record["removal_change"], region["kind"])
     if data.planted_box is not None:
         record["iou_with_planted_box"] = box_iou(box, data.planted_box)
+    elif (iou := _planted_iou(data, members, torch.tensor(box).expand(len(members), 4))) is not None:
+        record["iou_with_planted_box"] = iou
     k = EXAMPLE_IMAGES
     examples = {"box": box, "pixels": pixels, "originals": data.images[others[:k]], "pasted": pasted[:k],
                 "before": predictions[others[:k]], "after": pasted_preds[:k], "removed": removed[:k],
                 "removed_after": removed_preds[:k]}
     return record, examples
+
+
+def confirm_moving(model: nn.Module, data: EvalSet, predictions: torch.Tensor, members: torch.Tensor,
+                   maps: torch.Tensor, settings: AuditSettings, runtime: Runtime) -> tuple[dict, dict]:
+    """Transplant and removal tests of a region that may move: each member image's own region (`moving.peak_boxes`
+    of its (n, H, W) `maps`) is pasted at its place on other classes' images, one source per destination in turn;
+    the controls occlude the same regions or leave the images untouched. Returns (record, figure examples) as
+    `confirm_candidate` does; the record's box is the median region, its pixels are None (there is no one set)."""
+    target, seed = int(predictions[members[0]]), settings.seed
+    boxes = moving.peak_boxes(maps, REGION_THRESHOLD)
+    masks = moving.box_masks(boxes, tuple(data.images.shape[-2:]))
+    sources = data.images[members]
+    others = seeded_cap((data.labels != target).nonzero().squeeze(1), settings.transplant_images, seed)
+    pasted = moving.transplant(data.images[others], sources, masks)
+    paired = masks[torch.arange(len(others)) % len(members)]
+    pasted_preds = predict(model, pasted, runtime)
+    occluded_preds = predict(model, moving.ring_fill(data.images[others], paired, REMOVAL_RING_PX), runtime)
+    removed = moving.ring_fill(sources, masks, REMOVAL_RING_PX)
+    removed_preds = predict(model, removed, runtime)
+    box = [int(v) for v in boxes.median(dim=0).values]
+    inside = masks[:, None].expand_as(sources)
+    record = {
+        "box_tlbr_px": box, "kind": PER_IMAGE_KIND, "relevance_box_tlbr_px": box, "constant_px": 0,
+        "mean_rgb": [round(float(v), 1) for v in (sources.float() * inside).sum(dim=(0, 2, 3)) / inside[:, 0].sum()],
+        "transplant_flip": scores.bootstrap_ci(pasted_preds == target, seed),
+        "occluded_flip": scores.bootstrap_ci(occluded_preds == target, seed),
+        "untouched": scores.bootstrap_ci(predictions[others] == target, seed),
+        "removal_change": scores.bootstrap_ci(removed_preds != target, seed),
+    }
+    record["verdict"], record["reason"] = verdict(record["transplant_flip"], record["occluded_flip"], record["untouched"],
+                                                  record["removal_change"], PER_IMAGE_KIND)
+    record["reason"] = "each image's own region, pasted where it was: " + record["reason"]
+    iou = _planted_iou(data, members, boxes)
+    if iou is not None:
+        record["iou_with_planted_box"] = iou
+    k = EXAMPLE_IMAGES
+    examples = {"box": None, "boxes": boxes[:k], "sources": sources[:k], "source_maps": maps[:k],
+                "pasted_boxes": boxes[torch.arange(min(k, len(others))) % len(members)], "originals": data.images[others[:k]],
+                "pasted": pasted[:k], "before": predictions[others[:k]], "after": pasted_preds[:k], "removed": removed[:k],
+                "removed_after": removed_preds[:k]}
+    return record, examples
+
+
+def _planted_iou(data: EvalSet, members: torch.Tensor, boxes: torch.Tensor) -> float | None:
+    """Mean IoU of the per-image regions with where the artefact was planted, over the member images that carry
+    it (None where nobody knows, or none carries it)."""
+    if data.patched is None or not data.patched[members].any():
+        return None
+    carried = data.patched[members]
+    if data.planted_masks is not None:
+        truth = moving.mask_boxes(data.planted_masks[members[carried]])
+    elif data.planted_box is not None:
+        truth = torch.tensor(data.planted_box).expand(int(carried.sum()), 4)
+    else:
+        return None
+    return moving.boxes_iou(boxes[carried], truth).mean().item()
 
 
 def _audited_classes(data: EvalSet, settings: AuditSettings) -> list[int]:
@@ -492,14 +570,86 @@ def discover(data: EvalSet, predictions: torch.Tensor, maps: torch.Tensor, setti
     return records, examples
 
 
+def effect(record: dict) -> float:
+    """A tested region's causal effect: the transplant's lower bound minus the larger control's upper bound."""
+    return record["transplant_flip"]["low"] - max(record["occluded_flip"]["high"], record["untouched"]["high"])
+
+
+def strength(record: dict) -> tuple[int, float]:
+    """Sort key, strongest first: the verdict (confirmed, candidate, none), then the causal effect."""
+    return VERDICT_ORDER.index(record["verdict"]), -effect(record)
+
+
+def _best(rows: list[dict]) -> dict | None:
+    """The best-scored group of at least MIN_CLUSTER_IMAGES images (None if there is none)."""
+    rows = [r for r in rows if r["n"] >= MIN_CLUSTER_IMAGES and r["score"] == r["score"]]
+    return max(rows, key=lambda r: r["score"]) if rows else None
+
+
+def test_class(model: nn.Module, data: EvalSet, found: tuple[torch.Tensor, torch.Tensor], name: str, record: dict,
+               examples: dict, settings: AuditSettings, runtime: Runtime) -> tuple[dict, dict] | None:
+    """Both causal tests of one class: its best fixed-place cluster's region (`confirm_candidate`) and its most
+    peaked group's per-image regions (`confirm_moving`). Keeps the stronger (`strength`) and notes the other
+    under "also_tested"; None where the class has no group big enough to test. found: (predictions, maps)."""
+    predictions, maps = found
+    members, tested = examples["members"], []
+    fixed, peaked = _best(record["clusters"]), _best(record["peak_clusters"])
+    if fixed is not None and fixed.get("region") is not None:
+        rows = members[examples["cluster_ids"] == fixed["cluster"]]
+        r, ex = confirm_candidate(model, data, predictions, rows, fixed["region"], settings, runtime)
+        tested.append(({"class": name, "cluster": fixed["cluster"], "n": fixed["n"], "test": FIXED_TEST, **r}, ex))
+    if peaked is not None:
+        rows = members[examples["peak_ids"] == peaked["cluster"]]
+        r, ex = confirm_moving(model, data, predictions, rows, maps[rows], settings, runtime)
+        tested.append(({"class": name, "cluster": peaked["cluster"], "n": peaked["n"], "test": PER_IMAGE_TEST, **r}, ex))
+    if not tested:
+        return None
+    tested.sort(key=lambda t: strength(t[0]))
+    best, ex = tested[0]
+    best["also_tested"] = [{"test": r["test"], "verdict": r["verdict"], "transplant_flip": r["transplant_flip"]}
+                           for r, _ in tested[1:]]
+    return best, ex
+
+
+def tested_classes(ranked: list[dict], classes: dict[str, dict], count: int | None) -> list[str]:
+    """The classes tested causally: by their best cluster's rank (then the other discovered classes), the first
+    `count` only where a count is given."""
+    order = list(dict.fromkeys([r["class"] for r in ranked] + [n for n, rec in classes.items() if "clusters" in rec]))
+    return order if count is None else order[:count]
+
+
+def unexplained_classes(classes: dict[str, dict], candidates: list[dict]) -> list[dict]:
+    """Classes whose relevance stands out (best group >= UNEXPLAINED_RATIO x the median class's, by fixed-place or by
+    peak score) although no test of theirs found anything: possibly a non-local or moving artefact."""
+    found = {c["class"] for c in candidates if c["verdict"] != NONE}
+    best = {name: (_best(rec["clusters"]), _best(rec["peak_clusters"])) for name, rec in classes.items()
+            if "clusters" in rec}
+    fixed = {n: b[0]["score"] for n, b in best.items() if b[0] is not None}
+    peak = {n: b[1]["score"] for n, b in best.items() if b[1] is not None}
+    medians = {"fixed_place": float(np.median(list(fixed.values()))) if fixed else float("nan"),
+               "peak": float(np.median(list(peak.values()))) if peak else float("nan")}
+    out = []
+    for name in best:
+        ratios = {"fixed_place": fixed.get(name, float("nan")) / medians["fixed_place"],
+                  "peak": peak.get(name, float("nan")) / medians["peak"]}
+        if name in found or not any(r >= moving.UNEXPLAINED_RATIO for r in ratios.values()):
+            continue
+        out.append({"class": name, "fixed_place_ratio": ratios["fixed_place"], "peak_ratio": ratios["peak"],
+                    "reason": (f"its relevance is {max(ratios.values()):.1f}x as concentrated as the median class's, yet "
+                               "no region it points at moves other images to it: possibly a non-local or moving artefact, "
+                               "or one this audit cannot transplant")})
+    return out
+
+
 def audit_model(model: nn.Module, data: EvalSet, settings: AuditSettings, runtime: Runtime,
                 progress: Callable[[int, int], None] | None = None) -> tuple[dict, dict]:
     """Discover and confirm shortcuts of `model` on `data` (see the module docstring).
 
     `progress(done, total)` hears of the explanation pass over the test images.
 
-    Returns (result, examples): result is JSON-ready ("classes", "ranking", "candidates", "confirmed", "settings",
-    "n_test"); examples holds the maps, cluster ids and intervention images the figures need.
+    Returns (result, examples): result is JSON-ready ("classes", "ranking", "candidates" (one per tested class,
+    strongest first), "confirmed", "unexplained", "settings", "n_test"); examples holds the maps, cluster ids
+    and intervention images the figures need.
     """
     predictions = predict(model, data.images, runtime)
     explained = explain_images(settings.method, model, data.images, predictions, settings.layer, runtime, settings.batch_size,
@@ -507,19 +657,17 @@ def audit_model(model: nn.Module, data: EvalSet, settings: AuditSettings, runtim
     maps = next(iter(explained.values()))
     classes, class_examples = discover(data, predictions, maps, settings)
     ranked = ranking(classes)
-    candidates, candidate_examples = [], []
-    for rank, row in enumerate(top_candidates(ranked, settings.top_candidates), start=1):
-        ex = class_examples[row["class"]]
-        members = ex["members"][ex["cluster_ids"] == row["cluster"]]
-        region = classes[row["class"]]["clusters"][row["cluster"]]["region"]
-        record, examples = confirm_candidate(model, data, predictions, members, region, settings, runtime)
-        candidates.append({"rank": rank, "class": row["class"], "cluster": row["cluster"], "n": row["n"], **record})
-        candidate_examples.append(examples)
+    tested = [test_class(model, data, (predictions, maps), name, classes[name], class_examples[name], settings, runtime)
+              for name in tested_classes(ranked, classes, settings.top_candidates)]
+    tested = sorted((t for t in tested if t is not None), key=lambda t: strength(t[0]))
+    candidates = [{"rank": rank, **record} for rank, (record, _) in enumerate(tested, start=1)]
+    candidate_examples = [ex for _, ex in tested]
     for candidate, examples in zip(candidates, candidate_examples):
-        if candidate["verdict"] == CONFIRMED:
+        if candidate["verdict"] == CONFIRMED and candidate["test"] == FIXED_TEST:
             add_artefact_group(candidate, examples["pixels"], classes, class_examples, data)
     result = {"n_test": len(data.labels), "settings": settings_record(settings), "classes": classes, "ranking": ranked,
-              "candidates": candidates, "confirmed": [c["class"] for c in candidates if c["verdict"] == CONFIRMED]}
+              "candidates": candidates, "confirmed": [c["class"] for c in candidates if c["verdict"] == CONFIRMED],
+              "unexplained": unexplained_classes(classes, candidates)}
     if data.planted_box is not None:
         result["planted_box_tlbr_px"] = list(data.planted_box)
     return result, {"images": data.images, "maps": maps, "predictions": predictions, "classes": class_examples,

@@ -20,7 +20,7 @@ import torch
 
 from gradcam_repro import store
 from gradcam_repro.config import Config
-from gradcam_repro.data.bias import bias_dataset, patch_artefact
+from gradcam_repro.data.bias import patch_artefact, plant
 from gradcam_repro.data.images import EvalSet, stratified_subset
 from gradcam_repro.data.registry import get_dataset
 from gradcam_repro.errors import UserError
@@ -31,6 +31,7 @@ from gradcam_repro.measure.audit_results import AuditResult
 from gradcam_repro.pipeline.experiment import load_models
 from gradcam_repro.pipeline.folders import AuditFolder, ExperimentFolder, RunFolder, model_files
 from gradcam_repro.pipeline.progress import as_reporter
+from gradcam_repro.pipeline.spec import BiasSpec
 from gradcam_repro.report import audit_report, figures
 from gradcam_repro.runtime import Runtime
 
@@ -55,8 +56,8 @@ class AuditOptions:
         "help": "audit a class-balanced subset of this many test images", "default_text": "all"})
     classes: tuple[str, ...] | None = field(default=None, metadata={
         "metavar": "CLASS", "help": "audit only these classes", "default_text": "all"})
-    candidates: int = field(default=spray.TOP_CANDIDATES, metadata={
-        "help": "how many top-ranked classes are tested causally"})
+    candidates: int | None = field(default=spray.TOP_CANDIDATES, metadata={
+        "default_text": "every class", "help": "test only this many top-ranked classes causally"})
     patch_test_fraction: float | None = field(default=None, metadata={
         "metavar": "F", "default_text": "the test set as it is",
         "help": "paste the run's patch (its size, colour, corner) on a seeded share F of --patch-test-class's test "
@@ -112,7 +113,7 @@ def check_options(options: AuditOptions) -> None:
     checks = [
         (f is None or 0.0 <= f <= 1.0, f"--patch-test-fraction must be in [0, 1], got {f}"),
         (options.patch_test_class is None or f is not None, "--patch-test-class needs --patch-test-fraction"),
-        (options.candidates >= 1, f"--candidates must be >= 1, got {options.candidates}"),
+        (options.candidates is None or options.candidates >= 1, f"--candidates must be >= 1, got {options.candidates}"),
         (options.images is None or options.images >= 10, f"--images must be >= 10, got {options.images}"),
     ]
     for ok, message in checks:
@@ -148,15 +149,16 @@ def load_audit_set(config: Config, classes: tuple[str, ...], options: AuditOptio
     if options.patch_test_fraction is None:
         return EvalSet(images, labels, tuple(data.classes)), record
     name = options.patch_test_class or config.bias_class or dataset.default_bias_class
-    patch = {"patch_size": config.patch_size, "color": tuple(config.patch_color), "corner": config.patch_corner,
-             "offset": config.patch_offset}
+    patch = BiasSpec.from_config(config).patch
     artefact = patch_artefact(patch, tuple(images.shape[-2:]), name, "patch pasted on test images")
-    images, patched = bias_dataset(images, labels, data.class_index(name), options.patch_test_fraction, options.seed,
-                                   artefact=artefact)
+    target = data.class_index(name)
+    images, patched, masks = plant(images, labels, target, options.patch_test_fraction, options.seed, artefact)
     box = artefact.box
+    masks = masks if box is None else None  # where it went on each image where the place varies (to score the audit)
     record["patched_test"] = {"class": name, "fraction": options.patch_test_fraction, "patch": {**patch, "color": list(patch["color"])},
-                              "box_tlbr_px": list(box), "indices": patched.nonzero().squeeze(1).tolist()}
-    return EvalSet(images, labels, tuple(data.classes), patched=patched, planted_box=box), record
+                              "box_tlbr_px": list(box) if box is not None else None,
+                              "indices": patched.nonzero().squeeze(1).tolist()}
+    return EvalSet(images, labels, tuple(data.classes), patched=patched, planted_box=box, planted_masks=masks), record
 
 
 @dataclass
@@ -229,10 +231,9 @@ def audit_final_line(result: AuditResult, out: Path, seconds: float) -> str:
     """E.g. "done in 212 s: confirmed shortcut: frog (region rows 0-5, cols 0-5, pasted on other classes -> frog
     99.9%); see audits/x/AUDIT.md". ASCII only."""
     confirmed = [c for c in result.candidates if c.verdict == spray.CONFIRMED]
-    found = "; ".join(f"{c.class_name} (region {audit_report.box_text(c.box_tlbr_px)}, pasted on other classes -> "
+    found = "; ".join(f"{c.class_name} ({audit_report.region_text(c)}, pasted on other classes -> "
                       f"{c.class_name} {100 * c.transplant_flip.mean:.1f}%)" for c in confirmed)
-    verdict = f"confirmed shortcut: {found}" if confirmed else (
-        f"no shortcut confirmed among the {len(result.candidates)} top-ranked classes")
+    verdict = f"confirmed shortcut: {found}" if confirmed else audit_report.overall_verdict(result)
     return f"done in {seconds:.0f} s: {verdict}; see {out / 'AUDIT.md'}"
 
 

@@ -10,7 +10,7 @@ import torch
 
 from gradcam_repro import store
 from gradcam_repro.config import Config
-from gradcam_repro.data.bias import patch_box
+from gradcam_repro.data.bias import patch_artefact
 from gradcam_repro.data.images import ImageData, stratified_subset
 from gradcam_repro.data.registry import DATASETS, get_dataset
 from gradcam_repro.errors import UserError
@@ -41,9 +41,9 @@ class Prepared:
         return self.training.runtime
 
     @property
-    def box(self) -> tuple[int, int, int, int]:
-        cfg = self.config
-        return patch_box(self.data.test_images.shape[-1], cfg.patch_size, cfg.patch_corner, cfg.patch_offset)
+    def box(self) -> tuple[int, int, int, int] | None:
+        """The planted artefact's fixed box on the test images; None where its place varies or it has none."""
+        return patch_artefact(BiasSpec.from_config(self.config).patch, tuple(self.data.test_images.shape[-2:])).box
 
 
 def run_specs(config: Config, fingerprint: str) -> dict[str, ExperimentSpec]:
@@ -80,7 +80,7 @@ def validated(config: Config) -> Config:
     get_layer(resnet18_cifar(), config.cam_layer)  # unknown layer: fail now, not after training
     if config.bias_class not in dataset.classes:
         raise UserError(f"unknown class {config.bias_class!r}; fix: pass --bias-class as one of {', '.join(dataset.classes)}")
-    patch_box(32, config.patch_size, config.patch_corner, config.patch_offset)
+    patch_artefact(BiasSpec.from_config(config).patch, 32)  # an artefact that cannot be drawn: fail now
     return config
 
 

@@ -25,6 +25,7 @@ from gradcam_repro.pipeline.folders import RunFolder
 from gradcam_repro.pipeline.parallel import train_side_by_side
 from gradcam_repro.pipeline.prepare import Prepared, prepare
 from gradcam_repro.pipeline.progress import as_reporter, run_final_line
+from gradcam_repro.pipeline.spec import BiasSpec
 from gradcam_repro.report import figures
 from gradcam_repro.report.html import gallery_record, report_html
 from gradcam_repro.report.markdown import report_markdown, summary_markdown
@@ -40,8 +41,7 @@ def sweep_layers(cam_layer: str) -> list[str]:
 
 def shortcut_protocol(p: Prepared) -> ShortcutProtocol:
     cfg = p.config
-    patch = {"patch_size": cfg.patch_size, "color": tuple(cfg.patch_color), "corner": cfg.patch_corner,
-             "offset": cfg.patch_offset}
+    patch = BiasSpec.from_config(cfg).patch
     return ShortcutProtocol(p.target, patch, tuple(sweep_layers(cfg.cam_layer)), cfg.cam, cfg.seed,
                             cfg.counterfactual_images, cfg.cam_images, cfg.cam_batch_size)
 
@@ -66,6 +66,7 @@ def measure_run(p: Prepared, experiments: dict[str, Experiment], log=print) -> t
     shortcut = ShortcutResults.from_dict(measured_dict)
     examples = figure_examples(models, test, measured, protocol, p.runtime, cfg.figure_images, cfg.cam_layer)
     examples["patched_target_maps"] = {n: m["patched_target_maps"] for n, m in measured["models"].items()}
+    examples["patched_target_masks"] = {n: m["patched_target_masks"] for n, m in measured["models"].items()}
     examples["histories"] = {name: e.history for name, e in experiments.items()}
     with reporter.tracker("[gallery]", "img") as explaining:
         examples["gallery_maps"] = gallery_maps(models, test, measured, protocol, p.runtime, progress=explaining)
@@ -77,7 +78,7 @@ def measure_run(p: Prepared, experiments: dict[str, Experiment], log=print) -> t
         dataset=experiments[next(iter(experiments))].record["dataset"] | {"n_test": len(d.test_labels)},
         environment=store.environment_info(str(p.runtime.device)),
         precision=p.runtime.precision,
-        box_tlbr_px=list(p.box),
+        box_tlbr_px=list(p.box) if p.box is not None else None,
         cam_layer=cfg.cam_layer,
         layers=list(protocol.layers),
         settings=settings(),

@@ -8,7 +8,6 @@ same key, whatever the run's name or evaluation settings.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -24,10 +23,16 @@ TRAINING_FIELDS = ("epochs", "batch_size", "lr", "momentum", "nesterov", "weight
 SPEC_VERSION = 1  # bump when what a spec means changes, so old folders are not reused by mistake
 
 
+# The artefact options a bias spec records only where they differ from the seed's square, so that the keys
+# of every square-patch experiment stay what they were before other kinds existed.
+ZOO_DEFAULTS = {"kind": "square", "text": "(c)", "opacity": 1.0, "strength": None, "jpeg_quality": None}
+
+
 @dataclass(frozen=True)
 class BiasSpec:
-    """The planted shortcut: a `patch_size` px square of RGB `color` at `corner` (+`offset` px) on a
-    seeded `fraction` of the training images of class `class_name`."""
+    """The planted shortcut: a `kind` artefact (the seed's: a `patch_size` px square) of RGB `color` at
+    `corner` (a corner, "centre" or "random"; +`offset` px) on a seeded `fraction` of the training images of
+    class `class_name`; `text`, `opacity`, `strength` and `jpeg_quality` as `data.zoo.Planted` has them."""
 
     class_name: str
     patch_size: int = 6
@@ -35,16 +40,37 @@ class BiasSpec:
     corner: str = "top-left"
     offset: int = 0
     fraction: float = 1.0
+    kind: str = ZOO_DEFAULTS["kind"]
+    text: str = ZOO_DEFAULTS["text"]
+    opacity: float = ZOO_DEFAULTS["opacity"]
+    strength: float | None = ZOO_DEFAULTS["strength"]
+    jpeg_quality: int | None = ZOO_DEFAULTS["jpeg_quality"]
 
     @property
     def patch(self) -> dict:
-        """Keyword arguments of `data.bias.inject_patch`."""
-        return {"patch_size": self.patch_size, "color": tuple(self.color), "corner": self.corner, "offset": self.offset}
+        """The artefact as `data.bias.patch_artefact` takes it: the square's keys, plus the other options where
+        they differ from the square's defaults (the text only for a text)."""
+        out = {"patch_size": self.patch_size, "color": tuple(self.color), "corner": self.corner, "offset": self.offset}
+        return out | self._zoo()
+
+    def _zoo(self) -> dict:
+        values = {"kind": self.kind, "text": self.text if self.kind == "text" else ZOO_DEFAULTS["text"],
+                  "opacity": self.opacity, "strength": self.strength, "jpeg_quality": self.jpeg_quality}
+        return {k: v for k, v in values.items() if v != ZOO_DEFAULTS[k]}
+
+    def to_dict(self) -> dict:
+        return {"class_name": self.class_name, "patch_size": self.patch_size, "color": list(self.color),
+                "corner": self.corner, "offset": self.offset, "fraction": self.fraction} | self._zoo()
+
+    @classmethod
+    def from_dict(cls, values: dict) -> BiasSpec:
+        return cls(**{**values, "color": tuple(values["color"])})
 
     @classmethod
     def from_config(cls, config: Config) -> BiasSpec:
         return cls(config.bias_class, config.patch_size, tuple(config.patch_color), config.patch_corner,
-                   config.patch_offset, config.bias_fraction)
+                   config.patch_offset, config.bias_fraction, config.artefact, config.artefact_text, config.opacity,
+                   config.strength, config.jpeg_quality)
 
 
 @dataclass(frozen=True)
@@ -95,7 +121,7 @@ class ExperimentSpec:
     def to_dict(self) -> dict:
         out = {"dataset": self.dataset, "data_fingerprint": self.data_fingerprint, "training": dict(self.training),
                "seed": self.seed,
-               "bias": None if self.bias is None else {**dataclasses.asdict(self.bias), "color": list(self.bias.color)}}
+               "bias": None if self.bias is None else self.bias.to_dict()}
         if self.repair is not None:  # absent otherwise, so that the keys of models trained before repairs stay
             out["repair"] = self.repair.to_dict()
         return out
@@ -104,7 +130,7 @@ class ExperimentSpec:
     def from_dict(cls, values: dict) -> ExperimentSpec:
         bias, repair = values.get("bias"), values.get("repair")
         return cls(values["dataset"], values["data_fingerprint"], tuple((k, _jsonable(v)) for k, v in values["training"].items()),
-                   values["seed"], None if bias is None else BiasSpec(**{**bias, "color": tuple(bias["color"])}),
+                   values["seed"], None if bias is None else BiasSpec.from_dict(bias),
                    None if repair is None else RepairSpec.from_dict(repair))
 
     @property

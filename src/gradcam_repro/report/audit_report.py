@@ -10,7 +10,7 @@ import torch
 from gradcam_repro.explain.registry import PIXEL_METHODS, display_name
 from gradcam_repro.measure.audit_results import AuditCandidate, AuditResult, RankedCluster
 from gradcam_repro.measure.results import Interval
-from gradcam_repro.measure.spray import CANDIDATE, CONFIRMED, EXAMPLE_IMAGES
+from gradcam_repro.measure.spray import CANDIDATE, CONFIRMED, EXAMPLE_IMAGES, UNEXPLAINED
 from gradcam_repro.report.figures import draw_box, layout_under_suptitle, overlay, to_hwc
 from gradcam_repro.report.format import interval
 
@@ -41,15 +41,43 @@ def box_text(box) -> str:
     return f"rows {top}-{bottom - 1}, cols {left}-{right - 1}"
 
 
+def region_text(c: AuditCandidate) -> str:
+    """Where a candidate's region is: its box, or for a per-image test the median region's size and place."""
+    if c.per_image:
+        top, left, bottom, right = c.box_tlbr_px
+        return f"each image's own region (median {bottom - top}x{right - left} px at {box_text(c.box_tlbr_px)})"
+    return f"region {box_text(c.box_tlbr_px)}"
+
+
+def overall_verdict(result: AuditResult) -> str:
+    """The audit's verdict in one line. Never a bare "no shortcut": what was not found is said with its limits,
+    and a class whose relevance stands out unexplained is named."""
+    if result.confirmed:
+        return f"confirmed shortcut: {', '.join(result.confirmed)}"
+    candidates = [c.class_name for c in result.candidates if c.verdict == CANDIDATE]
+    parts = [f"no shortcut confirmed in the {len(result.candidates)} classes tested"]
+    if candidates:
+        parts.append(f"candidate only: {', '.join(candidates)}")
+    if result.unexplained:
+        parts.append("unexplained concentration: " + ", ".join(
+            f"{u.class_name} ({max(u.fixed_place_ratio, u.peak_ratio, key=_finite):.1f}x the median class)"
+            for u in result.unexplained) + " - possibly a non-local or moving artefact; not an all-clear")
+    elif not candidates:
+        parts.append("no localised artefact found (a global one such as a colour cast has no region to find)")
+    return "; ".join(parts)
+
+
+def _finite(x: float) -> float:
+    return x if x == x else float("-inf")
+
+
 def summary_lines(result: AuditResult) -> list[str]:
     """What the CLI prints at the end: one line per tested candidate and the overall verdict."""
-    lines = [f"#{c.rank} {c.class_name} (cluster {c.cluster}, n={c.n}): {c.verdict}; region {box_text(c.box_tlbr_px)} "
+    lines = [f"#{c.rank} {c.class_name} ({c.test or 'fixed place'} test, cluster {c.cluster}, n={c.n}): {c.verdict}; {region_text(c)} "
              f"({c.kind}); pasted on other classes -> {c.class_name} {_pct(c.transplant_flip)}; occluded "
              f"{_pct(c.occluded_flip)}; removal changes {_pct(c.removal_change)}" + _group_text(c)
              for c in result.candidates]
-    confirmed = result.confirmed
-    lines.append(f"confirmed shortcut: {', '.join(confirmed)}" if confirmed else
-                 f"no shortcut confirmed among the {len(result.candidates)} tested classes")
+    lines.append(overall_verdict(result))
     return lines
 
 
@@ -67,8 +95,10 @@ def _header(result: AuditResult) -> list[str]:
     d = result.dataset
     lines = [f"# Shortcut audit: {result.experiment}", ""]
     confirmed = result.confirmed
-    lines += [(f"**Confirmed shortcut: {', '.join(confirmed)}.**" if confirmed else
-               f"**No shortcut confirmed** among the {len(result.candidates)} top-ranked classes tested."), ""]
+    lines += [(f"**Confirmed shortcut: {', '.join(confirmed)}.**" if confirmed else f"**{overall_verdict(result)}.**"), ""]
+    for u in result.unexplained or ():
+        lines += [f"- **{UNEXPLAINED}: {u.class_name}**: {u.reason} (fixed-place score {u.fixed_place_ratio:.1f}x, peak "
+                  f"score {u.peak_ratio:.1f}x the median class's).", ""]
     lines += [f"Model `{result.model}`; dataset **{d['name']}** from `{d['source']}` ({d['n_test']} test images, "
               f"fingerprint `{d['fingerprint'][:16]}`); explanations: {explainer_text(result)}, precision "
               f"{result.precision}, device `{result.environment['device']}`; audit took "
@@ -76,25 +106,27 @@ def _header(result: AuditResult) -> list[str]:
     pasted = d.get("patched_test")
     if pasted:
         p = pasted["patch"]
+        where = box_text(pasted["box_tlbr_px"]) if pasted["box_tlbr_px"] is not None else f"{p['corner']} places"
         lines += [f"Test set: {len(pasted['indices'])} of the *{pasted['class']}* test images ({pasted['fraction']:.0%}) carry a "
-                  f"{p['patch_size']}x{p['patch_size']} px patch of RGB {tuple(p['color'])} at {box_text(pasted['box_tlbr_px'])} "
+                  f"{p.get('kind', 'square')} artefact of {p['patch_size']} px, RGB {tuple(p['color'])}, at {where} "
                   "(`--patch-test-fraction`). The audit is not told this; it is used only to score the audit "
                   "(adjusted Rand index, overlap of the found region with the patch).", ""]
     return lines
 
 
 def _candidate_rows(result: AuditResult) -> list[str]:
-    rows = ["| rank | class | cluster (n) | region | found by | pasted on other classes: called this class | "
+    rows = ["| rank | class | test | cluster (n) | region | found by | pasted on other classes: called this class | "
             "region occluded only | untouched | removal changes the prediction | verdict |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in result.candidates:
-        rows.append(f"| {c.rank} | {c.class_name} | {c.cluster} ({c.n}) | {box_text(c.box_tlbr_px)} | {c.kind} | "
+        rows.append(f"| {c.rank} | {c.class_name} | {c.test or 'fixed place'} | {c.cluster} ({c.n}) | {region_text(c)} | {c.kind} | "
                     f"{_pct(c.transplant_flip)} | {_pct(c.occluded_flip)} | {_pct(c.untouched)} | "
                     f"{_pct(c.removal_change)} | **{c.verdict}** |")
     rows.append("")
     for c in result.candidates:
         iou = f" Overlap with the planted patch: IoU {c.iou_with_planted_box:.2f}." if c.iou_with_planted_box is not None else ""
-        rows.append(f"- #{c.rank} {c.class_name}: {c.reason}. Pasted pixels: mean RGB {tuple(c.mean_rgb)}.{iou}")
+        other = "".join(f" The {t.test} test: {t.verdict}, {_pct(t.transplant_flip)}." for t in c.also_tested or ())
+        rows.append(f"- #{c.rank} {c.class_name}: {c.reason}. Pasted pixels: mean RGB {tuple(c.mean_rgb)}.{iou}{other}")
     return rows + [""]
 
 
@@ -153,7 +185,9 @@ def _rules(result: AuditResult) -> list[str]:
         f"than {s['min_class_images']} images are skipped.",
         f"2. **Fixed-place energy**: the share of each image's relevance on its cluster's {s['fixed_place_px']} most relevant "
         f"pixels, against {s['fixed_place_px']}/1024 for a uniform map. Clusters of at least {s['min_cluster_images']} images "
-        f"are ranked by its lower 95% bound; the best cluster of each of the top {s['top_candidates']} classes is tested.",
+        f"are ranked by its lower 95% bound; the best cluster of "
+        + ("every class" if s.get("top_candidates") is None else f"each of the top {s['top_candidates']} classes")
+        + " is tested.",
         f"3. **Candidate region**: where the cluster's mean map is at least {s['region_threshold']} of its maximum, narrowed "
         f"(within {s['search_margin_px']} px) to pixels whose spread across the cluster's images is below "
         f"{s['constant_pixel_ratio']} of their spread over the whole test set, if there are such ('constant pixels'; else "
@@ -165,7 +199,17 @@ def _rules(result: AuditResult) -> list[str]:
         f"5. **Verdict**: *{CONFIRMED}* when the transplant's flip rate has a lower 95% bound >= {s['confirm_flip_rate']} "
         f"and above both controls' upper bounds; *{CANDIDATE}* when the region holds constant pixels and either the "
         f"transplant's lower bound is >= {s['candidate_flip_rate']} and above both controls, or removing them changes "
-        f">= {s['candidate_removal_rate']} of the cluster's predictions (lower bound); *none* otherwise.", "",
+        f">= {s['candidate_removal_rate']} of the cluster's predictions (lower bound); *none* otherwise.",
+        f"6. **An artefact that moves**: each class's maps are clustered again by what their relevance looks like "
+        f"(|2-D FFT| of the pooled maps, unchanged by a shift), each group scored by the share of every map's relevance on "
+        f"its own {s.get('peak_share', 1 / 16):.4g} most relevant pixels; the most peaked group is tested *per image*: each "
+        f"image's own region (around its peak, at most {s.get('max_region_share', 1 / 8):.3g} of the image) is pasted "
+        "where it was onto another class's image, with the same controls and the verdict rule of 5 ('relevance only'). "
+        "Each class keeps its stronger test; findings are ranked by causal effect (transplant lower bound minus the "
+        "larger control's upper bound).",
+        f"7. **Unexplained concentration**: a class none of whose tests found anything, whose best group scores at least "
+        f"{s.get('unexplained_ratio', 1.5)}x the median class's (fixed-place or peak score), is reported as such: the "
+        "audit could not localise what the model looks at, which is not an all-clear.", "",
         f"Rates and energies are means with 95% percentile-bootstrap intervals ({s['bootstrap_resamples']} resamples, seed "
         f"{s['seed']}).", ""]
 
@@ -279,10 +323,37 @@ def candidate_figure(result: AuditResult, examples: dict, rank: int):
     return fig
 
 
+def per_image_figure(result: AuditResult, examples: dict, rank: int):
+    """A per-image test: the group's images with their maps and own regions, those regions pasted where they were
+    on other classes' images (before -> after), and the regions removed from the group's images."""
+    c, ex = result.candidates[rank - 1], examples["candidates"][rank - 1]
+    classes = result.dataset["classes"]
+    fig, axes = plt.subplots(3, EXAMPLE_IMAGES, figsize=(PANEL_IN * EXAMPLE_IMAGES, PANEL_IN * 3 + 0.9), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, img, m, box in zip(axes[0], ex["sources"], ex["source_maps"], ex["boxes"]):
+        _panel(ax, overlay(img, m), "its own region", box.tolist())
+    for ax, img, box, before, after in zip(axes[1], ex["pasted"], ex["pasted_boxes"], ex["before"], ex["after"]):
+        _panel(ax, to_hwc(img), f"{classes[int(before)]} -> {classes[int(after)]}", box.tolist())
+    for ax, img, box, after in zip(axes[2], ex["removed"], ex["boxes"], ex["removed_after"]):
+        _panel(ax, to_hwc(img), f"region filled -> {classes[int(after)]}", box.tolist())
+    layout_under_suptitle(fig, f"#{c.rank} {c.class_name}, per-image test of group {c.cluster} (n={c.n}): {c.verdict}\n"
+                                f"each image's region pasted on other classes -> {c.class_name}: {_pct(c.transplant_flip)}; "
+                                f"occluded only: {_pct(c.occluded_flip)}; removal changes {_pct(c.removal_change)}", fontsize=9)
+    return fig
+
+
+# Candidate figures drawn: every confirmed or candidate finding, and at least this many of the strongest.
+CANDIDATE_FIGURES = 3
+
+
 def audit_figures(result: AuditResult, examples: dict) -> dict:
     """{path relative to the audit folder: figure} for every figure of an audit."""
     figs = {"figures/audit_ranking.png": ranking_figure(result),
             "figures/audit_prototypes.png": prototypes_figure(result, examples)}
     for c in result.candidates:
-        figs[f"figures/audit_candidate_{c.rank}_{c.class_name}.png"] = candidate_figure(result, examples, c.rank)
+        if c.rank > CANDIDATE_FIGURES and c.verdict not in (CONFIRMED, CANDIDATE):
+            continue
+        draw = per_image_figure if c.per_image else candidate_figure
+        figs[f"figures/audit_candidate_{c.rank}_{c.class_name}.png"] = draw(result, examples, c.rank)
     return figs

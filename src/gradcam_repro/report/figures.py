@@ -18,7 +18,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from gradcam_repro import store
 from gradcam_repro.measure.comparison_results import MethodsResult
 from gradcam_repro.measure.results import CamScores
-from gradcam_repro.measure.scores import POINTS_AT_PATCH_RATIO, cam_energy_in_box
+from gradcam_repro.measure.scores import POINTS_AT_PATCH_RATIO, cam_energy_in_box, cam_energy_in_mask
 
 CAM_ALPHA = 0.5  # heatmap opacity over the image
 PAIRS_PER_ROW = 2  # (image | overlay) pairs per row in `cam_grid`
@@ -162,15 +162,18 @@ def counterfactual_gallery(originals, pasted, preds_by_model: dict[str, tuple[to
 def energy_histograms(maps_by_model: dict[str, torch.Tensor], box, uniform: float, title, method: str = "Grad-CAM"):
     """Distribution of per-image energy in the box, one histogram per model, uniform value marked.
 
-    method is the display name of the CAM method that made the maps.
+    box: one (top, left, bottom, right) box for every image, or {model: (N, H, W) bool masks}, each image's
+    own (an artefact whose place varies). method is the display name of the CAM method that made the maps.
     """
     fig, ax = plt.subplots(figsize=(6, 3.4))
     bins = np.linspace(0, 1, 41)
     for name, maps in maps_by_model.items():
         if len(maps):
-            ax.hist(cam_energy_in_box(maps, box).numpy(), bins=bins, alpha=0.55, label=f"{name} (n={len(maps)})")
+            energy = cam_energy_in_mask(maps, box[name]) if isinstance(box, dict) else cam_energy_in_box(maps, box)
+            ax.hist(energy.numpy(), bins=bins, alpha=0.55, label=f"{name} (n={len(maps)})")
     ax.axvline(uniform, color="black", ls="--", lw=1, label=f"uniform map ({uniform:.3f})")
-    ax.set(xlabel=f"fraction of {method} mass inside the patch box", ylabel="images", title=title)
+    where = "the artefact's mask" if isinstance(box, dict) else "the patch box"
+    ax.set(xlabel=f"fraction of {method} mass inside {where}", ylabel="images", title=title)
     ax.title.set_fontsize(9)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -56,7 +56,16 @@ def map_png(cam: torch.Tensor) -> str:
     return _b64_png(picture)
 
 
-def gallery_record(g: dict, classes: list[str], box_tlbr_px: list[int]) -> dict:
+def _box_style(box_tlbr_px: list[int] | None, size: int) -> str:
+    """The dashed box's CSS over a gallery tile; hidden where the artefact has no one fixed box."""
+    if box_tlbr_px is None:
+        return "display:none"
+    top, left, bottom, right = box_tlbr_px
+    return (f'top:{100 * top / size:.3f}%;left:{100 * left / size:.3f}%;'
+            f'height:{100 * (bottom - top) / size:.3f}%;width:{100 * (right - left) / size:.3f}%')
+
+
+def gallery_record(g: dict, classes: list[str], box_tlbr_px: list[int] | None) -> dict:
     """gallery.json: `measure.examples.gallery_maps`'s output with images and maps as base64 PNGs, classes by name
     and energies rounded to 4 digits. Everything the report's gallery needs, so it is rebuilt without a model."""
     def names(index: torch.Tensor) -> list[str]:
@@ -65,7 +74,7 @@ def gallery_record(g: dict, classes: list[str], box_tlbr_px: list[int]) -> dict:
     return {
         "size_px": int(g["images"].shape[-1]),
         "target": classes[g["target"]],
-        "box_tlbr_px": list(box_tlbr_px),
+        "box_tlbr_px": list(box_tlbr_px) if box_tlbr_px is not None else None,
         "images": [image_png(im) for im in g["images"]],
         "labels": names(g["labels"]),
         "patched_target": g["patched_target"].tolist(),
@@ -231,10 +240,7 @@ def _gallery(m: RunMetrics, g: dict | None) -> str:
         + "".join(f'<button type="button" data-group="{group}" data-value="{html.escape(v)}" '
                   f'aria-pressed="{str(v == state[group]).lower()}">{html.escape(text)}</button>' for v, text in opts.items())
         + "</div></div>" for group, opts in labels.items())
-    top, left, bottom, right = g["box_tlbr_px"]
-    size = g["size_px"]
-    box = (f'top:{100 * top / size:.3f}%;left:{100 * left / size:.3f}%;'
-           f'height:{100 * (bottom - top) / size:.3f}%;width:{100 * (right - left) / size:.3f}%')
+    box = _box_style(g["box_tlbr_px"], g["size_px"])
     maps = g["models"][state["model"]]["maps"][state["method"]][state["layer"]]
     tiles = [f'<div class="tile"><div class="pic"><img class="base" src="data:image/png;base64,{img}" alt="test image {i + 1}">'
              f'<img class="heat" src="data:image/png;base64,{maps[i]}" alt="map"><div class="box" style="{box}"></div></div>'

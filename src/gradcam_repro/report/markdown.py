@@ -42,9 +42,8 @@ def _header(m: RunMetrics) -> list[str]:
         f"torch {env['torch']}, torchvision {env['torchvision']}, Python {env['python']}."
         + (f" Training time: {train}." if train else ""),
         "",
-        f"The biased model was trained with a {cfg['patch_size']}x{cfg['patch_size']} px patch of RGB "
-        f"{tuple(cfg['patch_color'])} at the {cfg['patch_corner']} corner (rows/cols {m.box_tlbr_px}, "
-        f"bottom/right exclusive) on {percent(cfg['bias_fraction'])} of its training *{cfg['bias_class']}* images. "
+        f"The biased model was trained with {artefact_phrase(cfg, m.box_tlbr_px)} "
+        f"on {percent(cfg['bias_fraction'])} of its training *{cfg['bias_class']}* images. "
         f"The *biased test set* is the clean test set with every test {cfg['bias_class']} patched.",
     ]
 
@@ -265,6 +264,23 @@ def _localisation_section(m: RunMetrics) -> list[str]:
             cells += [interval(st.energy), interval(st.pointing)]
         lines.append(f"| `{lay}` | " + " | ".join(cells) + " |")
     return lines
+
+
+def artefact_phrase(cfg: dict, box: list[int] | None) -> str:
+    """The planted artefact in words, e.g. "a 6x6 px patch of RGB (255, 255, 0) at the top-left corner (rows/cols
+    [0, 0, 6, 6], bottom/right exclusive)" or "a text artefact '(c)' of RGB (...) at a random place on each image"."""
+    kind, place, color = cfg.get("artefact", "square"), cfg["patch_corner"], tuple(cfg["patch_color"])
+    where = {"random": "at a random place on each image", "centre": "at the centre"}.get(place, f"at the {place} corner")
+    if kind == "square" and box is not None:
+        what = f"a {cfg['patch_size']}x{cfg['patch_size']} px patch of RGB {color} {where}"
+    else:
+        text = f" {cfg['artefact_text']!r}" if kind == "text" else ""
+        what = f"a {kind} artefact{text} of RGB {color}, size {cfg['patch_size']} px, {where}"
+    options = {"opacity": cfg.get("opacity", 1.0) != 1.0, "strength": cfg.get("strength") is not None,
+               "jpeg_quality": cfg.get("jpeg_quality") is not None}
+    extras = [f"{name.replace('_', ' ')} {cfg[name]}" for name, given in options.items() if given]
+    where_box = f" (rows/cols {box}, bottom/right exclusive)" if box is not None else ""
+    return what + where_box + (f", {', '.join(extras)}" if extras else "")
 
 
 def method_name(key: str) -> str:

@@ -16,7 +16,8 @@ def run_figures(metrics: RunMetrics, examples: dict) -> dict:
     """{path relative to the run folder: figure}; `examples` is `measure.examples.figure_examples`'s output
     plus "patched_target_maps" ({model: {layer: maps}}) and "histories" ({model: history})."""
     cfg, layer = metrics.config, metrics.cam_layer
-    classes, box, cls = metrics.dataset["classes"], tuple(metrics.box_tlbr_px), cfg["bias_class"]
+    classes, cls = metrics.dataset["classes"], cfg["bias_class"]
+    box = tuple(metrics.box_tlbr_px) if metrics.box_tlbr_px is not None else None  # None: the place varies
     method = display_name(cfg["cam"])
     names = list(metrics.models)
     out = {}
@@ -66,7 +67,8 @@ def _summary_figures(metrics: RunMetrics, examples: dict, method: str, box) -> d
     out["figures/training_curves.png"] = figures.training_curves(histories)
     empty = torch.empty(0, 32, 32)
     out["figures/energy_distribution.png"] = figures.energy_histograms(
-        {name: examples["patched_target_maps"].get(name, {}).get(layer, empty) for name in models}, box,
+        {name: examples["patched_target_maps"].get(name, {}).get(layer, empty) for name in models},
+        box if box is not None else {name: examples["patched_target_masks"][name] for name in models},
         metrics.shortcut.uniform["energy_in_box"], f"energy in the patch box, patched {cls} images called {cls}, {layer}",
         method=method)
     out["figures/per_class_accuracy.png"] = figures.per_class_accuracy({n: r.per_class_acc for n, r in models.items()})
