@@ -13,12 +13,22 @@ from dataclasses import dataclass, field
 import matplotlib
 
 from gradcam_repro import __version__
-from gradcam_repro.config import DEFAULT_PRESET, EXPLANATION, MAX_IMAGE_PIXELS, PRESETS, SEED_LAYER, Config, preset_config
+from gradcam_repro.config import (
+    DEFAULT_PRESET,
+    EXPLANATION,
+    MAX_IMAGE_PIXELS,
+    PLACEMENTS,
+    PRESETS,
+    SEED_LAYER,
+    Config,
+    preset_config,
+)
 from gradcam_repro.data.registry import DATASETS
 from gradcam_repro.errors import UserError, report_error
 from gradcam_repro.explain.registry import CAM_METHODS, EXPLAINERS
 from gradcam_repro.options import add_options, from_args, parse_color
 from gradcam_repro.pipeline.audit import AuditOptions, audit, audit_summary
+from gradcam_repro.pipeline.benchmark import BenchmarkOptions, run_benchmark
 from gradcam_repro.pipeline.compare import CompareOptions, compare_methods
 from gradcam_repro.pipeline.explain_files import explain_files
 from gradcam_repro.pipeline.grid import DEFAULT_AXES, DEFAULT_METHODS, read_study_file, study_grid
@@ -103,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("report", parents=[DEBUG, RUN_DIR], help="rebuild summary.md, REPORT.md and REPORT.html from a run's metrics.json (seconds)")
     _add_compare_parser(sub)
     _add_study_parser(sub)
+    _add_benchmark_parser(sub)
     _add_view_parser(sub)
     _add_audit_parser(sub)
     _add_repair_parser(sub)
@@ -173,6 +184,11 @@ class StudyAxes:
     patch_colors: tuple[tuple[int, int, int], ...] | None = field(default=None, metadata={
         "group": AXES, "axis": "patch_color", "type": parse_color, "nargs": "+", "metavar": "COLOR",
         "help": "R,G,B or colour names"})
+    artefacts: tuple[str, ...] | None = field(default=None, metadata={
+        "group": AXES, "axis": "artefact", "metavar": "KIND", "help": "artefact kinds (square, logo, text, ...)"})
+    placements: tuple[str, ...] | None = field(default=None, metadata={
+        "group": AXES, "axis": "patch_corner", "choices": list(PLACEMENTS), "metavar": "PLACE",
+        "help": "artefact placements: corners, centre, random"})
     bias_classes: tuple[str, ...] | None = field(default=None, metadata={
         "group": AXES, "axis": "bias_class", "metavar": "CLASS", "help": "shortcut classes"})
     presets: tuple[str, ...] | None = field(default=None, metadata={
@@ -199,6 +215,18 @@ def _add_study_parser(sub) -> None:
     _add_run_flags(st, skip=("out",))  # --preset defaults to None: a study file's preset, else sweep
     add_options(st, StudyAxes)
     add_options(st, StudyOptions)  # --out, --force, --against and the Ray flags
+
+
+def _add_benchmark_parser(sub) -> None:
+    bp = sub.add_parser("benchmark", parents=[DEBUG, DEVICE, DATA_ROOT, OUTPUT],
+                        help="which explanations and audits catch which artefact kinds, and their false alarms",
+                        description="Train biased models for every artefact recipe (kind x seed x dose) and a clean "
+                                    "control per seed on the study engine (Ray, resumable), measure every method and "
+                                    "layer and audit every model, then write BENCHMARK.json, BENCHMARK.md and heat "
+                                    "maps under --out (default runs/benchmark).")
+    add_options(bp, BenchmarkOptions)
+    add_options(bp, StudyOptions, skip=("against",), overrides={"out": {
+        "default": "runs/benchmark", "help": "output folder (default runs/benchmark)"}})
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -259,6 +287,15 @@ def _study(args) -> None:
 
 
 
+def _benchmark(args) -> None:
+    settings = {k: getattr(args, k) for k in ("device", "data_root") if getattr(args, k, None) is not None}
+    options, study = from_args(BenchmarkOptions, args), from_args(StudyOptions, args)
+    reporter = reporter_for(args)
+    result = run_benchmark(options, study, settings, log=reporter)
+    reporter.summary({"command": "benchmark", "out": study.out, "benchmark_md": f"{study.out}/BENCHMARK.md",
+                      "cells": result.cells, "summaries": [s.to_dict() for s in result.summaries]})
+
+
 def _audit(args) -> None:
     options = from_args(AuditOptions, args)
     reporter = reporter_for(args)
@@ -276,6 +313,7 @@ def _repair(args) -> None:
 
 
 COMMANDS = {"run": _run, "evaluate": _evaluate, "explain": _explain, "compare": _compare, "study": _study,
+            "benchmark": _benchmark,
             "report": lambda args: print(report_run(args.run_dir)),
             "view": lambda args: serve(args.run_dir, args.port) if args.serve else open_report(args.run_dir),
             "audit": _audit, "repair": _repair}

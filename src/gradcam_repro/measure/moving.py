@@ -57,26 +57,37 @@ def shift_invariant_embedding(maps: torch.Tensor, grid: int = 8) -> np.ndarray:
     return (spectrum / spectrum.norm(dim=1, keepdim=True).clamp_min(1e-12)).numpy()
 
 
-def peak_boxes(maps: torch.Tensor, threshold: float = 0.5, max_share: float = MAX_REGION_SHARE) -> torch.Tensor:
+def peak_boxes(maps: torch.Tensor, threshold: float = 0.5, margin: int = 0,
+               max_share: float = MAX_REGION_SHARE) -> torch.Tensor:
     """(N, 4) long: each map's region, the box around the connected area >= `threshold` x its maximum that
-    holds its peak; where that is larger than `max_share` of the image, the square of that area centred on
-    the peak (clipped to the image)."""
+    holds its peak, grown by `margin` px on every side (the audit grows its fixed regions' search window the same
+    way: a coarse map's peak covers only part of an artefact); where that is larger than `max_share` of the
+    image, the square of that area centred on the peak. Clipped to the image."""
     from scipy.ndimage import label
 
     n, height, width = maps.shape
-    side = max(1, int((max_share * height * width) ** 0.5))
     out = torch.empty(n, 4, dtype=torch.int64)
     for i, m in enumerate(maps.float().numpy()):
         peak = np.unravel_index(np.argmax(m), m.shape)
         labelled, _ = label(m >= threshold * m.max())
         rows, cols = np.nonzero(labelled == labelled[peak])
-        box = [rows.min(), cols.min(), rows.max() + 1, cols.max() + 1]
-        if (box[2] - box[0]) * (box[3] - box[1]) > max_share * height * width:
-            top = min(max(peak[0] - side // 2, 0), height - side)
-            left = min(max(peak[1] - side // 2, 0), width - side)
-            box = [top, left, top + side, left + side]
-        out[i] = torch.tensor([int(v) for v in box])
+        box = (max(rows.min() - margin, 0), max(cols.min() - margin, 0), min(rows.max() + 1 + margin, height),
+               min(cols.max() + 1 + margin, width))
+        out[i] = torch.tensor(capped_box(box, peak, (height, width), max_share))
     return out
+
+
+def capped_box(box, peak: tuple[int, int], size: tuple[int, int], max_share: float = MAX_REGION_SHARE) -> list[int]:
+    """`box` (top, left, bottom, right) if it covers at most `max_share` of an image of `size`, else the square of
+    that area centred on `peak` (row, col), inside the image."""
+    height, width = size
+    top, left, bottom, right = (int(v) for v in box)
+    if (bottom - top) * (right - left) <= max_share * height * width:
+        return [top, left, bottom, right]
+    side = max(1, int((max_share * height * width) ** 0.5))
+    top = min(max(int(peak[0]) - side // 2, 0), height - side)
+    left = min(max(int(peak[1]) - side // 2, 0), width - side)
+    return [top, left, top + side, left + side]
 
 
 def box_masks(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

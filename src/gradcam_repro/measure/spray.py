@@ -272,7 +272,11 @@ def candidate_region(cluster_images: torch.Tensor, reference_spread: torch.Tenso
     count = 0 if box is None else int((box_mask(box, size) & constant).sum())
     if count >= MIN_ARTEFACT_PX:
         return {"box": box, "kind": "constant pixels", "relevance_box": relevance, "constant_px": count}
-    return {"box": relevance, "kind": "relevance only", "relevance_box": relevance, "constant_px": 0}
+    # Without constant pixels the region is where the relevance is, at most an artefact's size (a larger box is the
+    # object, and pasting an object's part can move images to its class): as the per-image regions are capped.
+    peak = np.unravel_index(int(mean.argmax()), size)
+    return {"box": tuple(moving.capped_box(relevance, peak, size)), "kind": "relevance only", "relevance_box": relevance,
+            "constant_px": 0}
 
 
 def box_iou(a, b) -> float:
@@ -439,7 +443,7 @@ def confirm_moving(model: nn.Module, data: EvalSet, predictions: torch.Tensor, m
     the controls occlude the same regions or leave the images untouched. Returns (record, figure examples) as
     `confirm_candidate` does; the record's box is the median region, its pixels are None (there is no one set)."""
     target, seed = int(predictions[members[0]]), settings.seed
-    boxes = moving.peak_boxes(maps, REGION_THRESHOLD)
+    boxes = moving.peak_boxes(maps, REGION_THRESHOLD, SEARCH_MARGIN_PX)
     masks = moving.box_masks(boxes, tuple(data.images.shape[-2:]))
     sources = data.images[members]
     others = seeded_cap((data.labels != target).nonzero().squeeze(1), settings.transplant_images, seed)

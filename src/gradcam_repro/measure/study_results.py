@@ -93,6 +93,38 @@ class CellMetrics(Predictions):
 
 
 @dataclass(frozen=True)
+class AuditSummary:
+    """What the benchmark keeps of one cell's audit (`measure.spray.audit_model` on the cell's test images with
+    its artefact pasted on a share of the target class's): the classes confirmed, the target class's finding
+    (its verdict, which test found it, the overlap with where the artefact was planted, the transplant's rate;
+    "not tested" and None where the audit tested no group of it), the classes flagged as unexplained
+    concentration, and the audit's seconds."""
+
+    target: str
+    confirmed: tuple[str, ...]
+    target_verdict: str
+    target_test: str | None
+    target_iou: float | None
+    target_transplant: Interval | None
+    unexplained: tuple[str, ...]
+    seconds: float
+
+    def to_dict(self) -> dict:
+        transplant = self.target_transplant.to_dict() if self.target_transplant is not None else None
+        return {"target": self.target, "confirmed": list(self.confirmed), "target_verdict": self.target_verdict,
+                "target_test": self.target_test, "target_iou": self.target_iou, "target_transplant": transplant,
+                "unexplained": list(self.unexplained), "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, values: dict, what: str = "a cell's audit", fix: str = CELL_FIX) -> AuditSummary:
+        get = _getter(values, what, fix)
+        transplant = get("target_transplant")
+        return cls(get("target"), tuple(get("confirmed")), get("target_verdict"), get("target_test"), get("target_iou"),
+                   _interval(transplant, what, fix) if transplant is not None else None, tuple(get("unexplained")),
+                   get("seconds"))
+
+
+@dataclass(frozen=True)
 class StudyCellResult:
     """One finished cell (cells/<key>.json): its axes and experiment, the methods and config it was measured
     with, the metrics, a uniform map's scores, the sample sizes, the settings of every verdict, and where and
@@ -113,13 +145,15 @@ class StudyCellResult:
     environment: dict[str, Any]
     seconds: dict[str, float]  # "train" (the cell's task's training), "evaluate" (this cell's measuring)
     restored_experiment: bool
+    audit: AuditSummary | None = None  # the benchmark's cells only
 
     def to_dict(self) -> dict:
         return {"key": self.key, "axes": dict(self.axes), "spec_key": self.spec_key, "model_sha256": self.model_sha256,
                 "methods": list(self.methods), "config": dict(self.config), "metrics": self.metrics.to_dict(),
                 "uniform": dict(self.uniform), "n": dict(self.n), "settings": dict(self.settings),
                 "node_id": self.node_id, "threads": self.threads, "environment": dict(self.environment),
-                "seconds": dict(self.seconds), "restored_experiment": self.restored_experiment}
+                "seconds": dict(self.seconds), "restored_experiment": self.restored_experiment} | (
+                    {"audit": self.audit.to_dict()} if self.audit is not None else {})
 
     @classmethod
     def from_dict(cls, values: dict, what: str = "a study cell") -> StudyCellResult:
@@ -127,7 +161,8 @@ class StudyCellResult:
         return cls(get("key"), dict(get("axes")), get("spec_key"), get("model_sha256"), list(get("methods")),
                    dict(get("config")), CellMetrics.from_dict(get("metrics"), what), dict(get("uniform")),
                    dict(get("n")), dict(get("settings")), get("node_id"), get("threads"), dict(get("environment")),
-                   dict(get("seconds")), get("restored_experiment"))
+                   dict(get("seconds")), get("restored_experiment"),
+                   AuditSummary.from_dict(values["audit"], what) if "audit" in values else None)
 
 
 @dataclass(frozen=True)

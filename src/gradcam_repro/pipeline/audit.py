@@ -21,13 +21,15 @@ import torch
 from gradcam_repro import store
 from gradcam_repro.config import Config
 from gradcam_repro.data.bias import patch_artefact, plant
-from gradcam_repro.data.images import EvalSet, stratified_subset
+from gradcam_repro.data.images import EvalSet, ImageData, stratified_subset
 from gradcam_repro.data.registry import get_dataset
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.cam import layer_names
 from gradcam_repro.explain.registry import PIXEL_METHODS, display_name, get_explainer
 from gradcam_repro.measure import spray
 from gradcam_repro.measure.audit_results import AuditResult
+from gradcam_repro.measure.results import Interval
+from gradcam_repro.measure.study_results import AuditSummary
 from gradcam_repro.pipeline.experiment import load_models
 from gradcam_repro.pipeline.folders import AuditFolder, ExperimentFolder, RunFolder, model_files
 from gradcam_repro.pipeline.progress import as_reporter
@@ -256,3 +258,29 @@ def write_audit(folder: AuditFolder, result: AuditResult, examples: dict) -> Aud
     result = replace(result, figures=tuple(saved))
     folder.write(result.to_dict(), audit_report.audit_markdown(result))
     return result
+
+
+# The benchmark audits each cell's model with its artefact pasted on this share of the target class's test
+# images (as `--patch-test-fraction 0.5` does): half carry it, so the audit must split the class to find it.
+CELL_PATCH_TEST_FRACTION = 0.5
+
+
+def audit_cell(model: torch.nn.Module, config: Config, data: ImageData, runtime: Runtime,
+               transplant_images: int = spray.TRANSPLANT_IMAGES) -> AuditSummary:
+    """The benchmark's audit of one cell's model (default explainer and layer, the cell's seed) on its test
+    images, the cell's artefact pasted on a seeded CELL_PATCH_TEST_FRACTION of the target class's."""
+    start = time.perf_counter()
+    target = data.class_index(config.bias_class)
+    artefact = patch_artefact(BiasSpec.from_config(config).patch, tuple(data.test_images.shape[-2:]), config.bias_class)
+    images, patched, masks = plant(data.test_images, data.test_labels, target, CELL_PATCH_TEST_FRACTION, config.seed,
+                                   artefact)
+    test = EvalSet(images, data.test_labels, tuple(data.classes), patched=patched, planted_box=artefact.box,
+                   planted_masks=masks if artefact.box is None else None)
+    settings = spray.AuditSettings(seed=config.seed, transplant_images=transplant_images)
+    found, _ = spray.audit_model(model, test, settings, runtime)
+    mine = next((c for c in found["candidates"] if c["class"] == config.bias_class), None)
+    return AuditSummary(
+        config.bias_class, tuple(found["confirmed"]), mine["verdict"] if mine else "not tested",
+        mine["test"] if mine else None, mine.get("iou_with_planted_box") if mine else None,
+        Interval.from_dict(mine["transplant_flip"]) if mine else None,
+        tuple(u["class"] for u in found["unexplained"]), time.perf_counter() - start)

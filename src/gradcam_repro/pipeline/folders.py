@@ -250,6 +250,16 @@ class StudyFolder(WrittenFolder):
         return store.read_json(self.study_json, fix=fix)
 
 
+class BenchmarkFolder(StudyFolder):
+    """A benchmark's folder: a study's (grid.json, cells/, experiments/) plus BENCHMARK.json and BENCHMARK.md."""
+
+    FILES = {**StudyFolder.FILES, "benchmark_json": "BENCHMARK.json", "benchmark_md": "BENCHMARK.md"}
+
+    def write_benchmark(self, result: dict, markdown: str) -> None:
+        store.write_json(self.benchmark_json, result)
+        store.write_text(self.benchmark_md, markdown)
+
+
 def model_files(target: str | Path) -> dict[str, Path]:
     """{name: model.pt} for a run folder (every experiment), an experiment folder or a model.pt file."""
     target = Path(target)

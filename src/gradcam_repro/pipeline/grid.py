@@ -144,7 +144,12 @@ def cell_key(axes: dict, config: Config, spec: ExperimentSpec, methods: tuple[st
 def plan_study(grid: StudyGrid, out: str, log=print) -> StudyPlan:
     """Validate every cell, load each distinct dataset once and key every cell; writes nothing."""
     combos = grid.combinations()
-    configs = [cell_config(grid, axes, out) for axes in combos]
+    return plan_cells(grid, combos, [cell_config(grid, axes, out) for axes in combos], log)
+
+
+def plan_cells(grid: StudyGrid, combos: list[dict], configs: list[Config], log=print) -> StudyPlan:
+    """The plan of cells with these axis values and validated configs (a study's grid, or any other list of
+    cells, such as the benchmark's): each distinct dataset loaded once, every cell keyed; writes nothing."""
     data: dict[str, ImageData] = {}
     for config in configs:
         key = data_key(config)

@@ -118,6 +118,10 @@ def artefact_from_audit(path: Path) -> Artefact:
         raise UserError(f"audit {file} confirmed no shortcut, so there is no artefact to remove; "
                         "fix: pass --box top,left,bottom,right or repair with the run's own patch (no --from-audit)")
     best = confirmed[0]
+    if best.per_image:
+        raise UserError(f"audit {file} confirmed {best.class_name} by its per-image test (an artefact that moves), and "
+                        "repair removes an artefact at one fixed place only; fix: repair with the run's own artefact "
+                        "(no --from-audit), or pass --box top,left,bottom,right")
     box = best.box_tlbr_px
     source = f"audit {file} (rank {best.rank}, {best.class_name}, {best.kind})"
     if best.pixels is not None:
@@ -139,7 +143,12 @@ def resolve_artefact(run_dir: Path, p: Prepared, biased: Experiment, options: Re
         target = p.data.class_index(cfg.bias_class)
         return artefacts.from_images(options.box, images[labels == target], cfg.bias_class, "box given with --box")
     bias = biased.spec.bias
-    return patch_artefact(bias.patch, tuple(p.data.test_images.shape[-2:]), bias.class_name, "the run's planted patch")
+    artefact = patch_artefact(bias.patch, tuple(p.data.test_images.shape[-2:]), bias.class_name, "the run's planted patch")
+    if not isinstance(artefact, Artefact):
+        raise UserError(f"the run's artefact is a {bias.kind} at {bias.corner} places, and repair pastes and removes "
+                        "the seed's kind only (a solid square at a corner) for now; fix: pass --box top,left,bottom,right "
+                        "for a fixed-place artefact, or repair a square-patch run")
+    return artefact
 
 
 def repaired_name(options: RepairOptions) -> str:

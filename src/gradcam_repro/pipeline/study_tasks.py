@@ -17,8 +17,9 @@ from gradcam_repro.config import Config
 from gradcam_repro.data.images import EvalSet, ImageData
 from gradcam_repro.errors import UserError
 from gradcam_repro.measure.shortcut import measure_methods
-from gradcam_repro.measure.study_results import CellMetrics, StudyCellResult
+from gradcam_repro.measure.study_results import AuditSummary, CellMetrics, StudyCellResult
 from gradcam_repro.pipeline import engine
+from gradcam_repro.pipeline.audit import audit_cell
 from gradcam_repro.pipeline.eta import EtaPace, progress_line
 from gradcam_repro.pipeline.experiment import train_experiment
 from gradcam_repro.pipeline.folders import ExperimentFolder, StudyFolder
@@ -71,7 +72,8 @@ class StudyOptions:
 @dataclass(frozen=True)
 class SpecTask:
     """One Ray task: train `spec` once (or restore it from `experiment_files`), then measure every cell in
-    `cells` ((cell key, config) pairs) with `methods`, with torch on `threads` threads on `device`."""
+    `cells` ((cell key, config) pairs) with `methods`, with torch on `threads` threads on `device`; `audit`: also
+    audit each cell's model (`pipeline.audit.audit_cell`, the benchmark's cells)."""
 
     spec: ExperimentSpec
     name: str
@@ -81,10 +83,12 @@ class SpecTask:
     device: str
     data_key: str
     experiment_files: dict[str, bytes] | None = None
+    audit: bool = False
 
 
-def pending_tasks(plan: StudyPlan, options: StudyOptions) -> list[SpecTask]:
-    """One task per distinct spec among the unfinished cells (all cells with `force`), in grid order.
+def pending_tasks(plan: StudyPlan, options: StudyOptions, audit: bool = False) -> list[SpecTask]:
+    """One task per distinct spec among the unfinished cells (all cells with `force`), in grid order; `audit`:
+    each task also audits its cells' model.
 
     A spec already trained in `<out>/experiments/` travels with its task as file contents, so the worker
     reuses it without a shared file system.
@@ -103,7 +107,7 @@ def pending_tasks(plan: StudyPlan, options: StudyOptions) -> list[SpecTask]:
         device = config.device if config.device != "auto" else ("cuda" if options.gpus_per_cell > 0 else "cpu")
         name = "baseline " + cell_label({"seed": spec.seed}) if spec.bias is None else cell_label(cells[0].axes)
         tasks.append(SpecTask(spec, name, tuple((c.key, c.config) for c in cells), plan.grid.methods,
-                              options.cpus_per_cell, device, cells[0].data_key, files))
+                              options.cpus_per_cell, device, cells[0].data_key, files, audit))
     return tasks
 
 
@@ -132,6 +136,8 @@ def run_spec_task(data: ImageData, task: SpecTask) -> dict:
         p = prepared_from_data(config, data, runtime)
         test = EvalSet(p.data.test_images, p.data.test_labels, p.data.classes, p.data.test_masks)
         cells[key] = measure_methods(experiment.model, test, shortcut_protocol(p), task.methods, runtime)
+        if task.audit:
+            cells[key]["audit"] = audit_cell(experiment.model, p.config, p.data, runtime).to_dict()
         evaluate_s[key] = time.perf_counter() - start
     return {"node_id": ray.get_runtime_context().get_node_id(), "files": files, "cells": cells,
             "model_sha256": experiment.record.get("model_sha256"), "seconds": {"train": train_s, "evaluate": evaluate_s},
@@ -158,7 +164,8 @@ def save_task_result(out: Path, task: SpecTask, plan: StudyPlan, result: dict) -
             CellMetrics.from_dict(measured["model"]), measured["uniform"], measured["n"], settings(),
             result["node_id"], task.threads, result["environment"],
             {"train": result["seconds"]["train"], "evaluate": result["seconds"]["evaluate"][key]},
-            restored_experiment=task.experiment_files is not None)
+            restored_experiment=task.experiment_files is not None,
+            audit=AuditSummary.from_dict(measured["audit"]) if "audit" in measured else None)
         study.write_cell(key, written[key].to_dict())
     return written
 
