@@ -15,10 +15,11 @@ from torch import nn
 from gradcam_repro.cli import main
 from gradcam_repro.config import Config
 from gradcam_repro.data.artefact import fill_from_ring, median_pixels, paste_pixels
-from gradcam_repro.data.bias import bias_dataset, inject_patch, patch_box
+from gradcam_repro.data.bias import bias_dataset, inject_patch, patch_box, plant
 from gradcam_repro.data.images import EvalSet, ImageData
 from gradcam_repro.data.registry import Dataset
 from gradcam_repro.data.shapes import SHAPES_CLASSES, make_shapes
+from gradcam_repro.data.zoo import Planted
 from gradcam_repro.measure import spray
 from gradcam_repro.measure.predict import predict
 from gradcam_repro.runtime import Runtime
@@ -322,3 +323,44 @@ def test_an_empty_dataset_is_refused(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "dataset shapes from an empty folder has no test images; fix:" in err and err.count("\n") == 1
     assert not (tmp_path / "out" / "audit.json").exists()
+
+
+# ----- an artefact that moves ----------------------------------------------------------------------------------
+
+MOVING = Planted(kind="logo", size=5, color=(255, 0, 0), placement="random", image_size=32)
+
+
+@pytest.mark.slow  # trains a small CNN on 2,000 images
+def test_a_logo_at_a_new_place_on_every_image_is_found_by_the_per_image_test(shapes):
+    train_x, train_y, test_x, test_y = shapes
+    model = train_small_cnn(bias_dataset(train_x, train_y, TARGET, 1.0, 0, artefact=MOVING)[0], train_y)
+    others = test_y != TARGET
+    flip = (predict(model, MOVING.apply(test_x[others], seed=5)[0], CPU) == TARGET).float().mean().item()
+    assert flip >= 0.7  # it relies on the moving logo, wherever it is
+    images, patched, masks = plant(test_x, test_y, TARGET, 0.5, 0, MOVING)
+    data = EvalSet(images, test_y, tuple(SHAPES_CLASSES), patched=patched, planted_masks=masks)
+    result, _ = spray.audit_model(model, data, spray.AuditSettings(layer="conv2"), CPU)
+    found = result["candidates"][0]  # the strongest finding of all classes
+    assert (found["class"], found["verdict"], found["test"]) == (SHORTCUT, spray.MOVING, spray.PER_IMAGE_TEST), \
+        [(c["class"], c["verdict"], c["test"]) for c in result["candidates"]]
+    assert result["confirmed"] == [] and "pixels" not in found  # a moving region is a finding, not a fixed artefact
+    # Its own regions are pasted where they were: the rate agrees with what the real logo does.
+    assert found["transplant_flip"]["low"] >= 0.5 and found["occluded_flip"]["high"] < 0.2
+    assert found["iou_with_planted_box"] > 0.2  # the regions hold the logo (an artefact-sized box around it)
+    assert [t["test"] for t in found["also_tested"]] == [spray.FIXED_TEST]
+
+
+def test_concentrated_relevance_that_no_test_explains_is_reported_not_dropped():
+    def record(fixed: float, peak: float) -> dict:
+        return {"clusters": [{"cluster": 0, "n": 50, "score": fixed}], "peak_clusters": [{"cluster": 0, "n": 50, "score": peak}]}
+
+    classes = {"a": record(2.0, 3.0), "b": record(2.1, 3.1), "c": record(2.2, 2.9), "d": record(2.0, 6.0),
+               "e": {"n_images": 3, "skipped": "too few"}}
+    none = {"verdict": spray.NONE}
+    flagged = spray.unexplained_classes(classes, [{"class": n, **none} for n in "abcd"])
+    assert [u["class"] for u in flagged] == ["d"] and flagged[0]["peak_ratio"] == pytest.approx(6.0 / 3.05)
+    assert "moving artefact" in flagged[0]["reason"]
+    # A class whose finding was confirmed is explained; nothing stands out in a flat model.
+    assert spray.unexplained_classes(classes, [{"class": "d", "verdict": spray.CONFIRMED}]) == []
+    flat = {n: record(2.0, 3.0) for n in "abc"}
+    assert spray.unexplained_classes(flat, []) == []

@@ -20,7 +20,8 @@ Rules, fixed before the benchmark was first run:
 - the audit *discovers* the artefact when it confirms the target class with a region that overlaps where the
   artefact was planted (IoU >= 0.5; per image for a per-image test). A kind with no place (frame, tint, noise)
   cannot be localised, so its discovery is never counted as a success; confirming the class, or flagging it as
-  unexplained concentration, is counted apart. Any confirmation on a control is a *false discovery*.
+  unexplained concentration, is counted apart. Any confirmation on a control is a *false discovery*. The audit's
+  per-image test never *confirms*: its "moving region" verdict is counted as a flag.
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ from dataclasses import dataclass
 
 from gradcam_repro.measure import scores
 from gradcam_repro.measure.results import PATCHED_TARGET, Interval
+from gradcam_repro.measure.spray import MOVING
 from gradcam_repro.measure.study_results import StudyCellResult
 
 DISCOVERY_IOU = 0.5
-CONFIRMED = "confirmed shortcut"
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,13 @@ def discovered(cell: StudyCellResult, localisable: bool) -> bool:
             and a.target_iou >= DISCOVERY_IOU)
 
 
+def flagged(cell: StudyCellResult) -> bool:
+    """The audit confirmed the target class, found a small moving region that decides it, or reported its relevance
+    as unexplained concentration: anything but an all-clear for it."""
+    a = cell.audit
+    return a.target in a.confirmed or a.target_verdict == MOVING or a.target in a.unexplained
+
+
 def transplant_agrees(cell: StudyCellResult) -> bool:
     """The audit's transplant rate for the target class overlaps the model's measured flip rate (95% intervals)."""
     a, flip = cell.audit, cell.metrics.flip_to_target["patch"]
@@ -181,7 +189,7 @@ def kind_summary(kind: str, dose: float, biased: list[StudyCellResult], controls
         Rate.of([relies(c) for c in biased]), Rate.of([relies_partly(c) for c in biased]),
         Rate.of([ignores(c) for c in controls]), Rate.of([discovered(c, localisable) for c in audited]),
         Rate.of([c.audit.target in c.audit.confirmed for c in audited]),
-        Rate.of([c.audit.target in c.audit.confirmed + c.audit.unexplained for c in audited]),
+        Rate.of([flagged(c) for c in audited]),
         Rate.of([transplant_agrees(c) for c in partly if c.audit is not None]),
         Rate.of([bool(c.audit.confirmed) for c in controls if c.audit is not None]))
 

@@ -10,11 +10,12 @@ import torch
 from gradcam_repro.explain.registry import PIXEL_METHODS, display_name
 from gradcam_repro.measure.audit_results import AuditCandidate, AuditResult, RankedCluster
 from gradcam_repro.measure.results import Interval
-from gradcam_repro.measure.spray import CANDIDATE, CONFIRMED, EXAMPLE_IMAGES, UNEXPLAINED
+from gradcam_repro.measure.spray import CANDIDATE, CONFIRMED, EXAMPLE_IMAGES, MOVING, UNEXPLAINED
 from gradcam_repro.report.figures import draw_box, layout_under_suptitle, overlay, to_hwc
 from gradcam_repro.report.format import interval
 
-VERDICT_COLOURS = {CONFIRMED: "tab:red", CANDIDATE: "tab:orange", "none": "tab:blue", "not tested": "0.75"}
+VERDICT_COLOURS = {CONFIRMED: "tab:red", MOVING: "tab:purple", CANDIDATE: "tab:orange", "none": "tab:blue",
+                   "not tested": "0.75"}
 PANEL_IN = 1.35  # inches per image panel
 
 
@@ -55,14 +56,19 @@ def overall_verdict(result: AuditResult) -> str:
     if result.confirmed:
         return f"confirmed shortcut: {', '.join(result.confirmed)}"
     candidates = [c.class_name for c in result.candidates if c.verdict == CANDIDATE]
-    parts = [f"no shortcut confirmed in the {len(result.candidates)} classes tested"]
+    moving = [c for c in result.candidates if c.verdict == MOVING]
+    parts = [f"no fixed-place shortcut confirmed in the {len(result.candidates)} classes tested"]
+    if moving:
+        parts.append("a small region that moves decides: " + ", ".join(
+            f"{c.class_name} ({100 * c.transplant_flip.mean:.0f}% of other images follow it)" for c in moving)
+            + " - a moving artefact or a small object; look at the examples")
     if candidates:
         parts.append(f"candidate only: {', '.join(candidates)}")
     if result.unexplained:
         parts.append("unexplained concentration: " + ", ".join(
             f"{u.class_name} ({max(u.fixed_place_ratio, u.peak_ratio, key=_finite):.1f}x the median class)"
             for u in result.unexplained) + " - possibly a non-local or moving artefact; not an all-clear")
-    elif not candidates:
+    elif not candidates and not moving:
         parts.append("no localised artefact found (a global one such as a colour cast has no region to find)")
     return "; ".join(parts)
 
@@ -352,7 +358,7 @@ def audit_figures(result: AuditResult, examples: dict) -> dict:
     figs = {"figures/audit_ranking.png": ranking_figure(result),
             "figures/audit_prototypes.png": prototypes_figure(result, examples)}
     for c in result.candidates:
-        if c.rank > CANDIDATE_FIGURES and c.verdict not in (CONFIRMED, CANDIDATE):
+        if c.rank > CANDIDATE_FIGURES and c.verdict not in (CONFIRMED, MOVING, CANDIDATE):
             continue
         draw = per_image_figure if c.per_image else candidate_figure
         figs[f"figures/audit_candidate_{c.rank}_{c.class_name}.png"] = draw(result, examples, c.rank)
