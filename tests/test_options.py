@@ -11,6 +11,7 @@ from gradcam_repro.config import Config
 from gradcam_repro.measure.comparison import CompareOptions
 from gradcam_repro.options import add_options, flag_name, from_args, has_flag, parse_color
 from gradcam_repro.pipeline.audit import AuditOptions
+from gradcam_repro.pipeline.benchmark import BenchmarkOptions
 from gradcam_repro.pipeline.repair import RepairOptions
 from gradcam_repro.pipeline.study_tasks import StudyOptions
 
@@ -87,7 +88,7 @@ def _dests(command: str) -> set[str]:
 
 @pytest.mark.parametrize("command, cls", [("run", Config), ("study", Config), ("audit", AuditOptions),
                                           ("repair", RepairOptions), ("compare", CompareOptions),
-                                          ("study", StudyOptions), ("study", StudyAxes)])
+                                          ("study", StudyOptions), ("study", StudyAxes), ("benchmark", BenchmarkOptions)])
 def test_every_field_of_each_options_class_has_a_flag(command, cls):
     missing = [f.name for f in dataclasses.fields(cls) if has_flag(f) and f.name not in _dests(command)]
     assert not missing, f"`{command}` has no flag for {cls.__name__} fields {missing}"
@@ -95,7 +96,8 @@ def test_every_field_of_each_options_class_has_a_flag(command, cls):
 
 def test_the_flags_keep_their_plain_names():
     assert [flag_name(f) for f in dataclasses.fields(StudyAxes)] == [
-        "--seeds", "--fractions", "--patch-sizes", "--patch-colors", "--bias-classes", "--presets", "--methods"]
+        "--seeds", "--fractions", "--patch-sizes", "--patch-colors", "--artefacts", "--placements", "--bias-classes",
+        "--presets", "--methods"]
     args = build_parser().parse_args(["study", "--fractions", "0", "0.5", "--patch-colors", "red", "0,0,255",
                                       "--train-resolutions", "16,24,32", "--cam-images", "all"])
     axes = from_args(StudyAxes, args)

@@ -13,16 +13,18 @@ The folders follow the pipeline, each stage a package that imports only from the
     measure/   `scores` (scores with bootstrap CIs), `predict`, `shortcut` (flip tests, energy in the patch),
                typed results (`results`: RunMetrics and its parts; `comparison_results`: MethodsResult, compare's
                methods.json; `audit_results`: AuditResult; `study_results`: StudyResult and its cells), `examples` (what the figures show), `sanity` (randomisation check),
-               `faithfulness` (deletion/insertion), `comparison` (every method x layer), `spray` (the audit's SpRAy
+               `faithfulness` (deletion/insertion), `comparison` (every method x layer), `detection` (the benchmark's
+               detection, false-alarm and discovery rates), `spray` (the audit's SpRAy
                clustering and causal tests), `moving` (the audit's per-image tests of an artefact that moves), `aggregate` (studies across seeds)
     report/    pure renderers of measured results: `format` (numbers), `figures`, `run_figures`, `markdown`,
                `html` (REPORT.html; its CSS and JS in report/assets/), `repair_table`, `audit_report`,
+               `benchmark_report`,
                `study_report`
     pipeline/  the side effects: `spec` (content-hashed experiment specs), `folders` (every path, read and write
                of a run, study or audit folder), `prepare`, `experiment` (train or reuse one spec), `progress`
                (what a command prints), `engine` (Ray), `parallel`; the commands `run` (run, evaluate, report),
-               `compare`, `explain_files`, `audit`, `repair`, `view`, and `study` with its `grid`,
-               `study_tasks` and `eta`
+               `compare`, `explain_files`, `audit`, `repair`, `view`, `benchmark` (which explanations and audits
+               catch which artefacts), and `study` with its `grid`, `study_tasks` and `eta`
 
 with `errors` (the one-line UserError), `config` (one dataclass, presets), `options` (an options dataclass
 as command-line flags), `runtime` (device, precision, seeds) and `store` (atomic files, readers, the run

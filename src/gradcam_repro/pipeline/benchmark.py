@@ -126,6 +126,7 @@ def run_benchmark(options: BenchmarkOptions, study: StudyOptions, settings: dict
     """Plan, run the unfinished cells on Ray (each trained once, measured and audited), then write BENCHMARK.json,
     BENCHMARK.md and the heat map; `UserError` after writing them when a cell failed."""
     wall = time.perf_counter()
+    options.validate()
     study.validate()
     store.check_writable(study.out)
     plan = plan_benchmark(options, settings, study.out, log)
