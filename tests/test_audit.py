@@ -293,6 +293,9 @@ def test_audit_command_writes_json_markdown_and_figures_for_a_run_folder(run_fol
     (["--classes", "toad"], "unknown class 'toad'; fix: pass --classes from circle"),
     # The untrained model calls every image "cross": a circle cluster would have no image.
     (["--classes", "circle"], "class 'circle' has 0 test image(s) predicted as it, fewer than the 20 needed"),
+    (["--artefact", "text"], "the artefact flags (--artefact, --placement, ...) need --patch-test-fraction"),
+    (["--patch-test-fraction", "0.5", "--artefact", "logo", "--opacity", "3"], "--opacity"),
+    (["--patch-test-fraction", "0.5", "--artefact", "tint", "--placement", "random"], "--placement random"),
 ])
 def test_bad_input_is_a_one_line_error_and_nothing_is_written(run_folder, capsys, flags, expected):
     code = main(["audit", str(run_folder), "--device", "cpu", *flags])
@@ -300,6 +303,15 @@ def test_bad_input_is_a_one_line_error_and_nothing_is_written(run_folder, capsys
     assert code == 2 and expected.format(run=run_folder) in err, err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not (run_folder / "audit" / "audit.json").exists()
+
+
+def test_the_artefact_pasted_for_checking_can_be_any_kind_and_place(run_folder, capsys):
+    code = main(["audit", str(run_folder), "--patch-test-fraction", "0.5", "--artefact", "text", "--placement", "random",
+                 "--jpeg-quality", "75", "--device", "cpu", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    pasted = json.loads((run_folder / "audit" / "audit.json").read_text())["dataset"]["patched_test"]
+    assert pasted["box_tlbr_px"] is None  # a new place on every image: no one box
+    assert (pasted["patch"]["kind"], pasted["patch"]["corner"], pasted["patch"]["jpeg_quality"]) == ("text", "random", 75)
 
 
 def test_a_checkpoint_of_another_architecture_is_refused(tmp_path, capsys):

@@ -61,6 +61,10 @@ DEVICE = _config_parent("device")
 DATA_ROOT = _config_parent("data_root")
 CAM = _config_parent("cam", "cam_layer", cam={"choices": CAM_METHODS})
 SHARED = ("device", "data_root")  # option fields whose flags come from the parents above
+# The artefact's flags (the run's, overridden for `audit --patch-test-fraction` where given).
+ARTEFACT_FIELDS = ("artefact", "patch_size", "patch_color", "patch_corner", "patch_offset", "artefact_text", "opacity",
+                   "strength", "jpeg_quality")
+ARTEFACT = _config_parent(*ARTEFACT_FIELDS)
 # Choices held by registries, which config.py (beneath every stage) cannot import.
 CONFIG_CHOICES = {"preset": {"choices": list(PRESETS)}, "dataset": {"choices": list(DATASETS)}}
 OUTPUT = _parent((["--quiet"], {"action": "store_true", "help": "print only errors and the final line (no progress bars, "
@@ -142,7 +146,7 @@ def _add_view_parser(sub) -> None:
 
 
 def _add_audit_parser(sub) -> None:
-    au = sub.add_parser("audit", parents=[DEBUG, DEVICE, DATA_ROOT, OUTPUT],
+    au = sub.add_parser("audit", parents=[DEBUG, DEVICE, DATA_ROOT, OUTPUT, ARTEFACT],
                         help="find and causally confirm a shortcut nobody told you about (SpRAy clustering of "
                              "explanations, then transplant/removal tests)",
                         description="Cluster each class's explanation maps spectrally (SpRAy), rank classes and clusters "
@@ -297,7 +301,8 @@ def _benchmark(args) -> None:
 
 
 def _audit(args) -> None:
-    options = from_args(AuditOptions, args)
+    given = tuple((k, getattr(args, k)) for k in ARTEFACT_FIELDS if getattr(args, k) is not None)
+    options = from_args(AuditOptions, args, pasted=given)
     reporter = reporter_for(args)
     done = audit(args.model, options, log=reporter)
     reporter.final(done.final_line)

@@ -67,6 +67,9 @@ class AuditOptions:
     patch_test_class: str | None = field(default=None, metadata={
         "help": "class whose test images get the patch", "default_text": "the run's bias class"})
     seed: int = field(default=0, metadata={"help": "seed of the subsets, the pasted share, clustering and bootstrap"})
+    # The artefact --patch-test-fraction pastes, where it differs from the run's: (Config field, value) pairs
+    # from the run's artefact flags (--artefact, --placement, --jpeg-quality, ...).
+    pasted: tuple[tuple[str, object], ...] = field(default=(), metadata={"cli": False})
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,8 @@ def check_options(options: AuditOptions) -> None:
     checks = [
         (f is None or 0.0 <= f <= 1.0, f"--patch-test-fraction must be in [0, 1], got {f}"),
         (options.patch_test_class is None or f is not None, "--patch-test-class needs --patch-test-fraction"),
+        (not options.pasted or f is not None, "the artefact flags (--artefact, --placement, ...) need --patch-test-fraction; "
+                                              "fix: add --patch-test-fraction F or drop them"),
         (options.candidates is None or options.candidates >= 1, f"--candidates must be >= 1, got {options.candidates}"),
         (options.images is None or options.images >= 10, f"--images must be >= 10, got {options.images}"),
     ]
@@ -180,7 +185,7 @@ def prepare_audit(target: str | Path, options: AuditOptions, log=print) -> Prepa
     check_options(options)
     found = resolve_target(target, options.experiment)
     config = replace(found.config, **{k: v for k, v in {"dataset": options.dataset, "data_root": options.data_root}.items()
-                                      if v is not None})
+                                      if v is not None}, **dict(options.pasted))
     runtime = Runtime.choose(options.device or "auto", config.precision)
     models, classes = load_models(found.model_path, runtime.device)
     model = next(iter(models.values()))
