@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from gradcam_repro.data.bias import inject_patch, patch_box
+from gradcam_repro.data.bias import patch_artefact
 from gradcam_repro.data.images import EvalSet
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.pixel import PIXEL_LAYER
@@ -27,7 +27,7 @@ from gradcam_repro.measure import faithfulness, sanity, scores
 from gradcam_repro.measure.comparison_results import CompareSettings, Faithfulness, MethodSanity, SanityStep, SanityVerdict
 from gradcam_repro.measure.predict import predict
 from gradcam_repro.measure.results import CamScores
-from gradcam_repro.measure.shortcut import Progress, score_maps, seeded_cap, staged
+from gradcam_repro.measure.shortcut import Progress, score_maps, seeded_cap, staged, uniform_share
 from gradcam_repro.model.resnet import normalize
 from gradcam_repro.runtime import Runtime
 
@@ -116,28 +116,32 @@ def compare_settings(options: CompareOptions, runtime: Runtime) -> CompareSettin
 
 
 def shortcut_evidence(models: dict[str, nn.Module], test: EvalSet, target: int, patch: dict, sweep: MethodSweep) -> dict:
-    """Patched target images each model calls target, explained for the target class, scored against the box.
+    """Patched target images each model calls target, explained for the target class, scored against each image's
+    artefact mask (the box, for the seed's square).
 
-    patch: `inject_patch` keywords. Returns {"shortcut": {method: {layer: {model name: CamScores}}},
+    patch: the artefact as `data.bias.patch_artefact` takes it. Returns {"shortcut": {method: {layer: {model name: CamScores}}},
     "uniform": {"energy_in_box", "pointing"}, "flags_shortcut": {method: {layer: bool}},
     "called_target": {model name: images explained}}.
     """
-    images = inject_patch(test.images[test.labels == target], **patch)
-    box = patch_box(images.shape[-1], patch["patch_size"], patch["corner"], patch["offset"])
+    artefact = patch_artefact(patch, tuple(test.images.shape[-2:]))
+    images, masks = artefact.apply(test.images[test.labels == target], seed=sweep.seed)
     shortcut: dict = {m: {} for m in sweep.methods}
     called_target = {}
     for name, model in models.items():
         called = predict(model, images, sweep.runtime) == target
-        chosen = images[seeded_cap(called.nonzero().squeeze(1), sweep.options.images, sweep.seed)]
+        rows = seeded_cap(called.nonzero().squeeze(1), sweep.options.images, sweep.seed)
+        chosen, chosen_masks = images[rows], masks[rows]
         called_target[name] = len(chosen)
         for method in sweep.methods:
-            batch = chosen[:sweep.options.cap(len(chosen), method)]
+            k = sweep.options.cap(len(chosen), method)
+            batch = chosen[:k]
             maps = explain_images(method, model, batch, torch.full((len(batch),), target), sweep.layers, sweep.runtime,
                                   progress=staged(sweep.progress, f"{name} {display_name(method)}"))
             for layer, m in maps.items():
-                shortcut[method].setdefault(layer, {})[name] = CamScores.from_dict(score_maps(m, box, sweep.seed))
-    size = images.shape[-1]
-    uniform = {"energy_in_box": scores.uniform_energy(box, size), "pointing": scores.uniform_pointing(box, size)}
+                scored = score_maps(m, None, sweep.seed, masks=chosen_masks[:k], tolerance=True)
+                shortcut[method].setdefault(layer, {})[name] = CamScores.from_dict(scored)
+    grown = scores.dilate_masks(masks, scores.POINTING_TOLERANCE_PX)
+    uniform = {"energy_in_box": uniform_share(masks), "pointing": uniform_share(grown)}
     flags = {m: {layer: flags_shortcut(s, uniform["energy_in_box"]) for layer, s in by_layer.items()}
              for m, by_layer in shortcut.items()}
     return {"shortcut": shortcut, "uniform": uniform, "flags_shortcut": flags, "called_target": called_target}
