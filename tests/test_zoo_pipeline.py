@@ -177,3 +177,24 @@ def test_transplant_ring_fill_and_ious_per_image():
     assert torch.equal(moving.mask_boxes(masks), boxes)
     iou = moving.boxes_iou(boxes, torch.tensor([[0, 0, 2, 4], [0, 0, 1, 1]]))
     assert iou.tolist() == [0.5, 0.0]
+
+
+@pytest.mark.slow  # trains two tiny shapes models
+def test_a_run_with_a_moving_watermark_measures_and_reports_on_each_images_mask(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["run", "--preset", "smoke", "--dataset", "shapes", "--epochs", "1", "--train-subset", "300",
+                 "--test-subset", "100", "--counterfactual-images", "40", "--cam-images", "16", "--figure-images", "2",
+                 "--artefact", "text", "--placement", "random", "--jpeg-quality", "75", "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["box_tlbr_px"] is None  # a new place on every image
+    pasted = metrics["counterfactual_patches"]
+    assert (pasted["patch"]["kind"], pasted["patch"]["corner"], pasted["patch"]["jpeg_quality"]) == ("text", "random", 75)
+    assert pasted["other_color"]["color"] == [0, 0, 255]  # the complement of the default yellow
+    text_box = Planted(kind="text", placement="random").footprint()
+    assert metrics["uniform"]["energy_in_box"] == pytest.approx(text_box[0] * text_box[1] / 1024)
+    report = (out / "REPORT.md").read_text()
+    assert "a text artefact '(c)'" in report and "at a random place on each image" in report
+    assert "each image's artefact mask" in (out / "REPORT.html").read_text()
+    assert (out / "figures" / "energy_distribution.png").is_file()
+    assert main(["report", str(out)]) == 0  # rebuilt from metrics.json alone

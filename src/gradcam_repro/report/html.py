@@ -27,7 +27,16 @@ from gradcam_repro.measure.comparison_results import MethodsResult, StaleMethods
 from gradcam_repro.measure.results import PATCHED_TARGET, Interval, RunMetrics
 from gradcam_repro.report.figures import CAM_ALPHA
 from gradcam_repro.report.format import as_interval, missing, number, percent, seconds
-from gradcam_repro.report.markdown import CAM_SET_LABELS, VARIANTS, cam_display_name, conclusions, method_name
+from gradcam_repro.report.markdown import (
+    CAM_SET_LABELS,
+    VARIANTS,
+    artefact_phrase,
+    cam_display_name,
+    conclusions,
+    is_square,
+    method_name,
+    where_text,
+)
 from gradcam_repro.report.repair_table import repair_table
 
 # Map PNGs are palette images: pixel value = round(255 * map), drawn with the figures' jet colormap.
@@ -170,8 +179,10 @@ def _facts(m: RunMetrics) -> str:
              f"{html.escape(env.get('gpu') or env['processor'])} ({html.escape(env['device'])})",
              f"torch {html.escape(env['torch'])}"]
     swatch = f'<span class="swatch" style="background:rgb{rgb}"></span>'
-    patch = (f"The <b>biased</b> model was trained with a {cfg['patch_size']}x{cfg['patch_size']} px patch {swatch} "
-             f"RGB {rgb} at the {html.escape(cfg['patch_corner'])} corner on {percent(cfg['bias_fraction'])} of its "
+    what = (f"a {cfg['patch_size']}x{cfg['patch_size']} px patch {swatch} RGB {rgb} at the "
+            f"{html.escape(cfg['patch_corner'])} corner" if is_square(cfg, m.box_tlbr_px)
+            else f"{html.escape(artefact_phrase(cfg, m.box_tlbr_px))} {swatch}")
+    patch = (f"The <b>biased</b> model was trained with {what} on {percent(cfg['bias_fraction'])} of its "
              f"training <i>{html.escape(cfg['bias_class'])}</i> images; the <b>baseline</b> never saw the patch.")
     return f'<p class="facts">{" · ".join(facts)}</p><p class="lede">{patch}</p>'
 
@@ -291,8 +302,8 @@ def _counterfactual(m: RunMetrics, figs: dict[str, bytes]) -> str:
 def _cam(m: RunMetrics, figs: dict[str, bytes]) -> str:
     cfg, s, models = m.config, m.settings, m.models
     cls, cam, u = html.escape(cfg["bias_class"]), html.escape(cam_display_name(m)), m.shortcut.uniform["energy_in_box"]
-    intro = (f'<p class="lede"><i>Energy in box</i>: the share of the map inside the {cfg["patch_size"]}x{cfg["patch_size"]} '
-             f"patch box (a uniform map: {u:.4f}). <i>Pointing game</i>: the map's maximum lies within "
+    intro = (f'<p class="lede"><i>Energy in box</i>: the share of the map inside {where_text(cfg, m.box_tlbr_px)} '
+             f"(a uniform map: {u:.4f}). <i>Pointing game</i>: the map's maximum lies within "
              f"{s['pointing_tolerance_px']} px of the box (a random peak: {m.shortcut.uniform['pointing']:.4f}). {cam} explains "
              f"the <i>{cls}</i> score.</p>")
     parts = [intro, _figure(figs, "figures/layer_sweep.png", f"{cam} by layer: energy in the patch box and pointing game")]

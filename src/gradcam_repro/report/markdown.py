@@ -64,7 +64,7 @@ def summary_markdown(m: RunMetrics) -> str:
     lines += ["", f"## Where {cam} looks on patched test {cls} images", "",
               f"Mean fraction of {cam} mass inside the patch, over patched test {cls} images each model predicts "
               f"as {cls} (n = {counts}), explaining the {cls} logit. A uniform map scores {uniform:.4f} "
-              f"({cfg['patch_size'] ** 2}/1024). Configured layer: `{layer}`.", "",
+              f"({where_text(cfg, m.box_tlbr_px, share=True)}). Configured layer: `{layer}`.", "",
               "| layer | " + " | ".join(models) + " | uniform |", "|---|" + "---|" * len(models) + "---|"]
     for lay in m.layers:
         cells = [f"{models[n].energy(lay, PATCHED_TARGET).mean:.4f}" for n in models]
@@ -207,7 +207,7 @@ def _cam_section(m: RunMetrics) -> list[str]:
     cfg, s, models, layer = m.config, m.settings, m.models, m.cam_layer
     cls, cam, u_box = cfg["bias_class"], cam_display_name(m), m.shortcut.uniform["energy_in_box"]
     lines = [f"## Where {cam} looks: energy in the patch box and pointing game, by layer", "",
-             f"Energy in box: fraction of the map's mass inside the {cfg['patch_size']}x{cfg['patch_size']} patch box "
+             f"Energy in box: fraction of the map's mass inside {where_text(cfg, m.box_tlbr_px)} "
              f"(uniform map: {u_box:.4f}). Pointing game: the map's maximum lies within {s['pointing_tolerance_px']} px "
              f"of the box (a map peaking at a random pixel: {m.shortcut.uniform['pointing']:.4f}). "
              f"{cam} explains the *{cls}* logit.", ""]
@@ -264,6 +264,19 @@ def _localisation_section(m: RunMetrics) -> list[str]:
             cells += [interval(st.energy), interval(st.pointing)]
         lines.append(f"| `{lay}` | " + " | ".join(cells) + " |")
     return lines
+
+
+def is_square(cfg: dict, box: list[int] | None) -> bool:
+    """Whether the run planted the seed's kind of artefact: a square at one fixed box."""
+    return cfg.get("artefact", "square") == "square" and box is not None
+
+
+def where_text(cfg: dict, box: list[int] | None, share: bool = False) -> str:
+    """What the energy is measured in: "the 6x6 patch box" for the seed's square (its area as "36/1024" with
+    `share`), else "each image's artefact mask" ("the masks' mean share of the image")."""
+    if is_square(cfg, box):
+        return f"{cfg['patch_size'] ** 2}/1024" if share else f"the {cfg['patch_size']}x{cfg['patch_size']} patch box"
+    return "the artefact masks' mean share of the image" if share else "each image's artefact mask"
 
 
 def artefact_phrase(cfg: dict, box: list[int] | None) -> str:
