@@ -111,15 +111,27 @@ def benchmark_result(plan: StudyPlan, options: BenchmarkOptions, cells: dict[str
     kinds = {k: zoo.KINDS[RECIPES[k].flags.get("artefact", "square")].placed for k in options.kinds}
     layers = {m: map_layers(m, sweep_layers(config.cam_layer)) for m in options.methods}
     summaries, found = summarise(done, kinds, tuple(options.doses), layers)
-    mean = (lambda xs: statistics.fmean(xs) if xs else float("nan"))  # noqa: E731
-    seconds = {"train_per_cell": mean([c.seconds["train"] for c in done]),
-               "evaluate_per_cell": mean([c.seconds["evaluate"] for c in done]), "wall": wall_s}
+    seconds = {**cost(plan, done), "wall": wall_s}
     environment = done[0].environment if done else {}
     return BenchmarkResult({k: {"flags": {f: list(v) if isinstance(v, tuple) else v for f, v in RECIPES[k].flags.items()},
                                 "help": RECIPES[k].help} for k in options.kinds},
                            tuple(options.seeds), tuple(options.doses), layers, tuple(summaries), tuple(found),
                            {"total": len(plan.cells), "done": len(done), "failed": failed}, seconds, options.preset,
                            environment, rules())
+
+
+def cost(plan: StudyPlan, done: list[StudyCellResult]) -> dict[str, float]:
+    """Worker seconds per trained model and per measured (and audited) cell, means over the finished ones (models
+    restored from an earlier call left out), and what the whole grid costs in worker seconds: one slot's wall
+    time, to be divided by the slots of a machine or cluster (a slot: one worker with --cpus-per-cell threads)."""
+    def mean(xs: list[float]) -> float:
+        return statistics.fmean(xs) if xs else float("nan")
+
+    trained = {c.spec_key: c.seconds["train"] for c in done if not c.restored_experiment}
+    per_model, per_cell = mean(list(trained.values())), mean([c.seconds["evaluate"] for c in done])
+    models = len({c.spec.key for c in plan.cells})
+    return {"train_per_model": per_model, "evaluate_per_cell": per_cell, "models": models,
+            "grid_worker_s": models * per_model + len(plan.cells) * per_cell}
 
 
 def run_benchmark(options: BenchmarkOptions, study: StudyOptions, settings: dict, log=print) -> BenchmarkResult:

@@ -53,8 +53,12 @@ def benchmark_markdown(result: BenchmarkResult, figures: dict | None = None) -> 
              f"{', '.join(f'{d:g}' for d in result.doses)} (and a clean control per seed, shared by every kind); "
              f"{result.cells['done']} of {result.cells['total']} cells finished"
              + (f", {result.cells['failed']} failed" if result.cells["failed"] else "") + f". Machine: {machine}. "
-             f"Per cell: {s['train_per_cell']:.0f} s training (shared among the cells of one model), "
-             f"{s['evaluate_per_cell']:.0f} s measuring and auditing; this call took {s['wall']:.0f} s.", "",
+             f"Cost, in one worker's seconds: {s['train_per_model']:.0f} s to train a model (one per seed and "
+             f"kind and dose, and one control per seed: {s['models']:.0f} models), {s['evaluate_per_cell']:.0f} s to "
+             f"measure and audit a cell; the whole grid {s['grid_worker_s'] / 60:.0f} worker-minutes, so "
+             f"{s['grid_worker_s'] / 120:.0f} min on 2 workers and {s['grid_worker_s'] / 960:.0f} min on a 16-worker "
+             f"Ray cluster (tasks are independent, so the time divides by the workers up to the {s['models']:.0f} "
+             f"models). This call took {s['wall']:.0f} s.", "",
              "## The artefacts", "", "| kind | what | flags |", "|---|---|---|"]
     lines += [f"| {k} | {r['help']} | `{r['flags']}` |" for k, r in result.recipes.items()] + [""]
     lines += ["## Reliance and the audit, per kind", "", *_kind_rows(result)]
