@@ -198,3 +198,15 @@ def test_a_run_with_a_moving_watermark_measures_and_reports_on_each_images_mask(
     assert "each image's artefact mask" in (out / "REPORT.html").read_text()
     assert (out / "figures" / "energy_distribution.png").is_file()
     assert main(["report", str(out)]) == 0  # rebuilt from metrics.json alone
+
+
+def test_study_cells_keep_the_keys_they_had_before_the_zoo():
+    from gradcam_repro.pipeline.grid import DEFAULT_METHODS, StudyGrid, plan_study
+
+    grid = StudyGrid({"preset": "smoke", "dataset": "shapes"}, {"seed": (0,), "bias_fraction": (0.0, 1.0)}, DEFAULT_METHODS)
+    keys = sorted(c.key for c in plan_study(grid, "unused", log=lambda line: None).cells)
+    # Written by commit 193facf (before artefact kinds existed) for this grid: a study made then resumes as it is.
+    assert keys == ["654f70f6e1a7fa42", "ddf4ec67aae72952"]
+    text = StudyGrid({"preset": "smoke", "dataset": "shapes", "artefact": "text"}, {"seed": (0,), "bias_fraction": (1.0,)},
+                     DEFAULT_METHODS)
+    assert plan_study(text, "unused", log=lambda line: None).cells[0].key not in keys

@@ -133,9 +133,16 @@ def data_key(config: Config) -> str:
     return json.dumps([config.dataset, *[getattr(config, name) for name in dataset.reads]])
 
 
+# Config fields the artefact zoo added, with the values that mean the seed's square: a cell that has them keeps the
+# key it had before they existed, so that studies made earlier resume without measuring their cells again.
+ZOO_FIELD_DEFAULTS = {"artefact": "square", "artefact_text": "(c)", "opacity": 1.0, "strength": None,
+                      "jpeg_quality": None}
+
+
 def cell_key(axes: dict, config: Config, spec: ExperimentSpec, methods: tuple[str, ...]) -> str:
     """A 16-hex-digit hash of everything that determines a cell's numbers (its spec key included)."""
-    evaluation = {k: v for k, v in config.to_dict().items() if k not in NOT_EVALUATION}
+    evaluation = {k: v for k, v in config.to_dict().items() if k not in NOT_EVALUATION
+                  and not (k in ZOO_FIELD_DEFAULTS and v == ZOO_FIELD_DEFAULTS[k])}
     text = json.dumps({"version": CELL_VERSION, "spec": spec.key, "axes": axes, "evaluation": evaluation,
                        "methods": list(methods)}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
