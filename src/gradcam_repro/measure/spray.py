@@ -105,8 +105,8 @@ CANDIDATE_REMOVAL_RATE = 0.5
 CONFIRMED, CANDIDATE, NONE = "confirmed shortcut", "candidate only", "none"
 # - "moving region": the per-image test passes the bar of "confirmed" (each image's own region, pasted where it
 #   was, alone turns a majority of other classes' images into the class, above both controls). It is not called a
-#   confirmed shortcut: on the shapes set the same test passes for the ring class of a model that was never shown
-#   an artefact (its small ring outlines, pasted elsewhere, make images "ring": 57%), so it cannot tell a moving
+#   confirmed shortcut: on the shapes set the same test passes for the ring class, whose images never carried an
+#   artefact (its small ring outlines, pasted elsewhere, make images "ring": 57%), so it cannot tell a moving
 #   artefact from a small object. It is reported as a finding to look at, with its examples, never as "none".
 MOVING = "moving region"
 VERDICT_ORDER = (CONFIRMED, MOVING, CANDIDATE, NONE)  # a class keeps its strongest finding, in this order, then by effect
