@@ -368,11 +368,30 @@ def test_concentrated_relevance_that_no_test_explains_is_reported_not_dropped():
 
     classes = {"a": record(2.0, 3.0), "b": record(2.1, 3.1), "c": record(2.2, 2.9), "d": record(2.0, 6.0),
                "e": {"n_images": 3, "skipped": "too few"}}
-    none = {"verdict": spray.NONE}
+    rates = {"transplant_flip": {"mean": 0.05, "low": 0.03, "high": 0.07}, "occluded_flip": {"mean": 0.05, "low": 0.03, "high": 0.07},
+             "untouched": {"mean": 0.05, "low": 0.03, "high": 0.07}}
+    none = {"verdict": spray.NONE, **rates}
     flagged = spray.unexplained_classes(classes, [{"class": n, **none} for n in "abcd"])
     assert [u["class"] for u in flagged] == ["d"] and flagged[0]["peak_ratio"] == pytest.approx(6.0 / 3.05)
-    assert "moving artefact" in flagged[0]["reason"]
+    assert "moving or non-local artefact" in flagged[0]["reason"]
     # A class whose finding was confirmed is explained; nothing stands out in a flat model.
-    assert spray.unexplained_classes(classes, [{"class": "d", "verdict": spray.CONFIRMED}]) == []
+    assert spray.unexplained_classes(classes, [{"class": "d", **rates, "verdict": spray.CONFIRMED}]) == []
     flat = {n: record(2.0, 3.0) for n in "abc"}
     assert spray.unexplained_classes(flat, []) == []
+
+
+def test_a_class_whose_regions_move_far_more_images_than_the_median_class_is_flagged_below_the_bar():
+    def tested(name: str, mean: float, low: float) -> dict:
+        return {"class": name, "verdict": spray.NONE, "transplant_flip": {"mean": mean, "low": low, "high": mean + 0.03},
+                "occluded_flip": {"mean": 0.03, "low": 0.02, "high": 0.04}, "untouched": {"mean": 0.04, "low": 0.03, "high": 0.05}}
+
+    same = {"clusters": [{"cluster": 0, "n": 50, "score": 2.0}], "peak_clusters": [{"cluster": 0, "n": 50, "score": 3.0}]}
+    classes = {n: same for n in "abcde"}
+    # A corner text a model relies on at 32%: its regions move 35%, the other classes' about 10%.
+    candidates = [tested("a", 0.35, 0.32), tested("b", 0.14, 0.12), tested("c", 0.10, 0.08), tested("d", 0.11, 0.09),
+                  tested("e", 0.07, 0.05)]
+    (flag,) = spray.unexplained_classes(classes, candidates)
+    assert flag["class"] == "a" and flag["effect_ratio"] == pytest.approx(0.35 / 0.11)
+    assert "moves 35% of other images" in flag["reason"]
+    # Below 10%, or within 1.5x of the median, nothing is flagged.
+    assert spray.unexplained_classes(classes, [tested("a", 0.14, 0.12)] + candidates[1:]) == []

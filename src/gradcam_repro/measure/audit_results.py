@@ -197,21 +197,25 @@ class AlsoTested:
 
 @dataclass(frozen=True)
 class Unexplained:
-    """A class whose relevance stands out (ratios to the median class's best group, by fixed-place and by peak
-    score; NaN where it has no such group) although no causal test of it found anything, and what that means."""
+    """A class that stands out from the median class (ratios of its best group's fixed-place and peak scores, NaN
+    where it has no such group, and of its transplant rate where pasting moved images) although no causal test of
+    it passed, and what that means."""
 
     class_name: str
     fixed_place_ratio: float
     peak_ratio: float
     reason: str
+    effect_ratio: float | None = None  # its transplant rate over the median class's, where it moved images
 
     def to_dict(self) -> dict:
-        return {"class": self.class_name, "fixed_place_ratio": self.fixed_place_ratio, "peak_ratio": self.peak_ratio,
-                "reason": self.reason}
+        out = {"class": self.class_name, "fixed_place_ratio": self.fixed_place_ratio, "peak_ratio": self.peak_ratio,
+               "reason": self.reason}
+        return _optional(out, effect_ratio=self.effect_ratio)
 
     @classmethod
     def from_dict(cls, values: dict, what: str = "an unexplained concentration") -> Unexplained:
-        return cls(*(_get(values, k, what) for k in ("class", "fixed_place_ratio", "peak_ratio", "reason")))
+        return cls(*(_get(values, k, what) for k in ("class", "fixed_place_ratio", "peak_ratio", "reason")),
+                   values.get("effect_ratio"))
 
 
 @dataclass(frozen=True)

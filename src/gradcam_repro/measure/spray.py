@@ -633,26 +633,41 @@ def tested_classes(ranked: list[dict], classes: dict[str, dict], count: int | No
     return order if count is None else order[:count]
 
 
+def _effects(candidates: list[dict]) -> tuple[dict[str, float], float]:
+    """{class: its finding's transplant rate, where that rate is at least CANDIDATE_FLIP_RATE and above both
+    controls (lower vs upper bounds)}, and the median transplant rate over every tested class."""
+    rates = [c["transplant_flip"]["mean"] for c in candidates]
+    strong = {c["class"]: c["transplant_flip"]["mean"] for c in candidates
+              if c["transplant_flip"]["low"] >= CANDIDATE_FLIP_RATE and effect(c) > 0}
+    return strong, float(np.median(rates)) if rates else float("nan")
+
+
 def unexplained_classes(classes: dict[str, dict], candidates: list[dict]) -> list[dict]:
-    """Classes whose relevance stands out (best group >= UNEXPLAINED_RATIO x the median class's, by fixed-place or by
-    peak score) although no test of theirs found anything: possibly a non-local or moving artefact."""
+    """Classes with no finding that stand out from the median class by UNEXPLAINED_RATIO or more: by where relevance
+    concentrates (best group's fixed-place or peak score), or by what pasting their regions does (a transplant rate
+    of at least CANDIDATE_FLIP_RATE above both controls, below the bar of a finding). Possibly a partial, moving or
+    non-local artefact; never reported as "none"."""
     found = {c["class"] for c in candidates if c["verdict"] != NONE}
     best = {name: (_best(rec["clusters"]), _best(rec["peak_clusters"])) for name, rec in classes.items()
             if "clusters" in rec}
     fixed = {n: b[0]["score"] for n, b in best.items() if b[0] is not None}
     peak = {n: b[1]["score"] for n, b in best.items() if b[1] is not None}
-    medians = {"fixed_place": float(np.median(list(fixed.values()))) if fixed else float("nan"),
-               "peak": float(np.median(list(peak.values()))) if peak else float("nan")}
+    (strong, median_effect), nan = _effects(candidates), float("nan")
+    medians = {"fixed_place": float(np.median(list(fixed.values()))) if fixed else nan,
+               "peak": float(np.median(list(peak.values()))) if peak else nan}
     out = []
     for name in best:
-        ratios = {"fixed_place": fixed.get(name, float("nan")) / medians["fixed_place"],
-                  "peak": peak.get(name, float("nan")) / medians["peak"]}
+        ratios = {"fixed_place": fixed.get(name, nan) / medians["fixed_place"], "peak": peak.get(name, nan) / medians["peak"],
+                  "effect": strong.get(name, nan) / median_effect if median_effect > 0 else nan}
         if name in found or not any(r >= moving.UNEXPLAINED_RATIO for r in ratios.values()):
             continue
-        out.append({"class": name, "fixed_place_ratio": ratios["fixed_place"], "peak_ratio": ratios["peak"],
-                    "reason": (f"its relevance is {max(ratios.values()):.1f}x as concentrated as the median class's, yet "
-                               "no region it points at moves other images to it: possibly a non-local or moving artefact, "
-                               "or one this audit cannot transplant")})
+        why = (f"pasting its regions moves {strong[name]:.0%} of other images to it, {ratios['effect']:.1f}x the median "
+               "class's, below the bar of a finding" if ratios["effect"] >= moving.UNEXPLAINED_RATIO else
+               f"its relevance is {max(ratios['fixed_place'], ratios['peak']):.1f}x as concentrated as the median "
+               "class's, yet no region it points at moves other images to it")
+        record = {"class": name, "fixed_place_ratio": ratios["fixed_place"], "peak_ratio": ratios["peak"],
+                  "reason": why + ": possibly a partial, moving or non-local artefact, or one this audit cannot transplant"}
+        out.append(record | ({"effect_ratio": ratios["effect"]} if ratios["effect"] == ratios["effect"] else {}))
     return out
 
 

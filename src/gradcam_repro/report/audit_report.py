@@ -66,7 +66,8 @@ def overall_verdict(result: AuditResult) -> str:
         parts.append(f"candidate only: {', '.join(candidates)}")
     if result.unexplained:
         parts.append("unexplained concentration: " + ", ".join(
-            f"{u.class_name} ({max(u.fixed_place_ratio, u.peak_ratio, key=_finite):.1f}x the median class)"
+            f"{u.class_name} ({max(u.fixed_place_ratio, u.peak_ratio, u.effect_ratio or float('nan'), key=_finite):.1f}x "
+            "the median class)"
             for u in result.unexplained) + " - possibly a non-local or moving artefact; not an all-clear")
     elif not candidates and not moving:
         parts.append("no localised artefact found (a global one such as a colour cast has no region to find)")
