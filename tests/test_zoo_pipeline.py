@@ -13,7 +13,7 @@ from gradcam_repro.config import Config
 from gradcam_repro.data.artefact import Artefact
 from gradcam_repro.data.bias import patch_artefact, plant
 from gradcam_repro.data.images import EvalSet
-from gradcam_repro.data.zoo import Planted
+from gradcam_repro.data.zoo import Planted, box_masks
 from gradcam_repro.measure import moving, scores
 from gradcam_repro.measure.shortcut import ShortcutProtocol, measure_shortcut, score_maps, uniform_share
 from gradcam_repro.pipeline.spec import BiasSpec, ExperimentSpec
@@ -166,7 +166,7 @@ def test_transplant_ring_fill_and_ious_per_image():
     sources = torch.full((2, 3, 8, 8), 200, dtype=torch.uint8)
     destinations = torch.zeros(3, 3, 8, 8, dtype=torch.uint8)
     boxes = torch.tensor([[0, 0, 2, 2], [4, 4, 8, 8]])
-    masks = moving.box_masks(boxes, (8, 8))
+    masks = box_masks(boxes, 8, 8)
     pasted = moving.transplant(destinations, sources, masks)
     assert pasted[0, :, :2, :2].eq(200).all() and pasted[1, :, 4:, 4:].eq(200).all() and pasted[2, :, :2, :2].eq(200).all()
     assert int((pasted > 0).sum()) == 3 * (4 + 16 + 4)

@@ -93,14 +93,6 @@ def capped_box(box, peak: tuple[int, int], size: tuple[int, int], max_share: flo
     return [top, left, top + side, left + side]
 
 
-def box_masks(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(N, 4) boxes -> (N, H, W) bool masks, True inside each image's box."""
-    rows = torch.arange(size[0])[None, :, None]
-    cols = torch.arange(size[1])[None, None, :]
-    t, l, b, r = (boxes[:, i, None, None] for i in range(4))
-    return (rows >= t) & (rows < b) & (cols >= l) & (cols < r)
-
-
 def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     """(N, H, W) bool -> (N, 4) long bounding boxes of each mask (an empty mask gives (0, 0, 0, 0))."""
     rows, cols = masks.any(dim=2), masks.any(dim=1)

@@ -41,6 +41,7 @@ from torch import nn
 
 from gradcam_repro.data.artefact import RING_PX, from_images, median_pixels, paste, remove
 from gradcam_repro.data.images import EvalSet
+from gradcam_repro.data.zoo import box_masks
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.registry import explain_images
 from gradcam_repro.measure import moving, scores
@@ -454,7 +455,7 @@ def confirm_moving(model: nn.Module, data: EvalSet, predictions: torch.Tensor, m
     `confirm_candidate` does; the record's box is the median region, its pixels are None (there is no one set)."""
     target, seed = int(predictions[members[0]]), settings.seed
     boxes = moving.peak_boxes(maps, REGION_THRESHOLD, SEARCH_MARGIN_PX)
-    masks = moving.box_masks(boxes, tuple(data.images.shape[-2:]))
+    masks = box_masks(boxes, *data.images.shape[-2:])
     sources = data.images[members]
     others = seeded_cap((data.labels != target).nonzero().squeeze(1), settings.transplant_images, seed)
     pasted = moving.transplant(data.images[others], sources, masks)
