@@ -18,7 +18,9 @@ LAZY_IMPORTS_ALLOWED = {"captum", "captum.attr", "scipy.stats", "skimage.metrics
                         "matplotlib", "resource", "fcntl", "webbrowser", "http.server", "sklearn",
                         # the shortcut audit (measure/spray.py): heavy, only `audit` needs them
                         "sklearn.cluster", "sklearn.neighbors", "sklearn.metrics", "scipy.ndimage", "scipy.sparse",
-                        "scipy.sparse.csgraph", "scipy.sparse.linalg"}
+                        "scipy.sparse.csgraph", "scipy.sparse.linalg",
+                        # model/sources.py: timm is an optional extra, only `--arch timm:NAME` needs it
+                        "timm"}
 
 
 def _functions():

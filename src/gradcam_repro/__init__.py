@@ -7,7 +7,8 @@ The folders follow the pipeline, each stage a package that imports only from the
                (planting the shortcut on a share of one class), `zoo` (artefact kinds: square, logo, text, stripe,
                frame, tint, blur, noise; placement, opacity, JPEG)
     model/     `resnet` (the CIFAR ResNet-18 and its checkpoints), `train` (TrainSettings, the epoch loop),
-               `finetune` (repair's training parts: RRR, last-layer refit)
+               `finetune` (repair's training parts: RRR, last-layer refit), `sources` (models by --arch:
+               torchvision, timm, entry points, and their input contract)
     explain/   `cam` (Grad-CAM and six relatives), `pixel` (Captum's pixel-space methods), `registry` (one
                explainer protocol and registry)
     measure/   `scores` (scores with bootstrap CIs), `predict`, `shortcut` (flip tests, energy in the patch),

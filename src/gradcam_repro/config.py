@@ -41,8 +41,9 @@ class Config:
     preset: str = field(default="paper", metadata={  # the preset the values came from; defaults: the seed
         "group": RUN, "default_text": f"{DEFAULT_PRESET}; study: {STUDY_PRESET}",
         "help": "named config: paper = seed protocol on all 50,000 images (5 epochs SGD lr 0.01); quick = both "
-                "experiments in <= 15 min on a 2-core CPU; sweep = one `study` cell (21 in <= 60 min); smoke = about "
-                "a minute, for tests. Every other flag overrides the preset"})
+                "experiments in <= 15 min on a 2-core CPU; sweep = one `study` cell (21 in <= 60 min); benchmark = "
+                "one `benchmark` cell (sweep with a 16 px middle epoch); smoke = about a minute, for tests. Every other flag "
+                "overrides the preset"})
     dataset: str = field(default="cifar10", metadata={  # a name in data.registry.DATASETS (checked where it is known)
         "group": RUN, "help": "cifar10 or the synthetic shapes set with object masks"})
     data_root: str | None = field(default=None, metadata={  # None: $GRADCAM_DATA_ROOT, else ./data
@@ -245,6 +246,25 @@ PRESETS: dict[str, dict] = {
         "eval_subset": 500,
         # A 1,000-image test set (--test-subset 10000 for all): the flip tests use every non-target
         # image of it (95% CIs of about +-3 points); CAM sets of 100 images, explained by four methods.
+        "test_subset": 1_000,
+        "counterfactual_images": None,
+        "cam_images": 100,
+    },
+    # One cell of `gradcam-repro benchmark` (issue 23: 57 models and 81 audited cells): the sweep recipe with a
+    # cheaper middle epoch (16, 16, 32 px). Probed on the seed's square, seed 0, bias fraction 1, 2-core AMD EPYC,
+    # two models at a time: sweep (16/24/32 px, 7,000 images) 235 s training, flip-to-frog 92.2%; this one 162-168 s,
+    # 90.0%; 16/24/32 px on 4,000 images 140 s but only 44.7% [41.4, 47.9]: the models must keep relying.
+    "benchmark": {
+        "train_subset": 7_000,
+        "epochs": 3,
+        "train_resolutions": (16, 16, 32),
+        "batch_size": 64,
+        "lr": 0.1,
+        "nesterov": True,
+        "weight_decay": 5e-4,
+        "lr_schedule": "onecycle",
+        "label_smoothing": 0.1,
+        "eval_subset": 500,
         "test_subset": 1_000,
         "counterfactual_images": None,
         "cam_images": 100,

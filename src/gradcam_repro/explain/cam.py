@@ -62,6 +62,27 @@ def get_layer(model: nn.Module, path: str) -> nn.Module:
     return modules[path]
 
 
+def tokens_to_grid(tokens: torch.Tensor, size: tuple[int, int], layer: str) -> torch.Tensor:
+    """(N, T, K) transformer tokens of an (H, W) input -> (N, K, h, w) feature map.
+
+    The grid is the largest h x w = T - p with h / w = H / W (p prefix tokens: the class token, distillation or
+    register tokens, in front as in timm and torchvision ViTs); `UserError` naming the layer when none fits.
+    """
+    n, t, k = tokens.shape
+    height, width = size
+    for prefix in range(0, min(t, 9)):
+        cells = t - prefix
+        h = round((cells * height / width) ** 0.5)
+        if h > 0 and cells % h == 0 and h * width == (cells // h) * height:
+            return tokens[:, prefix:].transpose(1, 2).reshape(n, k, h, cells // h)
+    raise UserError(f"layer {layer!r} has {t} tokens, which no grid of a {height}x{width} input explains (after up to "
+                    "8 class or register tokens); fix: pick a block of the ViT's encoder, e.g. blocks.N.norm1")
+
+
+def _shape_text(output) -> str:
+    return f"shape {tuple(output.shape)}" if torch.is_tensor(output) else type(output).__name__
+
+
 def upsample_and_scale(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(N, h, w) non-negative maps -> (N, H, W) bilinear-upsampled maps, each divided by its maximum."""
     up = F.interpolate(raw[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
@@ -119,8 +140,9 @@ class BaseCAM:
 
     def _make_hook(self, name: str):
         def hook(module, inputs, output):
-            if not torch.is_tensor(output) or output.dim() != 4:
-                raise ValueError(f"layer {name!r} must output an (N, K, h, w) tensor to be explained")
+            if not torch.is_tensor(output) or output.dim() not in (3, 4):
+                raise UserError(f"layer {name!r} outputs {_shape_text(output)}, not a feature map (N, K, h, w) or "
+                                "tokens (N, T, K); fix: pick a convolutional stage or a transformer block's norm")
             if self.uses_gradients and not output.requires_grad:
                 # Nothing upstream needs gradients: start the graph here, so
                 # backward stops at the earliest explained layer.
@@ -169,6 +191,8 @@ class BaseCAM:
             act = act.detach().float()
             if self.uses_gradients:
                 grad = torch.zeros_like(act) if grad is None else grad.float()
+            if act.dim() == 3:  # transformer tokens: drop the class (and other prefix) tokens, lay out the grid
+                act, grad = tokens_to_grid(act, size, name), grad if grad is None else tokens_to_grid(grad, size, name)
             raw = F.relu(self.layer_map(act, grad, images, targets))
             results[name] = CAMResult(upsample_and_scale(raw, size), raw, logits.detach(), targets)
         return results

@@ -20,7 +20,7 @@ from torch import nn
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.cam import CAM_FAMILY
 from gradcam_repro.explain.pixel import PIXEL_FAMILY, PIXEL_LAYER
-from gradcam_repro.model.resnet import normalize
+from gradcam_repro.model.sources import model_input
 from gradcam_repro.runtime import Runtime
 
 # Every method by its CLI name, CAM family first, in the order reports list them.
@@ -65,7 +65,7 @@ def explain_images(method: str, model: nn.Module, images: torch.Tensor, targets:
     if progress is not None:
         progress(0, len(images))
     for start in range(0, len(images), batch_size):
-        x = normalize(images[start:start + batch_size].to(runtime.device)).contiguous(memory_format=torch.channels_last)
+        x = model_input(model, images[start:start + batch_size].to(runtime.device)).contiguous(memory_format=torch.channels_last)
         t = targets[start:start + batch_size].to(runtime.device)
         for key, maps in explainer.maps(x, t).items():
             parts[key].append(maps.cpu())

@@ -28,7 +28,7 @@ from gradcam_repro.measure.comparison_results import CompareSettings, Faithfulne
 from gradcam_repro.measure.predict import predict
 from gradcam_repro.measure.results import CamScores
 from gradcam_repro.measure.shortcut import Progress, score_maps, seeded_cap, staged, uniform_share
-from gradcam_repro.model.resnet import normalize
+from gradcam_repro.model.sources import model_input
 from gradcam_repro.runtime import Runtime
 
 # Deletion/insertion change this many pixels per step; the same value is recorded in methods.json.
@@ -183,7 +183,7 @@ def sanity_check(model: nn.Module, test: EvalSet, sweep: MethodSweep) -> dict:
     the first image}}, "image": (1, 3, H, W) uint8, that image (empty when there are no test images)}.
     """
     pick = seeded_cap(torch.arange(len(test.labels)), sweep.options.sanity_images, sweep.seed + 1)
-    x = normalize(test.images[pick].to(sweep.runtime.device))
+    x = model_input(model, test.images[pick].to(sweep.runtime.device))
     t = test.labels[pick].to(sweep.runtime.device)
     results, cascade_maps = {}, {}
     for method in sweep.methods:
@@ -212,7 +212,7 @@ def faithfulness_check(model: nn.Module, test: EvalSet, sweep: MethodSweep) -> d
     for method in [*sweep.methods, RANDOM]:
         n = sweep.options.cap(len(images), method)
         maps = _faithfulness_maps(method, model, images[:n], predicted[:n], sweep)
-        result = faithfulness.deletion_insertion(model, normalize(images[:n].to(device)), predicted[:n].to(device), maps,
+        result = faithfulness.deletion_insertion(model, model_input(model, images[:n].to(device)), predicted[:n].to(device), maps,
                                                  pixels_per_step=PIXELS_PER_STEP, amp_dtype=sweep.runtime.amp_dtype,
                                                  device=device)
         results[method] = Faithfulness.from_dict(faithfulness.summarise_faithfulness(result, sweep.seed))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gradcam_repro.model.resnet import normalize
+from gradcam_repro.model.sources import model_input
 from gradcam_repro.runtime import Runtime, autocast, eval_mode
 
 
@@ -18,7 +18,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, runtime: Runtime, bat
     out = []
     with eval_mode(model):
         for start in range(0, len(images), batch_size):
-            x = normalize(images[start:start + batch_size].to(runtime.device)).contiguous(memory_format=torch.channels_last)
+            x = model_input(model, images[start:start + batch_size].to(runtime.device)).contiguous(memory_format=torch.channels_last)
             with autocast(runtime.device, runtime.amp_dtype):
                 out.append(model(x).float().cpu())
     return torch.cat(out) if out else torch.empty(0, 0)

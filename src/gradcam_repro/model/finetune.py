@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradcam_repro.errors import UserError
-from gradcam_repro.model.resnet import normalize
+from gradcam_repro.model.sources import model_input
 from gradcam_repro.runtime import Runtime, autocast
 
 
@@ -69,7 +69,7 @@ def rrr_finetune(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, m
         totals = torch.zeros(3, dtype=torch.float64)  # summed loss, summed penalty, correct
         for done in range(0, len(order), settings.batch_size):
             idx = order[done:done + settings.batch_size]
-            x, y = normalize(images[idx].to(device)), labels[idx].to(device)
+            x, y = model_input(model, images[idx].to(device)), labels[idx].to(device)
             totals += _rrr_step(model, optimizer, x, y, region, settings, runtime.amp_dtype)
             if progress is not None:
                 progress(epoch, min(done + settings.batch_size, len(order)), len(order))
@@ -107,7 +107,7 @@ def penultimate_features(model: nn.Module, images: torch.Tensor, device: torch.d
         model.eval()
         with torch.no_grad(), autocast(device, amp_dtype):
             for start in range(0, len(images), batch_size):
-                model(normalize(images[start:start + batch_size].to(device)))
+                model(model_input(model, images[start:start + batch_size].to(device)))
     finally:
         handle.remove()
     return torch.cat(captured) if captured else torch.empty(0, model.fc.in_features)

@@ -62,7 +62,7 @@ RECIPES: dict[str, Recipe] = {
 }
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_DOSES = (1.0, 0.3)
-BENCHMARK_PRESET = "sweep"
+BENCHMARK_PRESET = "benchmark"
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def plan_benchmark(options: BenchmarkOptions, settings: dict, out: str, log=prin
     options.validate()
     fractions = (0.0, *options.doses)
     grid = StudyGrid({"preset": options.preset, **settings},
-                     {"kind": options.kinds, "seed": options.seeds, "bias_fraction": fractions}, options.methods)
+                     {"seed": options.seeds, "kind": options.kinds, "bias_fraction": fractions}, options.methods)
     combos = grid.combinations()
     configs = [validated(preset_config(options.preset, **settings, **RECIPES[c["kind"]].flags, seed=c["seed"],
                                        bias_fraction=c["bias_fraction"], out=out)) for c in combos]
