@@ -19,13 +19,13 @@ from gradcam_repro.config import (
     MAX_IMAGE_PIXELS,
     PLACEMENTS,
     PRESETS,
-    SEED_LAYER,
     Config,
     preset_config,
 )
 from gradcam_repro.data.registry import DATASETS
 from gradcam_repro.errors import UserError, report_error
 from gradcam_repro.explain.registry import CAM_METHODS, EXPLAINERS
+from gradcam_repro.model.sources import source_from_flags
 from gradcam_repro.options import add_options, from_args, parse_color
 from gradcam_repro.pipeline.audit import AuditOptions, audit, audit_summary
 from gradcam_repro.pipeline.benchmark import BenchmarkOptions, run_benchmark
@@ -71,6 +71,15 @@ OUTPUT = _parent((["--quiet"], {"action": "store_true", "help": "print only erro
                                                                "no log lines)"}),
                  (["--json"], {"action": "store_true", "help": "for scripts: stdout gets one JSON summary at the end and "
                                                               "nothing else (log lines and progress go to stderr)"}))
+# Any model (issue 22): with --arch, the model argument is a state-dict checkpoint of that architecture.
+MODEL_SOURCE = _parent(
+    (["--arch"], {"default": None, "help": "the model's architecture, when it is not this project's: torchvision:NAME, "
+                                           "timm:NAME or a Python entry point module:function returning an nn.Module; "
+                                           "the model argument is then its state-dict checkpoint ('random': random "
+                                           "weights)", "metavar": "ARCH"}),
+    (["--num-classes"], {"type": int, "default": None, "help": "classes of --arch's output layer (default 10)"}),
+    (["--arch-option"], {"action": "append", "default": None, "metavar": "KEY=VALUE",
+                         "help": "keyword argument for --arch's constructor, e.g. patch_size=4 (repeatable)"}))
 RUN_DIR = _parent((["run_dir"], {"metavar": "RUN_DIR", "help": "folder written by `gradcam-repro run`"}))
 
 
@@ -106,12 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recompute metrics, figures and reports of a finished run from its models",
                    description="Recompute metrics.json, the figures, summary.md and REPORT.md of RUN_DIR from its "
                                "saved model.pt files, without retraining (--cam/--cam-layer default to the run's).")
-    ex = sub.add_parser("explain", parents=[DEBUG, DEVICE, CAM, OUTPUT],
+    ex = sub.add_parser("explain", parents=[DEBUG, DEVICE, CAM, OUTPUT, MODEL_SOURCE],
                         help="CAM overlays and top-3 predictions for your own images with a saved model",
-                        description="Explain your own image files with the models of a run (or one model.pt). Images "
-                                    "of any size are resized to 32x32; grayscale and RGBA are converted to RGB; images "
-                                    f"above {MAX_IMAGE_PIXELS:,} pixels are refused.")
-    ex.add_argument("model", metavar="RUN_OR_MODEL", help="runs/<name> (every model), runs/<name>/experiments/<key>, or a model.pt")
+                        description="Explain your own image files with the models of a run (or one model.pt, or any "
+                                    "torchvision/timm/Python model with --arch). Images are resized to the model's "
+                                    "input size (32x32 for this project's); grayscale and RGBA are converted to RGB; "
+                                    f"images above {MAX_IMAGE_PIXELS:,} pixels are refused. The layer defaults by "
+                                    "architecture (docs: Any model).")
+    ex.add_argument("model", metavar="RUN_OR_MODEL", help="runs/<name> (every model), runs/<name>/experiments/<key>, "
+                                                          "a model.pt, or with --arch a state-dict checkpoint")
     ex.add_argument("images", metavar="IMAGE", nargs="+", help="PNG or JPEG files")
     ex.add_argument("--out", default="explanations", help="folder for <image>_<method>.png (default: ./explanations)")
     sub.add_parser("report", parents=[DEBUG, RUN_DIR], help="rebuild summary.md, REPORT.md and REPORT.html from a run's metrics.json (seconds)")
@@ -146,7 +158,7 @@ def _add_view_parser(sub) -> None:
 
 
 def _add_audit_parser(sub) -> None:
-    au = sub.add_parser("audit", parents=[DEBUG, DEVICE, DATA_ROOT, OUTPUT, ARTEFACT],
+    au = sub.add_parser("audit", parents=[DEBUG, DEVICE, DATA_ROOT, OUTPUT, ARTEFACT, MODEL_SOURCE],
                         help="find and causally confirm a shortcut nobody told you about (SpRAy clustering of "
                              "explanations, then transplant/removal tests)",
                         description="Cluster each class's explanation maps spectrally (SpRAy), rank classes and clusters "
@@ -263,8 +275,9 @@ def _evaluate(args) -> None:
 
 def _explain(args) -> None:
     reporter = reporter_for(args)
-    written = explain_files(args.model, args.images, args.out, args.cam_layer or SEED_LAYER, choose_device(args.device or "auto"),
-                      method=args.cam or "gradcam",
+    source = source_from_flags(args.arch, args.num_classes, args.arch_option)
+    written = explain_files(args.model, args.images, args.out, args.cam_layer, choose_device(args.device or "auto"),
+                            method=args.cam or "gradcam", source=source,
                       log=lambda line: (reporter.notice if line.startswith("notice:") else reporter.log)(line))
     reporter.final(f"wrote {len(written)} file(s) to {args.out}")
     reporter.summary({"command": "explain", "out": args.out, "files": [w["file"] for w in written], "images": written})
@@ -302,7 +315,8 @@ def _benchmark(args) -> None:
 
 def _audit(args) -> None:
     given = tuple((k, getattr(args, k)) for k in ARTEFACT_FIELDS if getattr(args, k) is not None)
-    options = from_args(AuditOptions, args, pasted=given)
+    options = from_args(AuditOptions, args, pasted=given,
+                        source=source_from_flags(args.arch, args.num_classes, args.arch_option))
     reporter = reporter_for(args)
     done = audit(args.model, options, log=reporter)
     reporter.final(done.final_line)

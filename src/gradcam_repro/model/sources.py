@@ -74,11 +74,13 @@ def model_input(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A model by `--arch` name, its class count, and optionally the input size to build it for ((H, W))."""
+    """A model by `--arch` name, its class count, optionally the input size to build it for ((H, W)), and keyword
+    arguments for the architecture's constructor (`--arch-option patch_size=4`: torchvision, timm, entry points)."""
 
     arch: str = PROJECT_ARCH
     num_classes: int = 10
     image_size: tuple[int, int] | None = None
+    options: tuple[tuple[str, object], ...] = ()
 
     @property
     def family(self) -> str:
@@ -122,7 +124,7 @@ def _torchvision(source: ModelSource) -> nn.Module:
     if name not in torchvision.models.list_models():
         raise UserError(f"unknown torchvision architecture {name!r}; fix: pass --arch torchvision:NAME with NAME from "
                         "torchvision.models.list_models(), e.g. torchvision:resnet50")
-    return torchvision.models.get_model(name, weights=None, num_classes=source.num_classes)
+    return _call(torchvision.models.get_model, source, name, weights=None, num_classes=source.num_classes)
 
 
 def _timm(source: ModelSource) -> nn.Module:
@@ -137,9 +139,10 @@ def _timm(source: ModelSource) -> nn.Module:
     kwargs = {"pretrained": False, "num_classes": source.num_classes}
     if source.image_size is not None and "vit" in name:
         kwargs["img_size"] = source.image_size  # ViTs build their position embedding for the input size
-    model = timm.create_model(name, **kwargs)
+    model = _call(timm.create_model, source, name, **kwargs)
     cfg = getattr(model, "pretrained_cfg", {}) or {}
-    size = source.image_size or tuple(cfg.get("input_size", (3, None, None))[1:]) or None
+    built_for = getattr(getattr(model, "patch_embed", None), "img_size", None)  # a ViT's own (H, W), options included
+    size = source.image_size or (tuple(built_for) if built_for else tuple(cfg.get("input_size", (3, None, None))[1:]))
     contract = InputContract(tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)),
                              size if size and None not in size else None)
     return attach(model, contract)
@@ -156,7 +159,17 @@ def _entry_point(source: ModelSource) -> nn.Module:
         raise UserError(f"cannot import --arch {source.arch} ({type(exc).__name__}: {str(exc)[:120]}); fix: make "
                         "the module importable (PYTHONPATH) and name a function in it") from None
     takes_classes = "num_classes" in inspect.signature(fn).parameters
-    return fn(num_classes=source.num_classes) if takes_classes else fn()
+    return _call(fn, source, **({"num_classes": source.num_classes} if takes_classes else {}))
+
+
+def _call(build, source: ModelSource, *args, **kwargs):
+    """build(*args, **kwargs, **source.options); a constructor that rejects them is a one-line `UserError`."""
+    try:
+        return build(*args, **kwargs, **dict(source.options))
+    except Exception as exc:  # a user's constructor may raise anything: name it, with the fix
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise UserError(f"building --arch {source.arch} failed ({type(exc).__name__}: {first}); fix: check "
+                        "--arch-option and --num-classes, or the entry point's code") from None
 
 
 def load_state(model: nn.Module, checkpoint: str | Path, arch: str) -> nn.Module:
@@ -179,6 +192,33 @@ def load_state(model: nn.Module, checkpoint: str | Path, arch: str) -> nn.Module
         raise UserError(f"checkpoint {path} does not fit --arch {arch} ({first[:100]}{detail}); fix: pass the --arch "
                         "and --num-classes the checkpoint was trained with") from None
     return model
+
+
+def parse_option(text: str) -> tuple[str, object]:
+    """`--arch-option KEY=VALUE` -> (key, value): an int, float, true/false/none where it reads as one, else text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise UserError(f"--arch-option {text!r} is not KEY=VALUE; fix: e.g. --arch-option patch_size=4")
+    lowered = value.lower()
+    if lowered in ("true", "false", "none"):
+        return key, {"true": True, "false": False, "none": None}[lowered]
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def source_from_flags(arch: str | None, num_classes: int | None, options: list[str] | None,
+                      image_size: tuple[int, int] | None = None) -> ModelSource | None:
+    """The ModelSource named by --arch/--num-classes/--arch-option (None: the command's own checkpoints)."""
+    if arch is None:
+        if num_classes is not None or options:
+            raise UserError("--num-classes and --arch-option describe an --arch; fix: add --arch (e.g. "
+                            "--arch torchvision:resnet50) or drop them")
+        return None
+    return ModelSource(arch, num_classes or 10, image_size, tuple(sorted(parse_option(o) for o in options or ())))
 
 
 def with_classes(model: nn.Module, classes: tuple[str, ...]) -> nn.Module:

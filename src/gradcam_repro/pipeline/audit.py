@@ -24,13 +24,14 @@ from gradcam_repro.data.bias import patch_artefact, plant
 from gradcam_repro.data.images import EvalSet, ImageData, stratified_subset
 from gradcam_repro.data.registry import get_dataset
 from gradcam_repro.errors import UserError
-from gradcam_repro.explain.cam import layer_names
+from gradcam_repro.explain.layers import check_layer, default_layers
 from gradcam_repro.explain.registry import PIXEL_METHODS, display_name, get_explainer
 from gradcam_repro.measure import spray
 from gradcam_repro.measure.audit_results import AuditResult
 from gradcam_repro.measure.results import Interval
 from gradcam_repro.measure.study_results import AuditSummary
-from gradcam_repro.pipeline.experiment import load_models
+from gradcam_repro.model.sources import ModelSource
+from gradcam_repro.pipeline.experiment import RANDOM_WEIGHTS, load_models
 from gradcam_repro.pipeline.folders import AuditFolder, ExperimentFolder, RunFolder, model_files
 from gradcam_repro.pipeline.progress import as_reporter
 from gradcam_repro.pipeline.spec import BiasSpec
@@ -50,7 +51,9 @@ class AuditOptions:
     data_root: str | None = None  # --data-root, shared with the other commands
     method: str = field(default=spray.AUDIT_METHOD, metadata={
         "help": "explanation method (README, Finding a shortcut, explains the default)"})
-    layer: str = field(default=spray.AUDIT_LAYER, metadata={"help": "explained layer, a dotted path"})
+    layer: str | None = field(default=None, metadata={
+        "help": "explained layer, a dotted path", "default_text": "by architecture: layer2 of this project's "
+        "ResNet-18, a CNN's second-finest stage, a ViT's last norm1 that gets gradient (docs: Any model)"})
     out: str | None = field(default=None, metadata={
         "help": "output folder", "default_text": "<run>/audit, or audits/<model> for a model.pt"})
     device: str | None = None  # --device, shared with the other commands
@@ -70,6 +73,8 @@ class AuditOptions:
     # The artefact --patch-test-fraction pastes, where it differs from the run's: (Config field, value) pairs
     # from the run's artefact flags (--artefact, --placement, --jpeg-quality, ...).
     pasted: tuple[tuple[str, object], ...] = field(default=(), metadata={"cli": False})
+    # The model's architecture where it is not this project's (--arch, --num-classes, --arch-option).
+    source: ModelSource | None = field(default=None, metadata={"cli": False})
 
 
 @dataclass(frozen=True)
@@ -84,9 +89,13 @@ class AuditTarget:
     default_out: Path
 
 
-def resolve_target(target: str | Path, experiment: str | None) -> AuditTarget:
-    """A run folder (its `experiment`, default "biased"), an experiment folder or a model.pt file."""
+def resolve_target(target: str | Path, experiment: str | None, source: ModelSource | None = None) -> AuditTarget:
+    """A run folder (its `experiment`, default "biased"), an experiment folder or a model.pt file; with `source`
+    (--arch), a state-dict checkpoint of that architecture."""
     target, run = Path(target), RunFolder(target)
+    if source is not None:
+        stem = source.arch.replace(":", "-") if str(target) == RANDOM_WEIGHTS else target.stem
+        return AuditTarget(target, Config(), stem, None, Path("audits") / stem)
     if run.is_run():
         config, keys = run.read_manifest()
         name = experiment or ("biased" if "biased" in keys else next(iter(keys)))
@@ -126,14 +135,6 @@ def check_options(options: AuditOptions) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
-
-
-def check_layer(model: torch.nn.Module, method: str, layer: str) -> None:
-    if method in PIXEL_METHODS:
-        return
-    if layer not in dict(model.named_modules()) or not layer:
-        valid = [n for n in layer_names(model) if n.count(".") <= 2]
-        raise UserError(f"unknown layer {layer!r}; fix: pass --layer as one of {', '.join(valid)}")
 
 
 def load_audit_set(config: Config, classes: tuple[str, ...], options: AuditOptions, log=print
@@ -178,25 +179,35 @@ class PreparedAudit:
     data: EvalSet
     data_record: dict
     out: Path
+    layer: str
 
 
 def prepare_audit(target: str | Path, options: AuditOptions, log=print) -> PreparedAudit:
     """Check the flags, load the model and the audited test set, check the output folder; writes nothing."""
     check_options(options)
-    found = resolve_target(target, options.experiment)
+    found = resolve_target(target, options.experiment, options.source)
     config = replace(found.config, **{k: v for k, v in {"dataset": options.dataset, "data_root": options.data_root}.items()
                                       if v is not None}, **dict(options.pasted))
     runtime = Runtime.choose(options.device or "auto", config.precision)
-    models, classes = load_models(found.model_path, runtime.device)
+    models, classes = load_models(found.model_path, runtime.device, options.source)
     model = next(iter(models.values()))
-    check_layer(model, options.method, options.layer)
     out = Path(options.out) if options.out else found.default_out
-    store.check_writable(out)
     data, data_record = load_audit_set(config, classes, options, log)
     if len(data.labels) == 0:
         raise UserError(f"dataset {data_record['name']} from {data_record['source']} has no test images; "
                         "fix: pass a --data-root whose test split holds images")
-    return PreparedAudit(found, model, runtime, data, data_record, out)
+    layer = _audit_layer(model, options, tuple(data.images.shape[-2:]))
+    store.check_writable(out)  # last: a refused model, data or layer leaves no folder behind
+    return PreparedAudit(found, model, runtime, data, data_record, out, layer)
+
+
+def _audit_layer(model: torch.nn.Module, options: AuditOptions, size: tuple[int, int]) -> str:
+    """--layer, checked, or the architecture's audit layer by `explain.layers.default_layers`' rule."""
+    if options.method in PIXEL_METHODS:
+        return options.layer or spray.AUDIT_LAYER
+    layer = options.layer or default_layers(model, size).audit
+    check_layer(model, layer, size)
+    return layer
 
 
 @dataclass(frozen=True)
@@ -213,14 +224,14 @@ def audit(target: str | Path, options: AuditOptions, log=print) -> AuditDone:
     """Audit the model at `target` and write audit.json, AUDIT.md and the figures."""
     wall = time.perf_counter()
     p = prepare_audit(target, options, log)
-    settings = spray.AuditSettings(options.method, options.layer, options.seed, options.classes, options.candidates)
-    where = "the input" if options.method in PIXEL_METHODS else options.layer
+    settings = spray.AuditSettings(options.method, p.layer, options.seed, options.classes, options.candidates)
+    where = "the input" if options.method in PIXEL_METHODS else p.layer
     log(f"auditing {p.target.name} ({p.target.model_path}) on {len(p.data.labels)} test images with {options.method} at {where}")
     with AuditFolder(p.out).lock():
         start = time.perf_counter()
         with as_reporter(log).tracker(f"[audit] {display_name(options.method)} maps", "img") as explaining:
             found, examples = spray.audit_model(p.model, p.data, settings, p.runtime, explaining)
-        default = (options.method, options.layer) == (spray.AUDIT_METHOD, spray.AUDIT_LAYER)
+        default = options.method == spray.AUDIT_METHOD and options.layer in (None, spray.AUDIT_LAYER)
         audit_s = time.perf_counter() - start
         result = AuditResult.from_dict({
             "target": str(target), "model": str(p.target.model_path), "experiment": p.target.name,

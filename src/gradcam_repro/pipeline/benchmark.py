@@ -77,6 +77,9 @@ class BenchmarkOptions:
     preset: str = field(default=BENCHMARK_PRESET, metadata={"choices": list(PRESETS), "help": "training preset"})
     methods: tuple[str, ...] = field(default=DEFAULT_METHODS, metadata={
         "metavar": "METHOD", "help": "explanation methods scored at every layer"})
+    report_only: bool = field(default=False, metadata={
+        "help": "write BENCHMARK.json/.md and the heat maps from the cells finished so far (e.g. of a run that was "
+                "stopped), without running the others; the report says how many cells it stands on"})
 
     def validate(self) -> BenchmarkOptions:
         for axis, values in (("kind", self.kinds), ("seed", self.seeds), ("dose", self.doses)):
@@ -146,9 +149,11 @@ def run_benchmark(options: BenchmarkOptions, study: StudyOptions, settings: dict
     with folder.lock():
         folder.write_grid({**plan.grid.to_dict(), "cells": {c.key: {"axes": c.axes, "spec_key": c.spec.key}
                                                             for c in plan.cells}})
-        tasks = pending_tasks(plan, study, audit=True)
+        pending = pending_tasks(plan, study, audit=True)
         log(f"benchmark: {len(plan.cells)} cells, {len({c.spec.key for c in plan.cells})} distinct trainings, "
-            f"{len(plan.cells) - sum(len(t.cells) for t in tasks)} already finished")
+            f"{len(plan.cells) - sum(len(t.cells) for t in pending)} already finished"
+            + (" (--report-only: reporting on those)" if options.report_only else ""))
+        tasks = [] if options.report_only else pending
         failures, finished_now = {}, {}
         if tasks:
             with ray_session(study.address, log):

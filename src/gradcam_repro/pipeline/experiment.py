@@ -26,11 +26,14 @@ from gradcam_repro.data.images import ImageData
 from gradcam_repro.errors import UserError
 from gradcam_repro.measure.predict import accuracy, predict_logits
 from gradcam_repro.model.resnet import load_model, resnet18_cifar, save_model
+from gradcam_repro.model.sources import ModelSource, contract_of
 from gradcam_repro.model.train import TrainHooks, TrainSettings, train_model
 from gradcam_repro.pipeline.folders import ExperimentFolder, model_files
 from gradcam_repro.pipeline.progress import epoch_progress
 from gradcam_repro.pipeline.spec import ExperimentSpec
 from gradcam_repro.runtime import Runtime, seed_everything
+
+RANDOM_WEIGHTS = "random"  # `explain random --arch NAME ...`: the architecture with random weights (a smoke test)
 
 
 @dataclass
@@ -68,9 +71,18 @@ def load_experiment(folder: ExperimentFolder, num_classes: int, runtime: Runtime
     return Experiment(ExperimentSpec.from_dict(record["spec"]), model, history, record)
 
 
-def load_models(target: str | Path, device: torch.device) -> tuple[dict[str, nn.Module], tuple[str, ...]]:
+def load_models(target: str | Path, device: torch.device, source: ModelSource | None = None
+                ) -> tuple[dict[str, nn.Module], tuple[str, ...]]:
     """{name: model} and the class names from a run folder (every experiment), an experiment folder or a model.pt
-    (the classes from its spec.json where there is one, else CIFAR-10's)."""
+    (the classes from its spec.json where there is one, else CIFAR-10's); with `source` (--arch), `target` is a
+    state-dict checkpoint of that architecture ("random" for random weights) and the classes are "0".."N-1"
+    unless its contract names them."""
+    if source is not None:
+        path = None if str(target) == RANDOM_WEIGHTS else Path(target)
+        model = source.load(path, device)
+        names = contract_of(model).classes or (CIFAR10_CLASSES if source.family == "project" and source.num_classes == 10
+                                               else tuple(str(i) for i in range(source.num_classes)))
+        return {path.stem if path else source.arch: model}, tuple(names)
     paths = model_files(target)
     folder = ExperimentFolder(next(iter(paths.values())).parent)
     classes = tuple(folder.read_record()["dataset"]["classes"]) if folder.spec_json.is_file() else CIFAR10_CLASSES

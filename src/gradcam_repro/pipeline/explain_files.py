@@ -10,16 +10,18 @@ from gradcam_repro import store
 from gradcam_repro.config import MAX_IMAGE_PIXELS
 from gradcam_repro.data.images import IMAGE_SIZE
 from gradcam_repro.errors import UserError
-from gradcam_repro.explain.cam import get_layer
-from gradcam_repro.explain.registry import display_name, explain_images
+from gradcam_repro.explain.layers import check_layer, default_layers
+from gradcam_repro.explain.pixel import PIXEL_LAYER
+from gradcam_repro.explain.registry import PIXEL_METHODS, display_name, explain_images
 from gradcam_repro.measure.predict import predict_logits
+from gradcam_repro.model.sources import ModelSource, contract_of
 from gradcam_repro.pipeline.experiment import load_models
 from gradcam_repro.report import figures
 from gradcam_repro.runtime import Runtime
 
 
-def load_user_image(path: str | Path, size: int = IMAGE_SIZE) -> tuple[torch.Tensor, list[str]]:
-    """Read an image file as (3, size, size) uint8, with notices for any conversion made.
+def load_user_image(path: str | Path, size: int | tuple[int, int] = IMAGE_SIZE) -> tuple[torch.Tensor, list[str]]:
+    """Read an image file as (3, H, W) uint8 (`size`: (H, W) or a side), with notices for any conversion made.
 
     Grayscale, palette and RGBA images are converted to RGB; other sizes are
     resized (bicubic, antialiased). Raises `UserError` for a folder, a missing
@@ -27,6 +29,7 @@ def load_user_image(path: str | Path, size: int = IMAGE_SIZE) -> tuple[torch.Ten
     """
     from PIL import Image, UnidentifiedImageError
 
+    height, width = (size, size) if isinstance(size, int) else size
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path} is a folder, not an image; fix: pass image files, e.g. {path}/*.png")
@@ -38,19 +41,19 @@ def load_user_image(path: str | Path, size: int = IMAGE_SIZE) -> tuple[torch.Ten
     pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
         with Image.open(path) as im:
-            width, height = im.size
-            if width * height > MAX_IMAGE_PIXELS:
+            if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
                 raise UserError(
-                    f"image {path} is {width}x{height} = {width * height:,} pixels, above the limit of "
-                    f"{MAX_IMAGE_PIXELS:,}; fix: downscale it first"
+                    f"image {path} is {im.size[0]}x{im.size[1]} = {im.size[0] * im.size[1]:,} pixels, above the "
+                    f"limit of {MAX_IMAGE_PIXELS:,}; fix: downscale it first"
                 )
             if im.mode != "RGB":
                 notices.append(f"{path}: {im.mode} image converted to RGB")
                 im = im.convert("RGBA").convert("RGB") if im.mode in ("P", "LA", "PA") else im.convert("RGB")
-            if im.size != (size, size):
-                notices.append(f"{path}: resized from {width}x{height} to {size}x{size}, the model's input size")
-                im = im.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
-            pixels = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size, size, 3)
+            if im.size != (width, height):
+                notices.append(f"{path}: resized from {im.size[0]}x{im.size[1]} to {width}x{height} (width x height), "
+                               "the model's input size")
+                im = im.resize((width, height), Image.Resampling.BICUBIC, reducing_gap=3.0)
+            pixels = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(height, width, 3)
     except UnidentifiedImageError:
         raise UserError(f"not an image file: {path}; fix: pass PNG or JPEG images") from None
     except OSError as exc:
@@ -60,42 +63,53 @@ def load_user_image(path: str | Path, size: int = IMAGE_SIZE) -> tuple[torch.Ten
     return pixels.permute(2, 0, 1).contiguous(), notices
 
 
+def _layer(model: torch.nn.Module, method: str, layer: str | None, size: tuple[int, int]) -> str:
+    """The layer to explain: the given one, checked, or the written rule's; "input" for pixel methods."""
+    if method in PIXEL_METHODS:
+        return PIXEL_LAYER
+    layer = layer or default_layers(model, size).explain
+    check_layer(model, layer, size)
+    return layer
+
+
 def top_k(logits: torch.Tensor, classes: tuple[str, ...], k: int = 3) -> list[tuple[str, float]]:
     probs = logits.softmax(-1)
     values, indices = probs.topk(min(k, len(classes)))
     return [(classes[int(i)], float(v)) for v, i in zip(values, indices)]
 
 
-def read_images(images: list[str], log) -> list[tuple[Path, torch.Tensor]]:
-    """Every image read and checked (notices logged) before anything is written."""
+def read_images(images: list[str], log, size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)) -> list[tuple[Path, torch.Tensor]]:
+    """Every image read at (H, W) `size` and checked (notices logged) before anything is written."""
     loaded = []
     for path in images:
-        pixels, notices = load_user_image(path)
+        pixels, notices = load_user_image(path, size)
         for notice in notices:
             log(f"notice: {notice}")
         loaded.append((Path(path), pixels))
     return loaded
 
 
-def explain_files(target: str | Path, images: list[str], out_dir: str | Path, layer: str, device: torch.device,
-                  log=print, method: str = "gradcam") -> list[dict]:
+def explain_files(target: str | Path, images: list[str], out_dir: str | Path, layer: str | None, device: torch.device,
+                  log=print, method: str = "gradcam", source: ModelSource | None = None) -> list[dict]:
     """Write `<out_dir>/<stem>_<method>.png` per image (input | each model's overlay with its top-3).
 
-    Each model's map explains its own top class, in float32. Returns one record per image:
-    {"image": its path, "file": the written PNG, "top3": {model name: [[class, probability], ...]}}.
+    Images are brought to the model's input size (its contract's; 32x32 for this project's models). Each model's
+    map explains its own top class at `layer` (None: `explain.layers.default_layers`), in float32. Returns one
+    record per image: {"image": its path, "file": the written PNG, "top3": {model name: [[class, probability]]}}.
     """
-    models, classes = load_models(target, device)
-    for model in models.values():
-        get_layer(model, layer)
-    loaded = read_images(images, log)
+    models, classes = load_models(target, device, source)
+    size = contract_of(next(iter(models.values()))).size or (IMAGE_SIZE, IMAGE_SIZE)
+    layers = {name: _layer(model, method, layer, size) for name, model in models.items()}
+    loaded = read_images(images, log, size)
     store.check_writable(out_dir)
     batch = torch.stack([pixels for _, pixels in loaded])
     runtime = Runtime(device)
     maps, tops = {}, {}
     for name, model in models.items():
         logits = predict_logits(model, batch, runtime)
-        maps[name] = explain_images(method, model, batch, logits.argmax(1), layer, runtime)[layer]
+        maps[name] = next(iter(explain_images(method, model, batch, logits.argmax(1), layers[name], runtime).values()))
         tops[name] = [top_k(row, classes) for row in logits]
+    layer = ", ".join(sorted(set(layers.values())))
     written = []
     for i, (path, pixels) in enumerate(loaded):
         for name in models:

@@ -1,0 +1,148 @@
+"""The Python API, for notebooks: any `nn.Module`, any image size, tensors in and typed results out.
+
+>>> import gradcam_repro as gr
+>>> model = gr.load_model("timm:vit_tiny_patch16_224", num_classes=10, image_size=(32, 32))  # or any nn.Module
+>>> result = gr.explain(model, images, method="gradcam")      # images: (N, 3, H, W) uint8 (or floats in [0, 1])
+>>> result.maps.shape, result.layer                            # (N, H, W) in [0, 1], the layer the rule chose
+>>> found = gr.audit(model, (images, labels, classes))         # an AuditResult, as audit.json holds it
+
+Images are uint8 pixels (or floats in [0, 1]); the model's input contract (`model.sources`: normalisation,
+size, classes) turns them into what it expects, CIFAR-10's statistics for a module that carries none
+(`gr.with_contract` sets one). Layers default by the written rule of `explain.layers.default_layers`, and a
+chosen one is checked (`explain.layers.check_layer`). The CLI commands call the same functions.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gradcam_repro import store
+from gradcam_repro.data.images import EvalSet, ImageData
+from gradcam_repro.errors import UserError
+from gradcam_repro.explain.layers import check_layer, default_layers
+from gradcam_repro.explain.registry import PIXEL_METHODS, explain_images, get_explainer
+from gradcam_repro.measure import spray
+from gradcam_repro.measure.audit_results import AuditResult
+from gradcam_repro.measure.predict import predict_logits
+from gradcam_repro.model.sources import InputContract, ModelSource, attach, contract_of
+from gradcam_repro.pipeline.audit import write_audit
+from gradcam_repro.pipeline.folders import AuditFolder
+from gradcam_repro.runtime import Runtime, choose_device
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What `explain` returns: (N, H, W) float maps in [0, 1] of `method` at `layer` ("input" for pixel methods),
+    the (N,) explained classes, the (N, num_classes) logits and the class names (None where unknown)."""
+
+    method: str
+    layer: str
+    maps: torch.Tensor
+    targets: torch.Tensor
+    logits: torch.Tensor
+    classes: tuple[str, ...] | None
+
+    @property
+    def predicted(self) -> torch.Tensor:
+        return self.logits.argmax(1)
+
+
+def load_model(arch: str = "resnet18_cifar", checkpoint: str | Path | None = None, num_classes: int = 10,
+               image_size: tuple[int, int] | None = None, device: str = "cpu", **options) -> nn.Module:
+    """A model by name (`resnet18_cifar`, `torchvision:NAME`, `timm:NAME`, `module:function`), randomly
+    initialised or with the state dict of `checkpoint`, its input contract attached (eval mode); `options` go to
+    the architecture's constructor (e.g. patch_size=4 for a timm ViT)."""
+    source = ModelSource(arch, num_classes, tuple(image_size) if image_size else None, tuple(sorted(options.items())))
+    return source.load(checkpoint, choose_device(device))
+
+
+def with_contract(model: nn.Module, mean=None, std=None, classes=None, size=None) -> nn.Module:
+    """Attach (or change) `model`'s input contract: per-channel mean/std of [0, 1] pixels, class names, (H, W)."""
+    now = contract_of(model)
+    contract = InputContract(tuple(mean or now.mean), tuple(std or now.std), tuple(size) if size else now.size,
+                             tuple(classes) if classes else now.classes)
+    return attach(model, contract)
+
+
+def as_images(images) -> torch.Tensor:
+    """(N, 3, H, W) uint8 from uint8 or [0, 1] float tensors (a single (3, H, W) image too); `UserError` else."""
+    images = torch.as_tensor(images)
+    if images.dim() == 3:
+        images = images[None]
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise UserError(f"images must be (N, 3, H, W), got shape {tuple(images.shape)}; fix: stack RGB images "
+                        "channels first")
+    if images.dtype == torch.uint8:
+        return images
+    if images.is_floating_point() and len(images) and (images.min() < 0 or images.max() > 1):
+        raise UserError("float images must hold pixels in [0, 1]; fix: pass uint8 pixels, or divide by 255 (do not "
+                        "normalise them: the model's input contract does that)")
+    return (images.float() * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def explain(model: nn.Module, images, method: str = "gradcam", layer: str | None = None, targets=None,
+            device: str = "cpu", batch_size: int = 64) -> Explanation:
+    """Explain `images` (the predicted class, or `targets`) with `method` at `layer` (None: the written rule)."""
+    get_explainer(method)
+    images = as_images(images)
+    size = tuple(images.shape[-2:])
+    runtime = Runtime(choose_device(device))
+    model = model.to(runtime.device).eval()
+    if method in PIXEL_METHODS:
+        layer = "input"
+    else:
+        layer = layer or default_layers(model, size).explain
+        check_layer(model, layer, size)
+    logits = predict_logits(model, images, runtime)
+    chosen = logits.argmax(1) if targets is None else torch.as_tensor(targets).long().flatten()
+    if len(chosen) != len(images):
+        raise UserError(f"got {len(chosen)} targets for {len(images)} images; fix: pass one class index per image")
+    maps = explain_images(method, model, images, chosen, [] if layer == "input" else [layer], runtime, batch_size)
+    return Explanation(method, layer, maps[layer], chosen, logits, contract_of(model).classes)
+
+
+def as_eval_set(dataset, classes=None) -> EvalSet:
+    """An EvalSet from an EvalSet, an ImageData (its test split) or an (images, labels[, classes]) tuple."""
+    if isinstance(dataset, EvalSet):
+        return dataset
+    if isinstance(dataset, ImageData):
+        return EvalSet(dataset.test_images, dataset.test_labels, tuple(dataset.classes))
+    if isinstance(dataset, (tuple, list)) and len(dataset) in (2, 3):
+        images, labels = as_images(dataset[0]), torch.as_tensor(dataset[1]).long()
+        names = dataset[2] if len(dataset) == 3 else classes
+        names = tuple(names) if names else tuple(str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0))
+        if len(images) != len(labels):
+            raise UserError(f"{len(images)} images but {len(labels)} labels; fix: pass one label per image")
+        return EvalSet(images, labels, names)
+    raise UserError(f"cannot audit a {type(dataset).__name__}; fix: pass an EvalSet, an ImageData or "
+                    "(images, labels, classes)")
+
+
+def audit(model: nn.Module, dataset, method: str | None = None, layer: str | None = None, seed: int = 0,
+          out: str | Path | None = None, device: str = "cpu", classes=None) -> AuditResult:
+    """The shortcut audit of `model` on `dataset` (see `as_eval_set`): clusters, regions, causal tests, verdicts,
+    as audit.json holds them; with `out`, audit.json, AUDIT.md and the figures are written there too."""
+    data = as_eval_set(dataset, classes)
+    size = tuple(data.images.shape[-2:])
+    runtime = Runtime(choose_device(device))
+    model = model.to(runtime.device).eval()
+    method = method or spray.AUDIT_METHOD
+    layer = layer or default_layers(model, size).audit
+    if method not in PIXEL_METHODS:
+        check_layer(model, layer, size)
+    if out is not None:
+        store.check_writable(Path(out))
+    start = time.perf_counter()
+    found, examples = spray.audit_model(model, data, spray.AuditSettings(method, layer, seed), runtime)
+    result = AuditResult.from_dict({
+        "target": "python", "model": type(model).__name__, "experiment": type(model).__name__,
+        "dataset": {"name": "python", "source": "python", "n_test": len(data.labels), "classes": list(data.classes)},
+        "default_method_layer": method == spray.AUDIT_METHOD, "precision": runtime.precision,
+        "environment": store.environment_info(str(runtime.device)), **found,
+        "seconds": {"audit": time.perf_counter() - start, "end_to_end": time.perf_counter() - start}})
+    return write_audit(AuditFolder(Path(out)), result, examples) if out is not None else result
