@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import pytest
+import timm  # noqa: F401  (a test extra: the ViT fixtures need it, and a missing install must fail, not skip)
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,7 +22,6 @@ from gradcam_repro.measure.audit_results import AuditResult
 from gradcam_repro.model.resnet import CIFAR10_MEAN, resnet18_cifar, save_model
 from gradcam_repro.model.sources import IMAGENET_MEAN, ModelSource, contract_of, model_input
 
-timm = pytest.importorskip("timm")  # a test extra: CI installs it
 
 
 @pytest.fixture(scope="module")

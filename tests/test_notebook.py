@@ -51,3 +51,19 @@ def test_the_quickstart_notebook_runs_and_shows_figures_verdicts_and_an_explanat
     assert pngs == figures_shown + len(explained)
     assert "<iframe srcdoc=" in html and "gallery-root" in html
     assert "example.png: biased:" in text and "example.png: baseline:" in text  # the top-3 classes per model
+
+
+ANY_MODEL = NOTEBOOK.parent / "any_model.ipynb"
+
+
+@pytest.mark.slow
+def test_the_any_model_notebook_trains_explains_and_audits_a_timm_vit():
+    nb = nbformat.read(ANY_MODEL, as_version=4)
+    NotebookClient(nb, timeout=1200, kernel_name="python3",
+                   resources={"metadata": {"path": str(ANY_MODEL.parent)}}).execute()
+    text, pngs, _ = _outputs(nb)
+    assert "test accuracy" in text and pngs == 1
+    # gr.explain chose the ViT's last norm1 by the rule and laid its tokens out on the image.
+    assert "layer: blocks.1.norm1; maps (6, 32, 32)" in text
+    # gr.audit ran on the same rule's layer and reported its verdicts.
+    assert "layer: blocks.1.norm1; confirmed:" in text and "pasted on other classes -> " in text

@@ -71,6 +71,9 @@ def test_discovery_needs_the_right_class_confirmed_where_the_artefact_is_and_nev
     summary = detection.kind_summary("tint", 1.0, [cell(audit=hit)], [cell(audit={"confirmed": ["ship"]}, **CONTROL)],
                                      localisable=False)
     assert (summary.discovery.k, summary.class_confirmed.k, summary.false_discovery.k) == (0, 1, 1)
+    assert (summary.false_flag.k, summary.false_flag.n) == (0, 1)  # the control confirmed ship, not the target
+    flagging = detection.kind_summary("tint", 1.0, [], [cell(audit={"unexplained": ["frog"]}, **CONTROL)], False)
+    assert (flagging.false_flag.k, flagging.false_discovery.k) == (1, 0)  # a false flag, though nothing confirmed
 
 
 def test_partial_reliance_agrees_when_the_transplant_and_flip_intervals_overlap():

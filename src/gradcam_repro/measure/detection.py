@@ -97,7 +97,9 @@ class Detection:
 class KindSummary:
     """One kind at one dose: reliance (and each seed's flip rate), the controls that ignore it, and the audit's
     discovery, class-only confirmation, flag (confirmed or unexplained), agreement of its transplant rate with the
-    flip rate on partly relying models, and false discovery on the controls."""
+    flip rate on partly relying models, false discovery on the controls (anything confirmed) and false flags on
+    them (the target class confirmed, moving or flagged as unexplained concentration, on a model that ignores the
+    artefact pasted on half of that class's test images)."""
 
     kind: str
     dose: float
@@ -111,10 +113,11 @@ class KindSummary:
     flagged: Rate
     transplant_agrees: Rate
     false_discovery: Rate
+    false_flag: Rate
 
     def to_dict(self) -> dict:
         rates = ("reliance", "partly", "controls_ignore", "discovery", "class_confirmed", "flagged", "transplant_agrees",
-                 "false_discovery")
+                 "false_discovery", "false_flag")
         return {"kind": self.kind, "dose": self.dose, "localisable": self.localisable, "flips": list(self.flips),
                 **{name: getattr(self, name).to_dict() for name in rates}}
 
@@ -123,7 +126,7 @@ class KindSummary:
         return cls(values["kind"], values["dose"], values["localisable"], tuple(values["flips"]),
                    *(Rate.from_dict(values[k]) for k in ("reliance", "partly", "controls_ignore", "discovery",
                                                           "class_confirmed", "flagged", "transplant_agrees",
-                                                          "false_discovery")))
+                                                          "false_discovery", "false_flag")))
 
 
 def relies(cell: StudyCellResult) -> bool:
@@ -191,7 +194,8 @@ def kind_summary(kind: str, dose: float, biased: list[StudyCellResult], controls
         Rate.of([c.audit.target in c.audit.confirmed for c in audited]),
         Rate.of([flagged(c) for c in audited]),
         Rate.of([transplant_agrees(c) for c in partly if c.audit is not None]),
-        Rate.of([bool(c.audit.confirmed) for c in controls if c.audit is not None]))
+        Rate.of([bool(c.audit.confirmed) for c in controls if c.audit is not None]),
+        Rate.of([flagged(c) for c in controls if c.audit is not None and ignores(c)]))
 
 
 def detections(kind: str, dose: float, biased: list[StudyCellResult], controls: dict[int, StudyCellResult],
