@@ -218,8 +218,12 @@ def test_explain_rejects_images_that_are_not_pixels(resnet50):
 def test_audit_runs_on_any_model_and_reports_in_the_images_pixels(which, vit, resnet50, entry_point, tmp_path):
     model = {"vit": vit, "resnet50": resnet50, "entry_point": ModelSource(entry_point, 3).build()}[which]
     h, w = {"vit": (32, 32), "resnet50": (64, 48), "entry_point": (40, 24)}[which]
-    labels = torch.arange(3).repeat_interleave(24)
-    result = gr.audit(model, (images(72, h, w, seed=2), labels, ("a", "b", "c")), out=tmp_path / which)
+    k = {"vit": 10, "resnet50": 4, "entry_point": 3}[which]
+    labels = torch.arange(k).repeat_interleave(8)
+    names = tuple("abcdefghij"[:k])
+    with pytest.raises(UserError, match=f"the model has {k} classes but the dataset has 2"):
+        gr.audit(model, (images(4, h, w), torch.tensor([0, 1, 0, 1]), ("a", "b")))
+    result = gr.audit(model, (images(8 * k, h, w, seed=2), labels, names), out=tmp_path / which)
     assert isinstance(result, AuditResult)
     assert result.settings["layer"] == default_layers(model, (h, w)).audit
     assert (tmp_path / which / "audit.json").is_file() and (tmp_path / which / "AUDIT.md").is_file()

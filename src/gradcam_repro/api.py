@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from gradcam_repro import store
-from gradcam_repro.data.images import EvalSet, ImageData
+from gradcam_repro.data.images import EvalSet, ImageData, tensor_fingerprint
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.layers import check_layer, default_layers
 from gradcam_repro.explain.registry import PIXEL_METHODS, explain_images, get_explainer
@@ -131,6 +131,10 @@ def audit(model: nn.Module, dataset, method: str | None = None, layer: str | Non
     size = tuple(data.images.shape[-2:])
     runtime = Runtime(choose_device(device))
     model = model.to(runtime.device).eval()
+    outputs = predict_logits(model, data.images[:1], runtime).shape[1]
+    if outputs != len(data.classes):
+        raise UserError(f"the model has {outputs} classes but the dataset has {len(data.classes)}; fix: pass the data "
+                        "the model was trained on, with its class names")
     method = method or spray.AUDIT_METHOD
     layer = layer or default_layers(model, size).audit
     if method not in PIXEL_METHODS:
@@ -141,7 +145,8 @@ def audit(model: nn.Module, dataset, method: str | None = None, layer: str | Non
     found, examples = spray.audit_model(model, data, spray.AuditSettings(method, layer, seed), runtime)
     result = AuditResult.from_dict({
         "target": "python", "model": type(model).__name__, "experiment": type(model).__name__,
-        "dataset": {"name": "python", "source": "python", "n_test": len(data.labels), "classes": list(data.classes)},
+        "dataset": {"name": "python", "source": "python", "fingerprint": tensor_fingerprint(data.images, data.labels),
+                    "n_test": len(data.labels), "classes": list(data.classes)},
         "default_method_layer": method == spray.AUDIT_METHOD, "precision": runtime.precision,
         "environment": store.environment_info(str(runtime.device)), **found,
         "seconds": {"audit": time.perf_counter() - start, "end_to_end": time.perf_counter() - start}})

@@ -17,7 +17,8 @@ import torch
 
 from gradcam_repro.errors import UserError
 
-# Removing the artefact fills its box with the mean colour of a ring this wide around it (as the audit does).
+# Removing the artefact fills its box with the mean colour of a ring this wide around it (as the audit does on
+# 32x32 images; the audit widens it with the image's size, `measure.spray.AuditScale`).
 RING_PX = 2
 
 
@@ -175,9 +176,9 @@ def paste(images: torch.Tensor, artefact: Artefact) -> torch.Tensor:
     return artefact.apply(images)[0]
 
 
-def remove(images: torch.Tensor, artefact: Artefact) -> torch.Tensor:
-    """A copy of `images` with the artefact's box filled from the ring around it (`fill_from_ring`)."""
-    return fill_from_ring(images, artefact.box)
+def remove(images: torch.Tensor, artefact: Artefact, ring_px: int = RING_PX) -> torch.Tensor:
+    """A copy of `images` with the artefact's box filled from a `ring_px` ring around it (`fill_from_ring`)."""
+    return fill_from_ring(images, artefact.box, ring_px)
 
 
 def decorrelate(images: torch.Tensor, artefact: Artefact, share: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

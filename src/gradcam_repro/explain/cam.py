@@ -51,13 +51,13 @@ def layer_names(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_modules() if name]
 
 
-def get_layer(model: nn.Module, path: str) -> nn.Module:
+def get_layer(model: nn.Module, path: str, flag: str = "--cam-layer") -> nn.Module:
     """The submodule at dotted `path`; `UserError` listing valid paths if there is none."""
     modules = dict(model.named_modules())
     if not path or path not in modules:
         valid = [n for n in layer_names(model) if n.count(".") <= 2]
         raise UserError(
-            f"unknown layer {path!r}; fix: pass --cam-layer as one of {', '.join(valid)}"
+            f"unknown layer {path!r}; fix: pass {flag} as one of {', '.join(valid)}"
         )
     return modules[path]
 

@@ -176,9 +176,10 @@ def _gradient_reaches(model: nn.Module, layer: str, size: tuple[int, int]) -> bo
     return bool(grid.abs().amax() > 0)
 
 
-def check_layer(model: nn.Module, layer: str, size: tuple[int, int]) -> None:
-    """`UserError` (one line: the layer and the fix) unless `layer` of `model` can be explained on (H, W) inputs."""
-    get_layer(model, layer)  # unknown names list the valid ones
+def check_layer(model: nn.Module, layer: str, size: tuple[int, int], flag: str = "--cam-layer") -> None:
+    """`UserError` (one line: the layer and the fix) unless `layer` of `model` can be explained on (H, W) inputs;
+    `flag` is the option the fix names."""
+    get_layer(model, layer, flag)  # unknown names list the valid ones
     probed = {p.name: p for p in probe_layers(model, size)}
     found = probed.get(layer)
     if found is None:

@@ -15,6 +15,8 @@ without a fixed place:
   an image of another class, one source image per destination image in turn. The controls are the same
   destination images with that region only occluded (filled with the mean of a ring around it) and untouched.
 
+Any image size: the peak and the cap are shares of the image, and the pixel lengths (the margin a region is grown
+by, the ring it is filled from) are parameters, which the audit reads for the image's size (`spray.AuditScale`).
 Pure functions on (N, H, W) maps in [0, 1], (N, 3, H, W) uint8 images and (N, 4) long boxes (top, left,
 bottom, right; bottom/right exclusive).
 """
@@ -25,10 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# The peak of a map: its 1/16 most relevant pixels (64 of a 32x32 image, the audit's fixed-place share).
+# The peak of a map: its 1/16 most relevant pixels (64 of a 32x32 image, the audit's fixed-place share), at any size.
 PEAK_SHARE = 1 / 16
-# A per-image region is at most 1/8 of the image (128 px of 32x32): larger and it is the object, and pasting
-# an object's part can itself move images to the class.
+# A per-image region is at most 1/8 of the image (128 px of 32x32, 384 px of 48x64): larger and it is the object,
+# and pasting an object's part can itself move images to the class.
 MAX_REGION_SHARE = 1 / 8
 # "Unexplained concentration": a class none of whose tests confirmed anything, yet whose most peaked group
 # of maps is at least 1.5x as peaked as the median class's (both as lower 95% bounds, x what a uniform map
@@ -82,12 +84,13 @@ def peak_boxes(maps: torch.Tensor, threshold: float = 0.5, margin: int = 0,
 
 def capped_box(box, peak: tuple[int, int], size: tuple[int, int], max_share: float = MAX_REGION_SHARE) -> list[int]:
     """`box` (top, left, bottom, right) if it covers at most `max_share` of an image of `size`, else the square of
-    that area centred on `peak` (row, col), inside the image."""
+    that area centred on `peak` (row, col), inside the image (a square: an artefact's shape, not the image's; on a
+    narrow image at most as wide as the image's shorter side)."""
     height, width = size
     top, left, bottom, right = (int(v) for v in box)
     if (bottom - top) * (right - left) <= max_share * height * width:
         return [top, left, bottom, right]
-    side = max(1, int((max_share * height * width) ** 0.5))
+    side = min(max(1, int((max_share * height * width) ** 0.5)), height, width)
     top = min(max(int(peak[0]) - side // 2, 0), height - side)
     left = min(max(int(peak[1]) - side // 2, 0), width - side)
     return [top, left, top + side, left + side]

@@ -6,7 +6,7 @@ so that maps are compared by where their relevance sits, not by its scale), link
 k-nearest-neighbour graph and split by spectral clustering, with the number of clusters read from the
 eigengap of the graph's normalised Laplacian. Every cluster is scored by how
 consistently its relevance sits at one fixed place: the share of each image's relevance that falls on the
-cluster's 64 most relevant pixels (1/16 of a 32x32 image). A shortcut present in every image of a class
+cluster's most relevant 1/16 of the pixels (64 of a 32x32 image). A shortcut present in every image of a class
 makes one tight cluster with a high score, not two clusters.
 
 Confirmation (after ClArC / Reveal-to-Revise), without being told the artefact: the candidate region is where
@@ -23,6 +23,12 @@ larger causal effect, and the findings are ranked by that effect, not by how con
 Where a class's relevance stands out yet no test confirms anything, the audit says so ("unexplained
 concentration") instead of implying that there is no shortcut.
 
+Image size: every number above that is counted in pixels was tuned on 32x32 images, and is read at other sizes
+by one rule (`AuditScale.for_size`): shares of the image stay shares (the fixed place is 1/16 of the image, the
+embedding grid 8x8 cells of it), lengths scale with the image's linear size, factor = sqrt(H * W / (32 * 32)),
+and areas with factor ** 2, rounded half up and at least 1 px. At 32x32 the factor is 1 and every value is the
+constant it replaces. Non-square images are read by the same factor (the side of a square of the same area).
+
 Pure functions on tensors and arrays; `audit_model` runs the model and returns JSON-ready results plus the
 tensors the figures need. Maps are (N, H, W) in [0, 1]; images (N, 3, H, W) uint8; boxes are
 (top, left, bottom, right) in pixels with bottom/right exclusive.
@@ -30,6 +36,7 @@ tensors the figures need. Maps are (N, H, W) in [0, 1]; images (N, 3, H, W) uint
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,8 +64,12 @@ from gradcam_repro.runtime import Runtime
 AUDIT_METHOD = "hirescam"
 AUDIT_LAYER = "layer2"
 
-# Discovery settings.
-EMBED_GRID = 8  # maps pooled to 8x8 cells of 4x4 px: a 6x6 px artefact still fills a cell, noise averages out
+# Discovery settings. Every *_PX constant is its value on 32x32 images (REFERENCE_SIDE_PX); `AuditScale` reads it
+# for the image size at hand.
+REFERENCE_SIDE_PX = 32
+# Maps pooled to 8x8 cells of 4x4 px: a 6x6 px artefact still fills a cell, noise averages out. Adaptive pooling:
+# 8x8 cells of any image (8x6 px at 48x64; not-quite-equal cells where the side is no multiple of 8).
+EMBED_GRID = 8
 KNN_NEIGHBOURS = 10  # scikit-learn's SpectralClustering default; enough to link a cluster, few enough not to bridge two
 MAX_CLUSTERS = 6  # the eigengap is read over k = 1..6
 SPECTRUM_SIZE = 10  # smallest Laplacian eigenvalues reported per class
@@ -72,9 +83,9 @@ MIN_CLUSTER_IMAGES = 10  # a smaller cluster is reported but never a candidate
 # Added after the first CIFAR-10 audit of a half-patched run showed the split; the verdict rules are unchanged.
 SAME_ARTEFACT_IOU = 0.5
 SAME_ARTEFACT_PIXEL_DIFF = 24.0
-FIXED_PLACE_PX = 64  # "one fixed place": the cluster's 64 most relevant pixels, 1/16 of a 32x32 image
+FIXED_PLACE_PX = 64  # "one fixed place": the cluster's 64 most relevant pixels, 1/16 of a 32x32 image (of any image)
 # Candidate region: the connected area where the cluster's mean map is at least half its maximum, searched
-# a further 4 px (one 8x8 cell) around for pixels whose spread (median absolute deviation) across the
+# a further 4 px (one cell of the 8x8 grid at 32x32) around for pixels whose spread (median absolute deviation) across the
 # cluster's images is below a quarter of their spread across the whole test set: an artefact pasted on the
 # images is constant, objects are not.
 REGION_THRESHOLD = 0.5
@@ -84,7 +95,7 @@ MIN_ARTEFACT_PX = 4
 # Confirmation settings.
 TOP_CANDIDATES = None  # None: every class's strongest clusters are tested causally (--candidates N: the N top-ranked)
 TRANSPLANT_IMAGES = 1000  # other-class test images per transplant test (seeded choice)
-REMOVAL_RING_PX = RING_PX  # the local mean is taken over a 2 px ring around the region
+REMOVAL_RING_PX = RING_PX  # the local mean is taken over a 2 px ring around the region (at 32x32)
 EXAMPLE_IMAGES = 6  # images per cluster kept for the figures
 
 # Verdict rules, fixed before any CIFAR-10 audit was run (like measure/scores.py's; only the small shapes
@@ -114,6 +125,47 @@ VERDICT_ORDER = (CONFIRMED, MOVING, CANDIDATE, NONE)  # a class keeps its strong
 FIXED_TEST, PER_IMAGE_TEST = "fixed place", "per image"
 PER_IMAGE_KIND = "per-image relevance"
 UNEXPLAINED = "unexplained concentration"
+
+
+# ----- image size ---------------------------------------------------------------------------------------
+
+def _scaled_px(value: float) -> int:
+    """`value` rounded half up (not to even: 3.5 -> 4, 2.5 -> 3), at least 1 px: a margin, ring or area of 0 px
+    would switch a rule off rather than scale it."""
+    return max(1, math.floor(value + 0.5))
+
+
+@dataclass(frozen=True)
+class AuditScale:
+    """The audit's pixel numbers for (height, width) images: the 32x32 constants read by the rule of the module
+    docstring (`for_size`). Lengths: search_margin_px, removal_ring_px; areas: fixed_place_px, min_artefact_px;
+    embed_grid: cells per side of the pooled maps, whatever the size."""
+
+    height: int
+    width: int
+    fixed_place_px: int  # 1/16 of the image
+    search_margin_px: int  # 4 px x factor
+    min_artefact_px: int  # 4 px x factor ** 2
+    removal_ring_px: int  # 2 px x factor
+    embed_grid: int = EMBED_GRID
+
+    @classmethod
+    def for_size(cls, height: int, width: int) -> AuditScale:
+        area = height * width / REFERENCE_SIDE_PX**2  # factor ** 2, exact for integer sizes
+        factor = math.sqrt(area)
+        return cls(int(height), int(width), fixed_place_px=_scaled_px(FIXED_PLACE_PX * area),
+                   search_margin_px=_scaled_px(SEARCH_MARGIN_PX * factor), min_artefact_px=_scaled_px(MIN_ARTEFACT_PX * area),
+                   removal_ring_px=_scaled_px(REMOVAL_RING_PX * factor))
+
+    @classmethod
+    def of(cls, x: torch.Tensor) -> AuditScale:
+        """The scale of (..., H, W) images or maps."""
+        return cls.for_size(*x.shape[-2:])
+
+    @property
+    def factor(self) -> float:
+        """The image's linear size over 32 px: sqrt(H * W) / 32."""
+        return math.sqrt(self.height * self.width) / REFERENCE_SIDE_PX
 
 
 # ----- discovery ---------------------------------------------------------------------------------------
@@ -197,8 +249,10 @@ def mean_map(maps: torch.Tensor) -> torch.Tensor:
     return m / m.max().clamp_min(1e-12)
 
 
-def fixed_place_mask(mean: torch.Tensor, n_px: int = FIXED_PLACE_PX) -> torch.Tensor:
-    """(H, W) bool: the `n_px` most relevant pixels of a mean map (ties broken in raster order)."""
+def fixed_place_mask(mean: torch.Tensor, n_px: int | None = None) -> torch.Tensor:
+    """(H, W) bool: the `n_px` most relevant pixels of a mean map (ties broken in raster order); by default the
+    fixed place of the map's size (`AuditScale.fixed_place_px`: 64 px of 32x32, 1/16 of any image)."""
+    n_px = AuditScale.of(mean).fixed_place_px if n_px is None else n_px
     mask = torch.zeros(mean.numel(), dtype=torch.bool)
     mask[torch.argsort(mean.flatten(), descending=True, stable=True)[:n_px]] = True
     return mask.view(mean.shape)
@@ -270,14 +324,14 @@ def candidate_region(cluster_images: torch.Tensor, reference_spread: torch.Tenso
     mean: (H, W) the cluster's `mean_map`. Returns {"box": (t, l, b, r), "kind": "constant pixels" or
     "relevance only", "relevance_box": the thresholded mean map's box, "constant_px": count}.
     """
-    size = tuple(mean.shape)
+    size, scale = tuple(mean.shape), AuditScale.of(mean)
     relevance = relevance_box(mean)
-    window = box_mask(grow_box(relevance, SEARCH_MARGIN_PX, size), size)
+    window = box_mask(grow_box(relevance, scale.search_margin_px, size), size)
     ratio = pixel_spread(cluster_images) / reference_spread.clamp_min(1.0)
     constant = (ratio < CONSTANT_PIXEL_RATIO).numpy()
     box = _component_box(constant, window)
     count = 0 if box is None else int((box_mask(box, size) & constant).sum())
-    if count >= MIN_ARTEFACT_PX:
+    if count >= scale.min_artefact_px:
         return {"box": box, "kind": "constant pixels", "relevance_box": relevance, "constant_px": count}
     # Without constant pixels the region is where the relevance is, at most an artefact's size (a larger box is the
     # object, and pasting an object's part can move images to its class): as the per-image regions are capped.
@@ -335,15 +389,18 @@ class AuditSettings:
     batch_size: int = 256
 
 
-def settings_record(settings: AuditSettings) -> dict:
-    """The settings and the fixed rules an audit was computed with, as recorded in audit.json."""
+def settings_record(settings: AuditSettings, scale: AuditScale) -> dict:
+    """The settings and the fixed rules an audit was computed with, as recorded in audit.json; the pixel rules
+    as `scale` (the audited images' `AuditScale`) read them, with the image size they were read for."""
     return {"method": settings.method, "layer": settings.layer, "seed": settings.seed,
             "top_candidates": settings.top_candidates, "transplant_images": settings.transplant_images,
-            "embed_grid": EMBED_GRID, "knn_neighbours": KNN_NEIGHBOURS, "max_clusters": MAX_CLUSTERS,
+            "embed_grid": scale.embed_grid, "knn_neighbours": KNN_NEIGHBOURS, "max_clusters": MAX_CLUSTERS,
             "min_class_images": MIN_CLASS_IMAGES, "min_cluster_images": MIN_CLUSTER_IMAGES,
-            "fixed_place_px": FIXED_PLACE_PX, "region_threshold": REGION_THRESHOLD,
-            "search_margin_px": SEARCH_MARGIN_PX, "constant_pixel_ratio": CONSTANT_PIXEL_RATIO,
-            "removal_ring_px": REMOVAL_RING_PX, "confirm_flip_rate": CONFIRM_FLIP_RATE,
+            "image_hw_px": [scale.height, scale.width],
+            "fixed_place_px": scale.fixed_place_px, "region_threshold": REGION_THRESHOLD,
+            "search_margin_px": scale.search_margin_px, "constant_pixel_ratio": CONSTANT_PIXEL_RATIO,
+            "min_artefact_px": scale.min_artefact_px,
+            "removal_ring_px": scale.removal_ring_px, "confirm_flip_rate": CONFIRM_FLIP_RATE,
             "candidate_flip_rate": CANDIDATE_FLIP_RATE, "candidate_removal_rate": CANDIDATE_REMOVAL_RATE,
             "peak_share": moving.PEAK_SHARE, "max_region_share": moving.MAX_REGION_SHARE,
             "unexplained_ratio": moving.UNEXPLAINED_RATIO,
@@ -353,8 +410,9 @@ def settings_record(settings: AuditSettings) -> dict:
 def _cluster_record(maps: torch.Tensor, images: torch.Tensor, reference_spread: torch.Tensor, seed: int) -> tuple[dict, dict]:
     """Scores and candidate region of one cluster's (n, H, W) maps and (n, 3, H, W) images."""
     mean = mean_map(maps)
-    energy = fixed_place_energy(maps, fixed_place_mask(mean))
-    uniform = FIXED_PLACE_PX / mean.numel()
+    mask = fixed_place_mask(mean)
+    energy = fixed_place_energy(maps, mask)
+    uniform = int(mask.sum()) / mean.numel()  # what a flat map scores: 1/16
     record = {"n": len(maps), "fixed_place": scores.bootstrap_ci(energy, seed), "uniform": uniform}
     record["score"] = record["fixed_place"]["low"] / uniform  # ranks clusters: x uniform, at the lower bound
     record["region"] = (candidate_region(images, reference_spread, mean) if len(maps) >= MIN_CLUSTER_IMAGES else None)
@@ -417,13 +475,14 @@ def confirm_candidate(model: nn.Module, data: EvalSet, predictions: torch.Tensor
     predictions: (N,) the model's predictions on `data`. Returns (record, examples for the figures).
     """
     target, seed, box = int(predictions[members[0]]), settings.seed, tuple(region["box"])
+    ring_px = AuditScale.of(data.images).removal_ring_px
     artefact = from_images(box, data.images[members], data.classes[target], "audit candidate")  # the cluster's median
     pixels = artefact.pixels
     others = seeded_cap((data.labels != target).nonzero().squeeze(1), settings.transplant_images, seed)
     pasted = paste(data.images[others], artefact)
     pasted_preds = predict(model, pasted, runtime)
-    occluded_preds = predict(model, remove(data.images[others], artefact), runtime)  # the ring fill, REMOVAL_RING_PX
-    removed = remove(data.images[members], artefact)
+    occluded_preds = predict(model, remove(data.images[others], artefact, ring_px), runtime)  # the ring fill
+    removed = remove(data.images[members], artefact, ring_px)
     removed_preds = predict(model, removed, runtime)
     record = {
         "box_tlbr_px": list(box), "kind": region["kind"], "relevance_box_tlbr_px": list(region["relevance_box"]),
@@ -453,16 +512,16 @@ def confirm_moving(model: nn.Module, data: EvalSet, predictions: torch.Tensor, m
     of its (n, H, W) `maps`) is pasted at its place on other classes' images, one source per destination in turn;
     the controls occlude the same regions or leave the images untouched. Returns (record, figure examples) as
     `confirm_candidate` does; the record's box is the median region, its pixels are None (there is no one set)."""
-    target, seed = int(predictions[members[0]]), settings.seed
-    boxes = moving.peak_boxes(maps, REGION_THRESHOLD, SEARCH_MARGIN_PX)
+    target, seed, scale = int(predictions[members[0]]), settings.seed, AuditScale.of(data.images)
+    boxes = moving.peak_boxes(maps, REGION_THRESHOLD, scale.search_margin_px)
     masks = box_masks(boxes, *data.images.shape[-2:])
     sources = data.images[members]
     others = seeded_cap((data.labels != target).nonzero().squeeze(1), settings.transplant_images, seed)
     pasted = moving.transplant(data.images[others], sources, masks)
     paired = masks[torch.arange(len(others)) % len(members)]
     pasted_preds = predict(model, pasted, runtime)
-    occluded_preds = predict(model, moving.ring_fill(data.images[others], paired, REMOVAL_RING_PX), runtime)
-    removed = moving.ring_fill(sources, masks, REMOVAL_RING_PX)
+    occluded_preds = predict(model, moving.ring_fill(data.images[others], paired, scale.removal_ring_px), runtime)
+    removed = moving.ring_fill(sources, masks, scale.removal_ring_px)
     removed_preds = predict(model, removed, runtime)
     box = [int(v) for v in boxes.median(dim=0).values]
     inside = masks[:, None].expand_as(sources)
@@ -696,7 +755,7 @@ def audit_model(model: nn.Module, data: EvalSet, settings: AuditSettings, runtim
     for candidate, examples in zip(candidates, candidate_examples):
         if candidate["verdict"] == CONFIRMED and candidate["test"] == FIXED_TEST:
             add_artefact_group(candidate, examples["pixels"], classes, class_examples, data)
-    result = {"n_test": len(data.labels), "settings": settings_record(settings), "classes": classes, "ranking": ranked,
+    result = {"n_test": len(data.labels), "settings": settings_record(settings, AuditScale.of(data.images)), "classes": classes, "ranking": ranked,
               "candidates": candidates, "confirmed": [c["class"] for c in candidates if c["verdict"] == CONFIRMED],
               "unexplained": unexplained_classes(classes, candidates)}
     if data.planted_box is not None:

@@ -206,7 +206,7 @@ def _audit_layer(model: torch.nn.Module, options: AuditOptions, size: tuple[int,
     if options.method in PIXEL_METHODS:
         return options.layer or spray.AUDIT_LAYER
     layer = options.layer or default_layers(model, size).audit
-    check_layer(model, layer, size)
+    check_layer(model, layer, size, "--layer")
     return layer
 
 

@@ -191,7 +191,7 @@ def _rules(result: AuditResult) -> list[str]:
         f"(1..{s['max_clusters']}) is where the normalised Laplacian's spectrum jumps most (eigengap). Classes with fewer "
         f"than {s['min_class_images']} images are skipped.",
         f"2. **Fixed-place energy**: the share of each image's relevance on its cluster's {s['fixed_place_px']} most relevant "
-        f"pixels, against {s['fixed_place_px']}/1024 for a uniform map. Clusters of at least {s['min_cluster_images']} images "
+        f"pixels, against {s['fixed_place_px']}/{_pixels(s)} for a uniform map. Clusters of at least {s['min_cluster_images']} images "
         f"are ranked by its lower 95% bound; the best cluster of "
         + ("every class" if s.get("top_candidates") is None else f"each of the top {s['top_candidates']} classes")
         + " is tested.",
@@ -364,3 +364,9 @@ def audit_figures(result: AuditResult, examples: dict) -> dict:
         draw = per_image_figure if c.per_image else candidate_figure
         figs[f"figures/audit_candidate_{c.rank}_{c.class_name}.png"] = draw(result, examples, c.rank)
     return figs
+
+
+def _pixels(settings: dict) -> int:
+    """The audited images' pixel count (audit.json files written before any image size was recorded: 32x32)."""
+    height, width = settings.get("image_hw_px", (32, 32))
+    return height * width
