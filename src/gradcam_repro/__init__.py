@@ -2,15 +2,16 @@
 
 The folders follow the pipeline, each stage a package that imports only from the stages above it:
 
-    data/      images as uint8 tensors: `images` (ImageData, subsets), `cifar10`, `shapes`, `registry` (the
-               datasets a run can name), `artefact` (the one artefact type: paste, remove, decorrelate), `bias`
-               (planting the shortcut on a share of one class), `zoo` (artefact kinds: square, logo, text, stripe,
-               frame, tint, blur, noise; placement, opacity, JPEG)
+    data/      images as uint8 tensors: `images` (ImageData, subsets), `cifar10`, `shapes`, `folder` (your own
+               class folders at any size, brought to one --image-size), `registry` (the datasets a run can name),
+               `artefact` (the one artefact type: paste, remove, decorrelate), `bias` (planting the shortcut on a
+               share of one class), `zoo` (artefact kinds: square, logo, text, stripe, frame, tint, blur, noise;
+               placement, opacity, JPEG)
     model/     `resnet` (the CIFAR ResNet-18 and its checkpoints), `train` (TrainSettings, the epoch loop),
                `finetune` (repair's training parts: RRR, last-layer refit), `sources` (models by --arch:
                torchvision, timm, entry points, and their input contract)
     explain/   `cam` (Grad-CAM and six relatives), `pixel` (Captum's pixel-space methods), `registry` (one
-               explainer protocol and registry)
+               explainer protocol and registry), `layers` (default layers per architecture, layer checks)
     measure/   `scores` (scores with bootstrap CIs), `predict`, `shortcut` (flip tests, energy in the patch),
                typed results (`results`: RunMetrics and its parts; `comparison_results`: MethodsResult, compare's
                methods.json; `audit_results`: AuditResult; `study_results`: StudyResult and its cells), `examples` (what the figures show), `sanity` (randomisation check),
@@ -29,7 +30,20 @@ The folders follow the pipeline, each stage a package that imports only from the
 
 with `errors` (the one-line UserError), `config` (one dataclass, presets), `options` (an options dataclass
 as command-line flags), `runtime` (device, precision, seeds) and `store` (atomic files, readers, the run
-lock) beneath every stage, and `cli` on top.
+lock) beneath every stage, and on top `cli` and `api` (the Python API: `gradcam_repro.explain(model, images)`,
+`audit(model, dataset)`, `load_model(arch)`, ... for any nn.Module; imported on first use).
 """
 
+import importlib
+
 __version__ = "0.2.0"
+API = ("audit", "load_model", "with_contract", "Explanation")  # and `explain`, the callable explain/ package
+
+
+def __getattr__(name: str):
+    """The Python API's names, imported from `gradcam_repro.api` on first use (the CLI does not pay for them)."""
+    if name in API:
+        return getattr(importlib.import_module("gradcam_repro.api"), name)
+    if name == "explain":
+        return importlib.import_module("gradcam_repro.explain")
+    raise AttributeError(f"module 'gradcam_repro' has no attribute {name!r}")

@@ -8,6 +8,7 @@ result, so a result can always be traced back to what produced it.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 
 from gradcam_repro.errors import UserError
@@ -27,6 +28,10 @@ CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 # Where an artefact goes: a corner, the centre, or a new seeded place on every image (`data.zoo`).
 PLACEMENTS = (*CORNERS, "centre", "random")
 PRECISIONS = ("auto", "bf16", "fp32")
+# How `--dataset folder` brings an image of another size to --image-size (data.folder.fit_image).
+RESIZE_POLICIES = ("resize", "centre-crop", "pad")
+# The smallest --image-size side: the CIFAR ResNet-18 downsamples by 8 (32 px -> 4x4 at layer4).
+MIN_IMAGE_SIDE = 8
 LR_SCHEDULES = ("constant", "onecycle")
 # The --help groups of Config's flags.
 RUN, TRAINING, SHORTCUT, EXPLANATION = "what to run", "training", "shortcut (bias injection)", "explanation and output"
@@ -45,10 +50,25 @@ class Config:
                 "one `benchmark` cell (sweep with a 16 px middle epoch); smoke = about a minute, for tests. Every other flag "
                 "overrides the preset"})
     dataset: str = field(default="cifar10", metadata={  # a name in data.registry.DATASETS (checked where it is known)
-        "group": RUN, "help": "cifar10 or the synthetic shapes set with object masks"})
+        "group": RUN, "help": "cifar10, the synthetic shapes set with object masks, or folder: your own images in "
+                              "class folders under --data-root, at any size (see --image-size, --resize)"})
     data_root: str | None = field(default=None, metadata={  # None: $GRADCAM_DATA_ROOT, else ./data
-        "help": "folder holding cifar-10-batches-py/ or train/<class>/ + test/<class>/; download is tried if empty",
+        "help": "folder holding cifar-10-batches-py/ or train/<class>/ + test/<class>/; download is tried if empty. "
+                "--dataset folder: train/<class>/ + test/<class>/, or train/<class>/ or <class>/ alone (a seeded "
+                "20%% of each class is then held out for testing)",
         "default_text": "where the run found it, else $GRADCAM_DATA_ROOT, else ./data"})
+    # The two fields of --dataset folder ("dataset" metadata): left out of to_dict() for the other datasets, so
+    # that their records and study cell keys stay what they were before the fields existed.
+    image_size: str | None = field(default=None, metadata={  # parsed by parse_image_size into (H, W)
+        "group": RUN, "dataset": "folder", "metavar": "HxW",
+        "help": "--dataset folder: the input size every image is brought to, HEIGHTxWIDTH in px (64x48: 64 rows, "
+                "48 columns) or one number for a square (64); at least 8 px a side",
+        "default_text": "the images' own size, if they all share one"})
+    resize: str = field(default="centre-crop", metadata={
+        "group": RUN, "dataset": "folder", "choices": RESIZE_POLICIES,
+        "help": "--dataset folder: how an image of another size is brought to --image-size: resize (stretch to it), "
+                "centre-crop (scale to cover it, crop the middle: no distortion) or pad (scale to fit inside it, "
+                "black borders)"})
     out: str | None = field(default=None, metadata={"group": RUN, "help": "output folder", "default_text": "runs/<preset>"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA if available), cpu, cuda or cuda:N"})
     seed: int = field(default=0, metadata={
@@ -169,10 +189,17 @@ class Config:
             (self.cam_batch_size >= 1, f"--cam-batch-size must be >= 1, got {self.cam_batch_size}"),
             (self.figure_images >= 1, f"--figure-images must be >= 1, got {self.figure_images}"),
             (self.shapes_train >= 10 and self.shapes_test >= 10, "--shapes-train and --shapes-test must be >= 10"),
+            (self.resize in RESIZE_POLICIES, f"--resize must be one of {', '.join(RESIZE_POLICIES)}, got {self.resize!r}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+        for f in _dataset_fields():
+            owner, flag = f.metadata["dataset"], "--" + f.name.replace("_", "-")
+            if owner != self.dataset and getattr(self, f.name) != f.default:
+                raise UserError(f"{flag} applies to --dataset {owner} only, got --dataset {self.dataset}; "
+                                f"fix: drop {flag} or pass --dataset {owner}")
+        parse_image_size(self.image_size)
         return self
 
     @property
@@ -180,7 +207,10 @@ class Config:
         return self.out if self.out is not None else f"runs/{self.preset}"
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every field but those of another dataset (--image-size and --resize unless --dataset folder): validate()
+        holds them at their defaults there, so from_dict() gives the same config back."""
+        other = {f.name for f in _dataset_fields() if f.metadata["dataset"] != self.dataset}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in other}
 
     @classmethod
     def from_dict(cls, values: dict) -> Config:
@@ -195,7 +225,47 @@ class Config:
         return cls(**values)
 
 
+def _dataset_fields() -> list[dataclasses.Field]:
+    """The Config fields that only one dataset reads (metadata "dataset": its name)."""
+    return [f for f in dataclasses.fields(Config) if "dataset" in f.metadata]
+
+
+def parse_image_size(text: str | int | None) -> tuple[int, int] | None:
+    """--image-size as (H, W) in px: "64x48" is 64 rows by 48 columns, "64" a 64x64 square; None stays None.
+
+    Raises `UserError` for text that is no size, or a side below MIN_IMAGE_SIDE."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", str(text))
+    if match is None:
+        raise UserError(f"--image-size {text!r} is not a size; fix: pass HEIGHTxWIDTH in px like 64x48, "
+                        "or one number like 64 for a square")
+    height = int(match[1])
+    width = int(match[2]) if match[2] is not None else height
+    if min(height, width) < MIN_IMAGE_SIDE:
+        raise UserError(f"--image-size {text} ({height}x{width} px) is below the {MIN_IMAGE_SIDE} px minimum; "
+                        f"fix: pass at least {MIN_IMAGE_SIDE} px a side, e.g. --image-size 32")
+    return height, width
+
+
 # Presets only list what differs from the seed protocol (the Config defaults).
+_SWEEP = {
+    "train_subset": 7_000,
+    "epochs": 3,
+    "train_resolutions": (16, 24, 32),
+    "batch_size": 64,
+    "lr": 0.1,
+    "nesterov": True,
+    "weight_decay": 5e-4,
+    "lr_schedule": "onecycle",
+    "label_smoothing": 0.1,
+    "eval_subset": 500,
+    # A 1,000-image test set (--test-subset 10000 for all): the flip tests use every non-target
+    # image of it (95% CIs of about +-3 points); CAM sets of 100 images, explained by four methods.
+    "test_subset": 1_000,
+    "counterfactual_images": None,
+    "cam_images": 100,
+}
 PRESETS: dict[str, dict] = {
     # The seed protocol on all 50,000 training images. Only the evaluation sample
     # sizes differ from the defaults (they do not change training): the per-epoch
@@ -233,42 +303,12 @@ PRESETS: dict[str, dict] = {
     # similar cost tried at fraction 1 with seeds 0-2 (README, Studies) as the one whose seed-robust
     # Grad-CAM verdicts came closest to quick's; 248-255 s training per cell. The earlier 5,000-image,
     # 4-epoch recipe (210 s) pointed at the patch at the seed's layer in 2 of 3 seeds, quick in 0 of 5.
-    "sweep": {
-        "train_subset": 7_000,
-        "epochs": 3,
-        "train_resolutions": (16, 24, 32),
-        "batch_size": 64,
-        "lr": 0.1,
-        "nesterov": True,
-        "weight_decay": 5e-4,
-        "lr_schedule": "onecycle",
-        "label_smoothing": 0.1,
-        "eval_subset": 500,
-        # A 1,000-image test set (--test-subset 10000 for all): the flip tests use every non-target
-        # image of it (95% CIs of about +-3 points); CAM sets of 100 images, explained by four methods.
-        "test_subset": 1_000,
-        "counterfactual_images": None,
-        "cam_images": 100,
-    },
+    "sweep": _SWEEP,
     # One cell of `gradcam-repro benchmark` (issue 23: 57 models and 81 audited cells): the sweep recipe with a
     # cheaper middle epoch (16, 16, 32 px). Probed on the seed's square, seed 0, bias fraction 1, 2-core AMD EPYC,
     # two models at a time: sweep (16/24/32 px, 7,000 images) 235 s training, flip-to-frog 92.2%; this one 162-168 s,
     # 90.0%; 16/24/32 px on 4,000 images 140 s but only 44.7% [41.4, 47.9]: the models must keep relying.
-    "benchmark": {
-        "train_subset": 7_000,
-        "epochs": 3,
-        "train_resolutions": (16, 16, 32),
-        "batch_size": 64,
-        "lr": 0.1,
-        "nesterov": True,
-        "weight_decay": 5e-4,
-        "lr_schedule": "onecycle",
-        "label_smoothing": 0.1,
-        "eval_subset": 500,
-        "test_subset": 1_000,
-        "counterfactual_images": None,
-        "cam_images": 100,
-    },
+    "benchmark": {**_SWEEP, "train_resolutions": (16, 16, 32)},
     # A minute-long end-to-end pass for tests: tiny subset, one epoch.
     "smoke": {
         "train_subset": 500,

@@ -16,8 +16,8 @@ IMAGE_SIZE = 32
 class ImageData:
     """A train/test split held in memory.
 
-    images: (N, 3, 32, 32) uint8; labels: (N,) int64 in [0, len(classes));
-    masks (shapes only): (N, 32, 32) bool, True on the object.
+    images: (N, 3, H, W) uint8 (32x32 for CIFAR-10 and shapes; --image-size for a folder); labels: (N,) int64 in
+    [0, len(classes)); masks (shapes only): (N, H, W) bool, True on the object.
     """
 
     name: str
