@@ -328,7 +328,8 @@ def test_an_empty_dataset_is_refused(tmp_path, capsys, monkeypatch):
 
     empty = torch.empty(0, 3, 32, 32, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
     data = ImageData("shapes", tuple(SHAPES_CLASSES), *empty, *empty, fingerprint="0" * 64, source="an empty folder")
-    monkeypatch.setattr(pipeline_audit, "get_dataset", lambda name: Dataset(name, tuple(SHAPES_CLASSES), SHORTCUT, lambda cfg: data))
+    monkeypatch.setattr(pipeline_audit, "dataset_for",
+                        lambda config: Dataset(config.dataset, tuple(SHAPES_CLASSES), SHORTCUT, lambda cfg: data))
     path = tmp_path / "model.pt"
     torch.save(seeded_resnet().state_dict(), path)
     assert main(["audit", str(path), "--dataset", "shapes", "--out", str(tmp_path / "out")]) == 2

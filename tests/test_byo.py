@@ -278,3 +278,36 @@ def test_cli_bad_models_exit_2_with_one_line_and_write_nothing(tmp_path, capsys,
         err = capsys.readouterr().err
         assert code == 2 and message in err and err.count("\n") == 1, (command, err)
         assert not out.exists()
+
+
+def test_cli_audit_any_model_on_an_image_folder_at_64x48(tmp_path, capsys):
+    """`audit --arch ... --dataset folder`: the classes come from the folders, the boxes are in 64x48 pixels."""
+    import json
+
+    from PIL import Image
+
+    from gradcam_repro.cli import main
+
+    generator = torch.Generator().manual_seed(3)
+    for split, n in (("train", 2), ("test", 30)):
+        for name in ("cat", "dog", "eel"):
+            (tmp_path / "tree" / split / name).mkdir(parents=True)
+            for i in range(n):
+                pixels = torch.randint(0, 256, (48, 64, 3), dtype=torch.uint8, generator=generator)  # 64 wide, 48 high
+                Image.fromarray(pixels.numpy()).save(tmp_path / "tree" / split / name / f"{i}.png")
+    torch.manual_seed(0)
+    torch.save(ModelSource("torchvision:resnet18", 3).build().state_dict(), tmp_path / "r18.pt")
+    out = tmp_path / "audit"
+    argv = ["audit", str(tmp_path / "r18.pt"), "--arch", "torchvision:resnet18", "--num-classes", "3", "--dataset",
+            "folder", "--data-root", str(tmp_path / "tree"), "--image-size", "48x64", "--out", str(out)]
+    assert main(argv) == 0
+    found = json.loads((out / "audit.json").read_text())
+    assert found["dataset"]["classes"] == ["cat", "dog", "eel"] and found["dataset"]["n_test"] == 90
+    assert found["settings"]["layer"] == "layer1" and found["settings"]["image_hw_px"] == [48, 64]
+    for candidate in found["candidates"]:
+        top, left, bottom, right = candidate["box_tlbr_px"]
+        assert 0 <= top < bottom <= 48 and 0 <= left < right <= 64
+    mismatch = ["audit", "random", *argv[2:-2], "--num-classes", "4", "--out", str(tmp_path / "no")]
+    assert main(mismatch) == 2  # 4 outputs, 3 class folders
+    assert "the model has 4 classes but dataset folder has 3" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()

@@ -22,7 +22,7 @@ from gradcam_repro import store
 from gradcam_repro.config import Config
 from gradcam_repro.data.bias import patch_artefact, plant
 from gradcam_repro.data.images import EvalSet, ImageData, stratified_subset
-from gradcam_repro.data.registry import get_dataset
+from gradcam_repro.data.registry import dataset_for
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.layers import check_layer, default_layers
 from gradcam_repro.explain.registry import PIXEL_METHODS, display_name, get_explainer
@@ -49,6 +49,12 @@ class AuditOptions:
         "help": "dataset of the test images",
         "default_text": "the one the model was trained on, from spec.json; cifar10 for a bare model.pt"})
     data_root: str | None = None  # --data-root, shared with the other commands
+    image_size: str | None = field(default=None, metadata={
+        "metavar": "HxW", "help": "--dataset folder: the size the images are brought to (64x48: 64 rows, 48 columns)",
+        "default_text": "the images' own size, if they all share one"})
+    resize: str | None = field(default=None, metadata={
+        "choices": ["resize", "centre-crop", "pad"], "help": "--dataset folder: how images of another size are fitted",
+        "default_text": "centre-crop"})
     method: str = field(default=spray.AUDIT_METHOD, metadata={
         "help": "explanation method (README, Finding a shortcut, explains the default)"})
     layer: str | None = field(default=None, metadata={
@@ -141,7 +147,7 @@ def load_audit_set(config: Config, classes: tuple[str, ...], options: AuditOptio
                    ) -> tuple[EvalSet, dict]:
     """The audited test images (a class-balanced `--images` subset, `--patch-test-fraction` of one class
     patched) and the record of where they came from and what was pasted."""
-    dataset = get_dataset(config.dataset)
+    dataset = dataset_for(config)  # a folder dataset's classes come from its tree
     if len(dataset.classes) != len(classes):
         raise UserError(f"the model has {len(classes)} classes but dataset {dataset.name} has {len(dataset.classes)}; "
                         "fix: pass the --dataset the model was trained on")
@@ -186,8 +192,9 @@ def prepare_audit(target: str | Path, options: AuditOptions, log=print) -> Prepa
     """Check the flags, load the model and the audited test set, check the output folder; writes nothing."""
     check_options(options)
     found = resolve_target(target, options.experiment, options.source)
-    config = replace(found.config, **{k: v for k, v in {"dataset": options.dataset, "data_root": options.data_root}.items()
-                                      if v is not None}, **dict(options.pasted))
+    given = {"dataset": options.dataset, "data_root": options.data_root, "image_size": options.image_size,
+             "resize": options.resize}
+    config = replace(found.config, **{k: v for k, v in given.items() if v is not None}, **dict(options.pasted)).validate()
     runtime = Runtime.choose(options.device or "auto", config.precision)
     models, classes = load_models(found.model_path, runtime.device, options.source)
     model = next(iter(models.values()))
