@@ -24,7 +24,7 @@ from torch import nn
 from gradcam_repro import store
 from gradcam_repro.data.images import EvalSet, ImageData, tensor_fingerprint
 from gradcam_repro.errors import UserError
-from gradcam_repro.explain.layers import check_layer, default_layers
+from gradcam_repro.explain.layers import chosen_layer, default_layers
 from gradcam_repro.explain.registry import PIXEL_METHODS, explain_images, get_explainer
 from gradcam_repro.measure import spray
 from gradcam_repro.measure.audit_results import AuditResult
@@ -96,8 +96,7 @@ def explain(model: nn.Module, images, method: str = "gradcam", layer: str | None
     if method in PIXEL_METHODS:
         layer = "input"
     else:
-        layer = layer or default_layers(model, size).explain
-        check_layer(model, layer, size)
+        layer = chosen_layer(model, layer, size, "explain")
     logits = predict_logits(model, images, runtime)
     chosen = logits.argmax(1) if targets is None else torch.as_tensor(targets).long().flatten()
     if len(chosen) != len(images):
@@ -136,9 +135,8 @@ def audit(model: nn.Module, dataset, method: str | None = None, layer: str | Non
         raise UserError(f"the model has {outputs} classes but the dataset has {len(data.classes)}; fix: pass the data "
                         "the model was trained on, with its class names")
     method = method or spray.AUDIT_METHOD
-    layer = layer or default_layers(model, size).audit
-    if method not in PIXEL_METHODS:
-        check_layer(model, layer, size)
+    layer = layer or default_layers(model, size).audit if method in PIXEL_METHODS else chosen_layer(
+        model, layer, size, "audit")
     if out is not None:
         store.check_writable(Path(out))
     start = time.perf_counter()

@@ -93,10 +93,7 @@ def probe_layers(model: nn.Module, size: tuple[int, int]) -> list[Probed]:
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
     try:
         with torch.no_grad(), eval_mode(model):
-            model(probe_input(model, size))
-    except (RuntimeError, ValueError, TypeError, AssertionError) as exc:  # timm asserts the input size
-        raise UserError(f"the model rejects {size[0]}x{size[1]} inputs ({str(exc).splitlines()[0][:120]}); fix: pass "
-                        "the input size the model was built for (--image-size)") from None
+            _forward(model, probe_input(model, size), size)
     finally:
         for handle in handles:
             handle.remove()
@@ -150,60 +147,68 @@ def _last_norm_with_gradient(model: nn.Module, probed: list[Probed], size: tuple
 
 def _gradient_reaches(model: nn.Module, layer: str, size: tuple[int, int]) -> bool:
     """Whether the predicted class's logit has a non-zero gradient at `layer`'s (grid-laid) output."""
-    captured = {}
+    return _reaches(*_probe_layer(model, layer, size), size, layer)
 
-    def keep(module, inputs, output):
-        captured["out"] = output
-        return None
 
-    handle = get_layer(model, layer).register_forward_hook(keep)
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        with eval_mode(model), torch.enable_grad():
-            for p, _ in flags:
-                p.requires_grad_(False)
-            x = probe_input(model, size).requires_grad_(True)
-            logits = model(x)
-            out = captured["out"]
-            grad, = torch.autograd.grad(logits.gather(1, logits.argmax(1, keepdim=True)).sum(), out, allow_unused=True)
-    finally:
-        handle.remove()
-        for p, flag in flags:
-            p.requires_grad_(flag)
+def _reaches(shape: tuple[int, ...] | None, grad: torch.Tensor | None, size: tuple[int, int], layer: str) -> bool:
     if grad is None:
         return False
     grid = tokens_to_grid(grad, size, layer) if grad.dim() == 3 else grad
     return bool(grid.abs().amax() > 0)
 
 
+def _probe_layer(model: nn.Module, layer: str, size: tuple[int, int]) -> tuple[tuple[int, ...] | None, torch.Tensor | None]:
+    """One forward and backward pass of the probe images: `layer`'s output shape (None if it is no tensor) and the
+    predicted class's gradient there (None if the output is not a feature map or tokens, or does not reach it)."""
+    captured = {}
+    handle = get_layer(model, layer).register_forward_hook(lambda module, inputs, output: captured.update(out=output))
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        with eval_mode(model), torch.enable_grad():
+            for p, _ in flags:
+                p.requires_grad_(False)
+            logits = _forward(model, probe_input(model, size).requires_grad_(True), size)
+            out = captured.get("out")
+            if not torch.is_tensor(out):
+                return None, None
+            if out.dim() not in (3, 4) or not out.requires_grad:
+                return tuple(out.shape), None
+            grad, = torch.autograd.grad(logits.gather(1, logits.argmax(1, keepdim=True)).sum(), out, allow_unused=True)
+            return tuple(out.shape), grad
+    finally:
+        handle.remove()
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _forward(model: nn.Module, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """model(x), with an input size the model rejects as the one-line `UserError` that names the fix."""
+    try:
+        return model(x)
+    except (RuntimeError, ValueError, TypeError, AssertionError) as exc:  # timm asserts the input size
+        raise UserError(f"the model rejects {size[0]}x{size[1]} inputs ({str(exc).splitlines()[0][:120]}); fix: pass "
+                        "the input size the model was built for (--image-size)") from None
+
+
 def check_layer(model: nn.Module, layer: str, size: tuple[int, int], flag: str = "--cam-layer") -> None:
     """`UserError` (one line: the layer and the fix) unless `layer` of `model` can be explained on (H, W) inputs;
-    `flag` is the option the fix names."""
+    `flag` is the option the fix names. One probe pass (forward and backward) answers every check."""
     get_layer(model, layer, flag)  # unknown names list the valid ones
-    probed = {p.name: p for p in probe_layers(model, size)}
-    found = probed.get(layer)
-    if found is None:
-        alias = _alias_shape(model, layer, size)
-        if alias is None or len(alias) not in (3, 4):
-            raise UserError(f"layer {layer!r} outputs {alias or 'nothing tensor-shaped'}, not a feature map (N, K, h, w) "
-                            "or tokens (N, T, K); fix: pick a convolutional stage or a transformer block's norm")
-        found = Probed(layer, alias)
-    if found.tokens:
-        tokens_to_grid(torch.zeros(1, *found.shape[1:]), size, layer)  # raises when no grid fits
-    if not _gradient_reaches(model, layer, size):
+    shape, grad = _probe_layer(model, layer, size)
+    if shape is None or len(shape) not in (3, 4):
+        raise UserError(f"layer {layer!r} outputs {shape or 'nothing tensor-shaped'}, not a feature map (N, K, h, w) "
+                        "or tokens (N, T, K); fix: pick a convolutional stage or a transformer block's norm")
+    if len(shape) == 3:
+        tokens_to_grid(torch.zeros(1, *shape[1:]), size, layer)  # raises when no grid fits
+    if not _reaches(shape, grad, size, layer):
         hint = default_layers(model, size).explain
         raise UserError(f"layer {layer!r} gets no gradient from the class score (its maps would be all zero); fix: "
                         f"pick a layer that every position of the output depends on, e.g. {hint}")
 
 
-def _alias_shape(model: nn.Module, layer: str, size: tuple[int, int]) -> tuple[int, ...] | None:
-    """The output shape of `layer` in a probe pass (for names `probe_layers` folded into a shorter alias)."""
-    shapes = {}
-    handle = get_layer(model, layer).register_forward_hook(
-        lambda m, i, o: shapes.setdefault("out", tuple(o.shape) if torch.is_tensor(o) else None))
-    try:
-        with torch.no_grad(), eval_mode(model):
-            model(probe_input(model, size))
-    finally:
-        handle.remove()
-    return shapes.get("out")
+def chosen_layer(model: nn.Module, layer: str | None, size: tuple[int, int], use: str, flag: str = "--cam-layer") -> str:
+    """`layer`, checked, or the rule's default for `use` ("explain" or "audit"): what `explain`, `audit` and the
+    Python API explain with a CAM method."""
+    layer = layer or getattr(default_layers(model, size), use)
+    check_layer(model, layer, size, flag)
+    return layer

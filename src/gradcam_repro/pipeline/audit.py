@@ -24,7 +24,7 @@ from gradcam_repro.data.bias import patch_artefact, plant
 from gradcam_repro.data.images import EvalSet, ImageData, stratified_subset
 from gradcam_repro.data.registry import dataset_for
 from gradcam_repro.errors import UserError
-from gradcam_repro.explain.layers import check_layer, default_layers
+from gradcam_repro.explain.layers import chosen_layer
 from gradcam_repro.explain.registry import PIXEL_METHODS, display_name, get_explainer
 from gradcam_repro.measure import spray
 from gradcam_repro.measure.audit_results import AuditResult
@@ -212,9 +212,7 @@ def _audit_layer(model: torch.nn.Module, options: AuditOptions, size: tuple[int,
     """--layer, checked, or the architecture's audit layer by `explain.layers.default_layers`' rule."""
     if options.method in PIXEL_METHODS:
         return options.layer or spray.AUDIT_LAYER
-    layer = options.layer or default_layers(model, size).audit
-    check_layer(model, layer, size, "--layer")
-    return layer
+    return chosen_layer(model, options.layer, size, "audit", "--layer")
 
 
 @dataclass(frozen=True)

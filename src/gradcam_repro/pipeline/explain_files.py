@@ -10,7 +10,7 @@ from gradcam_repro import store
 from gradcam_repro.config import MAX_IMAGE_PIXELS
 from gradcam_repro.data.images import IMAGE_SIZE
 from gradcam_repro.errors import UserError
-from gradcam_repro.explain.layers import check_layer, default_layers
+from gradcam_repro.explain.layers import chosen_layer
 from gradcam_repro.explain.pixel import PIXEL_LAYER
 from gradcam_repro.explain.registry import PIXEL_METHODS, display_name, explain_images
 from gradcam_repro.measure.predict import predict_logits
@@ -67,9 +67,7 @@ def _layer(model: torch.nn.Module, method: str, layer: str | None, size: tuple[i
     """The layer to explain: the given one, checked, or the written rule's; "input" for pixel methods."""
     if method in PIXEL_METHODS:
         return PIXEL_LAYER
-    layer = layer or default_layers(model, size).explain
-    check_layer(model, layer, size)
-    return layer
+    return chosen_layer(model, layer, size, "explain")
 
 
 def top_k(logits: torch.Tensor, classes: tuple[str, ...], k: int = 3) -> list[tuple[str, float]]:
