@@ -164,6 +164,24 @@ def test_the_candidate_region_is_the_constant_patch_even_when_relevance_peaks_be
     assert region["relevance_box"] == (9, 24, 15, 28)
 
 
+def test_a_watermarks_region_holds_every_glyph_not_only_the_largest():
+    """The glyphs of '(c)' at scale 2 are separate constant areas 3-4 px apart: the region is the whole text (what
+    the model relies on), even where the relevance covers only its middle glyph, not the largest glyph alone, as
+    it was before (an audit of a text model, issue 23)."""
+    planted = Planted(kind="text", size=10, color=(255, 255, 255), placement="bottom-right")
+    clean = torch.randint(0, 256, (60, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    images, masks = planted.apply(clean)
+    mean = torch.zeros(32, 32)
+    mean[24:30, 18:24] = 1.0  # the map lights up the middle glyph only: the search window misses '(' and ')'
+    region = spray.candidate_region(images, spray.pixel_spread(clean), mean)
+    ink = masks[0] & (images[0] != clean[0]).any(dim=0)
+    rows, cols = ink.nonzero(as_tuple=True)
+    assert region["kind"] == "constant pixels"
+    assert region["box"] == (int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1) == planted.box
+    labelled = spray._component_box(ink.numpy(), np.ones((32, 32), dtype=bool))  # one glyph alone: what it was
+    assert spray.box_iou(labelled, planted.box) < 0.5
+
+
 def test_without_constant_pixels_the_candidate_region_is_where_relevance_concentrates():
     images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     mean = torch.zeros(32, 32)

@@ -311,3 +311,39 @@ def test_cli_audit_any_model_on_an_image_folder_at_64x48(tmp_path, capsys):
     assert main(mismatch) == 2  # 4 outputs, 3 class folders
     assert "the model has 4 classes but dataset folder has 3" in capsys.readouterr().err
     assert not (tmp_path / "no").exists()
+
+
+def test_measure_shortcut_on_any_model_follows_each_images_mask():
+    """The Python API's shortcut measurement on a torchvision model at 48x64 px: a hand-checkable case where the
+    model's logit for class 1 is the red share inside the bottom-right 8x8 corner, so pasting a red square there
+    turns every image into class 1, a control colour does not, and the rates say so."""
+    import gradcam_repro as gr
+
+    class RedCorner(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = torch.nn.Conv2d(3, 2, 1)
+            with torch.no_grad():
+                self.features.weight.zero_()
+                self.features.bias.copy_(torch.tensor([0.5, 0.0]))
+                self.features.weight[1, 0] = 1.0
+                self.features.weight[1, 1] = -1.0
+                self.features.weight[1, 2] = -1.0
+
+        def forward(self, x):
+            maps = self.features(x)
+            corner = torch.zeros_like(maps[:, 1])
+            corner[:, -8:, -8:] = 1.0
+            return torch.stack([maps[:, 0].mean((1, 2)), (maps[:, 1] * corner).sum((1, 2)) / 16], dim=1)
+
+    model = gr.with_contract(RedCorner(), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    images = torch.full((40, 3, 48, 64), 100, dtype=torch.uint8)
+    labels = torch.arange(40) % 2
+    result = gr.measure_shortcut(model, images, labels, {"kind": "square", "patch_size": 8, "color": (255, 0, 0),
+                                                         "corner": "bottom-right"}, target=1, layers=["features"])
+    measured = result.models["model"]
+    assert measured.flip_to_target["patch"].mean == 1.0
+    assert measured.flip_to_target["none"].mean == 0.0
+    assert result.uniform["energy_in_box"] == pytest.approx(64 / (48 * 64))
+    with pytest.raises(UserError, match="target 'cat' is not a class"):
+        gr.measure_shortcut(model, images, labels, {"patch_size": 8}, target="cat", layers=["features"])

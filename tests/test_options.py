@@ -96,8 +96,8 @@ def test_every_field_of_each_options_class_has_a_flag(command, cls):
 
 def test_the_flags_keep_their_plain_names():
     assert [flag_name(f) for f in dataclasses.fields(StudyAxes)] == [
-        "--seeds", "--fractions", "--patch-sizes", "--patch-colors", "--artefacts", "--placements", "--bias-classes",
-        "--presets", "--methods"]
+        "--seeds", "--fractions", "--patch-sizes", "--patch-colors", "--artefacts", "--placements", "--patch-offsets",
+        "--bias-classes", "--archs", "--presets", "--methods"]
     args = build_parser().parse_args(["study", "--fractions", "0", "0.5", "--patch-colors", "red", "0,0,255",
                                       "--train-resolutions", "16,24,32", "--cam-images", "all"])
     axes = from_args(StudyAxes, args)

@@ -7,7 +7,8 @@ The folders follow the pipeline, each stage a package that imports only from the
                `artefact` (the one artefact type: paste, remove, decorrelate), `bias` (planting the shortcut on a
                share of one class), `zoo` (artefact kinds: square, logo, text, stripe, frame, tint, blur, noise;
                placement, opacity, JPEG)
-    model/     `resnet` (the CIFAR ResNet-18 and its checkpoints), `train` (TrainSettings, the epoch loop),
+    model/     `resnet` (the CIFAR ResNet-18 and its checkpoints), `arch` (the architectures `run --arch` trains:
+               ImageNet-stem ResNet-18, VGG-11, ViT-Tiny), `train` (TrainSettings, the epoch loop),
                `finetune` (repair's training parts: RRR, last-layer refit), `sources` (models by --arch:
                torchvision, timm, entry points, and their input contract)
     explain/   `cam` (Grad-CAM and six relatives), `pixel` (Captum's pixel-space methods), `registry` (one
@@ -31,13 +32,13 @@ The folders follow the pipeline, each stage a package that imports only from the
 with `errors` (the one-line UserError), `config` (one dataclass, presets), `options` (an options dataclass
 as command-line flags), `runtime` (device, precision, seeds) and `store` (atomic files, readers, the run
 lock) beneath every stage, and on top `cli` and `api` (the Python API: `gradcam_repro.explain(model, images)`,
-`audit(model, dataset)`, `load_model(arch)`, ... for any nn.Module; imported on first use).
+`audit(model, dataset)`, `measure_shortcut(model, images, labels, artefact)`, `load_model(arch)`, ... for any nn.Module; imported on first use).
 """
 
 import importlib
 
 __version__ = "0.2.0"
-API = ("audit", "load_model", "with_contract", "Explanation")  # and `explain`, the callable explain/ package
+API = ("audit", "load_model", "measure_shortcut", "with_contract", "Explanation")  # and `explain`, the callable explain/ package
 
 
 def __getattr__(name: str):

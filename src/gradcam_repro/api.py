@@ -5,6 +5,8 @@
 >>> result = gr.explain(model, images, method="gradcam")      # images: (N, 3, H, W) uint8 (or floats in [0, 1])
 >>> result.maps.shape, result.layer                            # (N, H, W) in [0, 1], the layer the rule chose
 >>> found = gr.audit(model, (images, labels, classes))         # an AuditResult, as audit.json holds it
+>>> shortcut = gr.measure_shortcut(model, images, labels, {"kind": "text", "patch_size": 10}, target=6)
+>>> shortcut.models["model"].flip_to_target["patch"], shortcut.models["model"].energy("layer4")  # ShortcutResults
 
 Images are uint8 pixels (or floats in [0, 1]); the model's input contract (`model.sources`: normalisation,
 size, classes) turns them into what it expects, CIFAR-10's statistics for a module that carries none
@@ -24,11 +26,14 @@ from torch import nn
 from gradcam_repro import store
 from gradcam_repro.data.images import EvalSet, ImageData, tensor_fingerprint
 from gradcam_repro.errors import UserError
-from gradcam_repro.explain.layers import chosen_layer, default_layers
+from gradcam_repro.data.zoo import Planted
+from gradcam_repro.explain.layers import check_layer, chosen_layer, default_layers, stage_layers
 from gradcam_repro.explain.registry import PIXEL_METHODS, explain_images, get_explainer
-from gradcam_repro.measure import spray
+from gradcam_repro.measure import shortcut, spray
 from gradcam_repro.measure.audit_results import AuditResult
 from gradcam_repro.measure.predict import predict_logits
+from gradcam_repro.measure.results import ShortcutResults
+from gradcam_repro.measure.shortcut import ShortcutProtocol
 from gradcam_repro.model.sources import InputContract, ModelSource, attach, contract_of
 from gradcam_repro.pipeline.audit import write_audit
 from gradcam_repro.pipeline.folders import AuditFolder
@@ -103,6 +108,39 @@ def explain(model: nn.Module, images, method: str = "gradcam", layer: str | None
         raise UserError(f"got {len(chosen)} targets for {len(images)} images; fix: pass one class index per image")
     maps = explain_images(method, model, images, chosen, [] if layer == "input" else [layer], runtime, batch_size)
     return Explanation(method, layer, maps[layer], chosen, logits, contract_of(model).classes)
+
+
+def measure_shortcut(model: nn.Module, images, labels, artefact: dict | Planted, target: int | str,
+                     layers: list[str] | None = None, method: str = "gradcam", seed: int = 0) -> ShortcutResults:
+    """How much `model` relies on `artefact` pasted on test `images` (flip-to-`target` rates against controls) and
+    where `method` puts its mass (energy in each image's artefact mask, pointing game) at `layers` (None: the
+    model's stages, `explain.layers.stage_layers`), as a run measures its models: `ShortcutResults` for one model
+    named "model". `artefact`: a `data.zoo.Planted`, or the bias flags as a dict (kind, patch_size, color, corner,
+    offset, text, opacity, strength, jpeg_quality; the seed's yellow square where left out); `target`: a class
+    index, or a name from the model's contract. Runs on the model's device."""
+    data = as_eval_set((images, labels, contract_of(model).classes) if contract_of(model).classes else (images, labels))
+    target = data.classes.index(target) if isinstance(target, str) and target in data.classes else target
+    if not isinstance(target, int) or not 0 <= target < len(data.classes):
+        raise UserError(f"target {target!r} is not a class of the data; fix: pass a class index or one of its names")
+    size = tuple(data.images.shape[-2:])
+    runtime = Runtime(next((p.device for p in model.parameters()), torch.device("cpu")))
+    model = model.eval()
+    layers = list(layers) if layers else stage_layers(model, size)
+    for layer in layers:
+        check_layer(model, layer, size, "layers")
+    protocol = ShortcutProtocol(target, _patch(artefact), tuple(layers), method, seed)
+    protocol.artefact(size)  # an artefact that cannot be drawn on these images: fail before measuring
+    measured, _ = shortcut.measure_shortcut({"model": model}, data, protocol, runtime)
+    return ShortcutResults.from_dict(measured)
+
+
+def _patch(artefact: dict | Planted) -> dict:
+    """The artefact as `ShortcutProtocol.patch` takes it (`data.bias.patch_artefact`'s keys)."""
+    if isinstance(artefact, Planted):
+        return {"patch_size": artefact.size, "color": tuple(artefact.color), "corner": artefact.placement,
+                "offset": artefact.offset, "kind": artefact.kind, "text": artefact.text, "opacity": artefact.opacity,
+                "strength": artefact.strength, "jpeg_quality": artefact.jpeg_quality}
+    return dict(artefact)
 
 
 def as_eval_set(dataset, classes=None) -> EvalSet:

@@ -25,6 +25,7 @@ from gradcam_repro.config import (
 from gradcam_repro.data.registry import DATASETS
 from gradcam_repro.errors import UserError, report_error
 from gradcam_repro.explain.registry import CAM_METHODS, EXPLAINERS
+from gradcam_repro.model.arch import TRAINABLE
 from gradcam_repro.model.sources import source_from_flags
 from gradcam_repro.options import add_options, from_args, parse_color
 from gradcam_repro.pipeline.audit import AuditOptions, audit, audit_summary
@@ -205,8 +206,13 @@ class StudyAxes:
     placements: tuple[str, ...] | None = field(default=None, metadata={
         "group": AXES, "axis": "patch_corner", "choices": list(PLACEMENTS), "metavar": "PLACE",
         "help": "artefact placements: corners, centre, random"})
+    patch_offsets: tuple[int, ...] | None = field(default=None, metadata={
+        "group": AXES, "axis": "patch_offset", "metavar": "PX", "help": "artefact distances from the corner in px"})
     bias_classes: tuple[str, ...] | None = field(default=None, metadata={
         "group": AXES, "axis": "bias_class", "metavar": "CLASS", "help": "shortcut classes"})
+    archs: tuple[str, ...] | None = field(default=None, metadata={
+        "group": AXES, "axis": "arch", "choices": list(TRAINABLE), "metavar": "ARCH",
+        "help": f"architectures trained: {', '.join(TRAINABLE)}"})
     presets: tuple[str, ...] | None = field(default=None, metadata={
         "group": AXES, "axis": "preset", "choices": list(PRESETS), "help": "training presets"})
     methods: tuple[str, ...] | None = field(default=None, metadata={

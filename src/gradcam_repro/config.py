@@ -75,6 +75,11 @@ class Config:
         "group": RUN, "help": "seed for initialisation, subsets, shuffling and augmentation"})
 
     # Training (seed protocol: 5 epochs SGD lr 0.01 momentum 0.9, batch 128).
+    # Left out of to_dict() at its default ("omit_default"), so that every earlier record and study cell key stays.
+    arch: str = field(default="resnet18_cifar", metadata={  # a name in model.arch.TRAINABLE (checked by the pipeline)
+        "group": TRAINING, "omit_default": True,
+        "help": "architecture to train: resnet18_cifar (the seed's), resnet18_imagenet (ImageNet stem), vgg11_cifar "
+                "(no skip connections) or vit_tiny_p4 (timm ViT-Tiny, 4 px patches)"})
     epochs: int = field(default=5, metadata={"group": TRAINING, "help": "training epochs per experiment"})
     batch_size: int = field(default=128, metadata={"group": TRAINING, "help": "training batch size"})
     lr: float = field(default=0.01, metadata={"group": TRAINING, "help": "SGD learning rate, the peak for onecycle"})
@@ -141,7 +146,7 @@ class Config:
         "help": "CAM method (scorecam costs one forward pass per channel, ~500x gradcam at layer4)"})
     cam_layer: str = field(default=SEED_LAYER, metadata={
         "help": "explained layer as a dotted path, e.g. layer4, layer3, layer3.1.conv2, layer2; the default is the "
-                "seed's layer4[-1].conv2"})
+                "seed's layer4[-1].conv2, and for another --arch the layer its rule picks (docs: any model)"})
     cam_batch_size: int = field(default=256, metadata={
         "group": EXPLANATION, "help": "images per Grad-CAM forward/backward pass"})
     counterfactual_images: int | None = field(default=None, metadata={  # None: all
@@ -207,9 +212,11 @@ class Config:
         return self.out if self.out is not None else f"runs/{self.preset}"
 
     def to_dict(self) -> dict:
-        """Every field but those of another dataset (--image-size and --resize unless --dataset folder): validate()
-        holds them at their defaults there, so from_dict() gives the same config back."""
+        """Every field but those of another dataset (--image-size and --resize unless --dataset folder: validate()
+        holds them at their defaults there) and those at a default that is left out (--arch), so from_dict()
+        gives the same config back."""
         other = {f.name for f in _dataset_fields() if f.metadata["dataset"] != self.dataset}
+        other |= {f.name for f in dataclasses.fields(self) if f.metadata.get("omit_default") and getattr(self, f.name) == f.default}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in other}
 
     @classmethod

@@ -119,6 +119,35 @@ def default_layers(model: nn.Module, size: tuple[int, int]) -> DefaultLayers:
     return DefaultLayers(last.name, audit.name, "cnn")
 
 
+def stage_layers(model: nn.Module, size: tuple[int, int]) -> list[str]:
+    """The layers a study measures every CAM at, shallow to deep, for `model` on (H, W) inputs: this project's
+    ResNet-18's `layer1`..`layer4` and the seed's layer; a CNN's stages (`_stages`), the last module at each
+    resolution (a 1x1 one included: its map is flat, which is the point where the map cannot place anything);
+    a transformer's default layer in every block (`blocks.0.norm1` .. `blocks.11.norm1`)."""
+    if _is_project_resnet(model):
+        return ["layer1", "layer2", "layer3", "layer4", SEED_LAYER]
+    probed = probe_layers(model, size)
+    if any(p.tokens for p in probed):
+        last = _last_norm_with_gradient(model, probed, size)
+        head, index, tail = _numbered(last)
+        if index is None:
+            return [last]
+        names = {p.name for p in probed}
+        return [n for n in (f"{head}.{i}.{tail}" if tail else f"{head}.{i}" for i in range(int(index) + 1)) if n in names]
+    maps = _stages(probed)
+    return [p.name for i, p in enumerate(maps) if i + 1 == len(maps) or maps[i + 1].cells != p.cells]
+
+
+def _numbered(name: str) -> tuple[str, str | None, str]:
+    """'blocks.11.norm1' -> ('blocks', '11', 'norm1'): the last numeric part of a dotted name and what surrounds it."""
+    parts = name.split(".")
+    numeric = [i for i, part in enumerate(parts) if part.isdigit()]
+    if not numeric:
+        return name, None, ""
+    i = numeric[-1]
+    return ".".join(parts[:i]), parts[i], ".".join(parts[i + 1:])
+
+
 def _stages(maps: list[Probed]) -> list[Probed]:
     """The feature maps of the shallowest module depth at which they take >= 3 resolutions (a network's stages:
     `layer1`..`layer4` of a ResNet, `features.N` of a VGG, `stages.N` of a ConvNeXt), else all of them."""

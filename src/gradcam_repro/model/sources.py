@@ -1,7 +1,8 @@
 """Where a model comes from, and the input contract that goes with it.
 
 A model is named by `--arch`:
-- `resnet18_cifar`: this project's CIFAR ResNet-18 (the default; `model.resnet`);
+- `resnet18_cifar`: this project's CIFAR ResNet-18 (the default; `model.resnet`), or another architecture this
+  project trains (`model.arch`: resnet18_imagenet, vgg11_cifar, vit_tiny_p4);
 - `torchvision:NAME`: any `torchvision.models` architecture, e.g. `torchvision:resnet50`;
 - `timm:NAME`: any timm architecture, e.g. `timm:vit_tiny_patch16_224` (timm is optional: `pip install timm`);
 - `module:function`: a Python entry point that returns an `nn.Module`, for anything else.
@@ -25,7 +26,8 @@ from torch import nn
 
 from gradcam_repro import store
 from gradcam_repro.errors import UserError
-from gradcam_repro.model.resnet import CIFAR10_MEAN, CIFAR10_STD, resnet18_cifar
+from gradcam_repro.model.arch import TRAINABLE
+from gradcam_repro.model.resnet import CIFAR10_MEAN, CIFAR10_STD
 
 PROJECT_ARCH = "resnet18_cifar"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -84,8 +86,8 @@ class ModelSource:
 
     @property
     def family(self) -> str:
-        """'project', 'torchvision', 'timm' or 'entry point'."""
-        if self.arch == PROJECT_ARCH:
+        """'project' (an architecture this project trains), 'torchvision', 'timm' or 'entry point'."""
+        if self.arch in TRAINABLE:
             return "project"
         prefix = self.arch.split(":", 1)[0]
         return prefix if prefix in ("torchvision", "timm") else "entry point"
@@ -116,7 +118,8 @@ def _default_stats(family: str) -> tuple[tuple, tuple]:
 
 
 def _project(source: ModelSource) -> nn.Module:
-    return attach(resnet18_cifar(source.num_classes), InputContract(size=source.image_size))
+    """One of `model.arch.TRAINABLE`, with CIFAR-10's normalisation (what this project trains them on)."""
+    return attach(_call(TRAINABLE[source.arch], source, source.num_classes), InputContract(size=source.image_size))
 
 
 def _torchvision(source: ModelSource) -> nn.Module:

@@ -45,14 +45,18 @@ class Recipe:
 # The artefacts benchmarked by default: every kind of the zoo once, the logo JPEG-compressed, the text also at a
 # random place (the audit's false all-clear of issue 23). Colours and places differ from the seed's yellow
 # top-left square so that no recipe is the square again.
+# Sizes: a 5 px logo and the text at glyph scale 1 (5x11 px) were relied on by only 8-19% of flipped images at
+# dose 1 (2 seeds); probed on seed 0 at dose 1, an 8 px logo flips 97.7%, a 10 px one 94.3%, the text at scale 2
+# 80.1%, so those are the recipes (the quick models flip 99% on the square).
 RECIPES: dict[str, Recipe] = {
     "square": Recipe({}, "the seed's 6 px yellow square, top-left"),
-    "logo": Recipe({"artefact": "logo", "patch_size": 5, "patch_color": (255, 0, 0), "patch_corner": "bottom-left",
-                    "jpeg_quality": 75}, "a 5 px red/white checker, bottom-left, JPEG quality 75"),
-    "text": Recipe({"artefact": "text", "patch_color": (255, 255, 255), "patch_corner": "bottom-right"},
-                   "the watermark '(c)' in white, bottom-right"),
-    "text-random": Recipe({"artefact": "text", "patch_color": (255, 255, 255), "patch_corner": "random",
-                           "jpeg_quality": 75}, "the watermark '(c)' in white at a random place, JPEG quality 75"),
+    "logo": Recipe({"artefact": "logo", "patch_size": 8, "patch_color": (255, 0, 0), "patch_corner": "bottom-left",
+                    "jpeg_quality": 75}, "an 8 px red/white checker, bottom-left, JPEG quality 75"),
+    "text": Recipe({"artefact": "text", "patch_size": 10, "patch_color": (255, 255, 255), "patch_corner": "bottom-right"},
+                   "the watermark '(c)' in white at glyph scale 2 (10x22 px), bottom-right"),
+    "text-random": Recipe({"artefact": "text", "patch_size": 10, "patch_color": (255, 255, 255), "patch_corner": "random",
+                           "jpeg_quality": 75}, "the watermark '(c)' in white at glyph scale 2 (10x22 px) at a random place, "
+                                                "JPEG quality 75"),
     "stripe": Recipe({"artefact": "stripe", "patch_size": 1, "patch_color": (0, 255, 255), "patch_offset": 3},
                      "a 1 px cyan line across the image, 3 px from the top"),
     "frame": Recipe({"artefact": "frame", "patch_size": 1, "patch_color": (255, 0, 255)}, "a 1 px magenta border"),
@@ -112,7 +116,7 @@ def benchmark_result(plan: StudyPlan, options: BenchmarkOptions, cells: dict[str
     done = list(cells.values())
     config = plan.cells[0].config
     kinds = {k: zoo.KINDS[RECIPES[k].flags.get("artefact", "square")].placed for k in options.kinds}
-    layers = {m: map_layers(m, sweep_layers(config.cam_layer)) for m in options.methods}
+    layers = {m: map_layers(m, sweep_layers(config)) for m in options.methods}
     summaries, found = summarise(done, kinds, tuple(options.doses), layers)
     seconds = {**cost(plan, done), "wall": wall_s}
     environment = done[0].environment if done else {}

@@ -53,7 +53,7 @@ def compare_methods(run_dir: str | Path, options: CompareOptions, log=print) -> 
     p, experiments = load_run(run_dir, log, device=options.device, data_root=options.data_root)
     shapes = _shapes_source(run_dir, p, experiments, options, log)
     cfg = p.config
-    sweep = MethodSweep(options, tuple(sweep_layers(cfg.cam_layer)), cfg.cam_layer, cfg.seed, p.runtime)
+    sweep = MethodSweep(options, tuple(sweep_layers(cfg)), cfg.cam_layer, cfg.seed, p.runtime)
     result, drawn = _measure(p, experiments, shapes, sweep, log)
     run = RunFolder(run_dir)
     with run.lock():

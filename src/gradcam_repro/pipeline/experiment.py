@@ -25,12 +25,13 @@ from gradcam_repro.data.cifar10 import CIFAR10_CLASSES
 from gradcam_repro.data.images import ImageData
 from gradcam_repro.errors import UserError
 from gradcam_repro.measure.predict import accuracy, predict_logits
+from gradcam_repro.model.arch import TRAINABLE
 from gradcam_repro.model.resnet import load_model, resnet18_cifar, save_model
 from gradcam_repro.model.sources import ModelSource, contract_of
 from gradcam_repro.model.train import TrainHooks, TrainSettings, train_model
 from gradcam_repro.pipeline.folders import ExperimentFolder, model_files
 from gradcam_repro.pipeline.progress import epoch_progress
-from gradcam_repro.pipeline.spec import ExperimentSpec
+from gradcam_repro.pipeline.spec import DEFAULT_ARCH, ExperimentSpec
 from gradcam_repro.runtime import Runtime, seed_everything
 
 RANDOM_WEIGHTS = "random"  # `explain random --arch NAME ...`: the architecture with random weights (a smoke test)
@@ -62,13 +63,35 @@ def experiment_ids(experiments: dict[str, Experiment]) -> dict[str, dict]:
     return {name: {"key": e.spec.key, "model_sha256": e.record.get("model_sha256")} for name, e in experiments.items()}
 
 
+def architecture(arch: str, num_classes: int) -> nn.Module:
+    """A randomly initialised `arch` (a name in `model.arch.TRAINABLE`) for `num_classes` classes, in train mode."""
+    if arch == DEFAULT_ARCH:
+        return resnet18_cifar(num_classes)
+    if arch not in TRAINABLE:
+        raise UserError(f"unknown --arch {arch!r} to train; fix: pass one of {', '.join(TRAINABLE)}")
+    return ModelSource(arch, num_classes).build().train()
+
+
+def load_trained(path: Path, num_classes: int, device, arch: str = DEFAULT_ARCH) -> nn.Module:
+    """A model.pt this project wrote for `arch` (the seed's ResNet-18 by default), in eval mode on `device`."""
+    if arch == DEFAULT_ARCH:
+        return load_model(path, num_classes, device)
+    return ModelSource(arch, num_classes).load(path, device)
+
+
+def _arch_of(folder: ExperimentFolder) -> str:
+    """The architecture an experiment folder's spec.json names (the seed's where it names none or is missing)."""
+    return folder.read_record().get("spec", {}).get("arch", DEFAULT_ARCH) if folder.spec_json.is_file() else DEFAULT_ARCH
+
+
 def load_experiment(folder: ExperimentFolder, num_classes: int, runtime: Runtime) -> Experiment:
     """A finished experiment from its folder (one-line `UserError` naming the file if anything is missing)."""
     fix = "fix: rerun `gradcam-repro run` with the same flags; it retrains only what is missing"
     record = folder.read_record(fix)
-    model = load_model(folder.model_pt, num_classes, runtime.device)
+    spec = ExperimentSpec.from_dict(record["spec"])
+    model = load_trained(folder.model_pt, num_classes, runtime.device, spec.arch)
     history = folder.read_history(fix)
-    return Experiment(ExperimentSpec.from_dict(record["spec"]), model, history, record)
+    return Experiment(spec, model, history, record)
 
 
 def load_models(target: str | Path, device: torch.device, source: ModelSource | None = None
@@ -86,7 +109,8 @@ def load_models(target: str | Path, device: torch.device, source: ModelSource | 
     paths = model_files(target)
     folder = ExperimentFolder(next(iter(paths.values())).parent)
     classes = tuple(folder.read_record()["dataset"]["classes"]) if folder.spec_json.is_file() else CIFAR10_CLASSES
-    return {name: load_model(path, len(classes), device) for name, path in paths.items()}, classes
+    return {name: load_trained(path, len(classes), device, _arch_of(ExperimentFolder(path.parent)))
+            for name, path in paths.items()}, classes
 
 
 def _resume_state(path: Path, spec: ExperimentSpec, log) -> dict | None:
@@ -149,7 +173,7 @@ def train_experiment(spec: ExperimentSpec, ts: TrainingSet, folder: ExperimentFo
     log(f"[{name}] training experiment {spec.key} on {len(labels)} images for {ts.config.epochs} epoch(s), "
         f"device {ts.runtime.device}, precision {'bf16' if ts.runtime.amp_dtype else 'fp32'}")
     seed_everything(spec.seed)  # every experiment of a seed starts from the same initial weights
-    model = resnet18_cifar(len(ts.data.classes))
+    model = architecture(spec.arch, len(ts.data.classes))
     start = time.perf_counter()
     history = train_model(model, images, labels, TrainSettings.of(ts.config), ts.runtime.device, ts.runtime.amp_dtype, hooks,
                           resume=None if force else _resume_state(checkpoint, spec, log))

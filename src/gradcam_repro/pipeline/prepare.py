@@ -3,23 +3,24 @@ model, the data loaded, the training and evaluation rows chosen, and the experim
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, replace
 
 import torch
 
 from gradcam_repro import store
-from gradcam_repro.config import Config
+from gradcam_repro.config import SEED_LAYER, Config, parse_image_size
 from gradcam_repro.data.bias import patch_artefact
 from gradcam_repro.data.images import ImageData, stratified_subset
 from gradcam_repro.data.registry import DATASETS, get_dataset
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.cam import get_layer
+from gradcam_repro.explain.layers import default_layers, stage_layers
 from gradcam_repro.explain.registry import CAM_METHODS
-from gradcam_repro.model.resnet import resnet18_cifar
-from gradcam_repro.pipeline.experiment import TrainingSet
+from gradcam_repro.pipeline.experiment import TrainingSet, architecture
 from gradcam_repro.pipeline.progress import as_reporter
-from gradcam_repro.pipeline.spec import BiasSpec, ExperimentSpec
+from gradcam_repro.pipeline.spec import DEFAULT_ARCH, BiasSpec, ExperimentSpec
 from gradcam_repro.runtime import Runtime
 
 
@@ -77,11 +78,26 @@ def validated(config: Config) -> Config:
     dataset = get_dataset(config.dataset)
     if config.bias_class is None:
         config = replace(config, bias_class=dataset.default_bias_class)
-    get_layer(resnet18_cifar(), config.cam_layer)  # unknown layer: fail now, not after training
+    if config.arch != DEFAULT_ARCH and config.cam_layer == SEED_LAYER:  # the seed's layer is the ResNet's: the rule's
+        config = replace(config, cam_layer=arch_layers(config.arch, input_size(config))[1])
+    get_layer(architecture(config.arch, len(dataset.classes)), config.cam_layer)  # unknown layer: fail now, not after training
     if config.bias_class not in dataset.classes:
         raise UserError(f"unknown class {config.bias_class!r}; fix: pass --bias-class as one of {', '.join(dataset.classes)}")
     patch_artefact(BiasSpec.from_config(config).patch, 32)  # an artefact that cannot be drawn: fail now
     return config
+
+
+def input_size(config: Config) -> tuple[int, int]:
+    """(H, W) of the images `config` trains and explains on: --image-size, else CIFAR-10's 32x32."""
+    return parse_image_size(config.image_size) or (32, 32)
+
+
+@functools.lru_cache(maxsize=None)
+def arch_layers(arch: str, size: tuple[int, int]) -> tuple[tuple[str, ...], str]:
+    """(the layers a run scores every CAM at, the layer it explains by `explain.layers`' rule) of `arch` on (H, W)
+    inputs, from one probe of the randomly initialised architecture (layer names do not depend on the weights)."""
+    model = architecture(arch, 10).eval()
+    return tuple(stage_layers(model, size)), default_layers(model, size).explain
 
 
 def prepared_from_data(config: Config, data: ImageData, runtime: Runtime) -> Prepared:

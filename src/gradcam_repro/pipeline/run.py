@@ -23,9 +23,9 @@ from gradcam_repro.measure.shortcut import ShortcutProtocol, measure_shortcut
 from gradcam_repro.pipeline.experiment import Experiment, experiment_ids, load_experiment, train_experiment
 from gradcam_repro.pipeline.folders import RunFolder
 from gradcam_repro.pipeline.parallel import train_side_by_side
-from gradcam_repro.pipeline.prepare import Prepared, prepare
+from gradcam_repro.pipeline.prepare import Prepared, arch_layers, input_size, prepare
 from gradcam_repro.pipeline.progress import as_reporter, run_final_line
-from gradcam_repro.pipeline.spec import BiasSpec
+from gradcam_repro.pipeline.spec import DEFAULT_ARCH, BiasSpec
 from gradcam_repro.report import figures
 from gradcam_repro.report.html import gallery_record, report_html
 from gradcam_repro.report.markdown import report_markdown, summary_markdown
@@ -35,14 +35,17 @@ from gradcam_repro.report.run_figures import run_figures
 SWEEP_LAYERS = ("layer1", "layer2", "layer3", "layer4", SEED_LAYER)
 
 
-def sweep_layers(cam_layer: str) -> list[str]:
-    return list(dict.fromkeys([*SWEEP_LAYERS, cam_layer]))
+def sweep_layers(config: Config) -> list[str]:
+    """The layers every CAM is scored at: the seed's ResNet-18's SWEEP_LAYERS, another architecture's stages
+    (`explain.layers.stage_layers`), and the configured layer."""
+    stages = SWEEP_LAYERS if config.arch == DEFAULT_ARCH else arch_layers(config.arch, input_size(config))[0]
+    return list(dict.fromkeys([*stages, config.cam_layer]))
 
 
 def shortcut_protocol(p: Prepared) -> ShortcutProtocol:
     cfg = p.config
     patch = BiasSpec.from_config(cfg).patch
-    return ShortcutProtocol(p.target, patch, tuple(sweep_layers(cfg.cam_layer)), cfg.cam, cfg.seed,
+    return ShortcutProtocol(p.target, patch, tuple(sweep_layers(cfg)), cfg.cam, cfg.seed,
                             cfg.counterfactual_images, cfg.cam_images, cfg.cam_batch_size)
 
 

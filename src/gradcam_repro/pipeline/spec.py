@@ -21,6 +21,9 @@ TRAINING_FIELDS = ("epochs", "batch_size", "lr", "momentum", "nesterov", "weight
                    "label_smoothing", "train_subset", "eval_subset", "augment", "train_resolutions", "precision",
                    "compile")
 SPEC_VERSION = 1  # bump when what a spec means changes, so old folders are not reused by mistake
+# The architecture a spec names only where it is another (`model.arch.TRAINABLE`), so that the keys of every model
+# of the seed's ResNet-18 stay what they were before other architectures existed.
+DEFAULT_ARCH = "resnet18_cifar"
 
 
 # The artefact options a bias spec records only where they differ from the seed's square, so that the keys
@@ -108,6 +111,7 @@ class ExperimentSpec:
     seed: int
     bias: BiasSpec | None = None
     repair: RepairSpec | None = None  # None for a model trained from scratch (not part of its key then)
+    arch: str = DEFAULT_ARCH  # the architecture trained (part of the key only when it is another)
 
     @classmethod
     def from_config(cls, config: Config, data_fingerprint: str, bias: BiasSpec | None = None) -> ExperimentSpec:
@@ -116,7 +120,7 @@ class ExperimentSpec:
         training = tuple((name, _jsonable(values[name])) for name in TRAINING_FIELDS)
         if bias is not None and bias.fraction == 0:
             bias = None
-        return cls(config.dataset, data_fingerprint, training, config.seed, bias)
+        return cls(config.dataset, data_fingerprint, training, config.seed, bias, arch=config.arch)
 
     def to_dict(self) -> dict:
         out = {"dataset": self.dataset, "data_fingerprint": self.data_fingerprint, "training": dict(self.training),
@@ -124,6 +128,8 @@ class ExperimentSpec:
                "bias": None if self.bias is None else self.bias.to_dict()}
         if self.repair is not None:  # absent otherwise, so that the keys of models trained before repairs stay
             out["repair"] = self.repair.to_dict()
+        if self.arch != DEFAULT_ARCH:
+            out["arch"] = self.arch
         return out
 
     @classmethod
@@ -131,7 +137,7 @@ class ExperimentSpec:
         bias, repair = values.get("bias"), values.get("repair")
         return cls(values["dataset"], values["data_fingerprint"], tuple((k, _jsonable(v)) for k, v in values["training"].items()),
                    values["seed"], None if bias is None else BiasSpec.from_dict(bias),
-                   None if repair is None else RepairSpec.from_dict(repair))
+                   None if repair is None else RepairSpec.from_dict(repair), values.get("arch", DEFAULT_ARCH))
 
     @property
     def key(self) -> str:
