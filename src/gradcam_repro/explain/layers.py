@@ -34,6 +34,8 @@ from gradcam_repro.explain.cam import get_layer, tokens_to_grid
 from gradcam_repro.model.resnet import resnet18_cifar
 from gradcam_repro.runtime import eval_mode
 
+# The CIFAR ResNet-18's stages (32, 16, 8 and 4 px at 32x32) and the seed's layer: what a run scores every CAM at.
+PROJECT_STAGES = ("layer1", "layer2", "layer3", "layer4", SEED_LAYER)
 PROJECT_AUDIT_LAYER = "layer2"  # measure.spray.AUDIT_LAYER: the CIFAR ResNet-18's 16x16 stage
 PROBE_IMAGES = 2
 POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -125,7 +127,7 @@ def stage_layers(model: nn.Module, size: tuple[int, int]) -> list[str]:
     resolution (a 1x1 one included: its map is flat, which is the point where the map cannot place anything);
     a transformer's default layer in every block (`blocks.0.norm1` .. `blocks.11.norm1`)."""
     if _is_project_resnet(model):
-        return ["layer1", "layer2", "layer3", "layer4", SEED_LAYER]
+        return list(PROJECT_STAGES)
     probed = probe_layers(model, size)
     if any(p.tokens for p in probed):
         last = _last_norm_with_gradient(model, probed, size)

@@ -12,8 +12,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from gradcam_repro import store
-from gradcam_repro.config import SEED_LAYER, Config
+from gradcam_repro.config import Config
 from gradcam_repro.data.images import EvalSet
+from gradcam_repro.explain.layers import PROJECT_STAGES
 from gradcam_repro.explain.registry import display_name
 from gradcam_repro.measure import scores
 from gradcam_repro.measure.comparison_results import MethodsResult, StaleMethods
@@ -32,7 +33,7 @@ from gradcam_repro.report.markdown import report_markdown, summary_markdown
 from gradcam_repro.report.run_figures import run_figures
 
 # Stage outputs scored besides the configured layer: on 32x32 inputs layer1..layer4 run at 32, 16, 8 and 4 px.
-SWEEP_LAYERS = ("layer1", "layer2", "layer3", "layer4", SEED_LAYER)
+SWEEP_LAYERS = PROJECT_STAGES
 
 
 def sweep_layers(config: Config) -> list[str]:

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 
 from gradcam_repro.config import Config
+from gradcam_repro.model.sources import PROJECT_ARCH
 
 # Config fields that determine a model's weights (besides dataset, bias and seed). Evaluation-only
 # fields (CAM method, layer, sample sizes), paths and the device are left out, so changing them reuses
@@ -23,7 +24,7 @@ TRAINING_FIELDS = ("epochs", "batch_size", "lr", "momentum", "nesterov", "weight
 SPEC_VERSION = 1  # bump when what a spec means changes, so old folders are not reused by mistake
 # The architecture a spec names only where it is another (`model.arch.TRAINABLE`), so that the keys of every model
 # of the seed's ResNet-18 stay what they were before other architectures existed.
-DEFAULT_ARCH = "resnet18_cifar"
+DEFAULT_ARCH = PROJECT_ARCH
 
 
 # The artefact options a bias spec records only where they differ from the seed's square, so that the keys
