@@ -22,6 +22,7 @@ from gradcam_repro.data.shapes import SHAPES_CLASSES, make_shapes
 from gradcam_repro.data.zoo import Planted
 from gradcam_repro.measure import spray
 from gradcam_repro.measure.predict import predict
+from gradcam_repro.model.sources import InputContract, attach
 from gradcam_repro.runtime import Runtime
 
 CPU = Runtime(torch.device("cpu"))
@@ -117,6 +118,47 @@ def test_clusters_that_carry_the_confirmed_artefact_form_its_sub_population():
     assert spray.artefact_clusters(record, images, ids, (0, 0, 2, 2), pixels) == [0, 1]
     record["clusters"][1]["region"] = {**region, "kind": "relevance only"}
     assert spray.artefact_clusters(record, images, ids, (0, 0, 2, 2), pixels) == [0]
+
+
+class CodeOrRedCorner(nn.Module):
+    """Calls an image class 0 where its bottom-right 4x4 corner is red, else the class coded in pixel (0, 0)'s green
+    value (20 x class): a hand-built model that relies on the corner completely, for a hand-computable audit."""
+
+    def __init__(self):
+        super().__init__()
+        attach(self, InputContract(mean=(0.0, 0.0, 0.0), std=(1 / 255, 1 / 255, 1 / 255)))  # the model sees 0-255
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        code = (x[:, 1, 0, 0] / 20).round().long().clamp(0, 2)
+        logits = nn.functional.one_hot(code, 3).float()
+        red = (x[:, 0, -4:, -4:].mean(dim=(1, 2)) > 200) & (x[:, 1, -4:, -4:].mean(dim=(1, 2)) < 50)
+        return torch.where(red[:, None], torch.tensor([1.0, 0.0, 0.0]), logits)
+
+
+def test_a_class_whose_artefact_sits_in_its_second_cluster_is_confirmed_by_that_clusters_constant_pixels():
+    # Class 0's best-scored cluster (its unpatched half) points at the object in the middle; its second cluster
+    # carries the red corner. Testing only the best cluster's region (the rule before) finds nothing.
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(60, 200, (120, 3, 16, 16), generator=gen, dtype=torch.uint8)
+    labels = torch.arange(3).repeat_interleave(40)
+    images[:, 1, 0, 0] = (labels * 20).to(torch.uint8)
+    images[20:40, 0, -4:, -4:], images[20:40, 1:, -4:, -4:] = 255, 0
+    data = EvalSet(images, labels, ("a", "b", "c"))
+    predictions = predict(CodeOrRedCorner(), images, CPU)
+    assert (predictions == labels).all()
+    members = torch.arange(40)
+    record = {"clusters": [
+        {"cluster": 0, "n": 20, "score": 5.0, "region": {"box": (6, 6, 10, 10), "kind": "relevance only",
+                                                         "relevance_box": (6, 6, 10, 10), "constant_px": 0}},
+        {"cluster": 1, "n": 20, "score": 3.0, "region": {"box": (12, 12, 16, 16), "kind": "constant pixels",
+                                                         "relevance_box": (11, 11, 16, 16), "constant_px": 16}}],
+        "peak_clusters": []}
+    examples = {"members": members, "cluster_ids": (members >= 20).long(), "peak_ids": torch.zeros(40, dtype=torch.long)}
+    found = (predictions, torch.zeros(120, 16, 16))
+    best, _ = spray.test_class(CodeOrRedCorner(), data, found, "a", record, examples, spray.AuditSettings(), CPU)
+    assert (best["cluster"], best["verdict"], best["box_tlbr_px"]) == (1, spray.CONFIRMED, [12, 12, 16, 16])
+    assert best["transplant_flip"]["mean"] == 1.0  # every other image with the corner pasted is called class 0
+    assert [(t["cluster"], t["verdict"]) for t in best["also_tested"]] == [(0, spray.NONE)]
 
 
 # ----- the pieces, on hand-built inputs with known answers ---------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -67,3 +68,7 @@ def test_the_any_model_notebook_trains_explains_and_audits_a_timm_vit():
     assert "layer: blocks.1.norm1; maps (6, 32, 32)" in text
     # gr.audit ran on the same rule's layer and reported its verdicts.
     assert "layer: blocks.1.norm1; confirmed:" in text and "pasted on other classes -> " in text
+    # gr.measure_shortcut and gr.repair: the last-layer repair of a copy lowers the flip rate it measured before.
+    flips = re.search(r"before ([\d.]+)% .* after the last-layer repair ([\d.]+)%", text)
+    assert flips is not None and "energy in the patch at blocks.1.norm1" in text
+    assert float(flips.group(2)) < float(flips.group(1)), flips.group(0)

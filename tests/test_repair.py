@@ -213,3 +213,57 @@ def test_repair_adds_a_measured_column_to_the_run_and_refuses_bad_inputs(shapes_
     assert list(kept) == ["baseline", "biased", "repaired-last-layer", "repaired-rrr"] and kept["repaired-rrr"] == \
         json.loads((run / "experiments" / kept["repaired-rrr"] / "spec.json").read_text())["key"]
     assert list(json.loads((run / "metrics.json").read_text())["models"]) == list(kept)
+
+
+# ----- the Python API ----------------------------------------------------------------------------------------
+
+def test_the_python_api_repairs_a_copy_of_any_model_and_measures_it_before_and_after():
+    import gradcam_repro as gr
+
+    train_x, train_y, _ = make_shapes(2000, seed=1)
+    test_x, test_y, _ = make_shapes(600, seed=2)
+    biased_x, _ = bias_dataset(train_x, train_y, TARGET, 1.0, 0, **PATCH)
+    model = train_small_cnn(biased_x, train_y)
+    fc_before = model.fc.weight.detach().clone()
+    artefact = {"patch_size": 6, "color": (255, 255, 0), "corner": "top-left"}
+    fixed = gr.repair(model, (biased_x, train_y, SHAPES_CLASSES), artefact, SHORTCUT, strategy="last-layer",
+                      test=(test_x, test_y, SHAPES_CLASSES), per_class=100)
+    before = fixed.before.models["model"].flip_to_target["patch"].mean
+    after = fixed.after.models["model"].flip_to_target["patch"].mean
+    assert before == pytest.approx(flip_rate(model, test_x, test_y), abs=1e-6) and before >= 0.5
+    assert after <= before / 2, (before, after)
+    assert after == pytest.approx(flip_rate(fixed.model, test_x, test_y), abs=1e-6)
+    assert fixed.model is not model and torch.equal(model.fc.weight, fc_before)  # the given model is left as it was
+    assert fixed.strategy == "last-layer" and fixed.fit["balanced_images"] == 2 * 100 * len(SHAPES_CLASSES)
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    ({"strategy": "augment"}, "unknown repair strategy 'augment'"),
+    ({"strategy": "rrr", "epochs": 1, "weight": 2.0}, "unknown repair option weight"),
+    ({"artefact": {"patch_size": 6, "corner": "random"}}, "no one fixed box"),
+])
+def test_the_python_apis_bad_repairs_are_one_line_errors(kwargs, expected):
+    import gradcam_repro as gr
+    from gradcam_repro.errors import UserError
+
+    images, labels, _ = make_shapes(40, seed=1)
+    args = {"artefact": PATCH | {"corner": "top-left"}, "target": 0, **kwargs}
+    with pytest.raises(UserError, match=expected) as error:
+        gr.repair(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 6)), (images, labels, SHAPES_CLASSES), **args)
+    assert "\n" not in str(error.value) and "fix:" in str(error.value)
+
+
+def test_the_classifier_refit_is_fc_timms_head_or_the_last_linear_layer():
+    import timm
+
+    from gradcam_repro.errors import UserError
+    from gradcam_repro.model.finetune import classifier_of
+
+    cnn = train_small_cnn(*make_shapes(64, seed=0)[:2], epochs=1)
+    assert classifier_of(cnn) is cnn.fc
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=32, patch_size=8)
+    assert classifier_of(vit) is vit.head
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 30 * 30, 8), nn.ReLU(), nn.Linear(8, 10))
+    assert classifier_of(plain) is plain[4]
+    with pytest.raises(UserError, match="no nn.Linear classifier"):
+        classifier_of(nn.Sequential(nn.Conv2d(3, 10, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()))

@@ -2,11 +2,12 @@
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
 from gradcam_repro.cli import main
-from gradcam_repro.measure import detection
+from gradcam_repro.measure import detection, spray
 from gradcam_repro.measure.study_results import StudyCellResult
 
 
@@ -136,3 +137,33 @@ def test_a_tiny_benchmark_writes_its_rates_shares_the_control_and_resumes(tmp_pa
     assert ("gradcam", "layer4.1.conv2") in layers and ("inputxgradient", "input") in layers
     markdown = (out / "BENCHMARK.md").read_text()
     assert "| square | 1 |" in markdown and (out / "figures" / "benchmark_dose_1.png").is_file()
+    assert written["rules"]["cells_by_audit_rules"] == {str(spray.RULES_VERSION): 6}
+    _reaudit_redoes_only_the_cells_audited_by_older_rules(options, settings, out)
+
+
+def _reaudit_redoes_only_the_cells_audited_by_older_rules(options, settings, out):
+    import ray
+
+    from gradcam_repro.pipeline.benchmark import run_benchmark
+    from gradcam_repro.pipeline.study_tasks import StudyOptions
+
+    files = sorted((out / "cells").glob("*.json"))
+    before = {p.name: p.read_bytes() for p in files}
+    stale = json.loads(files[0].read_text())
+    stale["audit"] = {k: v for k, v in stale["audit"].items() if k != "rules"} | {"confirmed": ["made up"]}
+    files[0].write_text(json.dumps(stale))  # as a cell written before the rules were versioned
+    lines = []
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+    try:
+        result = run_benchmark(replace(options, reaudit=True), StudyOptions(out=str(out)), settings, log=lines.append)
+    finally:
+        ray.shutdown()
+    assert any("--reaudit: 1 finished cell(s)" in line for line in lines)
+    again = json.loads(files[0].read_text())
+    original = json.loads(before[files[0].name])
+    assert again["audit"]["rules"] == spray.RULES_VERSION and again["audit"]["confirmed"] != ["made up"]
+    assert {k: v for k, v in again.items() if k != "audit"} == {k: v for k, v in original.items() if k != "audit"}
+    assert {k: v for k, v in again["audit"].items() if k != "seconds"} == {
+        k: v for k, v in original["audit"].items() if k != "seconds"}  # the same rules give the same audit
+    assert all(p.read_bytes() == before[p.name] for p in files[1:])  # up-to-date cells are left alone
+    assert result.rules["cells_by_audit_rules"] == {str(spray.RULES_VERSION): 6}

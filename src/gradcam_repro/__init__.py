@@ -38,7 +38,7 @@ lock) beneath every stage, and on top `cli` and `api` (the Python API: `gradcam_
 import importlib
 
 __version__ = "0.2.0"
-API = ("audit", "load_model", "measure_shortcut", "with_contract", "Explanation")  # and `explain`, the callable explain/ package
+API = ("audit", "load_model", "measure_shortcut", "repair", "with_contract", "Explanation", "Repaired")  # and `explain`, the callable explain/ package
 
 
 def __getattr__(name: str):

@@ -7,6 +7,9 @@
 >>> found = gr.audit(model, (images, labels, classes))         # an AuditResult, as audit.json holds it
 >>> shortcut = gr.measure_shortcut(model, images, labels, {"kind": "text", "patch_size": 10}, target=6)
 >>> shortcut.models["model"].flip_to_target["patch"], shortcut.models["model"].energy("layer4")  # ShortcutResults
+>>> fixed = gr.repair(model, (train_images, train_labels), {"kind": "text", "patch_size": 10}, target=6,
+...                   strategy="last-layer", test=(images, labels))  # a repaired copy, measured before and after
+>>> fixed.before.models["model"].flip_to_target["patch"], fixed.after.models["model"].flip_to_target["patch"]
 
 Images are uint8 pixels (or floats in [0, 1]); the model's input contract (`model.sources`: normalisation,
 size, classes) turns them into what it expects, CIFAR-10's statistics for a module that carries none
@@ -16,6 +19,7 @@ chosen one is checked (`explain.layers.check_layer`). The CLI commands call the 
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +28,10 @@ import torch
 from torch import nn
 
 from gradcam_repro import store
+from gradcam_repro.data.bias import patch_artefact
 from gradcam_repro.data.images import EvalSet, ImageData, tensor_fingerprint
 from gradcam_repro.errors import UserError
-from gradcam_repro.data.zoo import Planted
+from gradcam_repro.data.zoo import Planted, box_masks
 from gradcam_repro.explain.layers import check_layer, chosen_layer, default_layers, stage_layers
 from gradcam_repro.explain.registry import PIXEL_METHODS, explain_images, get_explainer
 from gradcam_repro.measure import shortcut, spray
@@ -34,9 +39,11 @@ from gradcam_repro.measure.audit_results import AuditResult
 from gradcam_repro.measure.predict import predict_logits
 from gradcam_repro.measure.results import ShortcutResults
 from gradcam_repro.measure.shortcut import ShortcutProtocol
+from gradcam_repro.model import finetune
 from gradcam_repro.model.sources import InputContract, ModelSource, attach, contract_of
 from gradcam_repro.pipeline.audit import write_audit
 from gradcam_repro.pipeline.folders import AuditFolder
+from gradcam_repro.pipeline.repair import balanced_set
 from gradcam_repro.runtime import Runtime, choose_device
 
 
@@ -187,3 +194,63 @@ def audit(model: nn.Module, dataset, method: str | None = None, layer: str | Non
         "environment": store.environment_info(str(runtime.device)), **found,
         "seconds": {"audit": time.perf_counter() - start, "end_to_end": time.perf_counter() - start}})
     return write_audit(AuditFolder(Path(out)), result, examples) if out is not None else result
+
+
+# What `repair` takes beyond its arguments, with the CLI's defaults (`pipeline.repair.RepairOptions`).
+REPAIR_OPTIONS = {"per_class": 250, "epochs": 1, "lr": 0.01, "rrr_weight": 1.0, "batch_size": 128}
+API_STRATEGIES = ("last-layer", "rrr")
+
+
+@dataclass(frozen=True)
+class Repaired:
+    """What `repair` returns: the repaired model (a copy: the given one is left as it was), the strategy, what its
+    fit recorded, and `measure_shortcut` of the model before and after on the held-out images."""
+
+    model: nn.Module
+    strategy: str
+    fit: dict
+    before: ShortcutResults
+    after: ShortcutResults
+
+
+def repair(model: nn.Module, dataset, artefact: dict | Planted, target: int | str, strategy: str = "last-layer",
+           test=None, seed: int = 0, **options) -> Repaired:
+    """Repair a copy of `model` against `artefact` (as `measure_shortcut` takes it; at one fixed place): "last-layer"
+    refits its classifier on `dataset`'s images balanced over class x artefact present/absent, "rrr" fine-tunes it
+    with an input-gradient penalty inside the artefact's box. `dataset`: what it is repaired on (an ImageData's
+    training split, or (images, labels[, classes])); `test`: where it is measured before and after (default: the
+    ImageData's test split, else `dataset`). `options`: `REPAIR_OPTIONS`' keys. Runs on the model's device."""
+    unknown = sorted(set(options) - set(REPAIR_OPTIONS))
+    if unknown or strategy not in API_STRATEGIES:
+        raise UserError(f"unknown repair {'option ' + unknown[0] if unknown else 'strategy ' + repr(strategy)}; fix: "
+                        f"strategy from {', '.join(API_STRATEGIES)} (augment retrains from scratch: `gradcam-repro "
+                        f"repair`), options from {', '.join(REPAIR_OPTIONS)}")
+    settings = {**REPAIR_OPTIONS, **options}
+    fit_set = _training_set(dataset)
+    held_out = as_eval_set(test if test is not None else dataset)
+    target = held_out.classes.index(target) if isinstance(target, str) and target in held_out.classes else target
+    planted = patch_artefact(_patch(artefact), tuple(fit_set.images.shape[-2:]))
+    if planted.box is None:
+        raise UserError("the artefact has no one fixed box to repair against; fix: give it a fixed corner or place")
+    def measured(m: nn.Module) -> ShortcutResults:
+        return measure_shortcut(m, held_out.images, held_out.labels, artefact, target, seed=seed)
+
+    before, repaired = measured(model), copy.deepcopy(model).eval()
+    runtime = Runtime(next((p.device for p in model.parameters()), torch.device("cpu")))
+    if strategy == "last-layer":
+        x, y = balanced_set(fit_set.images, fit_set.labels, planted, settings["per_class"], seed)
+        features = finetune.penultimate_features(repaired, x, runtime.device)
+        fit = {"balanced_images": len(y), **finetune.refit_last_layer(finetune.classifier_of(repaired), features, y)}
+    else:
+        mask = box_masks(torch.tensor([planted.box]), *fit_set.images.shape[-2:])[0]
+        tuning = finetune.FinetuneSettings(settings["epochs"], settings["lr"], settings["batch_size"],
+                                           settings["rrr_weight"], seed=seed)
+        fit = {"history": finetune.rrr_finetune(repaired, fit_set.images, fit_set.labels, mask, tuning, runtime)}
+    return Repaired(repaired, strategy, fit, before, measured(repaired))
+
+
+def _training_set(dataset) -> EvalSet:
+    """The images a repair fits on: an ImageData's training split, else `as_eval_set(dataset)`."""
+    if isinstance(dataset, ImageData):
+        return EvalSet(dataset.train_images, dataset.train_labels, tuple(dataset.classes))
+    return as_eval_set(dataset)

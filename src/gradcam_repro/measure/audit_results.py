@@ -180,19 +180,22 @@ class RankedCluster:
 
 @dataclass(frozen=True)
 class AlsoTested:
-    """A class's other causal test (fixed place or per image), reported beside the stronger one."""
+    """A class's other causal test (fixed place, of one of its clusters, or per image), reported beside the
+    strongest one; `cluster` is None in audits written before it was recorded."""
 
     test: str
     verdict: str
     transplant_flip: Interval
+    cluster: int | None = None
 
     def to_dict(self) -> dict:
-        return {"test": self.test, "verdict": self.verdict, "transplant_flip": self.transplant_flip.to_dict()}
+        out = {"test": self.test, "verdict": self.verdict, "transplant_flip": self.transplant_flip.to_dict()}
+        return out | ({"cluster": self.cluster} if self.cluster is not None else {})
 
     @classmethod
     def from_dict(cls, values: dict, what: str = "a candidate's other test") -> AlsoTested:
         return cls(_get(values, "test", what), _get(values, "verdict", what),
-                   Interval.from_dict(_get(values, "transplant_flip", what), what))
+                   Interval.from_dict(_get(values, "transplant_flip", what), what), values.get("cluster"))
 
 
 @dataclass(frozen=True)

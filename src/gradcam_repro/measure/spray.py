@@ -18,8 +18,10 @@ how often the prediction changes).
 
 An artefact that moves (a watermark at a new place on every image) has no fixed place to find: every class
 is therefore also grouped by what its relevance looks like and tested per image (`measure.moving`). Every
-class's strongest groups are tested both ways (the tests cost seconds), each class keeps the test with the
-larger causal effect, and the findings are ranked by that effect, not by how concentrated the relevance is.
+class's strongest groups are tested both ways (the tests cost seconds): its best-scored cluster's region, every
+other cluster whose region is constant pixels (a partly relied-on artefact's images can be a class's second
+cluster) and its most peaked group per image. Each class keeps the test with the largest causal effect, and the
+findings are ranked by that effect, not by how concentrated the relevance is.
 Where a class's relevance stands out yet no test confirms anything, the audit says so ("unexplained
 concentration") instead of implying that there is no shortcut.
 
@@ -100,6 +102,10 @@ MIN_ARTEFACT_PX = 4
 # benchmark's other seeds and kinds (docs/findings/benchmark.md).
 BRIDGE_PX = 4
 # Confirmation settings.
+# The audit's rules, as one number that changes whenever a change to them can change a verdict: stored with every
+# benchmark cell's audit, so that `benchmark --reaudit` knows which cells were audited by older rules.
+# 1: the first benchmark (issue 23); 2: every constant-pixel cluster of a class is tested, not only its best one.
+RULES_VERSION = 2
 TOP_CANDIDATES = None  # None: every class's strongest clusters are tested causally (--candidates N: the N top-ranked)
 TRANSPLANT_IMAGES = 1000  # other-class test images per transplant test (seeded choice)
 REMOVAL_RING_PX = RING_PX  # the local mean is taken over a 2 px ring around the region (at 32x32)
@@ -408,7 +414,7 @@ class AuditSettings:
 def settings_record(settings: AuditSettings, scale: AuditScale) -> dict:
     """The settings and the fixed rules an audit was computed with, as recorded in audit.json; the pixel rules
     as `scale` (the audited images' `AuditScale`) read them, with the image size they were read for."""
-    return {"method": settings.method, "layer": settings.layer, "seed": settings.seed,
+    return {"rules_version": RULES_VERSION, "method": settings.method, "layer": settings.layer, "seed": settings.seed,
             "top_candidates": settings.top_candidates, "transplant_images": settings.transplant_images,
             "embed_grid": scale.embed_grid, "knn_neighbours": KNN_NEIGHBOURS, "max_clusters": MAX_CLUSTERS,
             "min_class_images": MIN_CLASS_IMAGES, "min_cluster_images": MIN_CLUSTER_IMAGES,
@@ -677,18 +683,29 @@ def _best(rows: list[dict]) -> dict | None:
     return max(rows, key=lambda r: r["score"]) if rows else None
 
 
+def _fixed_clusters(clusters: list[dict]) -> list[dict]:
+    """The clusters whose regions a class's fixed-place test pastes: its best-scored group, and every other group
+    of at least MIN_CLUSTER_IMAGES images whose region is constant pixels. A class's images with a partly relied-on
+    artefact can form its second group (the best one pointing at the object), and constant pixels are what an
+    artefact pasted at one place leaves; each such test costs seconds."""
+    best = _best(clusters)
+    extra = [c for c in clusters if c is not best and c["n"] >= MIN_CLUSTER_IMAGES
+             and (c.get("region") or {}).get("kind") == "constant pixels"]
+    return [c for c in [best, *extra] if c is not None and c.get("region") is not None]
+
+
 def test_class(model: nn.Module, data: EvalSet, found: tuple[torch.Tensor, torch.Tensor], name: str, record: dict,
                examples: dict, settings: AuditSettings, runtime: Runtime) -> tuple[dict, dict] | None:
-    """Both causal tests of one class: its best fixed-place cluster's region (`confirm_candidate`) and its most
-    peaked group's per-image regions (`confirm_moving`). Keeps the stronger (`strength`) and notes the other
+    """The causal tests of one class: the regions of its `_fixed_clusters` (`confirm_candidate`) and its most
+    peaked group's per-image regions (`confirm_moving`). Keeps the strongest (`strength`) and notes the others
     under "also_tested"; None where the class has no group big enough to test. found: (predictions, maps)."""
     predictions, maps = found
     members, tested = examples["members"], []
-    fixed, peaked = _best(record["clusters"]), _best(record["peak_clusters"])
-    if fixed is not None and fixed.get("region") is not None:
-        rows = members[examples["cluster_ids"] == fixed["cluster"]]
-        r, ex = confirm_candidate(model, data, predictions, rows, fixed["region"], settings, runtime)
-        tested.append(({"class": name, "cluster": fixed["cluster"], "n": fixed["n"], "test": FIXED_TEST, **r}, ex))
+    for cluster in _fixed_clusters(record["clusters"]):
+        rows = members[examples["cluster_ids"] == cluster["cluster"]]
+        r, ex = confirm_candidate(model, data, predictions, rows, cluster["region"], settings, runtime)
+        tested.append(({"class": name, "cluster": cluster["cluster"], "n": cluster["n"], "test": FIXED_TEST, **r}, ex))
+    peaked = _best(record["peak_clusters"])
     if peaked is not None:
         rows = members[examples["peak_ids"] == peaked["cluster"]]
         r, ex = confirm_moving(model, data, predictions, rows, maps[rows], settings, runtime)
@@ -697,8 +714,8 @@ def test_class(model: nn.Module, data: EvalSet, found: tuple[torch.Tensor, torch
         return None
     tested.sort(key=lambda t: strength(t[0]))
     best, ex = tested[0]
-    best["also_tested"] = [{"test": r["test"], "verdict": r["verdict"], "transplant_flip": r["transplant_flip"]}
-                           for r, _ in tested[1:]]
+    best["also_tested"] = [{"test": r["test"], "cluster": r["cluster"], "verdict": r["verdict"],
+                            "transplant_flip": r["transplant_flip"]} for r, _ in tested[1:]]
     return best, ex
 
 

@@ -98,7 +98,8 @@ class AuditSummary:
     its artefact pasted on a share of the target class's): the classes confirmed, the target class's finding
     (its verdict, which test found it, the overlap with where the artefact was planted, the transplant's rate;
     "not tested" and None where the audit tested no group of it), the classes flagged as unexplained
-    concentration, and the audit's seconds."""
+    concentration, the audit's seconds and the version of its rules (`spray.RULES_VERSION`; 1 in cells written
+    before it was recorded)."""
 
     target: str
     confirmed: tuple[str, ...]
@@ -108,12 +109,13 @@ class AuditSummary:
     target_transplant: Interval | None
     unexplained: tuple[str, ...]
     seconds: float
+    rules: int = 1
 
     def to_dict(self) -> dict:
         transplant = self.target_transplant.to_dict() if self.target_transplant is not None else None
         return {"target": self.target, "confirmed": list(self.confirmed), "target_verdict": self.target_verdict,
                 "target_test": self.target_test, "target_iou": self.target_iou, "target_transplant": transplant,
-                "unexplained": list(self.unexplained), "seconds": self.seconds}
+                "unexplained": list(self.unexplained), "seconds": self.seconds, "rules": self.rules}
 
     @classmethod
     def from_dict(cls, values: dict, what: str = "a cell's audit", fix: str = CELL_FIX) -> AuditSummary:
@@ -121,7 +123,7 @@ class AuditSummary:
         transplant = get("target_transplant")
         return cls(get("target"), tuple(get("confirmed")), get("target_verdict"), get("target_test"), get("target_iou"),
                    _interval(transplant, what, fix) if transplant is not None else None, tuple(get("unexplained")),
-                   get("seconds"))
+                   get("seconds"), values.get("rules", 1))
 
 
 @dataclass(frozen=True)

@@ -98,11 +98,26 @@ def _rrr_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tenso
     return torch.tensor([loss.item() * n, penalty.item() * n, (logits.argmax(1) == y).sum().item()], dtype=torch.float64)
 
 
+def classifier_of(model: nn.Module) -> nn.Linear:
+    """The linear layer that makes `model`'s logits: `fc` (this project's and torchvision's ResNets), timm's
+    `get_classifier()`, else the last `nn.Linear` registered; `UserError` where there is none."""
+    head = getattr(model, "fc", None)
+    if not isinstance(head, nn.Linear) and hasattr(model, "get_classifier"):
+        head = model.get_classifier()
+    if not isinstance(head, nn.Linear):
+        head = next((m for m in reversed(list(model.modules())) if isinstance(m, nn.Linear)), None)
+    if head is None:
+        raise UserError(f"{type(model).__name__} has no nn.Linear classifier to refit; fix: use the rrr strategy, which "
+                        "fine-tunes any model")
+    return head
+
+
 def penultimate_features(model: nn.Module, images: torch.Tensor, device: torch.device,
                          amp_dtype: torch.dtype | None = None, batch_size: int = 512) -> torch.Tensor:
-    """(N, D) float32 inputs of `model.fc` for (N, 3, H, W) uint8 `images` (eval mode, no gradients)."""
-    captured = []
-    handle = model.fc.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].float().cpu()))
+    """(N, D) float32 inputs of `model`'s classifier (`classifier_of`) for (N, 3, H, W) uint8 `images` (eval
+    mode, no gradients)."""
+    head, captured = classifier_of(model), []
+    handle = head.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].float().cpu()))
     try:
         model.eval()
         with torch.no_grad(), autocast(device, amp_dtype):
@@ -110,7 +125,7 @@ def penultimate_features(model: nn.Module, images: torch.Tensor, device: torch.d
                 model(model_input(model, images[start:start + batch_size].to(device)))
     finally:
         handle.remove()
-    return torch.cat(captured) if captured else torch.empty(0, model.fc.in_features)
+    return torch.cat(captured) if captured else torch.empty(0, head.in_features)
 
 
 def refit_last_layer(fc: nn.Linear, features: torch.Tensor, labels: torch.Tensor, weight_decay: float = 1e-3,

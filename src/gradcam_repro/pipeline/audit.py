@@ -308,4 +308,4 @@ def audit_cell(model: torch.nn.Module, config: Config, data: ImageData, runtime:
         config.bias_class, tuple(found["confirmed"]), mine["verdict"] if mine else "not tested",
         mine["test"] if mine else None, mine.get("iou_with_planted_box") if mine else None,
         Interval.from_dict(mine["transplant_flip"]) if mine else None,
-        tuple(u["class"] for u in found["unexplained"]), time.perf_counter() - start)
+        tuple(u["class"] for u in found["unexplained"]), time.perf_counter() - start, spray.RULES_VERSION)

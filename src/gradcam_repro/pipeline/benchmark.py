@@ -11,6 +11,7 @@ audited on its test images with the artefact pasted on half of the target class'
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from gradcam_repro.config import PRESETS, preset_config
 from gradcam_repro.data import zoo
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.registry import map_layers
+from gradcam_repro.measure import spray
 from gradcam_repro.measure.detection import BenchmarkResult, rules, summarise
 from gradcam_repro.measure.study_results import StudyCellResult
 from gradcam_repro.pipeline.engine import ray_session
@@ -29,7 +31,7 @@ from gradcam_repro.pipeline.prepare import validated
 from gradcam_repro.pipeline.progress import as_reporter
 from gradcam_repro.pipeline.run import sweep_layers
 from gradcam_repro.pipeline.study import finished_cells
-from gradcam_repro.pipeline.study_tasks import StudyOptions, pending_tasks, run_tasks
+from gradcam_repro.pipeline.study_tasks import StudyOptions, pending_tasks, reaudit_tasks, run_tasks
 from gradcam_repro.report import figures
 from gradcam_repro.report.benchmark_report import benchmark_figures, benchmark_markdown
 
@@ -81,6 +83,9 @@ class BenchmarkOptions:
     preset: str = field(default=BENCHMARK_PRESET, metadata={"choices": list(PRESETS), "help": "training preset"})
     methods: tuple[str, ...] = field(default=DEFAULT_METHODS, metadata={
         "metavar": "METHOD", "help": "explanation methods scored at every layer"})
+    reaudit: bool = field(default=False, metadata={
+        "help": "audit again every finished cell whose audit is older than this version's audit rules (its model and "
+                "measurements are kept; resumable), then report"})
     report_only: bool = field(default=False, metadata={
         "help": "write BENCHMARK.json/.md and the heat maps from the cells finished so far (e.g. of a run that was "
                 "stopped), without running the others; the report says how many cells it stands on"})
@@ -124,7 +129,14 @@ def benchmark_result(plan: StudyPlan, options: BenchmarkOptions, cells: dict[str
                                 "help": RECIPES[k].help} for k in options.kinds},
                            tuple(options.seeds), tuple(options.doses), layers, tuple(summaries), tuple(found),
                            {"total": len(plan.cells), "done": len(done), "failed": failed}, seconds, options.preset,
-                           environment, rules())
+                           environment, {**rules(), "audit_rules_version": spray.RULES_VERSION,
+                                         "cells_by_audit_rules": audit_versions(done)})
+
+
+def audit_versions(done: list[StudyCellResult]) -> dict[str, int]:
+    """{audit rules version: how many of the finished cells were audited by it} (`--reaudit` brings older ones up
+    to date)."""
+    return {str(v): n for v, n in sorted(Counter(c.audit.rules for c in done if c.audit is not None).items())}
 
 
 def cost(plan: StudyPlan, done: list[StudyCellResult]) -> dict[str, float]:
@@ -158,6 +170,10 @@ def run_benchmark(options: BenchmarkOptions, study: StudyOptions, settings: dict
             f"{len(plan.cells) - sum(len(t.cells) for t in pending)} already finished"
             + (" (--report-only: reporting on those)" if options.report_only else ""))
         tasks = [] if options.report_only else pending
+        if options.reaudit and not options.report_only:
+            tasks = reaudit_tasks(plan, study, spray.RULES_VERSION)
+            log(f"--reaudit: {sum(len(t.cells) for t in tasks)} finished cell(s) audited by older rules than "
+                f"version {spray.RULES_VERSION}, audited again")
         failures, finished_now = {}, {}
         if tasks:
             with ray_session(study.address, log):

@@ -178,7 +178,7 @@ def fit_last_layer(model: torch.nn.Module, p: Prepared, biased: Experiment, arte
     images, labels, _ = training_images(biased.spec, p.training)
     x, y = balanced_set(images, labels, artefact, options.per_class, biased.spec.seed)
     features = finetune.penultimate_features(model, x, p.runtime.device, p.runtime.amp_dtype)
-    return [], {"balanced_images": len(y), **finetune.refit_last_layer(model.fc, features, y)}
+    return [], {"balanced_images": len(y), **finetune.refit_last_layer(finetune.classifier_of(model), features, y)}
 
 
 def finetune_rrr(model: torch.nn.Module, p: Prepared, biased: Experiment, artefact: Artefact,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from gradcam_repro import store
@@ -73,7 +73,8 @@ class StudyOptions:
 class SpecTask:
     """One Ray task: train `spec` once (or restore it from `experiment_files`), then measure every cell in
     `cells` ((cell key, config) pairs) with `methods`, with torch on `threads` threads on `device`; `audit`: also
-    audit each cell's model (`pipeline.audit.audit_cell`, the benchmark's cells)."""
+    audit each cell's model (`pipeline.audit.audit_cell`, the benchmark's cells); `measure` False: audit only (a
+    finished cell audited again, its measurements kept)."""
 
     spec: ExperimentSpec
     name: str
@@ -84,6 +85,7 @@ class SpecTask:
     data_key: str
     experiment_files: dict[str, bytes] | None = None
     audit: bool = False
+    measure: bool = True
 
 
 def pending_tasks(plan: StudyPlan, options: StudyOptions, audit: bool = False) -> list[SpecTask]:
@@ -111,6 +113,27 @@ def pending_tasks(plan: StudyPlan, options: StudyOptions, audit: bool = False) -
     return tasks
 
 
+def reaudit_tasks(plan: StudyPlan, options: StudyOptions, rules: int) -> list[SpecTask]:
+    """One audit-only task per spec among the finished cells whose audit is missing or older than `rules` (the
+    benchmark's --reaudit), each with its trained experiment's files."""
+    study, groups = StudyFolder(options.out), {}
+    for c in plan.cells:
+        if study.has_cell(c.key) and (study.read_cell(c.key).get("audit") or {}).get("rules", 1) < rules:
+            groups.setdefault(c.spec.key, []).append(c)
+    tasks = []
+    for cells in groups.values():
+        spec, config = cells[0].spec, cells[0].config
+        folder = study.experiment(spec.key)
+        if folder.finished_record(spec.key) is None:
+            raise UserError(f"cell {cells[0].key} is finished but its model {folder.root} is not; fix: rerun the "
+                            "benchmark without --reaudit to train it again")
+        device = config.device if config.device != "auto" else ("cuda" if options.gpus_per_cell > 0 else "cpu")
+        tasks.append(SpecTask(spec, "re-audit " + cell_label(cells[0].axes), tuple((c.key, c.config) for c in cells), (),
+                              options.cpus_per_cell, device, cells[0].data_key, folder.read_files(), audit=True,
+                              measure=False))
+    return tasks
+
+
 def run_spec_task(data: ImageData, task: SpecTask) -> dict:
     """The Ray task: train (or restore) `task.spec` in a temporary folder, measure each of its cells.
 
@@ -135,7 +158,7 @@ def run_spec_task(data: ImageData, task: SpecTask) -> dict:
         start = time.perf_counter()
         p = prepared_from_data(config, data, runtime)
         test = EvalSet(p.data.test_images, p.data.test_labels, p.data.classes, p.data.test_masks)
-        cells[key] = measure_methods(experiment.model, test, shortcut_protocol(p), task.methods, runtime)
+        cells[key] = measure_methods(experiment.model, test, shortcut_protocol(p), task.methods, runtime) if task.measure else {}
         if task.audit:
             cells[key]["audit"] = audit_cell(experiment.model, p.config, p.data, runtime).to_dict()
         evaluate_s[key] = time.perf_counter() - start
@@ -154,6 +177,8 @@ def save_task_result(out: Path, task: SpecTask, plan: StudyPlan, result: dict) -
     """Write a finished task's experiment folder (unless it was restored) and one file per cell, each
     atomically, the cells last; returns {cell key: what its file holds}."""
     study = StudyFolder(out)
+    if not task.measure:
+        return _save_reaudit(study, result)
     if task.experiment_files is None:
         study.experiment(task.spec.key).write_files(result["files"])
     by_key, written = {c.key: c for c in plan.cells}, {}
@@ -166,6 +191,16 @@ def save_task_result(out: Path, task: SpecTask, plan: StudyPlan, result: dict) -
             {"train": result["seconds"]["train"], "evaluate": result["seconds"]["evaluate"][key]},
             restored_experiment=task.experiment_files is not None,
             audit=AuditSummary.from_dict(measured["audit"]) if "audit" in measured else None)
+        study.write_cell(key, written[key].to_dict())
+    return written
+
+
+def _save_reaudit(study: StudyFolder, result: dict) -> dict[str, StudyCellResult]:
+    """An audit-only task's result: each cell's file again, with the new audit and everything else as it was."""
+    written = {}
+    for key, measured in result["cells"].items():
+        old = StudyCellResult.from_dict(study.read_cell(key), str(study.cell_json(key)))
+        written[key] = replace(old, audit=AuditSummary.from_dict(measured["audit"]))
         study.write_cell(key, written[key].to_dict())
     return written
 

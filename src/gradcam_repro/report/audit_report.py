@@ -132,9 +132,13 @@ def _candidate_rows(result: AuditResult) -> list[str]:
     rows.append("")
     for c in result.candidates:
         iou = f" Overlap with the planted patch: IoU {c.iou_with_planted_box:.2f}." if c.iou_with_planted_box is not None else ""
-        other = "".join(f" The {t.test} test: {t.verdict}, {_pct(t.transplant_flip)}." for t in c.also_tested or ())
+        other = "".join(f" The {t.test} test{_of_cluster(t)}: {t.verdict}, {_pct(t.transplant_flip)}." for t in c.also_tested or ())
         rows.append(f"- #{c.rank} {c.class_name}: {c.reason}. Pasted pixels: mean RGB {tuple(c.mean_rgb)}.{iou}{other}")
     return rows + [""]
+
+
+def _of_cluster(test) -> str:
+    return f" of cluster {test.cluster}" if test.cluster is not None else ""
 
 
 def _best_clusters(result: AuditResult) -> dict[str, RankedCluster]:
