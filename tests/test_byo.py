@@ -23,7 +23,6 @@ from gradcam_repro.model.resnet import CIFAR10_MEAN, resnet18_cifar, save_model
 from gradcam_repro.model.sources import IMAGENET_MEAN, ModelSource, contract_of, model_input
 
 
-
 @pytest.fixture(scope="module")
 def vit():
     """A ViT-tiny with 4 px patches on 32x32 inputs: 64 patch tokens and a class token."""

@@ -30,8 +30,8 @@ from torch import nn
 from gradcam_repro import store
 from gradcam_repro.data.bias import patch_artefact
 from gradcam_repro.data.images import EvalSet, ImageData, tensor_fingerprint
-from gradcam_repro.errors import UserError
 from gradcam_repro.data.zoo import Planted, box_masks
+from gradcam_repro.errors import UserError
 from gradcam_repro.explain.layers import check_layer, chosen_layer, default_layers, stage_layers
 from gradcam_repro.explain.registry import PIXEL_METHODS, explain_images, get_explainer
 from gradcam_repro.measure import shortcut, spray

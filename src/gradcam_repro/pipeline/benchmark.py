@@ -11,8 +11,8 @@ audited on its test images with the artefact pasted on half of the target class'
 from __future__ import annotations
 
 import statistics
-from collections import Counter
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 

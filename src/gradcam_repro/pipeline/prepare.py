@@ -92,7 +92,7 @@ def input_size(config: Config) -> tuple[int, int]:
     return parse_image_size(config.image_size) or (32, 32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def arch_layers(arch: str, size: tuple[int, int]) -> tuple[tuple[str, ...], str]:
     """(the layers a run scores every CAM at, the layer it explains by `explain.layers`' rule) of `arch` on (H, W)
     inputs, from one probe of the randomly initialised architecture (layer names do not depend on the weights)."""
