@@ -150,3 +150,43 @@ def test_the_audits_transplant_pastes_the_clusters_median_and_removal_fills_from
     assert torch.equal(ex["pixels"], median) and record["pixels"] == median.tolist()
     assert torch.equal(ex["pasted"], paste_pixels(ex["originals"], median, box))
     assert torch.equal(ex["removed"], fill_from_ring(images[members][:len(ex["removed"])], box, spray.REMOVAL_RING_PX))
+
+
+def test_a_keep_mask_pastes_only_its_pixels_and_survives_the_round_trip_through_json():
+    keep = torch.tensor([[True, False, True], [False, True, False]])
+    art = Artefact((4, 5, 6, 8), torch.full((3, 2, 3), 250, dtype=torch.uint8), "c", "s", keep=keep)
+    images = random_images(2)
+    out, masks = art.apply(images)
+    expected = images.clone()
+    expected[:, :, 4:6, 5:8] = torch.where(keep, torch.tensor(250, dtype=torch.uint8), images[:, :, 4:6, 5:8])
+    assert torch.equal(out, expected)
+    assert int(masks[0].sum()) == 3 and masks[0, 4, 5] and not masks[0, 4, 6]
+    back = Artefact.from_dict(json.loads(json.dumps(art.to_dict())))
+    assert torch.equal(back.keep, keep) and torch.equal(back.apply(images)[0], out)
+    assert "keep" not in artefacts.solid((0, 0, 2, 2), (1, 2, 3), "c", "s").to_dict()  # earlier keys unchanged
+    with pytest.raises(ValueError, match="keep mask"):
+        Artefact((4, 5, 6, 8), torch.zeros(3, 2, 3, dtype=torch.uint8), "c", "s", keep=torch.ones(3, 3, dtype=torch.bool))
+
+
+def test_the_audits_transplant_of_a_constant_pixel_region_pastes_its_constant_pixels_only():
+    # A sparse mark (a text's glyphs: an L of 7 px) on the cluster's images over varying backgrounds: the region's
+    # box holds the mark and background; only the mark's pixels may be pasted, the other images' pixels kept.
+    images, labels = random_images(40, seed=3), torch.arange(40) % 4
+    mark = torch.zeros(32, 32, dtype=torch.bool)
+    mark[20:25, 10] = True
+    mark[24, 10:13] = True
+    images[((labels == 1)[:, None, None, None] & mark).expand_as(images)] = 240
+    spread = spray.pixel_spread(images)
+    members = (labels == 1).nonzero().squeeze(1)
+    mean = torch.zeros(32, 32)
+    mean[20:25, 10:13] = 1.0
+    region = spray.candidate_region(images[members], spread, mean)
+    assert region["kind"] == "constant pixels" and region["box"] == (20, 10, 25, 13)
+    assert region["constant_mask"] == ["100", "100", "100", "100", "111"]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 4)).eval()
+    data = EvalSet(images, labels, ("a", "b", "c", "d"))
+    record, ex = spray.confirm_candidate(model, data, torch.full((40,), 1), members, region,
+                                         spray.AuditSettings(transplant_images=10), Runtime(torch.device("cpu")))
+    assert record["constant_mask"] == region["constant_mask"]
+    assert torch.equal(ex["pasted"], torch.where(mark, torch.tensor(240, dtype=torch.uint8), ex["originals"]))

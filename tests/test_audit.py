@@ -423,6 +423,43 @@ def test_a_logo_at_a_new_place_on_every_image_is_found_by_the_per_image_test(sha
     assert [t["test"] for t in found["also_tested"]] == [spray.FIXED_TEST]
 
 
+class CodeOrRedMark(nn.Module):
+    """Calls an image class 0 where it holds a red pixel anywhere, else the class coded in pixel (0, 0)'s green
+    value (20 x class): a hand-built model that relies completely on a mark wherever it sits."""
+
+    def __init__(self):
+        super().__init__()
+        attach(self, InputContract(mean=(0.0, 0.0, 0.0), std=(1 / 255, 1 / 255, 1 / 255)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        code = (x[:, 1, 0, 0] / 20).round().long().clamp(0, 2)
+        red = ((x[:, 0] > 200) & (x[:, 1] < 50) & (x[:, 2] < 50)).flatten(1).any(dim=1)
+        return torch.where(red[:, None], torch.tensor([1.0, 0.0, 0.0]), nn.functional.one_hot(code, 3).float())
+
+
+def test_the_per_image_test_pastes_only_the_regions_that_decide_their_own_image():
+    # Class 0's members: 20 of its own images (called 0 by their code; their regions hold nothing) and 20 class-1
+    # images carrying a red 3x3 mark at a new place each (called 0 because of it). Pasting every member's region
+    # moves half the other images; pasting the regions whose removal changes their own image's class moves all.
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(60, 200, (100, 3, 16, 16), generator=gen, dtype=torch.uint8)
+    labels = torch.cat([torch.zeros(20), torch.ones(40), torch.full((40,), 2)]).long()
+    images[:, 1, 0, 0] = (labels * 20).to(torch.uint8)
+    maps = torch.zeros(100, 16, 16)
+    for i in range(40):
+        top, left = 5 + (i * 5) % 8, 5 + (i * 3) % 8  # away from the code pixel, margin included
+        if i >= 20:  # images 20-39: class 1 with the mark, relevance on it
+            images[i, 0, top:top + 3, left:left + 3], images[i, 1:, top:top + 3, left:left + 3] = 255, 0
+        maps[i, top:top + 3, left:left + 3] = 1.0  # class 0's own images: relevance on a patch of nothing
+    data = EvalSet(images, labels, ("a", "b", "c"))
+    predictions = predict(CodeOrRedMark(), images, CPU)
+    members = torch.arange(40)
+    assert (predictions[members] == 0).all() and (predictions[40:] == labels[40:]).all()
+    record, _ = spray.confirm_moving(CodeOrRedMark(), data, predictions, members, maps[members], spray.AuditSettings(), CPU)
+    assert record["donors"] == 20 and record["removal_change"]["mean"] == 0.5
+    assert record["transplant_flip"]["mean"] == 1.0 and record["verdict"] == spray.MOVING
+
+
 def test_concentrated_relevance_that_no_test_explains_is_reported_not_dropped():
     def record(fixed: float, peak: float) -> dict:
         return {"clusters": [{"cluster": 0, "n": 50, "score": fixed}], "peak_clusters": [{"cluster": 0, "n": 50, "score": peak}]}

@@ -102,7 +102,10 @@ def test_the_constant_pixels_are_searched_a_margin_scaled_to_the_image_around_th
     mean = torch.zeros(HEIGHT, WIDTH)
     mean[10:20, 34:40] = 1.0  # 6 px right of the patch: beyond the 4 px of 32x32, within 64x48's 7 px
     region = spray.candidate_region(images, reference, mean)
-    assert region == {"box": PATCH, "kind": "constant pixels", "relevance_box": (10, 34, 20, 40), "constant_px": 48}
+    top, left, bottom, right = PATCH
+    every = ["1" * (right - left)] * (bottom - top)  # a solid patch: every pixel of its box is constant
+    assert region == {"box": PATCH, "kind": "constant pixels", "relevance_box": (10, 34, 20, 40), "constant_px": 48,
+                      "constant_mask": every}
 
 
 def test_without_constant_pixels_a_large_relevant_area_is_capped_at_an_8th_of_the_non_square_image():

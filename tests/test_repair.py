@@ -155,6 +155,11 @@ def test_the_artefact_comes_from_the_audits_top_confirmed_candidate(tmp_path):
     (tmp_path / "audit.json").write_text(json.dumps(audit_json(candidates)))
     found = artefact_from_audit(tmp_path)
     assert found.class_name == "frog" and found.box == (0, 0, 6, 6) and torch.equal(found.pixels, pixels)
+    assert found.keep is None  # an audit that pastes the whole box
+    mask = ["110000"] * 5 + ["111111"]  # one that pasted its constant pixels only: repair removes those
+    candidates[1]["constant_mask"] = mask
+    (tmp_path / "audit.json").write_text(json.dumps(audit_json(candidates)))
+    assert artefacts.mask_rows(artefact_from_audit(tmp_path).keep) == mask
     assert torch.equal(artefacts.from_images((0, 0, 2, 2), torch.stack([torch.full((3, 8, 8), v, dtype=torch.uint8)
                                                                          for v in (0, 9, 90)]), "frog", "box").pixels,
                        torch.full((3, 2, 2), 9, dtype=torch.uint8))

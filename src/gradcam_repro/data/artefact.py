@@ -66,13 +66,16 @@ def check_images(images: torch.Tensor, image_size: int | Sequence[int] | None = 
 class Artefact:
     """`pixels` (3, h, w) uint8 put at `box` (top, left, bottom, right; bottom/right exclusive) on images of
     `image_size` ((height, width); a side is accepted for a square image); `class_name` is the class it pushes
-    predictions to; `source` says where it came from."""
+    predictions to; `source` says where it came from. `keep`, an (h, w) bool mask, puts only the pixels where it is
+    True (an audit's constant pixels inside their box: a text's glyphs, not the background between them); None:
+    the whole box."""
 
     box: tuple[int, int, int, int]
     pixels: torch.Tensor
     class_name: str
     source: str
     image_size: tuple[int, int] = (32, 32)
+    keep: torch.Tensor | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "image_size", image_hw(self.image_size))
@@ -81,6 +84,9 @@ class Artefact:
         if tuple(self.pixels.shape) != (3, bottom - top, right - left) or self.pixels.dtype != torch.uint8:
             raise ValueError(f"artefact pixels must be (3, {bottom - top}, {right - left}) uint8, got "
                              f"{tuple(self.pixels.shape)} {self.pixels.dtype}")
+        if self.keep is not None and (tuple(self.keep.shape) != (bottom - top, right - left) or self.keep.dtype != torch.bool):
+            raise ValueError(f"artefact keep mask must be ({bottom - top}, {right - left}) bool, got "
+                             f"{tuple(self.keep.shape)} {self.keep.dtype}")
 
     @classmethod
     def square(cls, size_px: int, color: Sequence[int], corner: str = "top-left", offset: int = 0,
@@ -90,10 +96,10 @@ class Artefact:
         return solid(patch_box(image_size, size_px, corner, offset), color, class_name, source, image_size)
 
     def mask(self) -> torch.Tensor:
-        """(H, W) bool, True inside the box."""
+        """(H, W) bool, True where the artefact's pixels go: inside the box (where `keep` is True)."""
         top, left, bottom, right = self.box
         out = torch.zeros(self.image_size, dtype=torch.bool)
-        out[top:bottom, left:right] = True
+        out[top:bottom, left:right] = True if self.keep is None else self.keep
         return out
 
     def apply(self, images: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,20 +112,34 @@ class Artefact:
         check_images(images, self.image_size)
         top, left, bottom, right = self.box
         out = images.clone()
-        out[:, :, top:bottom, left:right] = self.pixels
+        inside = out[:, :, top:bottom, left:right]
+        out[:, :, top:bottom, left:right] = self.pixels if self.keep is None else torch.where(self.keep, self.pixels, inside)
         return out, self.mask().expand(len(images), *self.image_size)
 
     def to_dict(self) -> dict:
         """JSON-ready, and what a repaired experiment's spec hashes: the box, the pixels, the class, the source,
-        and the image size (the side for a square image, as before non-square images were allowed)."""
+        and the image size (the side for a square image, as before non-square images were allowed); the keep mask
+        where there is one, as rows of "1"/"0" (absent otherwise, so that earlier keys stay)."""
         height, width = self.image_size
-        return {"box_tlbr_px": list(self.box), "pixels": self.pixels.tolist(), "class": self.class_name,
-                "source": self.source, "image_size": height if height == width else [height, width]}
+        out = {"box_tlbr_px": list(self.box), "pixels": self.pixels.tolist(), "class": self.class_name,
+               "source": self.source, "image_size": height if height == width else [height, width]}
+        return out if self.keep is None else out | {"keep": mask_rows(self.keep)}
 
     @classmethod
     def from_dict(cls, values: dict) -> Artefact:
+        keep = values.get("keep")
         return cls(tuple(values["box_tlbr_px"]), torch.tensor(values["pixels"], dtype=torch.uint8), values["class"],
-                   values["source"], values.get("image_size", 32))
+                   values["source"], values.get("image_size", 32), None if keep is None else rows_mask(keep))
+
+
+def mask_rows(mask: torch.Tensor) -> list[str]:
+    """(h, w) bool -> h strings of "1" (True) and "0": a small mask, readable in JSON."""
+    return ["".join("1" if v else "0" for v in row) for row in mask.tolist()]
+
+
+def rows_mask(rows: Sequence[str]) -> torch.Tensor:
+    """The inverse of `mask_rows`."""
+    return torch.tensor([[c == "1" for c in row] for row in rows], dtype=torch.bool)
 
 
 def solid(box: tuple[int, int, int, int], color: Sequence[int], class_name: str, source: str,

@@ -251,6 +251,8 @@ class AuditCandidate:
     artefact_images: int | None = None
     test: str | None = None  # "fixed place" or "per image" (each image's own region); None: written before there were two
     also_tested: tuple[AlsoTested, ...] | None = None  # the class's other test, weaker than this one
+    constant_mask: tuple[str, ...] | None = None  # rows of "1"/"0" over the box: the pixels pasted (None: all of them)
+    donors: int | None = None  # the per-image test: how many images' regions were pasted (those that decide their image)
 
     @property
     def per_image(self) -> bool:
@@ -268,8 +270,10 @@ class AuditCandidate:
                 "verdict": self.verdict, "reason": self.reason}
         group = list(self.artefact_clusters) if self.artefact_clusters is not None else None
         also = [t.to_dict() for t in self.also_tested] if self.also_tested is not None else None
+        mask = list(self.constant_mask) if self.constant_mask is not None else None
         return _optional(out, iou_with_planted_box=self.iou_with_planted_box, artefact_clusters=group,
-                         artefact_images=self.artefact_images, test=self.test, also_tested=also)
+                         artefact_images=self.artefact_images, test=self.test, also_tested=also, constant_mask=mask,
+                         donors=self.donors)
 
     @classmethod
     def from_dict(cls, values: dict, what: str = "a candidate") -> AuditCandidate:
@@ -286,7 +290,8 @@ class AuditCandidate:
                    interval("occluded_flip"), interval("untouched"), interval("removal_change"), get("verdict"),
                    get("reason"), values.get("iou_with_planted_box"), tuple(group) if group is not None else None,
                    values.get("artefact_images"), values.get("test"),
-                   tuple(AlsoTested.from_dict(t, what) for t in values["also_tested"]) if "also_tested" in values else None)
+                   tuple(AlsoTested.from_dict(t, what) for t in values["also_tested"]) if "also_tested" in values else None,
+                   tuple(values["constant_mask"]) if "constant_mask" in values else None, values.get("donors"))
 
 
 # audit.json's keys before the audit's findings, in the order they are written.

@@ -12,7 +12,9 @@ without a fixed place:
   peaked its maps are: the share of each map's relevance on its own 1/16 most relevant pixels.
 - testing *per image*: each image's region is the connected area around its own peak (capped at 1/8 of the
   image, so that it stays an artefact's size, not the object's), and it is transplanted to the same place on
-  an image of another class, one source image per destination image in turn. The controls are the same
+  an image of another class, one source image per destination image in turn. Only the regions whose removal
+  changes their own image's class are pasted (where at least 10 images' do): a class's images that do not carry
+  the artefact point at their object, and pasting that dilutes the test. The controls are the same
   destination images with that region only occluded (filled with the mean of a ring around it) and untouched.
 
 Any image size: the peak and the cap are shares of the image, and the pixel lengths (the margin a region is grown

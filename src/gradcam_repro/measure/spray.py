@@ -11,7 +11,8 @@ makes one tight cluster with a high score, not two clusters.
 
 Confirmation (after ClArC / Reveal-to-Revise), without being told the artefact: the candidate region is where
 the cluster's mean map concentrates, narrowed to the pixels there that are (nearly) constant across the
-cluster's images when there are such. Its pixels (the per-pixel median of the cluster's images) are
+cluster's images when there are such. Its pixels (the per-pixel median of the cluster's images; of a
+constant-pixel region only the constant pixels, not the background between a text's glyphs) are
 transplanted onto test images of other classes (flip rate to the audited class, against the same region
 merely occluded), and the region is removed from the cluster's own images (filled with the local mean:
 how often the prediction changes).
@@ -41,14 +42,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradcam_repro.data.artefact import RING_PX, from_images, median_pixels, paste, remove
+from gradcam_repro.data.artefact import RING_PX, from_images, mask_rows, median_pixels, paste, remove, rows_mask
 from gradcam_repro.data.images import EvalSet
 from gradcam_repro.data.zoo import box_masks
 from gradcam_repro.errors import UserError
@@ -104,8 +105,10 @@ BRIDGE_PX = 4
 # Confirmation settings.
 # The audit's rules, as one number that changes whenever a change to them can change a verdict: stored with every
 # benchmark cell's audit, so that `benchmark --reaudit` knows which cells were audited by older rules.
-# 1: the first benchmark (issue 23); 2: every constant-pixel cluster of a class is tested, not only its best one.
-RULES_VERSION = 2
+# 1: the first benchmark (issue 23); 2: every constant-pixel cluster of a class is tested, not only its best one;
+# 3: a constant-pixel region's transplant pastes its constant pixels only (not the cluster's median background
+# between them), and the per-image test pastes only the regions whose removal changes their own image's class.
+RULES_VERSION = 3
 TOP_CANDIDATES = None  # None: every class's strongest clusters are tested causally (--candidates N: the N top-ranked)
 TRANSPLANT_IMAGES = 1000  # other-class test images per transplant test (seeded choice)
 REMOVAL_RING_PX = RING_PX  # the local mean is taken over a 2 px ring around the region (at 32x32)
@@ -354,7 +357,9 @@ def candidate_region(cluster_images: torch.Tensor, reference_spread: torch.Tenso
     box = _component_box(constant, window, scale.bridge_px)
     count = 0 if box is None else int((box_mask(box, size) & constant).sum())
     if count >= scale.min_artefact_px:
-        return {"box": box, "kind": "constant pixels", "relevance_box": relevance, "constant_px": count}
+        top, left, bottom, right = box
+        return {"box": box, "kind": "constant pixels", "relevance_box": relevance, "constant_px": count,
+                "constant_mask": mask_rows(torch.from_numpy(constant[top:bottom, left:right]))}
     # Without constant pixels the region is where the relevance is, at most an artefact's size (a larger box is the
     # object, and pasting an object's part can move images to its class): as the per-image regions are capped.
     peak = np.unravel_index(int(mean.argmax()), size)
@@ -499,6 +504,8 @@ def confirm_candidate(model: nn.Module, data: EvalSet, predictions: torch.Tensor
     target, seed, box = int(predictions[members[0]]), settings.seed, tuple(region["box"])
     ring_px = AuditScale.of(data.images).removal_ring_px
     artefact = from_images(box, data.images[members], data.classes[target], "audit candidate")  # the cluster's median
+    if "constant_mask" in region:  # only the constant pixels are pasted, not the median background between them
+        artefact = replace(artefact, keep=rows_mask(region["constant_mask"]))
     pixels = artefact.pixels
     others = seeded_cap((data.labels != target).nonzero().squeeze(1), settings.transplant_images, seed)
     pasted = paste(data.images[others], artefact)
@@ -510,6 +517,7 @@ def confirm_candidate(model: nn.Module, data: EvalSet, predictions: torch.Tensor
         "box_tlbr_px": list(box), "kind": region["kind"], "relevance_box_tlbr_px": list(region["relevance_box"]),
         "constant_px": region["constant_px"], "mean_rgb": [round(float(v), 1) for v in pixels.float().mean(dim=(1, 2))],
         "pixels": pixels.tolist(),  # what was transplanted: `repair --from-audit` removes exactly this
+        **({"constant_mask": region["constant_mask"]} if "constant_mask" in region else {}),  # ... where this is 1
         "transplant_flip": scores.bootstrap_ci(pasted_preds == target, seed),
         "occluded_flip": scores.bootstrap_ci(occluded_preds == target, seed),
         "untouched": scores.bootstrap_ci(predictions[others] == target, seed),
@@ -538,13 +546,17 @@ def confirm_moving(model: nn.Module, data: EvalSet, predictions: torch.Tensor, m
     boxes = moving.peak_boxes(maps, REGION_THRESHOLD, scale.search_margin_px)
     masks = box_masks(boxes, *data.images.shape[-2:])
     sources = data.images[members]
-    others = seeded_cap((data.labels != target).nonzero().squeeze(1), settings.transplant_images, seed)
-    pasted = moving.transplant(data.images[others], sources, masks)
-    paired = masks[torch.arange(len(others)) % len(members)]
-    pasted_preds = predict(model, pasted, runtime)
-    occluded_preds = predict(model, moving.ring_fill(data.images[others], paired, scale.removal_ring_px), runtime)
     removed = moving.ring_fill(sources, masks, scale.removal_ring_px)
     removed_preds = predict(model, removed, runtime)
+    # Transplant the artefact found in each image: the regions whose removal changes the image's class (where at
+    # least MIN_CLUSTER_IMAGES do); a region that decides nothing in its own image is not pasted on others.
+    deciding = (removed_preds != target).nonzero().squeeze(1)
+    donors = deciding if len(deciding) >= MIN_CLUSTER_IMAGES else torch.arange(len(members))
+    others = seeded_cap((data.labels != target).nonzero().squeeze(1), settings.transplant_images, seed)
+    pasted = moving.transplant(data.images[others], sources[donors], masks[donors])
+    paired = masks[donors][torch.arange(len(others)) % len(donors)]
+    pasted_preds = predict(model, pasted, runtime)
+    occluded_preds = predict(model, moving.ring_fill(data.images[others], paired, scale.removal_ring_px), runtime)
     box = [int(v) for v in boxes.median(dim=0).values]
     inside = masks[:, None].expand_as(sources)
     record = {
@@ -553,7 +565,7 @@ def confirm_moving(model: nn.Module, data: EvalSet, predictions: torch.Tensor, m
         "transplant_flip": scores.bootstrap_ci(pasted_preds == target, seed),
         "occluded_flip": scores.bootstrap_ci(occluded_preds == target, seed),
         "untouched": scores.bootstrap_ci(predictions[others] == target, seed),
-        "removal_change": scores.bootstrap_ci(removed_preds != target, seed),
+        "removal_change": scores.bootstrap_ci(removed_preds != target, seed), "donors": len(donors),
     }
     record["verdict"], record["reason"] = verdict(record["transplant_flip"], record["occluded_flip"], record["untouched"],
                                                   record["removal_change"], PER_IMAGE_KIND)
@@ -562,11 +574,11 @@ def confirm_moving(model: nn.Module, data: EvalSet, predictions: torch.Tensor, m
     iou = _planted_iou(data, members, boxes)
     if iou is not None:
         record["iou_with_planted_box"] = iou
-    k = EXAMPLE_IMAGES
-    examples = {"box": None, "boxes": boxes[:k], "sources": sources[:k], "source_maps": maps[:k],
-                "pasted_boxes": boxes[torch.arange(min(k, len(others))) % len(members)], "originals": data.images[others[:k]],
-                "pasted": pasted[:k], "before": predictions[others[:k]], "after": pasted_preds[:k], "removed": removed[:k],
-                "removed_after": removed_preds[:k]}
+    k, shown = EXAMPLE_IMAGES, donors[:EXAMPLE_IMAGES]  # the first donors, each pasted on one other image
+    examples = {"box": None, "boxes": boxes[shown], "sources": sources[shown], "source_maps": maps[shown],
+                "pasted_boxes": boxes[donors][torch.arange(min(k, len(others))) % len(donors)], "originals": data.images[others[:k]],
+                "pasted": pasted[:k], "before": predictions[others[:k]], "after": pasted_preds[:k], "removed": removed[shown],
+                "removed_after": removed_preds[shown]}
     return record, examples
 
 

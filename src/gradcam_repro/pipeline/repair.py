@@ -125,7 +125,8 @@ def artefact_from_audit(path: Path) -> Artefact:
     box = best.box_tlbr_px
     source = f"audit {file} (rank {best.rank}, {best.class_name}, {best.kind})"
     if best.pixels is not None:
-        return Artefact(box, torch.tensor(best.pixels, dtype=torch.uint8), best.class_name, source)
+        keep = None if best.constant_mask is None else artefacts.rows_mask(best.constant_mask)
+        return Artefact(box, torch.tensor(best.pixels, dtype=torch.uint8), best.class_name, source, keep=keep)
     if best.kind == "constant pixels":  # audits written before the pixels were recorded: constant = mean
         color = tuple(round(v) for v in best.mean_rgb)
         return artefacts.solid(box, color, best.class_name, source + ", mean colour")
