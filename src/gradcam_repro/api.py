@@ -43,7 +43,7 @@ from gradcam_repro.model import finetune
 from gradcam_repro.model.sources import InputContract, ModelSource, attach, contract_of
 from gradcam_repro.pipeline.audit import write_audit
 from gradcam_repro.pipeline.folders import AuditFolder
-from gradcam_repro.pipeline.repair import balanced_set
+from gradcam_repro.pipeline.repair import refit_on_balanced
 from gradcam_repro.runtime import Runtime, choose_device
 
 
@@ -238,9 +238,7 @@ def repair(model: nn.Module, dataset, artefact: dict | Planted, target: int | st
     before, repaired = measured(model), copy.deepcopy(model).eval()
     runtime = Runtime(next((p.device for p in model.parameters()), torch.device("cpu")))
     if strategy == "last-layer":
-        x, y = balanced_set(fit_set.images, fit_set.labels, planted, settings["per_class"], seed)
-        features = finetune.penultimate_features(repaired, x, runtime.device)
-        fit = {"balanced_images": len(y), **finetune.refit_last_layer(finetune.classifier_of(repaired), features, y)}
+        fit = refit_on_balanced(repaired, fit_set.images, fit_set.labels, planted, settings["per_class"], seed, runtime)
     else:
         mask = box_masks(torch.tensor([planted.box]), *fit_set.images.shape[-2:])[0]
         tuning = finetune.FinetuneSettings(settings["epochs"], settings["lr"], settings["batch_size"],

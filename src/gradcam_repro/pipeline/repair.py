@@ -40,6 +40,7 @@ from gradcam_repro.pipeline.prepare import Prepared
 from gradcam_repro.pipeline.progress import as_reporter, epoch_progress
 from gradcam_repro.pipeline.run import load_run, measure_run, write_results
 from gradcam_repro.pipeline.spec import ExperimentSpec, RepairSpec
+from gradcam_repro.runtime import Runtime
 
 
 @dataclass(frozen=True)
@@ -173,13 +174,20 @@ def balanced_set(images: torch.Tensor, labels: torch.Tensor, artefact: Artefact,
             torch.cat([labels[pick], labels[pick]]))
 
 
+def refit_on_balanced(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, artefact: Artefact,
+                      per_class: int, seed: int, runtime: Runtime) -> dict:
+    """DFR on any model: refit its classifier (`finetune.classifier_of`) in place on the penultimate features of
+    `balanced_set` drawn from (N, 3, H, W) uint8 `images`; returns the fit's record."""
+    x, y = balanced_set(images, labels, artefact, per_class, seed)
+    features = finetune.penultimate_features(model, x, runtime.device, runtime.amp_dtype)
+    return {"balanced_images": len(y), **finetune.refit_last_layer(finetune.classifier_of(model), features, y)}
+
+
 def fit_last_layer(model: torch.nn.Module, p: Prepared, biased: Experiment, artefact: Artefact,
                    options: RepairOptions, log=print) -> tuple[list[dict], dict]:
-    """DFR: refit `model.fc` on the penultimate features of `balanced_set`; returns (no epochs, the fit's record)."""
+    """DFR: `refit_on_balanced` on the biased model's training images; returns (no epochs, the fit's record)."""
     images, labels, _ = training_images(biased.spec, p.training)
-    x, y = balanced_set(images, labels, artefact, options.per_class, biased.spec.seed)
-    features = finetune.penultimate_features(model, x, p.runtime.device, p.runtime.amp_dtype)
-    return [], {"balanced_images": len(y), **finetune.refit_last_layer(finetune.classifier_of(model), features, y)}
+    return [], refit_on_balanced(model, images, labels, artefact, options.per_class, biased.spec.seed, p.runtime)
 
 
 def finetune_rrr(model: torch.nn.Module, p: Prepared, biased: Experiment, artefact: Artefact,

@@ -88,6 +88,11 @@ class SpecTask:
     measure: bool = True
 
 
+def task_device(config: Config, options: StudyOptions) -> str:
+    """Where a cell's task runs: its config's --device, or for "auto" CUDA when cells are given GPUs, else CPU."""
+    return config.device if config.device != "auto" else ("cuda" if options.gpus_per_cell > 0 else "cpu")
+
+
 def pending_tasks(plan: StudyPlan, options: StudyOptions, audit: bool = False) -> list[SpecTask]:
     """One task per distinct spec among the unfinished cells (all cells with `force`), in grid order; `audit`:
     each task also audits its cells' model.
@@ -106,10 +111,9 @@ def pending_tasks(plan: StudyPlan, options: StudyOptions, audit: bool = False) -
         files = None
         if not options.force and folder.finished_record(spec.key) is not None:
             files = folder.read_files()
-        device = config.device if config.device != "auto" else ("cuda" if options.gpus_per_cell > 0 else "cpu")
         name = "baseline " + cell_label({"seed": spec.seed}) if spec.bias is None else cell_label(cells[0].axes)
         tasks.append(SpecTask(spec, name, tuple((c.key, c.config) for c in cells), plan.grid.methods,
-                              options.cpus_per_cell, device, cells[0].data_key, files, audit))
+                              options.cpus_per_cell, task_device(config, options), cells[0].data_key, files, audit))
     return tasks
 
 
@@ -127,9 +131,8 @@ def reaudit_tasks(plan: StudyPlan, options: StudyOptions, rules: int) -> list[Sp
         if folder.finished_record(spec.key) is None:
             raise UserError(f"cell {cells[0].key} is finished but its model {folder.root} is not; fix: rerun the "
                             "benchmark without --reaudit to train it again")
-        device = config.device if config.device != "auto" else ("cuda" if options.gpus_per_cell > 0 else "cpu")
         tasks.append(SpecTask(spec, "re-audit " + cell_label(cells[0].axes), tuple((c.key, c.config) for c in cells), (),
-                              options.cpus_per_cell, device, cells[0].data_key, folder.read_files(), audit=True,
+                              options.cpus_per_cell, task_device(config, options), cells[0].data_key, folder.read_files(), audit=True,
                               measure=False))
     return tasks
 
