@@ -38,7 +38,7 @@ from gradcam_repro.measure.study_results import (
 )
 from gradcam_repro.pipeline.engine import join_error
 from gradcam_repro.pipeline.eta import EtaPace, progress_line
-from gradcam_repro.pipeline.grid import StudyGrid, read_study_file, study_grid
+from gradcam_repro.pipeline.grid import StudyGrid, plan_study, read_study_file, study_grid
 from gradcam_repro.pipeline.run import run
 from gradcam_repro.pipeline.study import run_study
 from gradcam_repro.pipeline.study_tasks import StudyOptions, cell_seconds
@@ -226,6 +226,19 @@ def test_grid_comes_from_a_toml_file_and_flags_win(tmp_path):
     path.write_text("[grid\nseed = 1")
     with pytest.raises(UserError, match="cannot read .*study.toml"):
         read_study_file(path)
+
+
+def test_an_arch_axis_plans_one_training_per_architecture_each_explained_at_its_rules_layer(tmp_path):
+    settings = {"preset": "smoke", "dataset": "shapes", "seed": 0, "bias_fraction": 1.0}
+    grid = study_grid({}, settings, {"arch": ("resnet18_cifar", "vgg11_cifar")}, ("gradcam",))
+    plan = plan_study(grid, str(tmp_path), log=lambda *a: None)
+    seeds, vgg = plan.cells
+    assert (seeds.config.arch, vgg.config.arch) == ("resnet18_cifar", "vgg11_cifar")
+    assert seeds.config.cam_layer == "layer4.1.conv2" and vgg.config.cam_layer == "features"
+    assert vgg.spec.to_dict()["arch"] == "vgg11_cifar" and seeds.spec.key != vgg.spec.key
+    plain = plan_study(study_grid({}, settings, {}, ("gradcam",)), str(tmp_path), log=lambda *a: None).cells[0]
+    assert plain.spec.key == seeds.spec.key  # the seed's architecture as an axis value trains the same model
+    assert len(plan.data) == 1  # one dataset for both
 
 
 def test_bad_study_input_is_one_line_exit_2_before_anything_is_written(tmp_path, capsys):

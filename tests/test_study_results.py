@@ -115,3 +115,36 @@ def test_an_against_study_from_an_older_version_is_one_line_naming_it(tmp_path):
                                         r"'verdicts'\); fix: ") as e:
         reference_conditions(str(tmp_path))
     assert "\n" not in str(e.value)
+
+
+def test_a_study_over_architectures_reports_each_architectures_own_layers(measured):
+    # An arch axis: the VGG's cells were scored at other layers than the ResNet's; STUDY.md and the figures show
+    # each condition at its own layers (they used to read the first condition's layers for every condition).
+    from gradcam_repro.report.study_report import study_figures, study_markdown
+
+    def renamed(values: dict) -> dict:
+        out = json.loads(json.dumps(values))
+        for method in out["metrics"]["methods"].values():
+            method["cam"] = {"features." + layer[-1]: v for layer, v in method["cam"].items()}
+        return out
+
+    cells = []
+    for arch in ("resnet18_cifar", "vgg11_cifar"):
+        for seed in (0, 1):
+            values = cell_dict(measured, seed, 1.0) | {"key": f"{arch}{seed}", "spec_key": f"{arch}{seed}"}
+            values["axes"] = {"seed": seed, "bias_fraction": 1.0, "arch": arch}
+            cells.append(StudyCellResult.from_dict(renamed(values) if arch == "vgg11_cifar" else values))
+    conditions = aggregate_cells(cells)
+    statuses = {c.key: CellStatus.of(c.axes, c.spec_key, c, None) for c in cells}
+    study = StudyResult({"settings": {"preset": "smoke"}, "axes": {"arch": ["resnet18_cifar", "vgg11_cifar"]},
+                         "methods": list(METHODS)}, ["seed", "bias_fraction", "arch"], list(METHODS), "tiny", "c6",
+                        statuses, {"confidence": 0.95, "cam_images": [10], "counterfactual_images": [30],
+                                   "seed_ci": "t", "image_ci": "b"}, conditions, detection_thresholds(conditions),
+                        None, 1.0, [])
+    report = study_markdown(study)
+    assert report.count("| condition | conv1 | conv2 |") == len(METHODS)
+    assert report.count("| condition | features.1 | features.2 |") == len(METHODS)
+    vgg_row = next(line for line in report.splitlines() if line.startswith("| bias_fraction=1.0, arch=vgg11_cifar |")
+                   and "points" in line)
+    assert vgg_row.count("points") == 2
+    assert len(study_figures(study)) == 3  # the reliance figure and one energy figure per architecture

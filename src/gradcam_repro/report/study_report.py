@@ -40,10 +40,18 @@ def _tally(value: Tally | None) -> str:
     return tally(value.to_dict() if value is not None else None)
 
 
-def _layers(study: StudyResult, method: str) -> list[str]:
+def _layers(condition, method: str) -> tuple[str, ...]:
+    """The layers a condition's cells scored `method` at (an architecture's own stages)."""
     prefix = f"energy/{method}/"
-    names = study.conditions[0].metrics if study.conditions else {}
-    return [n[len(prefix):] for n in names if n.startswith(prefix)]
+    return tuple(n[len(prefix):] for n in condition.metrics if n.startswith(prefix))
+
+
+def _by_layers(study: StudyResult, method: str) -> dict[tuple[str, ...], list]:
+    """The study's conditions grouped by the layers they were scored at: one group, unless the grid has an arch axis."""
+    groups: dict[tuple[str, ...], list] = {}
+    for c in study.conditions:
+        groups.setdefault(_layers(c, method), []).append(c)
+    return groups
 
 
 def _cap(caps: list[int]) -> str:
@@ -92,18 +100,24 @@ def energy_tables(study: StudyResult) -> list[str]:
              f"*points* = image-level lower bound >= {POINTS_AT_PATCH_RATIO:g}x uniform (the run's rule); *flags* = "
              "that, and above the same seed's fraction-0 baseline's upper bound.", ""]
     for method in study.methods:
-        layers = _layers(study, method)
-        lines += [f"### {display_name(method)}", "", "| condition | " + " | ".join(layers) + " |", "|---" * (len(layers) + 1) + "|"]
-        for c in study.conditions:
-            row = []
-            for layer in layers:
-                v = c.verdicts
-                row.append(f"{_interval(c.metrics[f'energy_ratio/{method}/{layer}'], digits=2)}; points "
-                           f"{_tally(v.get(f'points_at_patch/{method}/{layer}'))}, "
-                           f"flags {_tally(v.get(f'flags/{method}/{layer}'))}")
-            lines.append(f"| {condition_label(c.axes)} | " + " | ".join(row) + " |")
-        lines.append("")
+        lines += [f"### {display_name(method)}", ""]
+        for layers, conditions in _by_layers(study, method).items():
+            lines += _energy_table(method, layers, conditions)
     return lines
+
+
+def _energy_table(method: str, layers: tuple[str, ...], conditions: list) -> list[str]:
+    """One method's energy table over `conditions` scored at the same `layers`."""
+    lines = ["| condition | " + " | ".join(layers) + " |", "|---" * (len(layers) + 1) + "|"]
+    for c in conditions:
+        row = []
+        for layer in layers:
+            v = c.verdicts
+            row.append(f"{_interval(c.metrics[f'energy_ratio/{method}/{layer}'], digits=2)}; points "
+                       f"{_tally(v.get(f'points_at_patch/{method}/{layer}'))}, "
+                       f"flags {_tally(v.get(f'flags/{method}/{layer}'))}")
+        lines.append(f"| {condition_label(c.axes)} | " + " | ".join(row) + " |")
+    return lines + [""]
 
 
 def threshold_table(study: StudyResult) -> list[str]:
@@ -245,7 +259,7 @@ def energy_figure(study: StudyResult, group: list[StudyCondition], label: str):
     fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 3.6), squeeze=False, sharey=True)
     fractions = _fractions(study)
     for ax, method in zip(axes[0], methods):
-        for layer in _layers(study, method):
+        for layer in _layers(group[0], method):  # a series is one architecture: its conditions share their layers
             _curve(ax, group, f"energy_ratio/{method}/{layer}", layer)
         ax.axhline(POINTS_AT_PATCH_RATIO, color="grey", ls="--", lw=1)
         ax.axhline(1.0, color="grey", ls=":", lw=1)
