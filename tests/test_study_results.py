@@ -14,7 +14,7 @@ from gradcam_repro.measure.aggregate import aggregate_cells, agreement, agreemen
 from gradcam_repro.measure.shortcut import ShortcutProtocol, measure_methods
 from gradcam_repro.measure.study_results import Against, CellStatus, StudyCellResult, StudyResult
 from gradcam_repro.pipeline.folders import StudyFolder
-from gradcam_repro.pipeline.study import finished_cells, reference_conditions
+from gradcam_repro.pipeline.study import _verdict_line, finished_cells, reference_conditions
 from gradcam_repro.runtime import Runtime
 
 METHODS = ("gradcam", "hirescam")
@@ -148,3 +148,6 @@ def test_a_study_over_architectures_reports_each_architectures_own_layers(measur
                    and "points" in line)
     assert vgg_row.count("points") == 2
     assert len(study_figures(study)) == 3  # the reliance figure and one energy figure per architecture
+    line = _verdict_line(study)  # the command's last line names each series
+    assert "arch=resnet18_cifar: " in line and "arch=vgg11_cifar: " in line
+    assert _verdict_line(a_study(measured)).startswith("4/6 cells done, relies from fraction")  # one series: as before

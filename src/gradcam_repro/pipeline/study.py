@@ -34,7 +34,7 @@ from gradcam_repro.pipeline.progress import as_reporter
 from gradcam_repro.pipeline.run import settings
 from gradcam_repro.pipeline.study_tasks import StudyOptions, pending_tasks, run_tasks
 from gradcam_repro.report import figures
-from gradcam_repro.report.study_report import study_figures, study_markdown
+from gradcam_repro.report.study_report import condition_label, study_figures, study_markdown
 
 
 def reference_conditions(folder: str) -> list[StudyCondition]:
@@ -91,8 +91,10 @@ def write_study(study: StudyResult, out: Path) -> StudyResult:
 
 def _verdict_line(study: StudyResult) -> str:
     """The cells' count and, per series, from which fraction the model relies on the patch."""
-    relies = "; ".join("one seed, no threshold" if t.n_seeds < 2 else "reliance not reached"
-                       if t.relies_on_patch is None else f"relies from fraction {t.relies_on_patch}"
+    named = len(study.thresholds) > 1  # several series (more axes than seed and dose): each says which it is
+    relies = "; ".join((f"{condition_label(t.series)}: " if named else "")
+                       + ("one seed, no threshold" if t.n_seeds < 2 else "reliance not reached"
+                          if t.relies_on_patch is None else f"relies from fraction {t.relies_on_patch}")
                        for t in study.thresholds)
     line = f"{study.n_done}/{len(study.cells)} cells done" + (f", {relies}" if relies else "")
     if study.against is not None:
