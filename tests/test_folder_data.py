@@ -294,3 +294,24 @@ def test_the_tree_listing_skips_hidden_files_and_reads_sub_folders(tmp_path):
     assert tree.classes == CLASSES and tree.note == ""
     assert [label for _, label in tree.train] == [0, 0, 0, 1, 1, 2, 2]
     assert tree.train[2][0].name == "9.png"
+
+
+def test_run_trains_on_a_folder_tree_with_its_own_classes_at_its_own_size(tmp_path):
+    # The run's model is built for the tree's class count (it used to be built for the registry's empty class list
+    # before the tree was read, and every `run` or `study` on --dataset folder stopped at "--num-classes must be >= 2").
+    import json
+
+    from gradcam_repro.cli import main
+    from gradcam_repro.pipeline.prepare import validated
+
+    make_tree(tmp_path / "tree", splits=(("train", 12), ("test", 6)))
+    config = validated(preset_config("smoke", dataset="folder", data_root=str(tmp_path / "tree"), image_size="48x64",
+                                     arch="resnet18_imagenet"))
+    assert config.bias_class == "cat" and config.cam_layer == "layer4"  # the tree's first class; 2x2 at 48x64
+    out = tmp_path / "run"
+    assert main(["run", "--preset", "smoke", "--dataset", "folder", "--data-root", str(tmp_path / "tree"),
+                 "--image-size", "48x64", "--arch", "resnet18_imagenet", "--bias-class", "dog", "--quiet",
+                 "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"]["classes"] == list(CLASSES) and metrics["config"]["arch"] == "resnet18_imagenet"
+    assert set(metrics["models"]["biased"]["per_class_acc"]) == set(CLASSES)

@@ -13,7 +13,7 @@ from gradcam_repro import store
 from gradcam_repro.config import SEED_LAYER, Config, parse_image_size
 from gradcam_repro.data.bias import patch_artefact
 from gradcam_repro.data.images import ImageData, stratified_subset
-from gradcam_repro.data.registry import DATASETS, get_dataset
+from gradcam_repro.data.registry import DATASETS, dataset_for, get_dataset
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.cam import get_layer
 from gradcam_repro.explain.layers import default_layers, stage_layers
@@ -69,13 +69,14 @@ def prepare(config: Config, log=print) -> Prepared:
 
 def validated(config: Config) -> Config:
     """`config` checked against its dataset and the model (`UserError` otherwise), with the dataset's default
-    shortcut class filled in. Touches no file and no device."""
+    shortcut class filled in. Touches no device; of the files, only a folder dataset's class folder names are read
+    (`dataset_for`: a tree's classes are its folders, and the model is built for their count)."""
     if config.dataset not in DATASETS:
         raise UserError(f"--dataset must be one of {', '.join(DATASETS)}, got {config.dataset!r}")
     config.validate()
     if config.cam not in CAM_METHODS:
         raise UserError(f"--cam must be one of {', '.join(CAM_METHODS)}, got {config.cam!r}")
-    dataset = get_dataset(config.dataset)
+    dataset = dataset_for(config)
     if config.bias_class is None:
         config = replace(config, bias_class=dataset.default_bias_class)
     if config.arch != DEFAULT_ARCH and config.cam_layer == SEED_LAYER:  # the seed's layer is the ResNet's: the rule's
