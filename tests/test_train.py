@@ -191,3 +191,18 @@ def test_onecycle_schedule_works_for_any_number_of_steps_and_keeps_its_shape(ste
     assert all(0 < lr <= 0.1 + 1e-12 for lr in lrs)
     if steps >= 8:  # unchanged: the lr peaks at the end of the first quarter of the steps
         assert max(range(steps), key=lambda i: lrs[i]) == int(0.25 * steps) - 1
+
+
+def test_progressive_resizing_scales_with_the_images_size():
+    # --train-resolutions are sides of a 32 px image: a 64x48 tree trains at half size in a 16 px epoch and at its
+    # own size in a 32 px one (it used to train every epoch at 32x32 or less, squeezing non-square images too).
+    images = torch.randint(0, 256, (6, 3, 64, 48), dtype=torch.uint8)
+    labels = torch.zeros(6, dtype=torch.int64)
+    config = Config(train_resolutions=(16, 32), batch_size=4, augment=True)
+    gen = torch.Generator().manual_seed(0)
+    first, second = plan_epoch(config, 1, 6, gen), plan_epoch(config, 2, 6, gen)
+    assert make_batch(images, labels, first, 0)[0].shape == (4, 3, 32, 24)
+    assert make_batch(images, labels, second, 0)[0].shape == (4, 3, 64, 48)
+    square = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)  # CIFAR-10: as before
+    assert make_batch(square, labels, first, 0)[0].shape == (4, 3, 16, 16)
+    assert make_batch(square, labels, second, 0)[0].shape == (4, 3, 32, 32)

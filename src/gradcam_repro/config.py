@@ -104,8 +104,9 @@ class Config:
     # (e.g. (16, 24, 32)); empty: always 32. Evaluation is always at 32 px.
     train_resolutions: tuple[int, ...] = field(default=(), metadata={
         "group": TRAINING, "type": parse_sizes, "default_text": "32 throughout",
-        "help": "progressive resizing: training input side per epoch, e.g. 16,24,32 (the last repeats). Evaluation "
-                "and Grad-CAM always use 32 px"})
+        "help": "progressive resizing: training input side per epoch, e.g. 16,24,32 (the last repeats), as a side of a "
+                "32 px image: other sizes scale with it (at 64x48, 16 trains at 32x24). Evaluation and Grad-CAM use "
+                "the full size"})
     precision: str = field(default="auto", metadata={
         "group": TRAINING, "choices": PRECISIONS, "help": "auto (bf16 where the hardware has it), bf16 or fp32"})
     compile: bool = field(default=False, metadata={

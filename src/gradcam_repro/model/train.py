@@ -215,10 +215,11 @@ def plan_epoch(config: TrainSettings, epoch: int, n_images: int, generator: torc
 
 
 def make_batch(images: torch.Tensor, labels: torch.Tensor, plan: EpochPlan, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Step `step`'s input: (B, 3, side, side) normalised float, channels_last, and its (B,) int64 labels.
+    """Step `step`'s input: (B, 3, h, w) normalised float, channels_last, and its (B,) int64 labels.
 
-    images: (N, 3, 32, 32) uint8 and labels: (N,) int64, both on the training device;
-    the batch is built there (gather, crop/flip, normalise, resize).
+    images: (N, 3, H, W) uint8 and labels: (N,) int64, both on the training device; the batch is built there
+    (gather, crop/flip, normalise, resize). `plan.side` is a side of a 32 px image and scales with the images':
+    (h, w) = (H, W) x side / 32 (`epoch_size`), so 16 px is half size at any size and 32 px none.
     """
     idx = plan.order[step * plan.batch_size:(step + 1) * plan.batch_size]
     on_device = idx.to(images.device)
@@ -226,9 +227,16 @@ def make_batch(images: torch.Tensor, labels: torch.Tensor, plan: EpochPlan, step
     if plan.augment:
         x = random_crop_flip(x, plan.offsets[idx].to(images.device), plan.flips[idx].to(images.device))
     x = normalize(x)
-    if plan.side != x.shape[-1]:
-        x = F.interpolate(x, size=(plan.side, plan.side), mode="bilinear", antialias=True, align_corners=False)
+    size = epoch_size(plan.side, tuple(x.shape[-2:]))
+    if size != tuple(x.shape[-2:]):
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
     return x.contiguous(memory_format=torch.channels_last), labels[on_device]
+
+
+def epoch_size(side: int, image_hw: tuple[int, int], reference: int = 32) -> tuple[int, int]:
+    """The (h, w) an epoch trains (H, W) images at: `side` is given for a `reference` px image, and the images'
+    size scales by side / reference (16 of 32: 64x48 images train at 32x24), at least 1 px."""
+    return tuple(max(1, round(n * side / reference)) for n in image_hw)
 
 
 def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
