@@ -100,10 +100,10 @@ class Config:
         "default_text": "all"})
     augment: bool = field(default=True, metadata={
         "group": TRAINING, "help": "random crop (zero pad 4 px) + horizontal flip"})
-    # Progressive resizing: input side in px for each epoch, the last repeating
-    # (e.g. (16, 24, 32)); empty: always 32. Evaluation is always at 32 px.
+    # Progressive resizing: input side for each epoch as a side of a 32 px image, the last repeating (e.g. (16, 24,
+    # 32)); other sizes scale with it (model.train.epoch_size). Empty: the full size throughout, as evaluation.
     train_resolutions: tuple[int, ...] = field(default=(), metadata={
-        "group": TRAINING, "type": parse_sizes, "default_text": "32 throughout",
+        "group": TRAINING, "type": parse_sizes, "default_text": "full size throughout",
         "help": "progressive resizing: training input side per epoch, e.g. 16,24,32 (the last repeats), as a side of a "
                 "32 px image: other sizes scale with it (at 64x48, 16 trains at 32x24). Evaluation and Grad-CAM use "
                 "the full size"})
