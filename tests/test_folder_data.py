@@ -308,6 +308,11 @@ def test_run_trains_on_a_folder_tree_with_its_own_classes_at_its_own_size(tmp_pa
     config = validated(preset_config("smoke", dataset="folder", data_root=str(tmp_path / "tree"), image_size="48x64",
                                      arch="resnet18_imagenet"))
     assert config.bias_class == "cat" and config.cam_layer == "layer4"  # the tree's first class; 2x2 at 48x64
+    # The artefact is checked against the images' size (it was against 32x32 whatever the size).
+    tree = {"dataset": "folder", "data_root": str(tmp_path / "tree"), "image_size": "64"}
+    assert validated(preset_config("smoke", patch_size=40, **tree)).patch_size == 40
+    with pytest.raises(UserError, match="patch of 70 px at offset 0 px does not fit a 64x64 px image"):
+        validated(preset_config("smoke", patch_size=70, **tree))
     out = tmp_path / "run"
     assert main(["run", "--preset", "smoke", "--dataset", "folder", "--data-root", str(tmp_path / "tree"),
                  "--image-size", "48x64", "--arch", "resnet18_imagenet", "--bias-class", "dog", "--quiet",

@@ -84,7 +84,8 @@ def validated(config: Config) -> Config:
     get_layer(architecture(config.arch, len(dataset.classes)), config.cam_layer)  # unknown layer: fail now, not after training
     if config.bias_class not in dataset.classes:
         raise UserError(f"unknown class {config.bias_class!r}; fix: pass --bias-class as one of {', '.join(dataset.classes)}")
-    patch_artefact(BiasSpec.from_config(config).patch, 32)  # an artefact that cannot be drawn: fail now
+    # An artefact that cannot be drawn on the images (--image-size; a folder tree's own size is known at loading): fail now.
+    patch_artefact(BiasSpec.from_config(config).patch, input_size(config))
     return config
 
 
