@@ -89,6 +89,9 @@ def test_presets_are_valid_configs_that_only_differ_from_the_seed_protocol_where
                 assert getattr(config, field) == (tuple(default) if isinstance(default, list) else default)
     assert preset_config("quick", epochs=7, lr=None).epochs == 7  # flags override; None means "not given"
     assert preset_config("paper").train_subset is None
+    full = preset_config("full")  # the well-trained pair: every training image, its last epochs at full size
+    assert full.train_subset is None and full.test_subset is None and full.epochs >= 10
+    assert [epoch_resolution(full, e) for e in range(1, full.epochs + 1)][-4:] == [32] * 4
 
 
 @pytest.mark.parametrize("bad", [{"epochs": 0}, {"bias_fraction": 1.2}, {"patch_color": (300, 0, 0)},
