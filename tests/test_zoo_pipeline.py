@@ -210,3 +210,22 @@ def test_study_cells_keep_the_keys_they_had_before_the_zoo():
     text = StudyGrid({"preset": "smoke", "dataset": "shapes", "artefact": "text"}, {"seed": (0,), "bias_fraction": (1.0,)},
                      DEFAULT_METHODS)
     assert plan_study(text, "unused", log=lambda line: None).cells[0].key not in keys
+
+
+def test_each_images_region_grows_through_the_ladder_until_its_removal_decides():
+    maps = torch.zeros(3, 32, 32)
+    maps[:, 10:20, 5:27] = 0.4  # a 10x22 mark: at >= 0.3 of the maximum, 220 px (more than 1/8, at most 1/4 of 1024)
+    maps[:, 14:17, 10:13] = 1.0  # its 3x3 peak, alone at >= 0.5
+    calls = []
+
+    def decides(index: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        calls.append(index.tolist())
+        covers = (boxes[:, 0] <= 10) & (boxes[:, 1] <= 5) & (boxes[:, 2] >= 20) & (boxes[:, 3] >= 27)
+        return torch.where(index == 0, covers, index == 2)  # image 1 never decides, image 2 at once
+
+    boxes, steps = moving.deciding_regions(maps, decides)
+    assert steps.tolist() == [3, -1, 0]  # image 0 at (0.3, 1/4): the whole mark, not its 11x11 cap at 1/8
+    assert boxes[0].tolist() == [10, 5, 20, 27] and boxes[1].tolist() == boxes[2].tolist() == [14, 10, 17, 13]
+    # Step 0 tries all; (0.3, 1/8) the capped square; (0.5, 1/4) gives step 0's box again, so nobody is tried;
+    # (0.3, 1/4) the whole mark; (0.5, 1/2) and (0.3, 1/2) give boxes image 1 was already tried with.
+    assert calls == [[0, 1, 2], [0, 1], [0, 1]]

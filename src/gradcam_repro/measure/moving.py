@@ -10,12 +10,14 @@ without a fixed place:
   transform of its pooled, normalised form, which does not change when the map is shifted (circularly);
   images whose relevance is one small blob fall together wherever the blob is. A group is scored by how
   peaked its maps are: the share of each map's relevance on its own 1/16 most relevant pixels.
-- testing *per image*: each image's region is the connected area around its own peak (capped at 1/8 of the
-  image, so that it stays an artefact's size, not the object's), and it is transplanted to the same place on
-  an image of another class, one source image per destination image in turn. Only the regions whose removal
-  changes their own image's class are pasted (where at least 10 images' do): a class's images that do not carry
-  the artefact point at their object, and pasting that dilutes the test. The controls are the same
-  destination images with that region only occluded (filled with the mean of a ring around it) and untouched.
+- testing *per image*: each image's region is the connected area around its own peak, grown until its removal
+  changes the image's own class (`REGION_LADDER`: from the area at half the map's maximum, capped at 1/8 of the
+  image, to the area at 0.3 of it, capped at 1/2), and it is transplanted to the same place on an image of another
+  class, one source image per destination image in turn. Only the regions whose removal changes their own image's
+  class are pasted (where at least 10 images' do): a class's images that do not carry the artefact point at their
+  object, and pasting that dilutes the test. An image none of whose regions decides keeps the smallest. The
+  controls are the same destination images with that region only occluded (filled with the mean of a ring around
+  it) and untouched.
 
 Any image size: the peak and the cap are shares of the image, and the pixel lengths (the margin a region is grown
 by, the ring it is filled from) are parameters, which the audit reads for the image's size (`spray.AuditScale`).
@@ -25,15 +27,24 @@ bottom, right; bottom/right exclusive).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 # The peak of a map: its 1/16 most relevant pixels (64 of a 32x32 image, the audit's fixed-place share), at any size.
 PEAK_SHARE = 1 / 16
-# A per-image region is at most 1/8 of the image (128 px of 32x32, 384 px of 48x64): larger and it is the object,
-# and pasting an object's part can itself move images to the class.
+# A per-image region is at most 1/8 of the image (128 px of 32x32, 384 px of 48x64) unless a smaller one does not
+# decide its own image: larger and it is the object, and pasting an object's part can itself move images to the class.
 MAX_REGION_SHARE = 1 / 8
+# The regions an image's own region is grown through, smallest first, until its removal changes the image's class:
+# (threshold as a share of the map's maximum, cap as a share of the image). Audit rules 4: added after the 10x22 px
+# text at a random place (benchmark, seeds 0 and 2 at dose 1, relied on 99%) was pasted in 1/8-image pieces, which
+# moved 24% and 13% of other images to frog; grown to the first region that decides, 69% and 59%, and its controls
+# 17% and 9% (the same kind's models that ignore it; other classes of the relying models 22-32%). Checked on seed 1
+# (not used to choose it) and on the benchmark's other kinds (docs/findings/benchmark.md).
+REGION_LADDER = ((0.5, 1 / 8), (0.3, 1 / 8), (0.5, 1 / 4), (0.3, 1 / 4), (0.5, 1 / 2), (0.3, 1 / 2))
 # "Unexplained concentration": a class none of whose tests confirmed anything, yet whose most peaked group
 # of maps is at least 1.5x as peaked as the median class's (both as lower 95% bounds, x what a uniform map
 # scores). Fixed before any CIFAR-10 audit of a moving artefact was run; the other classes of the same model
@@ -82,6 +93,25 @@ def peak_boxes(maps: torch.Tensor, threshold: float = 0.5, margin: int = 0,
                min(cols.max() + 1 + margin, width))
         out[i] = torch.tensor(capped_box(box, peak, (height, width), max_share))
     return out
+
+
+def deciding_regions(maps: torch.Tensor, decides: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], margin: int = 0,
+                     ladder: tuple[tuple[float, float], ...] = REGION_LADDER) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each (N, H, W) map's region grown through `ladder` ((threshold, max share) steps, `peak_boxes`) until
+    `decides(index, boxes)` ((k,) image indices and their (k, 4) boxes -> (k,) bool: removing the box changes that
+    image's class) says so. Returns (N, 4) long boxes and (N,) long steps: the ladder step whose region decided, or
+    -1 where none did (that image keeps the first step's region). Only undecided images are tried at each step,
+    and only with a box they were not tried with before."""
+    tried = [peak_boxes(maps, threshold, margin, share) for threshold, share in ladder]
+    boxes = tried[0].clone() if ladder else torch.zeros(len(maps), 4, dtype=torch.int64)
+    steps = torch.full((len(maps),), -1)
+    for step, grown in enumerate(tried):
+        new = torch.stack([~(grown == before).all(dim=1) for before in tried[:step]]).all(dim=0) if step else True
+        index = ((steps < 0) & new).nonzero().squeeze(1)
+        if len(index):
+            hit = index[decides(index, grown[index])]
+            boxes[hit], steps[hit] = grown[hit], step
+    return boxes, steps
 
 
 def capped_box(box, peak: tuple[int, int], size: tuple[int, int], max_share: float = MAX_REGION_SHARE) -> list[int]:

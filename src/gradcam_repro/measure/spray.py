@@ -107,8 +107,9 @@ BRIDGE_PX = 4
 # benchmark cell's audit, so that `benchmark --reaudit` knows which cells were audited by older rules.
 # 1: the first benchmark (issue 23); 2: every constant-pixel cluster of a class is tested, not only its best one;
 # 3: a constant-pixel region's transplant pastes its constant pixels only (not the cluster's median background
-# between them), and the per-image test pastes only the regions whose removal changes their own image's class.
-RULES_VERSION = 3
+# between them), and the per-image test pastes only the regions whose removal changes their own image's class;
+# 4: the per-image region grows until its removal changes its own image's class (`moving.REGION_LADDER`).
+RULES_VERSION = 4
 TOP_CANDIDATES = None  # None: every class's strongest clusters are tested causally (--candidates N: the N top-ranked)
 TRANSPLANT_IMAGES = 1000  # other-class test images per transplant test (seeded choice)
 REMOVAL_RING_PX = RING_PX  # the local mean is taken over a 2 px ring around the region (at 32x32)
@@ -430,6 +431,7 @@ def settings_record(settings: AuditSettings, scale: AuditScale) -> dict:
             "removal_ring_px": scale.removal_ring_px, "bridge_px": scale.bridge_px, "confirm_flip_rate": CONFIRM_FLIP_RATE,
             "candidate_flip_rate": CANDIDATE_FLIP_RATE, "candidate_removal_rate": CANDIDATE_REMOVAL_RATE,
             "peak_share": moving.PEAK_SHARE, "max_region_share": moving.MAX_REGION_SHARE,
+            "region_ladder": [list(step) for step in moving.REGION_LADDER],
             "unexplained_ratio": moving.UNEXPLAINED_RATIO,
             "bootstrap_resamples": scores.BOOTSTRAP_RESAMPLES, "confidence": scores.CONFIDENCE}
 
@@ -543,14 +545,19 @@ def confirm_moving(model: nn.Module, data: EvalSet, predictions: torch.Tensor, m
     the controls occlude the same regions or leave the images untouched. Returns (record, figure examples) as
     `confirm_candidate` does; the record's box is the median region, its pixels are None (there is no one set)."""
     target, seed, scale = int(predictions[members[0]]), settings.seed, AuditScale.of(data.images)
-    boxes = moving.peak_boxes(maps, REGION_THRESHOLD, scale.search_margin_px)
-    masks = box_masks(boxes, *data.images.shape[-2:])
-    sources = data.images[members]
+    sources, size = data.images[members], data.images.shape[-2:]
+
+    def decides(index: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        filled = moving.ring_fill(sources[index], box_masks(boxes, *size), scale.removal_ring_px)
+        return predict(model, filled, runtime) != target
+
+    boxes, steps = moving.deciding_regions(maps, decides, scale.search_margin_px)
+    masks = box_masks(boxes, *size)
     removed = moving.ring_fill(sources, masks, scale.removal_ring_px)
     removed_preds = predict(model, removed, runtime)
     # Transplant the artefact found in each image: the regions whose removal changes the image's class (where at
     # least MIN_CLUSTER_IMAGES do); a region that decides nothing in its own image is not pasted on others.
-    deciding = (removed_preds != target).nonzero().squeeze(1)
+    deciding = (steps >= 0).nonzero().squeeze(1)
     donors = deciding if len(deciding) >= MIN_CLUSTER_IMAGES else torch.arange(len(members))
     others = seeded_cap((data.labels != target).nonzero().squeeze(1), settings.transplant_images, seed)
     pasted = moving.transplant(data.images[others], sources[donors], masks[donors])
@@ -565,7 +572,8 @@ def confirm_moving(model: nn.Module, data: EvalSet, predictions: torch.Tensor, m
         "transplant_flip": scores.bootstrap_ci(pasted_preds == target, seed),
         "occluded_flip": scores.bootstrap_ci(occluded_preds == target, seed),
         "untouched": scores.bootstrap_ci(predictions[others] == target, seed),
-        "removal_change": scores.bootstrap_ci(removed_preds != target, seed), "donors": len(donors),
+        "removal_change": scores.bootstrap_ci(steps >= 0, seed), "donors": len(donors),
+        "decided_at_step": torch.bincount(steps[steps >= 0], minlength=len(moving.REGION_LADDER)).tolist(),
     }
     record["verdict"], record["reason"] = verdict(record["transplant_flip"], record["occluded_flip"], record["untouched"],
                                                   record["removal_change"], PER_IMAGE_KIND)

@@ -214,8 +214,11 @@ def _rules(result: AuditResult) -> list[str]:
         f"6. **An artefact that moves**: each class's maps are clustered again by what their relevance looks like "
         f"(|2-D FFT| of the pooled maps, unchanged by a shift), each group scored by the share of every map's relevance on "
         f"its own {s.get('peak_share', 1 / 16):.4g} most relevant pixels; the most peaked group is tested *per image*: each "
-        f"image's own region (around its peak, at most {s.get('max_region_share', 1 / 8):.3g} of the image) is pasted "
-        "where it was onto another class's image, with the same controls and the verdict rule of 5 ('relevance only'). "
+        f"image's own region (around its peak, at most {s.get('max_region_share', 1 / 8):.3g} of the image"
+        + (", grown up to {:.3g} of it until its removal changes the image's class".format(max(c for _, c in s["region_ladder"]))
+           if s.get("region_ladder") else "")
+        + ") is pasted where it was onto another class's image, with the same controls and the verdict rule of 5 "
+        "('relevance only'). "
         "Each class keeps its stronger test; findings are ranked by causal effect (transplant lower bound minus the "
         "larger control's upper bound).",
         f"7. **Unexplained concentration**: a class none of whose tests found anything, whose best group scores at least "
