@@ -83,6 +83,27 @@ def test_partial_reliance_agrees_when_the_transplant_and_flip_intervals_overlap(
     assert not detection.transplant_agrees(cell(**partly, audit={"target_transplant": ci(0.05, 0.03, 0.07)}))
 
 
+def test_the_audit_table_says_how_each_biased_models_target_was_found_and_round_trips():
+    from gradcam_repro.report.benchmark_report import benchmark_markdown
+
+    moving = cell("text-random", seed=1, audit={"target_verdict": spray.MOVING, "target_test": spray.PER_IMAGE_TEST,
+                                                "target_transplant": ci(0.7, 0.635, 0.765), "target_iou": 0.29,
+                                                "unexplained": ["horse"], "rules": 4})
+    missed = cell("text-random", seed=0, audit={"unexplained": ["frog"]})
+    rows = detection.audit_rows([moving, cell("text-random", **CONTROL, audit={}), missed, cell("logo")])
+    assert [(r["seed"], r["verdict"], r["target_unexplained"]) for r in rows] == [(0, "none", True), (1, spray.MOVING, False)]
+    result = detection.BenchmarkResult({}, (0, 1), (1.0,), {}, (), (), {"total": 4, "done": 4, "failed": 0},
+                                       {"train_per_model": 1, "models": 2, "evaluate_per_cell": 1, "grid_worker_s": 4,
+                                        "wall": 4}, "smoke", {}, {}, tuple(rows))
+    again = detection.BenchmarkResult.from_dict(json.loads(json.dumps(result.to_dict())))
+    assert again == result
+    markdown = benchmark_markdown(again)
+    assert ("| text-random | 1 | 1 | 90.0% [85.0%, 95.0%] | moving region | per image | 70.0% [63.5%, 76.5%] | 0.29 | no "
+            "| none |") in markdown
+    assert "| text-random | 1 | 0 | 90.0% [85.0%, 95.0%] | none | - | - | - | yes | none |" in markdown
+    assert "The audit, model by model" not in benchmark_markdown(replace(again, audits=()))
+
+
 def test_rates_are_k_of_n_with_a_clopper_pearson_interval():
     r = detection.Rate.of([False, False, False])
     assert (r.k, r.n, r.low) == (0, 3, 0.0) and r.high == pytest.approx(0.7076, abs=1e-4)

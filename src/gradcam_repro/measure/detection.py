@@ -227,19 +227,39 @@ class BenchmarkResult:
     preset: str
     environment: dict
     rules: dict
+    audits: tuple[dict, ...] = ()  # `audit_rows`: what the audit said of each biased cell's target (older files: none)
 
     def to_dict(self) -> dict:
         return {"recipes": self.recipes, "seeds": list(self.seeds), "doses": list(self.doses), "layers": self.layers,
                 "summaries": [s.to_dict() for s in self.summaries], "detections": [d.to_dict() for d in self.detections],
                 "cells": dict(self.cells), "seconds": dict(self.seconds), "preset": self.preset,
-                "environment": dict(self.environment), "rules": dict(self.rules)}
+                "environment": dict(self.environment), "rules": dict(self.rules), "audits": list(self.audits)}
 
     @classmethod
     def from_dict(cls, values: dict) -> BenchmarkResult:
         return cls(values["recipes"], tuple(values["seeds"]), tuple(values["doses"]), values["layers"],
                    tuple(KindSummary.from_dict(s) for s in values["summaries"]),
                    tuple(Detection.from_dict(d) for d in values["detections"]), values["cells"], values["seconds"],
-                   values["preset"], values["environment"], values["rules"])
+                   values["preset"], values["environment"], values["rules"], tuple(values.get("audits", ())))
+
+
+def audit_rows(cells: list[StudyCellResult]) -> list[dict]:
+    """One row per audited biased cell (kind, dose, seed order): the model's flip rate with the real artefact and
+    what the audit said of the target class (its verdict and test, the transplant's rate, the IoU with where the
+    artefact was planted, whether it was flagged as unexplained) and which classes it confirmed: how each
+    "flagged" of the per-kind table got there."""
+    rows = []
+    for c in sorted(cells, key=lambda c: (c.axes["kind"], -c.axes["bias_fraction"], c.axes["seed"])):
+        a = c.audit
+        if a is None or c.axes["bias_fraction"] == 0:
+            continue
+        flip = c.metrics.flip_to_target["patch"]
+        rows.append({"kind": c.axes["kind"], "dose": c.axes["bias_fraction"], "seed": c.axes["seed"],
+                     "flip": flip.to_dict(), "target": a.target, "verdict": a.target_verdict, "test": a.target_test,
+                     "transplant": a.target_transplant.to_dict() if a.target_transplant is not None else None,
+                     "iou": a.target_iou, "target_unexplained": a.target in a.unexplained,
+                     "confirmed": list(a.confirmed), "rules": a.rules})
+    return rows
 
 
 def rules() -> dict:

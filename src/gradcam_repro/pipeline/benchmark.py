@@ -22,7 +22,7 @@ from gradcam_repro.data import zoo
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.registry import map_layers
 from gradcam_repro.measure import spray
-from gradcam_repro.measure.detection import BenchmarkResult, rules, summarise
+from gradcam_repro.measure.detection import BenchmarkResult, audit_rows, rules, summarise
 from gradcam_repro.measure.study_results import StudyCellResult
 from gradcam_repro.pipeline.engine import ray_session
 from gradcam_repro.pipeline.folders import BenchmarkFolder
@@ -130,7 +130,7 @@ def benchmark_result(plan: StudyPlan, options: BenchmarkOptions, cells: dict[str
                            tuple(options.seeds), tuple(options.doses), layers, tuple(summaries), tuple(found),
                            {"total": len(plan.cells), "done": len(done), "failed": failed}, seconds, options.preset,
                            environment, {**rules(), "audit_rules_version": spray.RULES_VERSION,
-                                         "cells_by_audit_rules": audit_versions(done)})
+                                         "cells_by_audit_rules": audit_versions(done)}, tuple(audit_rows(done)))
 
 
 def audit_versions(done: list[StudyCellResult]) -> dict[str, int]:

@@ -20,7 +20,7 @@ def _row_label(d: Detection) -> str:
 
 def _kind_rows(result: BenchmarkResult) -> list[str]:
     rows = ["| kind | dose | flip rate per seed | relies | relies partly | controls ignore it | audit: discovered "
-            "(IoU >= 0.5) | class confirmed | confirmed or flagged unexplained | transplant agrees with flip (partly) | "
+            "(IoU >= 0.5) | class confirmed | confirmed, moving region or unexplained | transplant agrees with flip (partly) | "
             "false discovery on controls | target flagged on controls |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in result.summaries:
         flips = ", ".join(f"{f:.2f}" for f in s.flips) or "-"
@@ -44,6 +44,29 @@ def _detection_rows(result: BenchmarkResult, dose: float) -> list[str]:
     return rows + [""]
 
 
+def _pct(interval: dict | None) -> str:
+    return f"{interval['mean']:.1%} [{interval['low']:.1%}, {interval['high']:.1%}]" if interval else "-"
+
+
+def _audit_rows(result: BenchmarkResult) -> list[str]:
+    """The audit of each biased model: how its target class came to be confirmed, a moving region, flagged or
+    missed (empty for BENCHMARK.json files written before the rows were kept)."""
+    if not result.audits:
+        return []
+    rows = ["## The audit, model by model", "",
+            "What the audit said of the target class on each biased model (the artefact pasted on half of that class's "
+            "test images): its verdict, the test that gave it, the share of other classes' images its transplant "
+            "moved, and the model's flip rate with the real artefact.", "",
+            "| kind | dose | seed | flip rate | target verdict | test | transplant | IoU | flagged unexplained | "
+            "confirmed classes |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for a in result.audits:
+        iou = f"{a['iou']:.2f}" if a["iou"] is not None else "-"
+        rows.append(f"| {a['kind']} | {a['dose']:g} | {a['seed']} | {_pct(a['flip'])} | {a['verdict']} | "
+                    f"{a['test'] or '-'} | {_pct(a['transplant'])} | {iou} | {'yes' if a['target_unexplained'] else 'no'} | "
+                    f"{', '.join(a['confirmed']) or 'none'} |")
+    return rows + [""]
+
+
 def benchmark_markdown(result: BenchmarkResult, figures: dict | None = None) -> str:
     """BENCHMARK.md from BENCHMARK.json's content."""
     env, s = result.environment, result.seconds
@@ -61,7 +84,7 @@ def benchmark_markdown(result: BenchmarkResult, figures: dict | None = None) -> 
              f"models). This call took {s['wall']:.0f} s.", "",
              "## The artefacts", "", "| kind | what | flags |", "|---|---|---|"]
     lines += [f"| {k} | {r['help']} | `{r['flags']}` |" for k, r in result.recipes.items()] + [""]
-    lines += ["## Reliance and the audit, per kind", "", *_kind_rows(result)]
+    lines += ["## Reliance and the audit, per kind", "", *_kind_rows(result), *_audit_rows(result)]
     for dose in result.doses:
         lines += [f"## Explanations at dose {dose:g}: detected on relying models / false alarms on controls", "",
                   "Each cell is k/n models (seeds): detection over the biased models that rely on the artefact, false "
