@@ -114,3 +114,12 @@ def test_command_options_come_from_their_flags():
     args = build_parser().parse_args(["compare", "runs/x", "--methods", "gradcam", "--images", "10"])
     assert from_args(CompareOptions, args) == CompareOptions(methods=("gradcam",), images=10)
     assert build_parser().parse_args(["run"]).preset == "quick"
+
+
+def test_every_commands_help_renders():
+    # argparse expands '%' in help texts: a help that says "90% clean" stops `run --help` with a TypeError.
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(subparsers.choices) >= {"run", "study", "benchmark", "audit", "repair", "explain", "compare"}
+    for name, sub in subparsers.choices.items():
+        text = sub.format_help()
+        assert f"usage: gradcam-repro {name}" in text and "--help" in text

@@ -47,7 +47,7 @@ class Config:
         "group": RUN, "default_text": f"{DEFAULT_PRESET}; study: {STUDY_PRESET}",
         "help": "named config: paper = seed protocol on all 50,000 images (5 epochs SGD lr 0.01); quick = both "
                 "experiments in <= 15 min on a 2-core CPU; full = a well-trained pair (12 epochs on all 50,000 images, "
-                "aiming at >= 90% clean accuracy, about an hour a model on a 2-core CPU); sweep = one `study` cell (21 in <= 60 min); benchmark = "
+                "aiming at a clean accuracy of at least 0.90, about an hour a model on a 2-core CPU); sweep = one `study` cell (21 in <= 60 min); benchmark = "
                 "one `benchmark` cell (sweep with a 16 px middle epoch); smoke = about a minute, for tests. Every other flag "
                 "overrides the preset"})
     dataset: str = field(default="cifar10", metadata={  # a name in data.registry.DATASETS (checked where it is known)
