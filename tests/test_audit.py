@@ -455,8 +455,10 @@ def test_the_per_image_test_pastes_only_the_regions_that_decide_their_own_image(
     predictions = predict(CodeOrRedMark(), images, CPU)
     members = torch.arange(40)
     assert (predictions[members] == 0).all() and (predictions[40:] == labels[40:]).all()
-    record, _ = spray.confirm_moving(CodeOrRedMark(), data, predictions, members, maps[members], spray.AuditSettings(), CPU)
+    record, ex = spray.confirm_moving(CodeOrRedMark(), data, predictions, members, maps[members], spray.AuditSettings(), CPU)
     assert record["donors"] == 20 and record["removal_change"]["mean"] == 0.5
+    # The classes the examples show after removal are those the region search saw, not a second prediction.
+    assert torch.equal(ex["removed_after"], predict(CodeOrRedMark(), ex["removed"], CPU))
     assert record["transplant_flip"]["mean"] == 1.0 and record["verdict"] == spray.MOVING
 
 

@@ -30,9 +30,9 @@ import math
 from dataclasses import dataclass
 
 from gradcam_repro.measure import scores
-from gradcam_repro.measure.results import PATCHED_TARGET, Interval
+from gradcam_repro.measure.results import PATCHED_TARGET, Interval, read_key
 from gradcam_repro.measure.spray import MOVING
-from gradcam_repro.measure.study_results import StudyCellResult
+from gradcam_repro.measure.study_results import AuditSummary, StudyCellResult
 
 DISCOVERY_IOU = 0.5
 
@@ -211,6 +211,35 @@ def detections(kind: str, dose: float, biased: list[StudyCellResult], controls: 
 
 
 @dataclass(frozen=True)
+class AuditRow:
+    """What the audit said of one biased cell (its kind, dose and seed): the model's flip rate with the real artefact
+    (`flip`) beside the audit's summary (`audit`: the target class's verdict and test, the transplant's rate, the IoU
+    with where the artefact was planted, the classes confirmed and flagged as unexplained)."""
+
+    kind: str
+    dose: float
+    seed: int
+    flip: Interval
+    audit: AuditSummary
+
+    @property
+    def target_unexplained(self) -> bool:
+        return self.audit.target in self.audit.unexplained
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "dose": self.dose, "seed": self.seed, "flip": self.flip.to_dict(),
+                "audit": self.audit.to_dict()}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> AuditRow:
+        what = "a BENCHMARK.json audit row"
+        fix = "rerun `gradcam-repro benchmark` on its folder (it rewrites BENCHMARK.json from the cells)"
+        return cls(read_key(values, "kind", what, fix), read_key(values, "dose", what, fix),
+                   read_key(values, "seed", what, fix), Interval.from_dict(read_key(values, "flip", what, fix), what),
+                   AuditSummary.from_dict(read_key(values, "audit", what, fix), what, fix))
+
+
+@dataclass(frozen=True)
 class BenchmarkResult:
     """BENCHMARK.json: the recipes (kind -> the run flags that plant it), the grid (seeds, doses, methods and their
     layers), every kind's summary and every method x layer's detection per kind and dose, the cells' count and
@@ -227,39 +256,30 @@ class BenchmarkResult:
     preset: str
     environment: dict
     rules: dict
-    audits: tuple[dict, ...] = ()  # `audit_rows`: what the audit said of each biased cell's target (older files: none)
+    audits: tuple[AuditRow, ...] = ()  # `audit_rows`: what the audit said of each biased cell (older files: none)
 
     def to_dict(self) -> dict:
         return {"recipes": self.recipes, "seeds": list(self.seeds), "doses": list(self.doses), "layers": self.layers,
                 "summaries": [s.to_dict() for s in self.summaries], "detections": [d.to_dict() for d in self.detections],
                 "cells": dict(self.cells), "seconds": dict(self.seconds), "preset": self.preset,
-                "environment": dict(self.environment), "rules": dict(self.rules), "audits": list(self.audits)}
+                "environment": dict(self.environment), "rules": dict(self.rules), "audits": [a.to_dict() for a in self.audits]}
 
     @classmethod
     def from_dict(cls, values: dict) -> BenchmarkResult:
         return cls(values["recipes"], tuple(values["seeds"]), tuple(values["doses"]), values["layers"],
                    tuple(KindSummary.from_dict(s) for s in values["summaries"]),
                    tuple(Detection.from_dict(d) for d in values["detections"]), values["cells"], values["seconds"],
-                   values["preset"], values["environment"], values["rules"], tuple(values.get("audits", ())))
+                   values["preset"], values["environment"], values["rules"],
+                   tuple(AuditRow.from_dict(a) for a in values.get("audits", ())))
 
 
-def audit_rows(cells: list[StudyCellResult]) -> list[dict]:
-    """One row per audited biased cell (kind, dose, seed order): the model's flip rate with the real artefact and
-    what the audit said of the target class (its verdict and test, the transplant's rate, the IoU with where the
-    artefact was planted, whether it was flagged as unexplained) and which classes it confirmed: how each
-    "flagged" of the per-kind table got there."""
-    rows = []
-    for c in sorted(cells, key=lambda c: (c.axes["kind"], -c.axes["bias_fraction"], c.axes["seed"])):
-        a = c.audit
-        if a is None or c.axes["bias_fraction"] == 0:
-            continue
-        flip = c.metrics.flip_to_target["patch"]
-        rows.append({"kind": c.axes["kind"], "dose": c.axes["bias_fraction"], "seed": c.axes["seed"],
-                     "flip": flip.to_dict(), "target": a.target, "verdict": a.target_verdict, "test": a.target_test,
-                     "transplant": a.target_transplant.to_dict() if a.target_transplant is not None else None,
-                     "iou": a.target_iou, "target_unexplained": a.target in a.unexplained,
-                     "confirmed": list(a.confirmed), "rules": a.rules})
-    return rows
+def audit_rows(cells: list[StudyCellResult]) -> list[AuditRow]:
+    """One `AuditRow` per audited biased cell, in (kind, dose descending, seed) order: how each "flagged" of the
+    per-kind table got there."""
+    return [AuditRow(c.axes["kind"], c.axes["bias_fraction"], c.axes["seed"], c.metrics.flip_to_target["patch"],
+                     c.audit)
+            for c in sorted(cells, key=lambda c: (c.axes["kind"], -c.axes["bias_fraction"], c.axes["seed"]))
+            if c.audit is not None and c.axes["bias_fraction"] != 0]
 
 
 def rules() -> dict:

@@ -547,14 +547,20 @@ def confirm_moving(model: nn.Module, data: EvalSet, predictions: torch.Tensor, m
     target, seed, scale = int(predictions[members[0]]), settings.seed, AuditScale.of(data.images)
     sources, size = data.images[members], data.images.shape[-2:]
 
+    # Each member's class with its final region removed: the class its deciding step gave, or (no step decided;
+    # its region is the first step's, tried with every image) the target still.
+    removed_preds = torch.full((len(members),), target)
+
     def decides(index: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         filled = moving.ring_fill(sources[index], box_masks(boxes, *size), scale.removal_ring_px)
-        return predict(model, filled, runtime) != target
+        after = predict(model, filled, runtime)
+        changed = after != target
+        removed_preds[index[changed]] = after[changed]
+        return changed
 
     boxes, steps = moving.deciding_regions(maps, decides, scale.search_margin_px)
     masks = box_masks(boxes, *size)
     removed = moving.ring_fill(sources, masks, scale.removal_ring_px)
-    removed_preds = predict(model, removed, runtime)
     # Transplant the artefact found in each image: the regions whose removal changes the image's class (where at
     # least MIN_CLUSTER_IMAGES do); a region that decides nothing in its own image is not pasted on others.
     deciding = (steps >= 0).nonzero().squeeze(1)

@@ -7,6 +7,7 @@ import numpy as np
 
 from gradcam_repro.explain.registry import display_name
 from gradcam_repro.measure.detection import BenchmarkResult, Detection, Rate
+from gradcam_repro.measure.results import Interval
 
 
 def _rate(r: Rate) -> str:
@@ -44,8 +45,8 @@ def _detection_rows(result: BenchmarkResult, dose: float) -> list[str]:
     return rows + [""]
 
 
-def _pct(interval: dict | None) -> str:
-    return f"{interval['mean']:.1%} [{interval['low']:.1%}, {interval['high']:.1%}]" if interval else "-"
+def _pct(interval: Interval | None) -> str:
+    return f"{interval.mean:.1%} [{interval.low:.1%}, {interval.high:.1%}]" if interval is not None else "-"
 
 
 def _audit_rows(result: BenchmarkResult) -> list[str]:
@@ -59,11 +60,12 @@ def _audit_rows(result: BenchmarkResult) -> list[str]:
             "moved, and the model's flip rate with the real artefact.", "",
             "| kind | dose | seed | flip rate | target verdict | test | transplant | IoU | flagged unexplained | "
             "confirmed classes |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for a in result.audits:
-        iou = f"{a['iou']:.2f}" if a["iou"] is not None else "-"
-        rows.append(f"| {a['kind']} | {a['dose']:g} | {a['seed']} | {_pct(a['flip'])} | {a['verdict']} | "
-                    f"{a['test'] or '-'} | {_pct(a['transplant'])} | {iou} | {'yes' if a['target_unexplained'] else 'no'} | "
-                    f"{', '.join(a['confirmed']) or 'none'} |")
+    for row in result.audits:
+        a = row.audit
+        iou = f"{a.target_iou:.2f}" if a.target_iou is not None else "-"
+        rows.append(f"| {row.kind} | {row.dose:g} | {row.seed} | {_pct(row.flip)} | {a.target_verdict} | "
+                    f"{a.target_test or '-'} | {_pct(a.target_transplant)} | {iou} | {'yes' if row.target_unexplained else 'no'} | "
+                    f"{', '.join(a.confirmed) or 'none'} |")
     return rows + [""]
 
 
