@@ -77,6 +77,9 @@ def test_another_architecture_explains_the_rules_layer_and_sweeps_its_stages():
     assert config.cam_layer == "layer3"  # the seed's layer4.1.conv2 is the CIFAR ResNet's; the rule's at 32 px
     assert sweep_layers(config) == ["bn1", "layer1", "layer2", "layer3", "layer4"]
     assert sweep_layers(validated(Config())) == list(SWEEP_LAYERS)
+    assert validated(Config()).cam_layer == "layer4.1.conv2"
+    # A layer the user names is kept, the seed's included: only a layer left out takes the architecture's rule.
+    assert validated(Config(arch="resnet18_imagenet", cam_layer="layer4.1.conv2")).cam_layer == "layer4.1.conv2"
     with pytest.raises(UserError, match="unknown --arch 'resnet50'"):
         validated(Config(arch="resnet50"))
     with pytest.raises(UserError, match="layer4"):  # a ResNet's layer: not in a VGG

@@ -146,9 +146,9 @@ class Config:
     # Explanation and figures.
     cam: str = field(default="gradcam", metadata={  # one of explain.registry.CAM_METHODS (checked where it is known)
         "help": "CAM method (scorecam costs one forward pass per channel, ~500x gradcam at layer4)"})
-    cam_layer: str = field(default=SEED_LAYER, metadata={
-        "help": "explained layer as a dotted path, e.g. layer4, layer3, layer3.1.conv2, layer2; the default is the "
-                "seed's layer4[-1].conv2, and for another --arch the layer its rule picks (docs: any model)"})
+    cam_layer: str | None = field(default=None, metadata={  # None: the architecture's (`validated` fills it in)
+        "default_text": "the seed's layer4.1.conv2; for another --arch, the layer its rule picks",
+        "help": "explained layer as a dotted path, e.g. layer4, layer3, layer3.1.conv2, layer2 (docs: any model)"})
     cam_batch_size: int = field(default=256, metadata={
         "group": EXPLANATION, "help": "images per Grad-CAM forward/backward pass"})
     counterfactual_images: int | None = field(default=None, metadata={  # None: all

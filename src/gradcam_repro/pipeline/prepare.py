@@ -79,8 +79,9 @@ def validated(config: Config) -> Config:
     dataset = dataset_for(config)
     if config.bias_class is None:
         config = replace(config, bias_class=dataset.default_bias_class)
-    if config.arch != DEFAULT_ARCH and config.cam_layer == SEED_LAYER:  # the seed's layer is the ResNet's: the rule's
-        config = replace(config, cam_layer=arch_layers(config.arch, input_size(config))[1])
+    if config.cam_layer is None:  # not given: the seed's layer on the seed's ResNet, the rule's on another --arch
+        layer = SEED_LAYER if config.arch == DEFAULT_ARCH else arch_layers(config.arch, input_size(config))[1]
+        config = replace(config, cam_layer=layer)
     get_layer(architecture(config.arch, len(dataset.classes)), config.cam_layer)  # unknown layer: fail now, not after training
     if config.bias_class not in dataset.classes:
         raise UserError(f"unknown class {config.bias_class!r}; fix: pass --bias-class as one of {', '.join(dataset.classes)}")
