@@ -7,7 +7,7 @@ PYTHON ?= python3
 DATA_ROOT ?= $(or $(GRADCAM_DATA_ROOT),$(if $(wildcard ../shared/data/cifar10-jpg),../shared/data/cifar10-jpg,data))
 PRESET ?= quick
 
-.PHONY: install install-test demo paper shapes compare bench test test-fast wheel-check docs
+.PHONY: install install-test demo paper shapes compare bench gpu-data test test-fast wheel-check docs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ BENCH_RUNS := $(if $(wildcard runs/paper/metrics.json),--paper-run runs/paper) \
 
 bench: install-test
 	$(PY) -m benchmarks.bench --data-root $(DATA_ROOT) $(BENCH_RUNS)
+
+# CIFAR-10 cut into .gpu-data/part-N.pt for a lent GPU machine (no network, 64 MiB a call): send one part per
+# device call, then run `bash benchmarks/gpu_evidence.sh tree full paper bench` there (docs: speed).
+gpu-data: install
+	$(PY) -m benchmarks.gpu_evidence pack --data-root $(DATA_ROOT)
 
 test: install-test
 	$(PY) -m pytest -q
