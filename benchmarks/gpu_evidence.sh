@@ -25,8 +25,8 @@ run_preset() {  # preset name
     cp "runs/gpu-$1/metrics.json" "$OUT/$1-metrics.json"
 }
 
-{ nvidia-smi -L || true; "$PY" -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name())'; } \
-    > "$OUT/device.txt" 2>&1
+{ nvidia-smi -L; "$PY" -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name())'; } \
+    > "$OUT/device.txt" 2>&1 || true  # what the card is, for the record; the steps below fail on their own
 for step in "$@"; do
     start=$(date +%s)
     case "$step" in
