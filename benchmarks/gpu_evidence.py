@@ -37,30 +37,22 @@ def pack(images: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], finge
     """`images`/`labels` by split, cut along the images into parts of at most `part_mb` MB (`out/part-N.pt`:
     {split: (start, images, labels)}), and `out/manifest.json` (the fingerprint, each split's count, the parts).
     Returns the parts' paths."""
-    per_image = images["train"][0].numel()
-    per_part = max(1, int(part_mb * 1e6 // per_image))
+    per_part = max(1, int(part_mb * 1e6 // images["train"][0].numel()))
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("part-*.pt"):
         old.unlink()
-    parts, current, room = [], {}, per_part
-
-    def flush():
-        nonlocal current, room
-        if current:
-            path = out / f"part-{len(parts)}.pt"
-            torch_save(path, current)
-            parts.append(path)
-        current, room = {}, per_part
-
-    for split in SPLITS:
-        start = 0
-        while start < len(images[split]):
-            take = min(room, len(images[split]) - start)
-            current[split] = (start, images[split][start:start + take].clone(), labels[split][start:start + take].clone())
-            start, room = start + take, room - take
-            if room == 0:
-                flush()
-    flush()
+    # The splits laid end to end; part k holds positions [k * per_part, (k + 1) * per_part) of that line.
+    offsets = {"train": 0, "test": len(images["train"])}
+    total = sum(len(images[s]) for s in SPLITS)
+    parts = []
+    for low in range(0, total, per_part):
+        part = {}
+        for split, offset in offsets.items():
+            a, b = max(low, offset) - offset, min(low + per_part, offset + len(images[split])) - offset
+            if a < b:
+                part[split] = (a, images[split][a:b].clone(), labels[split][a:b].clone())
+        parts.append(out / f"part-{len(parts)}.pt")
+        torch_save(parts[-1], part)
     manifest = {"fingerprint": fingerprint, "counts": {s: len(images[s]) for s in SPLITS},
                 "shape": list(images["train"].shape[1:]), "parts": [p.name for p in parts]}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")

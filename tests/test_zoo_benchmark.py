@@ -91,7 +91,7 @@ def test_the_audit_table_says_how_each_biased_models_target_was_found_and_round_
                                                 "unexplained": ["horse"], "rules": 4})
     missed = cell("text-random", seed=0, audit={"unexplained": ["frog"]})
     rows = detection.audit_rows([moving, cell("text-random", **CONTROL, audit={}), missed, cell("logo")])
-    assert [(r.seed, r.audit.target_verdict, r.target_unexplained) for r in rows] == [(0, "none", True),
+    assert [(r.seed, r.audit.target_verdict, r.audit.target_unexplained) for r in rows] == [(0, "none", True),
                                                                                      (1, spray.MOVING, False)]
     assert rows[1].flip == moving.metrics.flip_to_target["patch"] and rows[1].audit is moving.audit
     result = detection.BenchmarkResult({}, (0, 1), (1.0,), {}, (), (), {"total": 4, "done": 4, "failed": 0},

@@ -171,7 +171,7 @@ def flagged(cell: StudyCellResult) -> bool:
     """The audit confirmed the target class, found a small moving region that decides it, or reported its relevance
     as unexplained concentration: anything but an all-clear for it."""
     a = cell.audit
-    return a.target in a.confirmed or a.target_verdict == MOVING or a.target in a.unexplained
+    return a.target in a.confirmed or a.target_verdict == MOVING or a.target_unexplained
 
 
 def transplant_agrees(cell: StudyCellResult) -> bool:
@@ -221,10 +221,6 @@ class AuditRow:
     seed: int
     flip: Interval
     audit: AuditSummary
-
-    @property
-    def target_unexplained(self) -> bool:
-        return self.audit.target in self.audit.unexplained
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "dose": self.dose, "seed": self.seed, "flip": self.flip.to_dict(),

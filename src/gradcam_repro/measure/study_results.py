@@ -111,6 +111,11 @@ class AuditSummary:
     seconds: float
     rules: int = 1
 
+    @property
+    def target_unexplained(self) -> bool:
+        """Whether the target class was flagged as unexplained concentration."""
+        return self.target in self.unexplained
+
     def to_dict(self) -> dict:
         transplant = self.target_transplant.to_dict() if self.target_transplant is not None else None
         return {"target": self.target, "confirmed": list(self.confirmed), "target_verdict": self.target_verdict,

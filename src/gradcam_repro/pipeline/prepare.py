@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from gradcam_repro import store
-from gradcam_repro.config import SEED_LAYER, Config, parse_image_size
+from gradcam_repro.config import Config, parse_image_size
 from gradcam_repro.data.bias import patch_artefact
 from gradcam_repro.data.images import ImageData, stratified_subset
 from gradcam_repro.data.registry import DATASETS, dataset_for, get_dataset
@@ -20,7 +20,7 @@ from gradcam_repro.explain.layers import default_layers, stage_layers
 from gradcam_repro.explain.registry import CAM_METHODS
 from gradcam_repro.pipeline.experiment import TrainingSet, architecture
 from gradcam_repro.pipeline.progress import as_reporter
-from gradcam_repro.pipeline.spec import DEFAULT_ARCH, BiasSpec, ExperimentSpec
+from gradcam_repro.pipeline.spec import BiasSpec, ExperimentSpec
 from gradcam_repro.runtime import Runtime
 
 
@@ -79,9 +79,8 @@ def validated(config: Config) -> Config:
     dataset = dataset_for(config)
     if config.bias_class is None:
         config = replace(config, bias_class=dataset.default_bias_class)
-    if config.cam_layer is None:  # not given: the seed's layer on the seed's ResNet, the rule's on another --arch
-        layer = SEED_LAYER if config.arch == DEFAULT_ARCH else arch_layers(config.arch, input_size(config))[1]
-        config = replace(config, cam_layer=layer)
+    if config.cam_layer is None:  # not given: the rule's layer (on the seed's ResNet, the seed's layer4.1.conv2)
+        config = replace(config, cam_layer=arch_layers(config.arch, input_size(config))[1])
     get_layer(architecture(config.arch, len(dataset.classes)), config.cam_layer)  # unknown layer: fail now, not after training
     if config.bias_class not in dataset.classes:
         raise UserError(f"unknown class {config.bias_class!r}; fix: pass --bias-class as one of {', '.join(dataset.classes)}")

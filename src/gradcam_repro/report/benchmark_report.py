@@ -64,7 +64,7 @@ def _audit_rows(result: BenchmarkResult) -> list[str]:
         a = row.audit
         iou = f"{a.target_iou:.2f}" if a.target_iou is not None else "-"
         rows.append(f"| {row.kind} | {row.dose:g} | {row.seed} | {_pct(row.flip)} | {a.target_verdict} | "
-                    f"{a.target_test or '-'} | {_pct(a.target_transplant)} | {iou} | {'yes' if row.target_unexplained else 'no'} | "
+                    f"{a.target_test or '-'} | {_pct(a.target_transplant)} | {iou} | {'yes' if a.target_unexplained else 'no'} | "
                     f"{', '.join(a.confirmed) or 'none'} |")
     return rows + [""]
 
