@@ -232,7 +232,7 @@ class AuditCandidate:
 
     rank: int
     class_name: str
-    cluster: int
+    cluster: int | None  # None: the shared-pixel test, which tests the images that carry the pixels, not a cluster
     n: int
     box_tlbr_px: tuple[int, ...]
     kind: str
@@ -249,7 +249,7 @@ class AuditCandidate:
     iou_with_planted_box: float | None = None
     artefact_clusters: tuple[int, ...] | None = None
     artefact_images: int | None = None
-    test: str | None = None  # "fixed place" or "per image" (each image's own region); None: written before there were two
+    test: str | None = None  # "fixed place", "per image" (each image's own region) or "shared pixels"; None: written before there were two
     also_tested: tuple[AlsoTested, ...] | None = None  # the class's other test, weaker than this one
     constant_mask: tuple[str, ...] | None = None  # rows of "1"/"0" over the box: the pixels pasted (None: all of them)
     donors: int | None = None  # the per-image test: how many images' regions were pasted (those that decide their image)

@@ -80,12 +80,17 @@ def _finite(x: float) -> float:
 
 def summary_lines(result: AuditResult) -> list[str]:
     """What the CLI prints at the end: one line per tested candidate and the overall verdict."""
-    lines = [f"#{c.rank} {c.class_name} ({c.test or 'fixed place'} test, cluster {c.cluster}, n={c.n}): {c.verdict}; {region_text(c)} "
+    lines = [f"#{c.rank} {c.class_name} ({test_text(c)}, n={c.n}): {c.verdict}; {region_text(c)} "
              f"({c.kind}); pasted on other classes -> {c.class_name} {_pct(c.transplant_flip)}; occluded "
              f"{_pct(c.occluded_flip)}; removal changes {_pct(c.removal_change)}" + _group_text(c)
              for c in result.candidates]
     lines.append(overall_verdict(result))
     return lines
+
+
+def test_text(c: AuditCandidate) -> str:
+    """"fixed place test, cluster 2", "per image test, cluster 0" or "shared pixels test" (no cluster)."""
+    return f"{c.test or 'fixed place'} test" + (f", cluster {c.cluster}" if c.cluster is not None else "")
 
 
 def _group_text(candidate: AuditCandidate) -> str:
@@ -126,7 +131,8 @@ def _candidate_rows(result: AuditResult) -> list[str]:
             "region occluded only | untouched | removal changes the prediction | verdict |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in result.candidates:
-        rows.append(f"| {c.rank} | {c.class_name} | {c.test or 'fixed place'} | {c.cluster} ({c.n}) | {region_text(c)} | {c.kind} | "
+        cluster = c.cluster if c.cluster is not None else "carriers"
+        rows.append(f"| {c.rank} | {c.class_name} | {c.test or 'fixed place'} | {cluster} ({c.n}) | {region_text(c)} | {c.kind} | "
                     f"{_pct(c.transplant_flip)} | {_pct(c.occluded_flip)} | {_pct(c.untouched)} | "
                     f"{_pct(c.removal_change)} | **{c.verdict}** |")
     rows.append("")
@@ -221,7 +227,14 @@ def _rules(result: AuditResult) -> list[str]:
         "('relevance only'). "
         "Each class keeps its stronger test; findings are ranked by causal effect (transplant lower bound minus the "
         "larger control's upper bound).",
-        f"7. **Unexplained concentration**: a class none of whose tests found anything, whose best group scores at least "
+        *([f"7. **Shared pixels** (without relevance): the pixels where the share of the class's images holding one colour "
+            f"(within {s['shared_tolerance']} levels, largest channel) is at least {s['shared_min_share']} and "
+            f"{s['shared_ratio']}x that share over as many images of other classes; their largest group is pasted "
+            "(those pixels only, in the colour the class's images share) with the controls of 4, and removed from the "
+            f"images that hold the colours on at least {s['shared_carrier_share']} of its pixels; verdict as in 5. It "
+            "finds an artefact at one place that only some of the class's images carry, where relevance does not "
+            "concentrate on it."] if "shared_ratio" in s else []),
+        f"{8 if 'shared_ratio' in s else 7}. **Unexplained concentration**: a class none of whose tests found anything, whose best group scores at least "
         f"{s.get('unexplained_ratio', 1.5)}x the median class's (fixed-place or peak score), is reported as such: the "
         "audit could not localise what the model looks at, which is not an all-clear.", "",
         f"Rates and energies are means with 95% percentile-bootstrap intervals ({s['bootstrap_resamples']} resamples, seed "
@@ -312,13 +325,15 @@ def candidate_figure(result: AuditResult, examples: dict, rank: int):
     (before -> after), and the region removed from the cluster's images."""
     c, ex = result.candidates[rank - 1], examples["candidates"][rank - 1]
     classes = result.dataset["classes"]
-    members = _cluster_members(examples["classes"][c.class_name], c.cluster)[:EXAMPLE_IMAGES]
+    shared = c.cluster is None  # the shared-pixel test: its carriers and the class's mode-share map, no cluster
+    members = (ex["carriers"] if shared else _cluster_members(examples["classes"][c.class_name], c.cluster))[:EXAMPLE_IMAGES]
     box = ex["box"]
     fig, axes = plt.subplots(3, EXAMPLE_IMAGES + 1, figsize=(PANEL_IN * (EXAMPLE_IMAGES + 1), PANEL_IN * 3 + 0.9))
     for ax in axes.ravel():
         ax.axis("off")
-    mean = examples["classes"][c.class_name]["clusters"][c.cluster]["mean_map"]
-    _panel(axes[0, 0], plt.get_cmap("jet")(mean.numpy())[..., :3], "cluster mean map", box)
+    mean = ex["share"] if shared else examples["classes"][c.class_name]["clusters"][c.cluster]["mean_map"]
+    _panel(axes[0, 0], plt.get_cmap("jet")(mean.numpy())[..., :3], "share of the class's images\nwith one colour" if shared
+           else "cluster mean map", box)
     for ax, i in zip(axes[0, 1:], members):
         _panel(ax, overlay(examples["images"][i], examples["maps"][i]), f"{classes[int(examples['predictions'][i])]}", box)
     canvas = np.full((*examples["images"].shape[-2:], 3), 0.85, dtype=np.float32)  # light grey: the image's extent
@@ -331,7 +346,7 @@ def candidate_figure(result: AuditResult, examples: dict, rank: int):
         _panel(ax, to_hwc(img), f"region filled -> {classes[int(after)]}", box)
     axes[2, 0].text(0.5, 0.5, f"removal changes\n{_pct(c.removal_change)}\nof {c.n} predictions", ha="center",
                     va="center", fontsize=7, transform=axes[2, 0].transAxes)
-    layout_under_suptitle(fig, f"#{c.rank} {c.class_name}, cluster {c.cluster} (n={c.n}): {c.verdict}\n"
+    layout_under_suptitle(fig, f"#{c.rank} {c.class_name}, {test_text(c)} (n={c.n}): {c.verdict}\n"
                                 f"pasted on other classes -> {c.class_name}: {_pct(c.transplant_flip)}; occluded only: "
                                 f"{_pct(c.occluded_flip)}", fontsize=9)
     return fig
