@@ -24,7 +24,7 @@ against the 42.8% flip rate, and 6.1% on the clean control); they are checked on
 were not used to set them (docs/findings/benchmark.md). The Wilson bound was added after that check: on the text and
 the logo at dose 1 (seed 0), where the class has only 50 test images, 19 scattered pixels shared by 10 of them (0.2,
 against 0.08-0.1 for other classes) joined the text's group and widened its box (IoU 0.34 with the text's). It was
-set on those two cells; the benchmark's other kinds are its check (not yet run, docs/findings/benchmark.md).
+set on those two cells; the benchmark's other kinds are its check (docs/findings/benchmark.md).
 
 Pure functions on (N, 3, H, W) uint8 images.
 """
