@@ -36,6 +36,8 @@ import math
 import numpy as np
 import torch
 
+from gradcam_repro.measure.shortcut import seeded_cap
+
 TOLERANCE = 16  # intensity levels, largest channel: JPEG at quality 75 keeps a flat artefact's pixels within this
 SHARED_RATIO = 2.0  # the class's mode share (its lower 95% bound) over other classes' at the same pixel
 MIN_SHARE = 0.2  # and at least a fifth of the class's images hold the colour (the lower 95% bound)
@@ -48,12 +50,6 @@ CARRIER_SHARE = 0.5  # an image carries the region when it holds the shared colo
 _CHUNK_ELEMENTS = 1 << 25  # comparisons held in memory at once (int16: 64 MiB)
 
 
-def _pick(n: int, cap: int, seed: int) -> torch.Tensor:
-    if n <= cap:
-        return torch.arange(n)
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:cap].sort().values
-
-
 def mode_share(images: torch.Tensor, tolerance: int = TOLERANCE, candidates: int = MAX_CANDIDATES,
                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 3, H, W) uint8 -> ((H, W) float mode share, (3, H, W) uint8 the candidate colour that reaches it).
@@ -64,10 +60,10 @@ def mode_share(images: torch.Tensor, tolerance: int = TOLERANCE, candidates: int
     _, _, height, width = images.shape
     if len(images) == 0:
         return torch.zeros(height, width), torch.zeros(3, height, width, dtype=torch.uint8)
-    x = images[_pick(len(images), MAX_IMAGES, seed)].to(torch.int16)
+    x = images[seeded_cap(torch.arange(len(images)), MAX_IMAGES, seed)].to(torch.int16)
     n = len(x)
     candidates = min(candidates, max(MIN_CANDIDATES, MAX_COMPARISONS // (n * height * width)))
-    pool = x[_pick(n, candidates, seed + 1)]
+    pool = x[seeded_cap(torch.arange(n), candidates, seed + 1)]
     best = torch.full((height, width), -1.0)
     colour = torch.zeros(3, height, width, dtype=torch.int16)
     step = max(1, _CHUNK_ELEMENTS // (n * 3 * height * width))

@@ -514,8 +514,7 @@ def confirm_candidate(model: nn.Module, data: EvalSet, predictions: torch.Tensor
     target, seed, box = int(predictions[members[0]]), settings.seed, tuple(region["box"])
     ring_px = AuditScale.of(data.images).removal_ring_px
     if "pixels" in region:  # shared pixels: the colours the carriers share, not the median over images that lack them
-        artefact = Artefact(box, region["pixels"], data.classes[target], "audit candidate",
-                            tuple(data.images.shape[-2:]), keep=rows_mask(region["constant_mask"]))
+        artefact = Artefact(box, region["pixels"], data.classes[target], "audit candidate", tuple(data.images.shape[-2:]))
     else:
         artefact = from_images(box, data.images[members], data.classes[target], "audit candidate")  # the cluster's median
     if "constant_mask" in region:  # only the constant pixels are pasted, not the median background between them
