@@ -1,6 +1,7 @@
 """The audit's shared-pixel test (`measure.shared`, audit rules 5): pixels that a class's images share more than other
 classes' images do, found without relevance, and what the audit does with them."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -45,6 +46,23 @@ def test_mode_share_is_the_largest_share_of_images_within_the_tolerance_of_one_c
     assert colour[:, 0, 0].tolist() == [216, 26, 0]
     same = torch.full((7, 3, 2, 2), 77, dtype=torch.uint8)
     assert shared.mode_share(same)[0].eq(1.0).all()
+
+
+def test_parts_within_the_bridge_are_one_group_and_the_largest_group_wins():
+    mask = np.zeros((12, 12), dtype=bool)
+    mask[1, 1] = mask[2, 2] = True  # diagonal neighbours: two parts without a bridge, one with it
+    mask[1, 6] = True  # a gap of 3 px from (2, 2): bridged by 4 px, not by 2 px
+    mask[8:11, 8:11] = True  # 9 px, a gap of 5 rows below: apart at 4 px
+    labelled, count = shared.bridged_labels(mask, None)
+    assert count == 4 and labelled[1, 1] != labelled[2, 2]
+    labelled, count = shared.bridged_labels(mask, 4)
+    assert count == 2 and labelled[1, 1] == labelled[2, 2] == labelled[1, 6] != labelled[9, 9]
+    assert (labelled[~mask] == 0).all()
+    labelled, _ = shared.bridged_labels(mask, 2)
+    assert labelled[1, 1] == labelled[2, 2] != labelled[1, 6]
+    assert (shared.largest_group(mask, 4) == (labelled == labelled[9, 9]) & mask).all()
+    assert shared.largest_group(mask, 4).sum() == 9
+    assert not shared.largest_group(np.zeros((4, 4), dtype=bool), 4).any()
 
 
 def test_the_shared_region_is_the_mark_that_part_of_the_class_carries_with_its_pixels_and_carriers():

@@ -109,15 +109,25 @@ def shared_mask(members: torch.Tensor, reference: torch.Tensor, seed: int = 0) -
     return mask, colour, {"share": share, "reference_share": reference_share}
 
 
-def largest_group(mask: np.ndarray, bridge_px: int) -> np.ndarray:
-    """(H, W) bool: the largest group of `mask`'s pixels, parts at most `bridge_px` apart counted as one (a square
-    reach, as the audit joins a text's glyphs)."""
+def bridged_labels(mask: np.ndarray, bridge_px: int | None) -> tuple[np.ndarray, int]:
+    """Label `mask`'s parts, those at most `bridge_px` apart as one (a square reach, so that the corners of glyphs
+    that sit diagonally apart count too); without `bridge_px`, its 4-connected parts. Returns the (H, W) labels, 0
+    off `mask`, and their count."""
     from scipy.ndimage import binary_dilation, label
 
-    square = np.ones((3, 3), dtype=bool)
-    joined = binary_dilation(mask, square, iterations=max(1, math.ceil(bridge_px / 2)))
-    labelled, count = label(joined, square)
-    labelled = np.where(mask, labelled, 0)
+    if bridge_px:
+        square = np.ones((3, 3), dtype=bool)
+        joined = binary_dilation(mask, square, iterations=math.ceil(bridge_px / 2)) if mask.any() else mask
+        labelled, count = label(joined, square)
+    else:
+        labelled, count = label(mask)
+    return np.where(mask, labelled, 0), count
+
+
+def largest_group(mask: np.ndarray, bridge_px: int) -> np.ndarray:
+    """(H, W) bool: the largest group of `mask`'s pixels, parts at most `bridge_px` (at least 1) apart counted as
+    one, as the audit joins a text's glyphs."""
+    labelled, count = bridged_labels(mask, max(bridge_px, 1))
     if count == 0 or not mask.any():
         return np.zeros_like(mask)
     sizes = np.bincount(labelled.ravel(), minlength=count + 1)

@@ -297,15 +297,7 @@ def _component_box(mask: np.ndarray, seed_mask: np.ndarray, bridge_px: int | Non
     """Bounding box of the largest connected component of `mask` that touches `seed_mask` (None if none). With
     `bridge_px`: parts of `mask` at most that far apart are connected, and the box holds every component that
     touches `seed_mask` (only `mask`'s own pixels)."""
-    from scipy.ndimage import binary_dilation, label
-
-    if bridge_px:  # a square reach: corners of glyphs that sit diagonally apart count too
-        square = np.ones((3, 3), dtype=bool)
-        joined = binary_dilation(mask, square, iterations=math.ceil(bridge_px / 2)) if mask.any() else mask
-        labelled, count = label(joined, square)
-    else:
-        labelled, count = label(mask)
-    labelled = np.where(mask, labelled, 0)
+    labelled, count = shared.bridged_labels(mask, bridge_px)
     touching = np.unique(labelled[seed_mask & mask])
     touching = touching[touching > 0]
     if count == 0 or len(touching) == 0:
