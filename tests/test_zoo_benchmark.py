@@ -160,6 +160,10 @@ def test_a_tiny_benchmark_writes_its_rates_shares_the_control_and_resumes(tmp_pa
     assert ("gradcam", "layer4.1.conv2") in layers and ("inputxgradient", "input") in layers
     markdown = (out / "BENCHMARK.md").read_text()
     assert "| square | 1 |" in markdown and (out / "figures" / "benchmark_dose_1.png").is_file()
+    audits = [c["audit"]["seconds"] for c in cells]
+    assert 0 < written["seconds"]["audit_per_cell"] == pytest.approx(sum(audits) / len(audits))
+    assert written["seconds"]["audit_per_cell"] <= written["seconds"]["evaluate_per_cell"]  # the audit is part of a cell
+    assert f"({written['seconds']['audit_per_cell']:.0f} s of them the audit)" in markdown
     assert written["rules"]["cells_by_audit_rules"] == {str(spray.RULES_VERSION): 6}
     _reaudit_redoes_only_the_cells_audited_by_older_rules(options, settings, out)
 

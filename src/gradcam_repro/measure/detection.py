@@ -248,7 +248,7 @@ class BenchmarkResult:
     summaries: tuple[KindSummary, ...]
     detections: tuple[Detection, ...]
     cells: dict[str, int]  # "total", "done", "failed"
-    seconds: dict[str, float]  # "train_per_cell", "evaluate_per_cell", "wall"
+    seconds: dict[str, float]  # "train_per_model", "evaluate_per_cell", "audit_per_cell", "models", "grid_worker_s", "wall"
     preset: str
     environment: dict
     rules: dict

@@ -140,16 +140,18 @@ def audit_versions(done: list[StudyCellResult]) -> dict[str, int]:
 
 
 def cost(plan: StudyPlan, done: list[StudyCellResult]) -> dict[str, float]:
-    """Worker seconds per trained model and per measured (and audited) cell, means over the finished ones (models
-    restored from an earlier call left out), and what the whole grid costs in worker seconds: one slot's wall
-    time, to be divided by the slots of a machine or cluster (a slot: one worker with --cpus-per-cell threads)."""
+    """Worker seconds per trained model and per measured (and audited) cell, of which the audit's, means over the
+    finished ones (models restored from an earlier call left out), and what the whole grid costs in worker seconds:
+    one slot's wall time, to be divided by the slots of a machine or cluster (a slot: one worker with
+    --cpus-per-cell threads)."""
     def mean(xs: list[float]) -> float:
         return statistics.fmean(xs) if xs else float("nan")
 
     trained = {c.spec_key: c.seconds["train"] for c in done if not c.restored_experiment}
     per_model, per_cell = mean(list(trained.values())), mean([c.seconds["evaluate"] for c in done])
+    audit = mean([c.audit.seconds for c in done if c.audit is not None])
     models = len({c.spec.key for c in plan.cells})
-    return {"train_per_model": per_model, "evaluate_per_cell": per_cell, "models": models,
+    return {"train_per_model": per_model, "evaluate_per_cell": per_cell, "audit_per_cell": audit, "models": models,
             "grid_worker_s": models * per_model + len(plan.cells) * per_cell}
 
 

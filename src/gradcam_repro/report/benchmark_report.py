@@ -72,6 +72,7 @@ def _audit_rows(result: BenchmarkResult) -> list[str]:
 def benchmark_markdown(result: BenchmarkResult, figures: dict | None = None) -> str:
     """BENCHMARK.md from BENCHMARK.json's content."""
     env, s = result.environment, result.seconds
+    audit = s.get("audit_per_cell", float("nan"))
     machine = f"{env.get('gpu') or env.get('processor', '?')}, torch {env.get('torch', '?')}" if env else "no cell finished"
     lines = ["# Shortcut benchmark: which explanations and audits catch which artefacts", "",
              f"Preset `{result.preset}`, seeds {', '.join(map(str, result.seeds))}, doses "
@@ -80,7 +81,9 @@ def benchmark_markdown(result: BenchmarkResult, figures: dict | None = None) -> 
              + (f", {result.cells['failed']} failed" if result.cells["failed"] else "") + f". Machine: {machine}. "
              f"Cost, in one worker's seconds: {s['train_per_model']:.0f} s to train a model (one per seed and "
              f"kind and dose, and one control per seed: {s['models']:.0f} models), {s['evaluate_per_cell']:.0f} s to "
-             f"measure and audit a cell; the whole grid {s['grid_worker_s'] / 60:.0f} worker-minutes, so "
+             f"measure and audit a cell"
+             + (f" ({audit:.0f} s of them the audit)" if audit == audit else "")  # NaN: no audited cell, or an older file
+             + f"; the whole grid {s['grid_worker_s'] / 60:.0f} worker-minutes, so "
              f"{s['grid_worker_s'] / 120:.0f} min on 2 workers and {s['grid_worker_s'] / 960:.0f} min on a 16-worker "
              f"Ray cluster (tasks are independent, so the time divides by the workers up to the {s['models']:.0f} "
              f"models). This call took {s['wall']:.0f} s.", "",
