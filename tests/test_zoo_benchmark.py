@@ -153,6 +153,10 @@ def test_a_tiny_benchmark_writes_its_rates_shares_the_control_and_resumes(tmp_pa
     controls = {c["spec_key"] for c in cells if c["axes"]["bias_fraction"] == 0}
     assert len(controls) == 1  # one clean control per seed, shared by every kind
     assert all("audit" in c and c["audit"]["target"] == "hbar" for c in cells)
+    from gradcam_repro.runtime import Runtime
+
+    precision = Runtime.choose("cpu", "auto").precision  # what this CPU trains in: other models from the same seed
+    assert {c["environment"]["precision"] for c in cells} == {precision} and precision in ("bfloat16", "float32")
     written = json.loads((out / "BENCHMARK.json").read_text())
     assert [(s["kind"], s["dose"]) for s in written["summaries"]] == [
         ("square", 1.0), ("square", 0.5), ("text-random", 1.0), ("text-random", 0.5)]
