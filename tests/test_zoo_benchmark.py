@@ -155,7 +155,7 @@ def test_a_tiny_benchmark_writes_its_rates_shares_the_control_and_resumes(tmp_pa
     assert all("audit" in c and c["audit"]["target"] == "hbar" for c in cells)
     from gradcam_repro.runtime import Runtime
 
-    precision = Runtime.choose("cpu", "auto").precision  # what this CPU trains in: other models from the same seed
+    precision = Runtime.choose("cpu", "auto").precision  # what this CPU measures (and trains) in
     assert {c["environment"]["precision"] for c in cells} == {precision} and precision in ("bfloat16", "float32")
     written = json.loads((out / "BENCHMARK.json").read_text())
     assert [(s["kind"], s["dose"]) for s in written["summaries"]] == [

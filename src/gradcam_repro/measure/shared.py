@@ -128,7 +128,7 @@ def largest_group(mask: np.ndarray, bridge_px: int) -> np.ndarray:
     """(H, W) bool: the largest group of `mask`'s pixels, parts at most `bridge_px` (at least 1) apart counted as
     one, as the audit joins a text's glyphs."""
     labelled, count = bridged_labels(mask, max(bridge_px, 1))
-    if count == 0 or not mask.any():
+    if count == 0:
         return np.zeros_like(mask)
     sizes = np.bincount(labelled.ravel(), minlength=count + 1)
     sizes[0] = 0

@@ -165,7 +165,9 @@ def run_spec_task(data: ImageData, task: SpecTask) -> dict:
         if task.audit:
             cells[key]["audit"] = audit_cell(experiment.model, p.config, p.data, runtime).to_dict()
         evaluate_s[key] = time.perf_counter() - start
-    # The precision is recorded with the hardware: bf16 and fp32 training give other models from the same seed.
+    # The worker's precision (bf16 where its CPU or GPU has it) beside its hardware: what this cell was measured and
+    # audited in. The model's training precision is in its experiment record (spec.json), as bf16 and fp32 give
+    # other models from the same seed.
     return {"node_id": ray.get_runtime_context().get_node_id(), "files": files, "cells": cells,
             "model_sha256": experiment.record.get("model_sha256"), "seconds": {"train": train_s, "evaluate": evaluate_s},
             "environment": {**store.environment_info(str(runtime.device)), "precision": runtime.precision}, "log": lines}

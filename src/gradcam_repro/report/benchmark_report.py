@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -82,7 +84,7 @@ def benchmark_markdown(result: BenchmarkResult, figures: dict | None = None) -> 
              f"Cost, in one worker's seconds: {s['train_per_model']:.0f} s to train a model (one per seed and "
              f"kind and dose, and one control per seed: {s['models']:.0f} models), {s['evaluate_per_cell']:.0f} s to "
              f"measure and audit a cell"
-             + (f" ({audit:.0f} s of them the audit)" if audit == audit else "")  # NaN: no audited cell, or an older file
+             + ("" if math.isnan(audit) else f" ({audit:.0f} s of them the audit)")  # NaN: no audited cell, or an older file
              + f"; the whole grid {s['grid_worker_s'] / 60:.0f} worker-minutes, so "
              f"{s['grid_worker_s'] / 120:.0f} min on 2 workers and {s['grid_worker_s'] / 960:.0f} min on a 16-worker "
              f"Ray cluster (tasks are independent, so the time divides by the workers up to the {s['models']:.0f} "
