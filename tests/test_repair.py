@@ -204,8 +204,11 @@ def test_repair_adds_a_measured_column_to_the_run_and_refuses_bad_inputs(shapes_
     assert (run / "experiments" / key / "model.pt").is_file()
     assert "## Repair: is the shortcut gone?" in (run / "REPORT.md").read_text()
     assert 'id="repair"' in (run / "REPORT.html").read_text()
+    measured = (run / "metrics.json").read_bytes()
     assert main(["repair", str(run), "--strategy", "last-layer", "--per-class", "20"]) == 0
-    assert "reusing the finished repair" in capsys.readouterr().out
+    log = capsys.readouterr().out
+    assert "reusing the finished repair" in log and "not measured again" in log
+    assert (run / "metrics.json").read_bytes() == measured  # the same models, measured once
     assert main(["repair", str(run), "--strategy", "rrr", "--repair-images", "200", "--quiet"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     (record,) = metrics["histories"]["repaired-rrr"]  # one fine-tuning epoch, with training's columns

@@ -18,8 +18,12 @@ from gradcam_repro import store
 from gradcam_repro.cli import main
 from gradcam_repro.errors import UserError
 
-TINY_RUN = ["run", "--preset", "smoke", "--dataset", "shapes", "--epochs", "3", "--train-subset", "400",
+TINY_RUN = ["run", "--preset", "smoke", "--dataset", "shapes", "--epochs", "3", "--train-subset", "128", "--batch-size", "32",
             "--test-subset", "100", "--counterfactual-images", "40", "--cam-images", "20", "--figure-images", "2"]
+
+
+# Evaluation-only settings (not in any experiment's key) that keep a reused run's measuring short.
+SMALL_EVALUATION = ["--counterfactual-images", "40", "--cam-images", "20", "--figure-images", "2"]
 
 
 def cli(*args, **kwargs):
@@ -70,16 +74,16 @@ def test_finished_experiment_is_reused_unless_forced(shapes_run, tmp_path, capsy
     shutil.copytree(shapes_run, copy)
     baseline = copy / "experiments" / json.loads((copy / "run.json").read_text())["experiments"]["baseline"]
     model_bytes = (baseline / "model.pt").read_bytes()
-    assert main(["run", "--preset", "smoke", "--dataset", "shapes", "--out", str(copy)]) == 0
+    smoke = ["run", "--preset", "smoke", "--dataset", "shapes", "--out", str(copy), *SMALL_EVALUATION]
+    assert main(smoke) == 0
     log = capsys.readouterr().out
     assert "[baseline] reusing the finished experiment" in log and "[biased] reusing" in log and "epoch 1/1" not in log
     assert (baseline / "model.pt").read_bytes() == model_bytes
     # A different training config is not reused.
-    assert main(["run", "--preset", "smoke", "--dataset", "shapes", "--out", str(copy), "--lr", "0.02"]) == 0
+    assert main([*smoke, "--lr", "0.02"]) == 0
     assert "[baseline] epoch 1/1" in capsys.readouterr().out
     # Evaluation-only settings and a different patch keep the baseline: its spec has no patch in it.
-    assert main(["run", "--preset", "smoke", "--dataset", "shapes", "--out", str(copy), "--lr", "0.02",
-                 "--patch-color", "red", "--cam", "layercam", "--cam-images", "10"]) == 0
+    assert main([*smoke, "--lr", "0.02", "--patch-color", "red", "--cam", "layercam", "--cam-images", "10"]) == 0
     log = capsys.readouterr().out
     assert "[baseline] reusing the finished experiment" in log and "[biased] epoch 1/1" in log
 

@@ -10,6 +10,7 @@ what a user has: the biased training set and the artefact (never the clean image
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -29,6 +30,7 @@ from gradcam_repro.measure.spray import CONFIRMED
 from gradcam_repro.model import finetune
 from gradcam_repro.pipeline.experiment import (
     Experiment,
+    experiment_ids,
     experiment_record,
     load_experiment,
     save_experiment,
@@ -279,11 +281,28 @@ def repair(run_dir: str | Path, options: RepairOptions, log=print) -> RunMetrics
     with run.lock():
         experiments[name] = build_repaired(spec, p, biased, artefact, options, log)
         run.add_experiment(name, spec.key)
-        metrics, examples = measure_run(p, experiments, log)
-        metrics = write_results(run, metrics.timed(end_to_end=time.perf_counter() - wall), examples)
+        metrics = measured_already(run, p, experiments)
+        if metrics is not None:
+            log(f"[{name}] {run.metrics_json} already measures these models with this config: not measured again")
+        else:
+            metrics, examples = measure_run(p, experiments, log)
+            metrics = write_results(run, metrics.timed(end_to_end=time.perf_counter() - wall), examples)
     as_reporter(log).final(f"[{name}] done in {time.perf_counter() - wall:.0f} s (repair {metrics.repairs[name].seconds:.0f} "
                            f"s): {repair_line(metrics, name)}; {run.report_html}")
     return metrics
+
+
+def measured_already(run: RunFolder, p: Prepared, experiments: dict[str, Experiment]) -> RunMetrics | None:
+    """The run's metrics.json where it measured exactly these models (keys and model hashes) with this config, as
+    after a rerun of a finished repair; else None."""
+    if not run.metrics_json.is_file():
+        return None
+    try:
+        metrics = run.read_metrics()
+    except UserError:
+        return None
+    same_config = json.loads(json.dumps(p.config.to_dict())) == json.loads(json.dumps(metrics.config))
+    return metrics if same_config and metrics.experiments == experiment_ids(experiments) else None
 
 
 def repair_line(metrics: RunMetrics, name: str) -> str:
