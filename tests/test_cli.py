@@ -100,7 +100,7 @@ def test_a_sample_size_flag_can_ask_for_every_image_where_the_preset_samples(cap
     def config(*flags):
         return config_from_args(build_parser().parse_args(["run", "--preset", "smoke", *flags]))
 
-    assert config().counterfactual_images == 100  # the smoke preset samples
+    assert config().counterfactual_images == 200  # the smoke preset samples
     assert config("--counterfactual-images", "all", "--cam-images", "ALL").counterfactual_images is None
     assert config("--cam-images", "all").cam_images is None and config("--cam-images", "30").cam_images == 30
     with pytest.raises(SystemExit):

@@ -336,9 +336,7 @@ PRESETS: dict[str, dict] = {
     # two models at a time: sweep (16/24/32 px, 7,000 images) 235 s training, flip-to-frog 92.2%; this one 162-168 s,
     # 90.0%; 16/24/32 px on 4,000 images 140 s but only 44.7% [41.4, 47.9]: the models must keep relying.
     "benchmark": {**_SWEEP, "train_resolutions": (16, 16, 32)},
-    # A minute-long end-to-end pass for tests: tiny subset, one epoch, small probe samples (its models are
-    # measured again by many slow tests: with 100 counterfactual and 32 CAM images, not 200 and 64, measuring a
-    # shapes run's two models took 13.0-14.1 s, not 18.1-19.5 s, on a 2-core AMD EPYC without AVX-512).
+    # A minute-long end-to-end pass for tests: tiny subset, one epoch.
     "smoke": {
         "train_subset": 500,
         "epochs": 1,
@@ -348,8 +346,8 @@ PRESETS: dict[str, dict] = {
         "eval_subset": 200,
         "test_subset": 500,
         "cam_batch_size": 64,
-        "counterfactual_images": 100,
-        "cam_images": 32,
+        "counterfactual_images": 200,
+        "cam_images": 64,
         "figure_images": 4,
         "shapes_train": 1_000,
         "shapes_test": 300,
