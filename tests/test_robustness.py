@@ -18,12 +18,10 @@ from gradcam_repro import store
 from gradcam_repro.cli import main
 from gradcam_repro.errors import UserError
 
-TINY_RUN = ["run", "--preset", "smoke", "--dataset", "shapes", "--epochs", "3", "--train-subset", "128", "--batch-size", "32",
-            "--test-subset", "100", "--counterfactual-images", "40", "--cam-images", "20", "--figure-images", "2"]
-
-
-# Evaluation-only settings (not in any experiment's key) that keep a reused run's measuring short.
+# Evaluation-only settings (not in any experiment's key) that keep a run's measuring short.
 SMALL_EVALUATION = ["--counterfactual-images", "40", "--cam-images", "20", "--figure-images", "2"]
+TINY_RUN = ["run", "--preset", "smoke", "--dataset", "shapes", "--epochs", "3", "--train-subset", "128", "--batch-size", "32",
+            "--test-subset", "100", *SMALL_EVALUATION]
 
 
 def cli(*args, **kwargs):
