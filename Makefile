@@ -55,9 +55,10 @@ bench: install-test
 gpu-data: install
 	$(PY) -m benchmarks.gpu_evidence pack --data-root $(DATA_ROOT)
 
-# --durations: the CI log names the slowest tests (CI should stay under 25 min).
+# Two workers on the 2 cores (tests/conftest.py says how the work is split); --durations: the CI log names the
+# slowest tests (CI should stay under 25 min).
 test: install-test
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n 2 --dist loadscope --durations=15
 
 # The fast tier: every test not marked slow (no training beyond a few batches, no Ray, no child interpreters).
 test-fast: install-test
