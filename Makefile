@@ -62,7 +62,7 @@ test: install-test
 
 # The fast tier: every test not marked slow (no training beyond a few batches, no Ray, no child interpreters).
 test-fast: install-test
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n 2 --dist loadscope -m "not slow"
 
 # The built wheel installed in a fresh venv (dependencies borrowed from $(VENV)), run from outside the repo:
 # --version and the shapes smoke run, whose REPORT.html must carry the packaged CSS (2-4 min on 2 shared cores).

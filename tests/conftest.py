@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from cam_helpers import seeded_resnet
 
-# `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadscope`): 1,322 s against 1,573-1,707 s
-# on one process (2-core AMD EPYC, AVX2 only). Each worker, and every process it starts (CLI subprocesses, notebook
-# kernels, Ray workers), computes on one thread; two workers of two threads each were no faster (1,378 s).
+# `make test` and `make test-fast` run on two pytest-xdist workers (`-n 2 --dist loadscope`): docs/architecture.md
+# (The tests) has the times. Each worker, and every process it starts (CLI subprocesses, notebook kernels, Ray
+# workers), computes on one thread; two workers of two threads each were no faster.
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 
 # The work a worker takes as one unit: a test file (its module fixtures are built once), except for the files that
