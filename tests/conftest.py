@@ -35,6 +35,8 @@ def pytest_configure(config):
 
 if importlib.util.find_spec("xdist"):
     def pytest_xdist_make_scheduler(config, log):
+        if config.getvalue("dist") != "loadscope":
+            return None  # another --dist the caller chose: xdist's own scheduler
         from xdist.scheduler import LoadScopeScheduling
 
         class ByFile(LoadScopeScheduling):
