@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gradcam_repro.measure.predict import accuracy
+from gradcam_repro.measure.predict import accuracy, batch_size_for, predict_logits
 from gradcam_repro.measure.scores import cam_energy_in_box
 from gradcam_repro.measure.scores import uniform_energy as uniform_energy_in_box
 
@@ -81,3 +81,20 @@ def test_accuracy_on_known_logits():
 
 def test_accuracy_of_an_empty_set_is_nan():
     assert math.isnan(accuracy(torch.empty(0, 10), torch.empty(0, dtype=torch.int64)))
+
+
+def test_predictions_do_not_depend_on_the_batch_size_and_large_images_get_smaller_cpu_batches():
+    from gradcam_repro.model.resnet import resnet18_cifar
+    from gradcam_repro.runtime import Runtime
+
+    torch.manual_seed(0)
+    model, runtime = resnet18_cifar().eval(), Runtime(torch.device("cpu"), None)
+    images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8)
+    whole = predict_logits(model, images, runtime, batch_size=20)
+    for batched in (predict_logits(model, images, runtime, batch_size=7), predict_logits(model, images, runtime)):
+        # 7 + 7 + 6, then the CPU default; bit for bit on the CPUs measured, within rounding anywhere
+        torch.testing.assert_close(batched, whole, rtol=1e-5, atol=1e-5)
+    assert batch_size_for(runtime) == 128
+    assert batch_size_for(runtime, 64, 64) == 32
+    assert batch_size_for(runtime, 224, 224) == 8
+    assert batch_size_for(Runtime(torch.device("cuda"), None), 224, 224) == 512
