@@ -6,10 +6,12 @@ import math
 
 import pytest
 import torch
+from cam_helpers import seeded_resnet
 
 from gradcam_repro.measure.predict import accuracy, batch_size_for, predict_logits
 from gradcam_repro.measure.scores import cam_energy_in_box
 from gradcam_repro.measure.scores import uniform_energy as uniform_energy_in_box
+from gradcam_repro.runtime import Runtime
 
 BOX = (0, 0, 6, 6)  # the default 6 px top-left patch on a 32 px image
 
@@ -84,11 +86,7 @@ def test_accuracy_of_an_empty_set_is_nan():
 
 
 def test_predictions_do_not_depend_on_the_batch_size_and_large_images_get_smaller_cpu_batches():
-    from gradcam_repro.model.resnet import resnet18_cifar
-    from gradcam_repro.runtime import Runtime
-
-    torch.manual_seed(0)
-    model, runtime = resnet18_cifar().eval(), Runtime(torch.device("cpu"), None)
+    model, runtime = seeded_resnet(), Runtime(torch.device("cpu"), None)
     images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8)
     whole = predict_logits(model, images, runtime, batch_size=20)
     for batched in (predict_logits(model, images, runtime, batch_size=7), predict_logits(model, images, runtime)):

@@ -8,12 +8,9 @@ from torch import nn
 from gradcam_repro.model.sources import model_input
 from gradcam_repro.runtime import Runtime, autocast, eval_mode
 
-# Images per forward pass: a GPU wants large batches; on a CPU a batch of 128 32x32 images keeps a ResNet-18's
-# activations nearer the caches than 512 do, and gives the same logits bit for bit. On a 2-core AMD EPYC (AVX2,
-# fp32, torch 2.14.1) 512 test images were predicted at 82.9 img/s in batches of 128 on one thread against 69.1 img/s
-# in one batch of 512 (136 against 128 img/s on two threads). An audit's tests predict 200-image sets, so it gains
-# little: a benchmark cell's audit took 180.3 s against 185.7 s, with the same result.
-# Larger images get proportionally fewer per batch on a CPU (32 at 64x64, 8 at 224x224), never fewer than 8.
+# Images per forward pass: a GPU wants large batches; on a CPU 128 images at 32x32 keep a ResNet-18's activations
+# nearer the caches than 512 do, with the same logits (1.20x on one thread; measured in docs/speed.md, Runs), and
+# larger images get proportionally fewer (32 at 64x64, 8 at 224x224), never fewer than 8.
 GPU_BATCH = 512
 CPU_BATCH = 128
 CPU_BATCH_AREA = 32 * 32
