@@ -292,6 +292,36 @@ def test_verdict_rules(transplanted, occluded, removal, kind, expected):
     assert spray.verdict(transplanted, occluded, untouched, removal, kind)[0] == expected
 
 
+class _Bright(nn.Module):
+    """Class 1 for images brighter than mid-grey, else class 0 (inputs normalised to about [-2, 2.5])."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.mean(dim=(1, 2, 3))
+        return torch.stack([-m, m], dim=1)
+
+
+def test_the_occluded_control_is_measured_only_where_the_transplant_reaches_the_candidate_bar():
+    def never() -> torch.Tensor:
+        raise AssertionError("the occluded images were made below the candidate bar")
+
+    below = _rate(0.09, spray.CANDIDATE_FLIP_RATE - 0.01, 0.12)
+    assert spray.occluded_control(_Bright(), below, 1, never, 0, CPU) is None
+    # Without it, the verdict is still "none" below the bar, except by the removal rule of constant pixels, and
+    # the test is ranked by its effect over the untouched control alone.
+    untouched = _rate(0.02, 0.01, 0.03)
+    assert spray.verdict(below, None, untouched, _rate(0.1, 0.05, 0.15), "relevance only")[0] == spray.NONE
+    assert "occluded not measured" in spray.verdict(below, None, untouched, _rate(0.1, 0.05, 0.15), "relevance only")[1]
+    assert spray.verdict(below, None, untouched, _rate(0.7, 0.6, 0.8), "constant pixels")[0] == spray.CANDIDATE
+    record = {"transplant_flip": below, "occluded_flip": None, "untouched": untouched}
+    assert spray.effect(record) == pytest.approx(below["low"] - untouched["high"])
+    # At the bar it is measured: 3 of 4 occluded images are bright, so 75% are called class 1.
+    occluded = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    occluded[:3] = 255
+    at_bar = _rate(0.2, spray.CANDIDATE_FLIP_RATE, 0.3)
+    measured = spray.occluded_control(_Bright(), at_bar, 1, lambda: occluded, 0, CPU)
+    assert measured["mean"] == pytest.approx(0.75) and measured["n"] == 4
+
+
 def test_box_iou():
     assert spray.box_iou((0, 0, 6, 6), (0, 0, 6, 6)) == 1.0
     assert spray.box_iou((0, 0, 6, 6), (0, 3, 6, 9)) == pytest.approx(18 / 54)

@@ -95,3 +95,7 @@ def test_a_skipped_class_keeps_only_why():
     assert skipped.to_dict() == {"n_images": 3, "skipped": "too few"}
     assert AuditClass.from_dict(skipped.to_dict()) == skipped
     assert AuditCandidate.from_dict(candidate(1, "frog", "none")).to_dict() == candidate(1, "frog", "none")
+    # Audit rules 6 leave the occluded control out below the candidate bar: recorded as null, read back as None.
+    unmeasured = {**candidate(1, "frog", "none"), "occluded_flip": None}
+    assert AuditCandidate.from_dict(unmeasured).occluded_flip is None
+    assert AuditCandidate.from_dict(unmeasured).to_dict() == unmeasured

@@ -226,7 +226,8 @@ class AuditCandidate:
     """One causally tested candidate: the `rank`-th class's best cluster, its region (`box_tlbr_px`, found as
     `kind`), the transplanted pixels ((3, h, w) uint8 values; None in audits written before they were
     recorded) and their mean colour, the rates with 95% intervals (pasted on other classes' images: called
-    this class; the region only occluded; the same images untouched; the region removed from the cluster's
+    this class; the region only occluded, None where the transplant was below the candidate bar and it was not
+    measured; the same images untouched; the region removed from the cluster's
     own images: prediction changed), the verdict and why. Optional: the overlap with a planted patch, and a
     confirmed artefact's sub-population (its clusters and their image count)."""
 
@@ -241,7 +242,7 @@ class AuditCandidate:
     mean_rgb: tuple[float, ...]
     pixels: tuple[tuple[tuple[int, ...], ...], ...] | None
     transplant_flip: Interval
-    occluded_flip: Interval
+    occluded_flip: Interval | None  # None: not measured, the transplant being below the candidate bar (rules 6)
     untouched: Interval
     removal_change: Interval
     verdict: str
@@ -265,7 +266,7 @@ class AuditCandidate:
                "relevance_box_tlbr_px": list(self.relevance_box_tlbr_px), "constant_px": self.constant_px,
                "mean_rgb": list(self.mean_rgb)}
         out = _optional(out, pixels=_lists(self.pixels) if self.pixels is not None else None)
-        out |= {"transplant_flip": self.transplant_flip.to_dict(), "occluded_flip": self.occluded_flip.to_dict(),
+        out |= {"transplant_flip": self.transplant_flip.to_dict(), "occluded_flip": self.occluded_flip.to_dict() if self.occluded_flip is not None else None,
                 "untouched": self.untouched.to_dict(), "removal_change": self.removal_change.to_dict(),
                 "verdict": self.verdict, "reason": self.reason}
         group = list(self.artefact_clusters) if self.artefact_clusters is not None else None
@@ -287,7 +288,7 @@ class AuditCandidate:
         return cls(get("rank"), get("class"), get("cluster"), get("n"), tuple(get("box_tlbr_px")), get("kind"),
                    tuple(get("relevance_box_tlbr_px")), get("constant_px"), tuple(get("mean_rgb")),
                    _tuples(pixels) if pixels is not None else None, interval("transplant_flip"),
-                   interval("occluded_flip"), interval("untouched"), interval("removal_change"), get("verdict"),
+                   interval("occluded_flip") if get("occluded_flip") is not None else None, interval("untouched"), interval("removal_change"), get("verdict"),
                    get("reason"), values.get("iou_with_planted_box"), tuple(group) if group is not None else None,
                    values.get("artefact_images"), values.get("test"),
                    tuple(AlsoTested.from_dict(t, what) for t in values["also_tested"]) if "also_tested" in values else None,

@@ -109,8 +109,12 @@ BRIDGE_PX = 4
 # 3: a constant-pixel region's transplant pastes its constant pixels only (not the cluster's median background
 # between them), and the per-image test pastes only the regions whose removal changes their own image's class;
 # 4: the per-image region grows until its removal changes its own image's class (`moving.REGION_LADDER`);
-# 5: every class is also tested at the pixels its images share more than other classes' do (`measure.shared`).
-RULES_VERSION = 5
+# 5: every class is also tested at the pixels its images share more than other classes' do (`measure.shared`);
+# 6: the occluded control is measured only where the transplant could make a finding (its lower bound at least
+# CANDIDATE_FLIP_RATE: below it the verdict is "none" whatever the controls say), and a test without it is ranked by
+# its effect over the untouched control. The verdicts stay those of version 5; which of a class's "none" tests it
+# keeps, and so the unexplained-concentration flags, can differ (docs/findings/benchmark.md).
+RULES_VERSION = 6
 TOP_CANDIDATES = None  # None: every class's strongest clusters are tested causally (--candidates N: the N top-ranked)
 TRANSPLANT_IMAGES = 1000  # other-class test images per transplant test (seeded choice)
 REMOVAL_RING_PX = RING_PX  # the local mean is taken over a 2 px ring around the region (at 32x32)
@@ -370,22 +374,23 @@ def box_iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def verdict(transplanted: dict, occluded: dict, untouched: dict, removal: dict, kind: str) -> tuple[str, str]:
+def verdict(transplanted: dict, occluded: dict | None, untouched: dict, removal: dict, kind: str) -> tuple[str, str]:
     """The verdict on one candidate by the rules above; each argument a `scores.bootstrap_ci` dict of rates.
 
     transplanted / occluded / untouched: other classes' images called the audited class with the region's
-    pixels pasted, with the region filled by its local mean, as they are; removal: the cluster's own images
-    whose prediction changed once the region was filled.
+    pixels pasted, with the region filled by its local mean (None: not measured, as `occluded_control` leaves it
+    below the candidate bar), as they are; removal: the cluster's own images whose prediction changed once the
+    region was filled.
     """
-    controls = max(occluded["high"], untouched["high"])
+    controls = max(untouched["high"], occluded["high"] if occluded is not None else 0.0)
     low = transplanted["low"]
     if low >= CONFIRM_FLIP_RATE and low > controls and kind == PER_IMAGE_KIND:
         return MOVING, (f"each image's own small region, pasted where it was, turns {transplanted['mean']:.0%} of other "
-                        f"classes' images into this class (occluding it: {occluded['mean']:.0%}): a moving artefact such as "
+                        f"classes' images into this class (occluding it: {_rate_text(occluded)}): a moving artefact such as "
                         "a watermark, or the class's object itself where objects are that small; see the examples")
     if low >= CONFIRM_FLIP_RATE and low > controls:
         return CONFIRMED, (f"the region's pixels alone turn {transplanted['mean']:.0%} of other classes' images into "
-                           f"this class (occluding it: {occluded['mean']:.0%})")
+                           f"this class (occluding it: {_rate_text(occluded)})")
     if kind in ARTEFACT_KINDS and low >= CANDIDATE_FLIP_RATE and low > controls:
         return CANDIDATE, (f"pasting the {kind} moves {transplanted['mean']:.0%} of other images to this class: "
                            f"above the controls, below the {CONFIRM_FLIP_RATE:.0%} bar")
@@ -396,7 +401,22 @@ def verdict(transplanted: dict, occluded: dict, untouched: dict, removal: dict, 
         return CANDIDATE, (f"removing the {kind} changes {removal['mean']:.0%} of the predictions of the images that "
                            f"carry them, but pasting them moves only {transplanted['mean']:.0%} of other images")
     return NONE, (f"pasting the region moves {transplanted['mean']:.0%} of other images to this class "
-                  f"(untouched {untouched['mean']:.0%}, occluded {occluded['mean']:.0%})")
+                  f"(untouched {untouched['mean']:.0%}, occluded {_rate_text(occluded)})")
+
+
+def _rate_text(rate: dict | None) -> str:
+    return f"{rate['mean']:.0%}" if rate is not None else "not measured, below the candidate bar"
+
+
+def occluded_control(model: nn.Module, transplanted: dict, target: int, occlude: Callable[[], torch.Tensor],
+                     seed: int, runtime: Runtime) -> dict | None:
+    """The occluded control's rate (other classes' images called `target` once `occlude()` has filled the region
+    with its local mean), measured only where the `transplanted` rate's lower bound reaches CANDIDATE_FLIP_RATE:
+    below it no verdict but "none" is possible, and the predictions (as many as the transplant's) are saved. None
+    there (a quarter of a benchmark cell's audit time: docs/zoo.md, rules version 6)."""
+    if transplanted["low"] < CANDIDATE_FLIP_RATE:
+        return None
+    return scores.bootstrap_ci(predict(model, occlude(), runtime) == target, seed)
 
 
 # ----- the audit of one model ------------------------------------------------------------------------------
@@ -515,7 +535,9 @@ def confirm_candidate(model: nn.Module, data: EvalSet, predictions: torch.Tensor
     others = seeded_cap((data.labels != target).nonzero().squeeze(1), settings.transplant_images, seed)
     pasted = paste(data.images[others], artefact)
     pasted_preds = predict(model, pasted, runtime)
-    occluded_preds = predict(model, remove(data.images[others], artefact, ring_px), runtime)  # the ring fill
+    transplanted = scores.bootstrap_ci(pasted_preds == target, seed)
+    occluded = occluded_control(model, transplanted, target, lambda: remove(data.images[others], artefact, ring_px),
+                                seed, runtime)  # the ring fill
     removed = remove(data.images[members], artefact, ring_px)
     removed_preds = predict(model, removed, runtime)
     record = {
@@ -523,8 +545,7 @@ def confirm_candidate(model: nn.Module, data: EvalSet, predictions: torch.Tensor
         "constant_px": region["constant_px"], "mean_rgb": [round(float(v), 1) for v in pixels.float().mean(dim=(1, 2))],
         "pixels": pixels.tolist(),  # what was transplanted: `repair --from-audit` removes exactly this
         **({"constant_mask": region["constant_mask"]} if "constant_mask" in region else {}),  # ... where this is 1
-        "transplant_flip": scores.bootstrap_ci(pasted_preds == target, seed),
-        "occluded_flip": scores.bootstrap_ci(occluded_preds == target, seed),
+        "transplant_flip": transplanted, "occluded_flip": occluded,
         "untouched": scores.bootstrap_ci(predictions[others] == target, seed),
         "removal_change": scores.bootstrap_ci(removed_preds != target, seed),
     }
@@ -572,14 +593,15 @@ def confirm_moving(model: nn.Module, data: EvalSet, predictions: torch.Tensor, m
     pasted = moving.transplant(data.images[others], sources[donors], masks[donors])
     paired = masks[donors][torch.arange(len(others)) % len(donors)]
     pasted_preds = predict(model, pasted, runtime)
-    occluded_preds = predict(model, moving.ring_fill(data.images[others], paired, scale.removal_ring_px), runtime)
+    transplanted = scores.bootstrap_ci(pasted_preds == target, seed)
+    occluded = occluded_control(model, transplanted, target,
+                                lambda: moving.ring_fill(data.images[others], paired, scale.removal_ring_px), seed, runtime)
     box = [int(v) for v in boxes.median(dim=0).values]
     inside = masks[:, None].expand_as(sources)
     record = {
         "box_tlbr_px": box, "kind": PER_IMAGE_KIND, "relevance_box_tlbr_px": box, "constant_px": 0,
         "mean_rgb": [round(float(v), 1) for v in (sources.float() * inside).sum(dim=(0, 2, 3)) / inside[:, 0].sum()],
-        "transplant_flip": scores.bootstrap_ci(pasted_preds == target, seed),
-        "occluded_flip": scores.bootstrap_ci(occluded_preds == target, seed),
+        "transplant_flip": transplanted, "occluded_flip": occluded,
         "untouched": scores.bootstrap_ci(predictions[others] == target, seed),
         "removal_change": scores.bootstrap_ci(steps >= 0, seed), "donors": len(donors),
         "decided_at_step": torch.bincount(steps[steps >= 0], minlength=len(moving.REGION_LADDER)).tolist(),
@@ -716,8 +738,10 @@ def discover(data: EvalSet, predictions: torch.Tensor, maps: torch.Tensor, setti
 
 
 def effect(record: dict) -> float:
-    """A tested region's causal effect: the transplant's lower bound minus the larger control's upper bound."""
-    return record["transplant_flip"]["low"] - max(record["occluded_flip"]["high"], record["untouched"]["high"])
+    """A tested region's causal effect: the transplant's lower bound minus the larger control's upper bound (the
+    untouched control's alone where the occluded one was not measured)."""
+    occluded = record["occluded_flip"]
+    return record["transplant_flip"]["low"] - max(record["untouched"]["high"], occluded["high"] if occluded else 0.0)
 
 
 def strength(record: dict) -> tuple[int, float]:

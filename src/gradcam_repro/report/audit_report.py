@@ -19,8 +19,10 @@ VERDICT_COLOURS = {CONFIRMED: "tab:red", MOVING: "tab:purple", CANDIDATE: "tab:o
 PANEL_IN = 1.35  # inches per image panel
 
 
-def _pct(stat: Interval) -> str:
-    return interval(stat, pct=True, units_in_brackets=False)
+def _pct(stat: Interval | None) -> str:
+    """A rate with its interval, or "not measured" for the occluded control of a transplant below the candidate
+    bar (rules 6)."""
+    return interval(stat, pct=True, units_in_brackets=False) if stat is not None else "not measured"
 
 
 def explainer_text(result: AuditResult) -> str:
@@ -211,8 +213,10 @@ def _rules(result: AuditResult) -> list[str]:
         "'relevance only').",
         f"4. **Transplant**: the region's per-pixel median is pasted at the same place on up to {s['transplant_images']} test "
         f"images of other classes; controls: the same images untouched, and with the region only occluded (filled with "
-        f"the mean of a {s['removal_ring_px']} px ring around it). **Removal**: the region is filled the same way in the "
-        "cluster's own images.",
+        f"the mean of a {s['removal_ring_px']} px ring around it)"
+        + (f", the latter measured only where the transplant's lower bound reaches {s['candidate_flip_rate']} (below "
+           "it the verdict is *none* whatever the controls say)" if s.get("rules_version", 1) >= 6 else "")
+        + ". **Removal**: the region is filled the same way in the cluster's own images.",
         f"5. **Verdict**: *{CONFIRMED}* when the transplant's flip rate has a lower 95% bound >= {s['confirm_flip_rate']} "
         f"and above both controls' upper bounds; *{CANDIDATE}* when the region holds constant pixels and either the "
         f"transplant's lower bound is >= {s['candidate_flip_rate']} and above both controls, or removing them changes "
