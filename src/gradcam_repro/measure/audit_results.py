@@ -266,7 +266,8 @@ class AuditCandidate:
                "relevance_box_tlbr_px": list(self.relevance_box_tlbr_px), "constant_px": self.constant_px,
                "mean_rgb": list(self.mean_rgb)}
         out = _optional(out, pixels=_lists(self.pixels) if self.pixels is not None else None)
-        out |= {"transplant_flip": self.transplant_flip.to_dict(), "occluded_flip": self.occluded_flip.to_dict() if self.occluded_flip is not None else None,
+        occluded = self.occluded_flip.to_dict() if self.occluded_flip is not None else None
+        out |= {"transplant_flip": self.transplant_flip.to_dict(), "occluded_flip": occluded,
                 "untouched": self.untouched.to_dict(), "removal_change": self.removal_change.to_dict(),
                 "verdict": self.verdict, "reason": self.reason}
         group = list(self.artefact_clusters) if self.artefact_clusters is not None else None
@@ -288,7 +289,8 @@ class AuditCandidate:
         return cls(get("rank"), get("class"), get("cluster"), get("n"), tuple(get("box_tlbr_px")), get("kind"),
                    tuple(get("relevance_box_tlbr_px")), get("constant_px"), tuple(get("mean_rgb")),
                    _tuples(pixels) if pixels is not None else None, interval("transplant_flip"),
-                   interval("occluded_flip") if get("occluded_flip") is not None else None, interval("untouched"), interval("removal_change"), get("verdict"),
+                   interval("occluded_flip") if get("occluded_flip") is not None else None, interval("untouched"),
+                   interval("removal_change"), get("verdict"),
                    get("reason"), values.get("iou_with_planted_box"), tuple(group) if group is not None else None,
                    values.get("artefact_images"), values.get("test"),
                    tuple(AlsoTested.from_dict(t, what) for t in values["also_tested"]) if "also_tested" in values else None,

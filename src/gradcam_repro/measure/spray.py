@@ -113,7 +113,7 @@ BRIDGE_PX = 4
 # 6: the occluded control is measured only where the transplant could make a finding (its lower bound at least
 # CANDIDATE_FLIP_RATE: below it the verdict is "none" whatever the controls say), and a test without it is ranked by
 # its effect over the untouched control. The verdicts stay those of version 5; which of a class's "none" tests it
-# keeps, and so the unexplained-concentration flags, can differ (docs/findings/benchmark.md).
+# keeps, and so the unexplained-concentration flags, can differ (docs/zoo.md: checked on 27 benchmark cells).
 RULES_VERSION = 6
 TOP_CANDIDATES = None  # None: every class's strongest clusters are tested causally (--candidates N: the N top-ranked)
 TRANSPLANT_IMAGES = 1000  # other-class test images per transplant test (seeded choice)
