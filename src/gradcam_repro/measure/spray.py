@@ -382,7 +382,7 @@ def verdict(transplanted: dict, occluded: dict | None, untouched: dict, removal:
     below the candidate bar), as they are; removal: the cluster's own images whose prediction changed once the
     region was filled.
     """
-    controls = max(untouched["high"], occluded["high"] if occluded is not None else 0.0)
+    controls = controls_high(untouched, occluded)
     low = transplanted["low"]
     if low >= CONFIRM_FLIP_RATE and low > controls and kind == PER_IMAGE_KIND:
         return MOVING, (f"each image's own small region, pasted where it was, turns {transplanted['mean']:.0%} of other "
@@ -402,6 +402,11 @@ def verdict(transplanted: dict, occluded: dict | None, untouched: dict, removal:
                            f"carry them, but pasting them moves only {transplanted['mean']:.0%} of other images")
     return NONE, (f"pasting the region moves {transplanted['mean']:.0%} of other images to this class "
                   f"(untouched {untouched['mean']:.0%}, occluded {_rate_text(occluded)})")
+
+
+def controls_high(untouched: dict, occluded: dict | None) -> float:
+    """The larger control's upper bound: the untouched images', or the occluded ones' where measured and larger."""
+    return max(untouched["high"], occluded["high"] if occluded is not None else 0.0)
 
 
 def _rate_text(rate: dict | None) -> str:
@@ -740,8 +745,7 @@ def discover(data: EvalSet, predictions: torch.Tensor, maps: torch.Tensor, setti
 def effect(record: dict) -> float:
     """A tested region's causal effect: the transplant's lower bound minus the larger control's upper bound (the
     untouched control's alone where the occluded one was not measured)."""
-    occluded = record["occluded_flip"]
-    return record["transplant_flip"]["low"] - max(record["untouched"]["high"], occluded["high"] if occluded else 0.0)
+    return record["transplant_flip"]["low"] - controls_high(record["untouched"], record["occluded_flip"])
 
 
 def strength(record: dict) -> tuple[int, float]:
