@@ -382,6 +382,7 @@ def test_audit_command_writes_json_markdown_and_figures_for_a_run_folder(run_fol
     (["--experiment", "repaired"], "run {run} has no experiment 'repaired'; fix: pass --experiment as one of baseline, biased"),
     (["--layer", "layer9"], "unknown layer 'layer9'; fix: pass --layer as one of"),
     (["--patch-test-fraction", "1.5"], "--patch-test-fraction must be in [0, 1], got 1.5"),
+    (["--seed", "-1"], "--seed must be in 0..4294967295, got -1"),  # it used to be numpy's traceback, mid-audit
     (["--classes", "toad"], "unknown class 'toad'; fix: pass --classes from circle"),
     # The untrained model calls every image "cross": a circle cluster would have no image.
     (["--classes", "circle"], "class 'circle' has 0 test image(s) predicted as it, fewer than the 20 needed"),

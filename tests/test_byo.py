@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradcam_repro as gr
+from gradcam_repro.api import as_images
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.cam import tokens_to_grid
 from gradcam_repro.explain.layers import DefaultLayers, check_layer, default_layers
@@ -209,7 +210,7 @@ def test_explain_an_entry_point_model_maps_its_red_channel(entry_point):
 def test_explain_rejects_images_that_are_not_pixels(resnet50):
     with pytest.raises(UserError, match=r"images must be \(N, 3, H, W\)"):
         gr.explain(resnet50, torch.zeros(2, 1, 8, 8))
-    with pytest.raises(UserError, match=r"float images must hold pixels in \[0, 1\]"):
+    with pytest.raises(UserError, match=r"float images must hold finite pixels in \[0, 1\]"):
         gr.explain(resnet50, torch.full((1, 3, 64, 48), 3.0))
 
 
@@ -312,30 +313,37 @@ def test_cli_audit_any_model_on_an_image_folder_at_64x48(tmp_path, capsys):
     assert not (tmp_path / "no").exists()
 
 
+class RedCorner(torch.nn.Module):
+    """Two classes: class 0's logit is 0.5, class 1's the red-minus-green-minus-blue sum over the bottom-right 8x8
+    corner / 16 (pixels in [0, 1]: mean 0, std 1), so a red 8x8 square there makes an image class 1 and a yellow one
+    (red - green = 0) does not."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Conv2d(3, 2, 1)
+        with torch.no_grad():
+            self.features.weight.zero_()
+            self.features.bias.copy_(torch.tensor([0.5, 0.0]))
+            self.features.weight[1, 0] = 1.0
+            self.features.weight[1, 1] = -1.0
+            self.features.weight[1, 2] = -1.0
+
+    def forward(self, x):
+        maps = self.features(x)
+        corner = torch.zeros_like(maps[:, 1])
+        corner[:, -8:, -8:] = 1.0
+        return torch.stack([maps[:, 0].mean((1, 2)), (maps[:, 1] * corner).sum((1, 2)) / 16], dim=1)
+
+
+def red_corner() -> nn.Module:
+    return gr.with_contract(RedCorner(), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+
+
 def test_measure_shortcut_on_any_model_follows_each_images_mask():
     """The Python API's shortcut measurement on a torchvision model at 48x64 px: a hand-checkable case where the
     model's logit for class 1 is the red share inside the bottom-right 8x8 corner, so pasting a red square there
     turns every image into class 1, a control colour does not, and the rates say so."""
-    import gradcam_repro as gr
-
-    class RedCorner(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.features = torch.nn.Conv2d(3, 2, 1)
-            with torch.no_grad():
-                self.features.weight.zero_()
-                self.features.bias.copy_(torch.tensor([0.5, 0.0]))
-                self.features.weight[1, 0] = 1.0
-                self.features.weight[1, 1] = -1.0
-                self.features.weight[1, 2] = -1.0
-
-        def forward(self, x):
-            maps = self.features(x)
-            corner = torch.zeros_like(maps[:, 1])
-            corner[:, -8:, -8:] = 1.0
-            return torch.stack([maps[:, 0].mean((1, 2)), (maps[:, 1] * corner).sum((1, 2)) / 16], dim=1)
-
-    model = gr.with_contract(RedCorner(), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    model = red_corner()
     images = torch.full((40, 3, 48, 64), 100, dtype=torch.uint8)
     labels = torch.arange(40) % 2
     result = gr.measure_shortcut(model, images, labels, {"kind": "square", "patch_size": 8, "color": (255, 0, 0),
@@ -346,3 +354,56 @@ def test_measure_shortcut_on_any_model_follows_each_images_mask():
     assert result.uniform["energy_in_box"] == pytest.approx(64 / (48 * 64))
     with pytest.raises(UserError, match="target 'cat' is not a class"):
         gr.measure_shortcut(model, images, labels, {"patch_size": 8}, target="cat", layers=["features"])
+
+
+def test_an_artefact_dict_takes_the_seeds_square_for_what_it_leaves_out():
+    """The documented dicts leave keys out (`{"kind": "text", "patch_size": 10, "corner": "bottom-right"}`): the rest
+    is the seed's yellow square's. On the red-corner model a red 8 px square there (kind and offset left out, the
+    colour by name) turns every image into class 1; the same square left yellow (colour left out) turns none."""
+    model, images = red_corner(), torch.full((40, 3, 48, 64), 100, dtype=torch.uint8)
+    labels = torch.arange(40) % 2
+    red = gr.measure_shortcut(model, images, labels, {"patch_size": 8, "color": "red", "corner": "bottom-right"},
+                              target=1, layers=["features"])
+    yellow = gr.measure_shortcut(model, images, labels, {"patch_size": 8, "corner": "bottom-right"}, target=1,
+                                 layers=["features"])
+    assert red.models["model"].flip_to_target["patch"].mean == 1.0
+    assert yellow.models["model"].flip_to_target["patch"].mean == 0.0
+    text = gr.measure_shortcut(model, images, labels, {"kind": "text", "patch_size": 10, "corner": "bottom-right"},
+                               target=1, layers=["features"])  # the docs' example: yellow text, no red, no flip
+    assert text.models["model"].flip_to_target["patch"].mean == 0.0
+
+
+@pytest.mark.parametrize("call, problem", [
+    (lambda m, x, y: gr.measure_shortcut(m, x, y, {"colour": (255, 0, 0)}, target=1), "unknown artefact key"),
+    (lambda m, x, y: gr.measure_shortcut(m, x, y, {"color": (300, 0, 0)}, target=1), "color must be three integers"),
+    (lambda m, x, y: gr.measure_shortcut(m, x, y, {"color": "rouge"}, target=1), "color must be three integers"),
+    (lambda m, x, y: gr.measure_shortcut(m, x, y, {"patch_size": 0}, target=1), "patch_size must be an integer >= 1"),
+    (lambda m, x, y: gr.measure_shortcut(m, x, y, ["square"], target=1), "an artefact is a data.zoo.Planted or a dict"),
+    (lambda m, x, y: gr.measure_shortcut(m, x, y + 2, {}, target=1), "labels go up to 3 but the model has 2 outputs"),
+    (lambda m, x, y: gr.audit(m, (x, y - 1)), "labels must be class indices"),
+    (lambda m, x, y: gr.repair(m, (x, y), {"size": 8}, target=1), "unknown artefact key"),
+    (lambda m, x, y: gr.explain(m, x[:2], layer="features", targets=[2, 0]), "targets must be class indices in"),
+    (lambda m, x, y: gr.explain(m, x[:0], layer="features"), "no images given"),
+    (lambda m, x, y: gr.explain(m, torch.full((2, 3, 48, 64), float("nan")), layer="features"), "finite pixels"),
+    (lambda m, x, y: gr.explain(m, x.long() * 3, layer="features"), "integer images must hold pixels in 0..255"),
+    (lambda m, x, y: gr.explain(m, x > 0, layer="features"), "dtype torch.bool"),
+    (lambda m, x, y: gr.audit(m, (x, y), seed=-1), "seed must be an integer in 0..4294967295"),
+    (lambda m, x, y: gr.measure_shortcut(m, x, y, {}, target=1, seed=-1), "seed must be an integer in 0..4294967295"),
+])
+def test_the_python_api_refuses_bad_input_with_the_problem_and_the_fix(call, problem):
+    """Bad artefacts, labels, targets and pixels are a `UserError` naming the problem and the fix (not a KeyError
+    or an IndexError from deep inside, and not a silent wrong answer such as 15 classes for a 2-output model)."""
+    images = torch.randint(0, 256, (20, 3, 48, 64), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    with pytest.raises(UserError, match=problem) as refused:
+        call(red_corner(), images, torch.arange(20) % 2)
+    assert "; fix: " in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_integer_pixels_are_read_as_pixels():
+    """int64 pixels (what `torch.tensor(numpy_image)` of an int array gives) are the same image as uint8 ones, not
+    255 times brighter."""
+    images = torch.randint(0, 256, (3, 3, 48, 64), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    assert torch.equal(as_images(images.long()), images)
+    as_uint8 = gr.explain(red_corner(), images, layer="features")
+    as_int64 = gr.explain(red_corner(), images.long(), layer="features")
+    assert torch.equal(as_uint8.logits, as_int64.logits) and torch.equal(as_uint8.maps, as_int64.maps)

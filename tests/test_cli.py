@@ -33,6 +33,7 @@ def snapshot(folder):
         (["--epochs", "0"], "--epochs must be >= 1, got 0"),
         (["--cam-layer", "layer5.conv"], "unknown layer 'layer5.conv'; fix: pass --cam-layer as one of"),
         (["--lr", "0"], "--lr must be > 0"),
+        (["--seed", "-1"], "--seed must be in 0..4294967295 (numpy's seed range), got -1"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_is_overwritten(flags, expected, previous_run, capsys):

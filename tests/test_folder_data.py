@@ -10,7 +10,7 @@ from PIL import Image
 
 from gradcam_repro.config import Config, parse_image_size, preset_config
 from gradcam_repro.data import folder as folder_mod
-from gradcam_repro.data.folder import fit_image, list_folder_tree, load_folder, stratified_split
+from gradcam_repro.data.folder import fit_image, folder_classes, list_folder_tree, load_folder, stratified_split
 from gradcam_repro.data.registry import DATASETS, dataset_for
 from gradcam_repro.errors import UserError
 
@@ -254,6 +254,15 @@ def bad_tree(tmp_path: Path, damage: str) -> Path:
 ])
 def test_a_bad_tree_names_the_problem_and_the_fix(tmp_path, damage, expected):
     expect_user_error(expected, load_folder, bad_tree(tmp_path, damage))
+
+
+def test_an_empty_class_folder_is_named_before_the_classes_are_counted(tmp_path):
+    """`audit` compares the model's class count with the tree's before it loads a file: an empty folder must not
+    count as a class there (it did: "the model has 2 classes but dataset folder has 3")."""
+    root = bad_tree(tmp_path, "empty class")
+    expect_user_error(r"class folder .*train/dog holds no images", folder_classes, root)
+    expect_user_error(r"class folder .*train/dog holds no images", dataset_for,
+                      preset_config("smoke", dataset="folder", data_root=str(root)))
 
 
 def test_a_missing_root_or_a_root_without_class_folders_is_named(tmp_path):

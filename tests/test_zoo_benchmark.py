@@ -119,6 +119,7 @@ def test_rates_are_k_of_n_with_a_clopper_pearson_interval():
     (["--kinds", "sticker"], "unknown benchmark kind 'sticker'"),
     (["--doses", "0"], "--doses must be in (0, 1]"),
     (["--seeds", "1", "1"], "names seed 1 twice"),
+    (["--seeds", "0", "-1"], "--seeds must be in 0..4294967295, got [0, -1]"),  # it used to fail every cell on Ray
 ])
 def test_bad_benchmark_grids_are_one_line_errors_that_write_nothing(tmp_path, capsys, flags, expected):
     out = tmp_path / "bench"

@@ -21,14 +21,17 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from gradcam_repro import store
-from gradcam_repro.data.bias import patch_artefact
+from gradcam_repro.config import MAX_SEED
+from gradcam_repro.data.bias import DEFAULT_PATCH, ZOO_KEYS, patch_artefact
 from gradcam_repro.data.images import EvalSet, ImageData, tensor_fingerprint
 from gradcam_repro.data.zoo import Planted, box_masks
 from gradcam_repro.errors import UserError
@@ -41,6 +44,7 @@ from gradcam_repro.measure.results import ShortcutResults
 from gradcam_repro.measure.shortcut import ShortcutProtocol
 from gradcam_repro.model import finetune
 from gradcam_repro.model.sources import InputContract, ModelSource, attach, contract_of
+from gradcam_repro.options import COLORS
 from gradcam_repro.pipeline.audit import write_audit
 from gradcam_repro.pipeline.folders import AuditFolder
 from gradcam_repro.pipeline.repair import refit_on_balanced
@@ -82,19 +86,29 @@ def with_contract(model: nn.Module, mean=None, std=None, classes=None, size=None
 
 
 def as_images(images) -> torch.Tensor:
-    """(N, 3, H, W) uint8 from uint8 or [0, 1] float tensors (a single (3, H, W) image too); `UserError` else."""
+    """(N, 3, H, W) uint8 from uint8 (or other integer) pixels in 0..255 or float tensors in [0, 1] (a single
+    (3, H, W) image too); `UserError` else."""
     images = torch.as_tensor(images)
     if images.dim() == 3:
         images = images[None]
     if images.dim() != 4 or images.shape[1] != 3:
         raise UserError(f"images must be (N, 3, H, W), got shape {tuple(images.shape)}; fix: stack RGB images "
                         "channels first")
+    if not len(images):
+        raise UserError("no images given (N = 0); fix: pass at least one image")
     if images.dtype == torch.uint8:
         return images
-    if images.is_floating_point() and len(images) and (images.min() < 0 or images.max() > 1):
-        raise UserError("float images must hold pixels in [0, 1]; fix: pass uint8 pixels, or divide by 255 (do not "
-                        "normalise them: the model's input contract does that)")
-    return (images.float() * 255).round().clamp(0, 255).to(torch.uint8)
+    if images.is_floating_point():
+        if not bool(torch.isfinite(images).all()) or images.min() < 0 or images.max() > 1:
+            raise UserError("float images must hold finite pixels in [0, 1]; fix: pass uint8 pixels, or divide by 255 "
+                            "(do not normalise them: the model's input contract does that)")
+        return (images.float() * 255).round().to(torch.uint8)
+    if images.dtype in (torch.int8, torch.int16, torch.int32, torch.int64):
+        if images.min() < 0 or images.max() > 255:
+            raise UserError("integer images must hold pixels in 0..255; fix: pass uint8 pixels, or floats in [0, 1]")
+        return images.to(torch.uint8)
+    raise UserError(f"images of dtype {images.dtype} cannot be read as pixels; fix: pass uint8 pixels, or floats "
+                    "in [0, 1]")
 
 
 def explain(model: nn.Module, images, method: str = "gradcam", layer: str | None = None, targets=None,
@@ -113,6 +127,9 @@ def explain(model: nn.Module, images, method: str = "gradcam", layer: str | None
     chosen = logits.argmax(1) if targets is None else torch.as_tensor(targets).long().flatten()
     if len(chosen) != len(images):
         raise UserError(f"got {len(chosen)} targets for {len(images)} images; fix: pass one class index per image")
+    if chosen.min() < 0 or chosen.max() >= logits.shape[1]:
+        raise UserError(f"targets must be class indices in [0, {logits.shape[1]}), got {chosen.tolist()[:10]}; fix: "
+                        "pass indices of the model's outputs")
     maps = explain_images(method, model, images, chosen, [] if layer == "input" else [layer], runtime, batch_size)
     return Explanation(method, layer, maps[layer], chosen, logits, contract_of(model).classes)
 
@@ -125,6 +142,8 @@ def measure_shortcut(model: nn.Module, images, labels, artefact: dict | Planted,
     named "model". `artefact`: a `data.zoo.Planted`, or the bias flags as a dict (kind, patch_size, color, corner,
     offset, text, opacity, strength, jpeg_quality; the seed's yellow square where left out); `target`: a class
     index, or a name from the model's contract. Runs on the model's device."""
+    patch = _patch(artefact)
+    _check_seed(seed)
     data = as_eval_set((images, labels, contract_of(model).classes) if contract_of(model).classes else (images, labels))
     target = data.classes.index(target) if isinstance(target, str) and target in data.classes else target
     if not isinstance(target, int) or not 0 <= target < len(data.classes):
@@ -135,7 +154,11 @@ def measure_shortcut(model: nn.Module, images, labels, artefact: dict | Planted,
     layers = list(layers) if layers else stage_layers(model, size)
     for layer in layers:
         check_layer(model, layer, size, "layers")
-    protocol = ShortcutProtocol(target, _patch(artefact), tuple(layers), method, seed)
+    outputs = predict_logits(model, data.images[:1], runtime).shape[1]
+    if int(data.labels.max()) >= outputs:
+        raise UserError(f"labels go up to {int(data.labels.max())} but the model has {outputs} outputs; fix: pass the "
+                        "labels of the classes the model was trained on")
+    protocol = ShortcutProtocol(target, patch, tuple(layers), method, seed)
     protocol.artefact(size)  # an artefact that cannot be drawn on these images: fail before measuring
     measured, _ = shortcut.measure_shortcut({"model": model}, data, protocol, runtime)
     return ShortcutResults.from_dict(measured)
@@ -147,7 +170,42 @@ def _patch(artefact: dict | Planted) -> dict:
         return {"patch_size": artefact.size, "color": tuple(artefact.color), "corner": artefact.placement,
                 "offset": artefact.offset, "kind": artefact.kind, "text": artefact.text, "opacity": artefact.opacity,
                 "strength": artefact.strength, "jpeg_quality": artefact.jpeg_quality}
-    return dict(artefact)
+    keys = (*DEFAULT_PATCH, *ZOO_KEYS)
+    if not isinstance(artefact, dict):
+        raise UserError(f"an artefact is a data.zoo.Planted or a dict, got a {type(artefact).__name__}; fix: pass "
+                        f"a dict of {', '.join(keys)}")
+    unknown = sorted(set(artefact) - set(keys))
+    if unknown:
+        raise UserError(f"unknown artefact key(s) {', '.join(map(repr, unknown))}; fix: use {', '.join(keys)}")
+    patch = {**DEFAULT_PATCH, **artefact}  # what is left out is the seed's yellow square's
+    rgb = _rgb(patch["color"])
+    checks = [
+        (isinstance(patch["patch_size"], Integral) and patch["patch_size"] >= 1,
+         f"patch_size must be an integer >= 1 (px), got {patch['patch_size']!r}"),
+        (isinstance(patch["offset"], Integral) and patch["offset"] >= 0,
+         f"offset must be an integer >= 0 (px), got {patch['offset']!r}"),
+        (rgb is not None,
+         f"color must be three integers in 0..255 like (255, 255, 0) or one of {', '.join(COLORS)}, "
+         f"got {patch['color']!r}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(f"{message}; fix: correct the artefact's {message.split()[0]}")
+    return {**patch, "patch_size": int(patch["patch_size"]), "offset": int(patch["offset"]), "color": rgb}
+
+
+def _rgb(color) -> tuple[int, int, int] | None:
+    """(r, g, b) of a colour given as three integers in 0..255 or a name of `options.COLORS`; None if neither."""
+    if isinstance(color, str):
+        color = COLORS.get(color.lower())
+    rgb = tuple(color) if isinstance(color, Iterable) else ()
+    return tuple(int(c) for c in rgb) if len(rgb) == 3 and all(
+        isinstance(c, Integral) and 0 <= c <= 255 for c in rgb) else None
+
+
+def _check_seed(seed) -> None:
+    if not isinstance(seed, Integral) or not 0 <= seed <= MAX_SEED:
+        raise UserError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}; fix: pass e.g. seed=0")
 
 
 def as_eval_set(dataset, classes=None) -> EvalSet:
@@ -162,6 +220,9 @@ def as_eval_set(dataset, classes=None) -> EvalSet:
         names = tuple(names) if names else tuple(str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0))
         if len(images) != len(labels):
             raise UserError(f"{len(images)} images but {len(labels)} labels; fix: pass one label per image")
+        if labels.min() < 0 or labels.max() >= len(names):
+            raise UserError(f"labels must be class indices in [0, {len(names)}), got {int(labels.min())}.."
+                            f"{int(labels.max())}; fix: pass one index per image into the {len(names)} class names")
         return EvalSet(images, labels, names)
     raise UserError(f"cannot audit a {type(dataset).__name__}; fix: pass an EvalSet, an ImageData or "
                     "(images, labels, classes)")
@@ -171,6 +232,7 @@ def audit(model: nn.Module, dataset, method: str | None = None, layer: str | Non
           out: str | Path | None = None, device: str = "cpu", classes=None) -> AuditResult:
     """The shortcut audit of `model` on `dataset` (see `as_eval_set`): clusters, regions, causal tests, verdicts,
     as audit.json holds them; with `out`, audit.json, AUDIT.md and the figures are written there too."""
+    _check_seed(seed)
     data = as_eval_set(dataset, classes)
     size = tuple(data.images.shape[-2:])
     runtime = Runtime(choose_device(device))
@@ -225,11 +287,12 @@ def repair(model: nn.Module, dataset, artefact: dict | Planted, target: int | st
         raise UserError(f"unknown repair {'option ' + unknown[0] if unknown else 'strategy ' + repr(strategy)}; fix: "
                         f"strategy from {', '.join(API_STRATEGIES)} (augment retrains from scratch: `gradcam-repro "
                         f"repair`), options from {', '.join(REPAIR_OPTIONS)}")
-    settings = {**REPAIR_OPTIONS, **options}
+    settings, patch = {**REPAIR_OPTIONS, **options}, _patch(artefact)
+    _check_seed(seed)
     fit_set = _training_set(dataset)
     held_out = as_eval_set(test if test is not None else dataset)
     target = held_out.classes.index(target) if isinstance(target, str) and target in held_out.classes else target
-    planted = patch_artefact(_patch(artefact), tuple(fit_set.images.shape[-2:]))
+    planted = patch_artefact(patch, tuple(fit_set.images.shape[-2:]))
     if planted.box is None:
         raise UserError("the artefact has no one fixed box to repair against; fix: give it a fixed corner or place")
     def measured(m: nn.Module) -> ShortcutResults:

@@ -33,6 +33,8 @@ RESIZE_POLICIES = ("resize", "centre-crop", "pad")
 # The smallest --image-size side: the CIFAR ResNet-18 downsamples by 8 (32 px -> 4x4 at layer4).
 MIN_IMAGE_SIDE = 8
 LR_SCHEDULES = ("constant", "onecycle")
+# The largest --seed: the cells' and the audit's numpy generators take seeds in 0..2**32 - 1.
+MAX_SEED = 2**32 - 1
 # The --help groups of Config's flags.
 RUN, TRAINING, SHORTCUT, EXPLANATION = "what to run", "training", "shortcut (bias injection)", "explanation and output"
 
@@ -171,6 +173,7 @@ class Config:
 
         Names that registries hold (the dataset, the CAM method) are checked against them by the pipeline."""
         checks = [
+            (0 <= self.seed <= MAX_SEED, f"--seed must be in 0..{MAX_SEED} (numpy's seed range), got {self.seed}"),
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),

@@ -57,15 +57,23 @@ def _class_folders(split_dir: Path) -> tuple[str, ...]:
     return tuple(sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")))
 
 
+def _files(folder: Path) -> Iterator[Path]:
+    """The files under `folder`, hidden ones and those in hidden folders left out."""
+    return (p for p in folder.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def _empty_class(folder: Path) -> UserError:
+    return UserError(f"class folder {folder} holds no images; fix: add its images or remove the folder")
+
+
 def _class_files(split_dir: Path, names: tuple[str, ...], classes: tuple[str, ...]) -> list[tuple[Path, int]]:
     """(file, label) for every file of the class folders `names` of `split_dir`, labels indexing `classes`."""
     files = []
     for name in names:
-        folder = split_dir / name
-        found = sorted(p for p in folder.rglob("*")
-                       if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+        found = sorted(_files(split_dir / name))
         if not found:
-            raise UserError(f"class folder {folder} holds no images; fix: add its images or remove the folder")
+            raise _empty_class(split_dir / name)
         files.extend((p, classes.index(name)) for p in found)
     return files
 
@@ -73,7 +81,8 @@ def _class_files(split_dir: Path, names: tuple[str, ...], classes: tuple[str, ..
 def folder_classes(root: str | Path) -> tuple[str, ...]:
     """The class names of the tree at `root` (sorted folder names of its training tree); reads no image.
 
-    Raises `UserError` where `root` is missing, has test/ without train/, or fewer than two class folders."""
+    Raises `UserError` where `root` is missing, has test/ without train/, fewer than two class folders, or a class
+    folder without a file."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"no image folder at {root}; fix: pass --data-root a folder holding train/<class>/ "
@@ -88,6 +97,9 @@ def folder_classes(root: str | Path) -> tuple[str, ...]:
     if len(classes) == 1:
         raise UserError(f"{train_dir} holds only one class folder ({classes[0]!r}); fix: add a folder per class, "
                         "at least two")
+    empty = next((name for name in classes if next(_files(train_dir / name), None) is None), None)
+    if empty is not None:  # before anything counts the classes: an empty folder is not a class
+        raise _empty_class(train_dir / empty)
     return classes
 
 
