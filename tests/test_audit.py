@@ -376,6 +376,16 @@ def test_audit_command_writes_json_markdown_and_figures_for_a_run_folder(run_fol
     assert {"figures/audit_ranking.png", "figures/audit_prototypes.png"} <= set(result["figures"])
     report = (out / "AUDIT.md").read_text()
     assert "# Shortcut audit: biased" in report and "HiResCAM at `layer2`" in report and "figures/audit_ranking.png" in report
+    # The colour-cast scan ran (3 classes, each re-measured on images the scan did not use) and is in the report.
+    assert len(result["colour_casts"]) == 3 and result["settings"]["colour_casts"]["levels"] == 8
+    assert all(c["flip"]["n"] > 0 for c in result["colour_casts"]) and "## Global colour casts" in report
+
+
+def test_no_colour_casts_leaves_the_scan_out_and_says_so(run_folder, capsys):
+    assert main(["audit", str(run_folder), "--device", "cpu", "--quiet", "--no-colour-casts"]) == 0, capsys.readouterr().err
+    result = json.loads((run_folder / "audit" / "audit.json").read_text())
+    assert "colour_casts" not in result and result["settings"]["colour_casts"] is None
+    assert "## Global colour casts" not in (run_folder / "audit" / "AUDIT.md").read_text()
 
 
 @pytest.mark.parametrize("flags, expected", [

@@ -35,7 +35,7 @@ from gradcam_repro.data.bias import DEFAULT_PATCH, ZOO_KEYS, patch_artefact
 from gradcam_repro.data.images import EvalSet, ImageData, tensor_fingerprint
 from gradcam_repro.data.zoo import Planted, box_masks
 from gradcam_repro.errors import UserError
-from gradcam_repro.explain.layers import check_layer, chosen_layer, default_layers, stage_layers
+from gradcam_repro.explain.layers import check_layer, chosen_layer, stage_layers
 from gradcam_repro.explain.registry import PIXEL_METHODS, explain_images, get_explainer
 from gradcam_repro.measure import shortcut, spray
 from gradcam_repro.measure.audit_results import AuditResult
@@ -229,9 +229,10 @@ def as_eval_set(dataset, classes=None) -> EvalSet:
 
 
 def audit(model: nn.Module, dataset, method: str | None = None, layer: str | None = None, seed: int = 0,
-          out: str | Path | None = None, device: str = "cpu", classes=None) -> AuditResult:
+          out: str | Path | None = None, device: str = "cpu", classes=None, colour_casts: bool = True) -> AuditResult:
     """The shortcut audit of `model` on `dataset` (see `as_eval_set`): clusters, regions, causal tests, verdicts,
-    as audit.json holds them; with `out`, audit.json, AUDIT.md and the figures are written there too."""
+    as audit.json holds them, and (`colour_casts`) the classes a faint global colour cast turns other images into;
+    with `out`, audit.json, AUDIT.md and the figures are written there too."""
     _check_seed(seed)
     data = as_eval_set(dataset, classes)
     size = tuple(data.images.shape[-2:])
@@ -242,12 +243,14 @@ def audit(model: nn.Module, dataset, method: str | None = None, layer: str | Non
         raise UserError(f"the model has {outputs} classes but the dataset has {len(data.classes)}; fix: pass the data "
                         "the model was trained on, with its class names")
     method = method or spray.AUDIT_METHOD
-    layer = layer or default_layers(model, size).audit if method in PIXEL_METHODS else chosen_layer(
-        model, layer, size, "audit")
+    # A pixel method explains the input, so no layer is probed for it (a model without feature maps can be
+    # audited so); the layer is only recorded, as the CLI does.
+    layer = (layer or spray.AUDIT_LAYER) if method in PIXEL_METHODS else chosen_layer(model, layer, size, "audit")
     if out is not None:
         store.check_writable(Path(out))
     start = time.perf_counter()
-    found, examples = spray.audit_model(model, data, spray.AuditSettings(method, layer, seed), runtime)
+    found, examples = spray.audit_model(model, data, spray.AuditSettings(method, layer, seed, colour_casts=colour_casts),
+                                         runtime)
     result = AuditResult.from_dict({
         "target": "python", "model": type(model).__name__, "experiment": type(model).__name__,
         "dataset": {"name": "python", "source": "python", "fingerprint": tensor_fingerprint(data.images, data.labels),

@@ -222,6 +222,33 @@ class Unexplained:
 
 
 @dataclass(frozen=True)
+class ColourCast:
+    """A class that a faint global colour cast turns other images into (`measure.casts`): the cast's direction
+    (-1/0/+1 per R, G, B) and size in intensity levels, its rate in the scan over every direction, and the rate
+    measured again on other images (`flip`), the one to read. No verdict is drawn from it."""
+
+    class_name: str
+    direction: tuple[int, int, int]
+    levels: int
+    scan_flip: float
+    flip: Interval
+
+    def to_dict(self) -> dict:
+        return {"class": self.class_name, "direction": list(self.direction), "levels": self.levels,
+                "scan_flip": self.scan_flip, "flip": self.flip.to_dict()}
+
+    @classmethod
+    def from_dict(cls, values: dict, what: str = "a colour cast") -> ColourCast:
+        return cls(_get(values, "class", what), tuple(_get(values, "direction", what)), _get(values, "levels", what),
+                   _get(values, "scan_flip", what), Interval.from_dict(_get(values, "flip", what)))
+
+    @property
+    def rgb_levels(self) -> tuple[int, int, int]:
+        """The shift of each channel in levels, e.g. (8, -8, 8) for a magenta cast of 8."""
+        return tuple(d * self.levels for d in self.direction)
+
+
+@dataclass(frozen=True)
 class AuditCandidate:
     """One causally tested candidate: the `rank`-th class's best cluster, its region (`box_tlbr_px`, found as
     `kind`), the transplanted pixels ((3, h, w) uint8 values; None in audits written before they were
@@ -325,6 +352,7 @@ class AuditResult:
     unexplained: tuple[Unexplained, ...] | None = None  # None in audits written before it was looked for
     planted_box_tlbr_px: tuple[int, ...] | None = None
     figures: tuple[str, ...] = ()
+    colour_casts: tuple[ColourCast, ...] | None = None  # None where not scanned (older audits, or turned off)
 
     def to_dict(self) -> dict:
         out = {key: getattr(self, key) for key in _FACTS}
@@ -334,6 +362,8 @@ class AuditResult:
                 "confirmed": list(self.confirmed)}
         if self.unexplained is not None:
             out["unexplained"] = [u.to_dict() for u in self.unexplained]
+        if self.colour_casts is not None:
+            out["colour_casts"] = [c.to_dict() for c in self.colour_casts]
         planted = list(self.planted_box_tlbr_px) if self.planted_box_tlbr_px is not None else None
         out = _optional(out, planted_box_tlbr_px=planted) | {"seconds": dict(self.seconds)}
         return out | ({"figures": list(self.figures)} if self.figures else {})
@@ -350,4 +380,6 @@ class AuditResult:
                    tuple(RankedCluster.from_dict(r, what) for r in get("ranking")), candidates, tuple(get("confirmed")),
                    dict(get("seconds")),
                    tuple(Unexplained.from_dict(u, what) for u in unexplained) if unexplained is not None else None,
-                   tuple(planted) if planted is not None else None, tuple(values.get("figures", ())))
+                   tuple(planted) if planted is not None else None, tuple(values.get("figures", ())),
+                   tuple(ColourCast.from_dict(c, what) for c in casts) if (casts := values.get("colour_casts")) is not None
+                   else None)

@@ -24,7 +24,9 @@ other cluster whose region is constant pixels (a partly relied-on artefact's ima
 cluster) and its most peaked group per image. Each class keeps the test with the largest causal effect, and the
 findings are ranked by that effect, not by how concentrated the relevance is.
 Where a class's relevance stands out yet no test confirms anything, the audit says so ("unexplained
-concentration") instead of implying that there is no shortcut.
+concentration") instead of implying that there is no shortcut. A global artefact (a colour cast) has no region
+at all: the audit measures which classes a faint cast over the whole image turns other images into
+(`measure.casts`), and reports the rates without a verdict.
 
 Image size: every number above that is counted in pixels was tuned on 32x32 images, and is read at other sizes
 by one rule (`AuditScale.for_size`): shares of the image stay shares (the fixed place is 1/16 of the image, the
@@ -54,7 +56,7 @@ from gradcam_repro.data.images import EvalSet
 from gradcam_repro.data.zoo import box_masks
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.registry import explain_images
-from gradcam_repro.measure import moving, scores, shared
+from gradcam_repro.measure import casts, moving, scores, shared
 from gradcam_repro.measure.predict import predict
 from gradcam_repro.measure.shortcut import seeded_cap
 from gradcam_repro.runtime import Runtime
@@ -438,6 +440,7 @@ class AuditSettings:
     top_candidates: int | None = TOP_CANDIDATES
     transplant_images: int = TRANSPLANT_IMAGES
     batch_size: int = 256
+    colour_casts: bool = True  # the global colour-cast scan (`measure.casts`): measured, no verdict
 
 
 def settings_record(settings: AuditSettings, scale: AuditScale) -> dict:
@@ -458,7 +461,8 @@ def settings_record(settings: AuditSettings, scale: AuditScale) -> dict:
             "unexplained_ratio": moving.UNEXPLAINED_RATIO, "shared_tolerance": shared.TOLERANCE,
             "shared_ratio": shared.SHARED_RATIO, "shared_min_share": shared.MIN_SHARE,
             "shared_carrier_share": shared.CARRIER_SHARE,
-            "bootstrap_resamples": scores.BOOTSTRAP_RESAMPLES, "confidence": scores.CONFIDENCE}
+            "bootstrap_resamples": scores.BOOTSTRAP_RESAMPLES, "confidence": scores.CONFIDENCE,
+            "colour_casts": casts.settings_record() if settings.colour_casts else None}
 
 
 def _cluster_record(maps: torch.Tensor, images: torch.Tensor, reference_spread: torch.Tensor, seed: int) -> tuple[dict, dict]:
@@ -871,6 +875,8 @@ def audit_model(model: nn.Module, data: EvalSet, settings: AuditSettings, runtim
     result = {"n_test": len(data.labels), "settings": settings_record(settings, AuditScale.of(data.images)), "classes": classes, "ranking": ranked,
               "candidates": candidates, "confirmed": [c["class"] for c in candidates if c["verdict"] == CONFIRMED],
               "unexplained": unexplained_classes(classes, candidates)}
+    if settings.colour_casts:
+        result["colour_casts"] = casts.scan_casts(model, data.images, predictions, data.classes, runtime, settings.seed)
     if data.planted_box is not None:
         result["planted_box_tlbr_px"] = list(data.planted_box)
     return result, {"images": data.images, "maps": maps, "predictions": predictions, "classes": class_examples,

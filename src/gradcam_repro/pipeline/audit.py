@@ -76,6 +76,9 @@ class AuditOptions:
     patch_test_class: str | None = field(default=None, metadata={
         "help": "class whose test images get the patch", "default_text": "the run's bias class"})
     seed: int = field(default=0, metadata={"help": "seed of the subsets, the pasted share, clustering and bootstrap"})
+    colour_casts: bool = field(default=True, metadata={
+        "help": "also measure which classes a faint global colour cast turns other images into (26 casts of 8 "
+                "levels on 100 images, then the strongest 3 on 200 more; a measurement, no verdict)"})
     # The artefact --patch-test-fraction pastes, where it differs from the run's: (Config field, value) pairs
     # from the run's artefact flags (--artefact, --placement, --jpeg-quality, ...).
     pasted: tuple[tuple[str, object], ...] = field(default=(), metadata={"cli": False})
@@ -230,7 +233,8 @@ def audit(target: str | Path, options: AuditOptions, log=print) -> AuditDone:
     """Audit the model at `target` and write audit.json, AUDIT.md and the figures."""
     wall = time.perf_counter()
     p = prepare_audit(target, options, log)
-    settings = spray.AuditSettings(options.method, p.layer, options.seed, options.classes, options.candidates)
+    settings = spray.AuditSettings(options.method, p.layer, options.seed, options.classes, options.candidates,
+                                   colour_casts=options.colour_casts)
     where = "the input" if options.method in PIXEL_METHODS else p.layer
     log(f"auditing {p.target.name} ({p.target.model_path}) on {len(p.data.labels)} test images with {options.method} at {where}")
     with AuditFolder(p.out).lock():
@@ -302,7 +306,8 @@ def audit_cell(model: torch.nn.Module, config: Config, data: ImageData, runtime:
                                    artefact)
     test = EvalSet(images, data.test_labels, tuple(data.classes), patched=patched, planted_box=artefact.box,
                    planted_masks=masks if artefact.box is None else None)
-    settings = spray.AuditSettings(seed=config.seed, transplant_images=transplant_images)
+    # No colour-cast scan: the benchmark does not score it, and it would add a fifth to every cell's audit.
+    settings = spray.AuditSettings(seed=config.seed, transplant_images=transplant_images, colour_casts=False)
     found, _ = spray.audit_model(model, test, settings, runtime)
     mine = next((c for c in found["candidates"] if c["class"] == config.bias_class), None)
     return AuditSummary(
