@@ -229,12 +229,13 @@ def as_eval_set(dataset, classes=None) -> EvalSet:
 
 
 def audit(model: nn.Module, dataset, method: str | None = None, layer: str | None = None, seed: int = 0,
-          out: str | Path | None = None, device: str = "cpu", classes=None, colour_casts: bool = True) -> AuditResult:
-    """The shortcut audit of `model` on `dataset` (see `as_eval_set`): clusters, regions, causal tests, verdicts,
-    as audit.json holds them, and (`colour_casts`) the classes a faint global colour cast turns other images into;
-    with `out`, audit.json, AUDIT.md and the figures are written there too."""
+          out: str | Path | None = None, device: str = "cpu", colour_casts: bool = True) -> AuditResult:
+    """The shortcut audit of `model` on `dataset` (see `as_eval_set`; class names come with it, as an
+    (images, labels, classes) tuple): clusters, regions, causal tests, verdicts, as audit.json holds them, and
+    (`colour_casts`) the classes a faint global colour cast turns other images into; with `out`, audit.json,
+    AUDIT.md and the figures are written there too."""
     _check_seed(seed)
-    data = as_eval_set(dataset, classes)
+    data = as_eval_set(dataset)
     size = tuple(data.images.shape[-2:])
     runtime = Runtime(choose_device(device))
     model = model.to(runtime.device).eval()
