@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from gradcam_repro import store
-from gradcam_repro.config import MAX_SEED
+from gradcam_repro.config import MAX_SEED, valid_seed
 from gradcam_repro.data.bias import DEFAULT_PATCH, ZOO_KEYS, patch_artefact
 from gradcam_repro.data.images import EvalSet, ImageData, tensor_fingerprint
 from gradcam_repro.data.zoo import Planted, box_masks
@@ -154,7 +154,7 @@ def measure_shortcut(model: nn.Module, images, labels, artefact: dict | Planted,
     layers = list(layers) if layers else stage_layers(model, size)
     for layer in layers:
         check_layer(model, layer, size, "layers")
-    outputs = predict_logits(model, data.images[:1], runtime).shape[1]
+    outputs = _outputs(model, data.images, runtime)
     if int(data.labels.max()) >= outputs:
         raise UserError(f"labels go up to {int(data.labels.max())} but the model has {outputs} outputs; fix: pass the "
                         "labels of the classes the model was trained on")
@@ -203,8 +203,13 @@ def _rgb(color) -> tuple[int, int, int] | None:
         isinstance(c, Integral) and 0 <= c <= 255 for c in rgb) else None
 
 
+def _outputs(model: nn.Module, images: torch.Tensor, runtime: Runtime) -> int:
+    """How many classes `model` scores: the width of its logits on the first image."""
+    return predict_logits(model, images[:1], runtime).shape[1]
+
+
 def _check_seed(seed) -> None:
-    if not isinstance(seed, Integral) or not 0 <= seed <= MAX_SEED:
+    if not valid_seed(seed):
         raise UserError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}; fix: pass e.g. seed=0")
 
 
@@ -239,7 +244,7 @@ def audit(model: nn.Module, dataset, method: str | None = None, layer: str | Non
     size = tuple(data.images.shape[-2:])
     runtime = Runtime(choose_device(device))
     model = model.to(runtime.device).eval()
-    outputs = predict_logits(model, data.images[:1], runtime).shape[1]
+    outputs = _outputs(model, data.images, runtime)
     if outputs != len(data.classes):
         raise UserError(f"the model has {outputs} classes but the dataset has {len(data.classes)}; fix: pass the data "
                         "the model was trained on, with its class names")

@@ -8,6 +8,7 @@ result, so a result can always be traced back to what produced it.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import re
 from dataclasses import dataclass, field
 
@@ -35,6 +36,12 @@ MIN_IMAGE_SIDE = 8
 LR_SCHEDULES = ("constant", "onecycle")
 # The largest --seed: the cells' and the audit's numpy generators take seeds in 0..2**32 - 1.
 MAX_SEED = 2**32 - 1
+
+
+def valid_seed(seed) -> bool:
+    """Whether `seed` is a whole number numpy's generators take (0..MAX_SEED): the one check of every seed flag."""
+    return isinstance(seed, numbers.Integral) and 0 <= seed <= MAX_SEED
+
 # The --help groups of Config's flags.
 RUN, TRAINING, SHORTCUT, EXPLANATION = "what to run", "training", "shortcut (bias injection)", "explanation and output"
 
@@ -173,7 +180,7 @@ class Config:
 
         Names that registries hold (the dataset, the CAM method) are checked against them by the pipeline."""
         checks = [
-            (0 <= self.seed <= MAX_SEED, f"--seed must be in 0..{MAX_SEED} (numpy's seed range), got {self.seed}"),
+            (valid_seed(self.seed), f"--seed must be in 0..{MAX_SEED} (numpy's seed range), got {self.seed}"),
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from gradcam_repro import store
-from gradcam_repro.config import MAX_SEED, Config
+from gradcam_repro.config import MAX_SEED, Config, valid_seed
 from gradcam_repro.data.bias import patch_artefact, plant
 from gradcam_repro.data.images import EvalSet, ImageData, stratified_subset
 from gradcam_repro.data.registry import dataset_for
@@ -140,7 +140,7 @@ def check_options(options: AuditOptions) -> None:
                                               "fix: add --patch-test-fraction F or drop them"),
         (options.candidates is None or options.candidates >= 1, f"--candidates must be >= 1, got {options.candidates}"),
         (options.images is None or options.images >= 10, f"--images must be >= 10, got {options.images}"),
-        (0 <= options.seed <= MAX_SEED, f"--seed must be in 0..{MAX_SEED}, got {options.seed}"),
+        (valid_seed(options.seed), f"--seed must be in 0..{MAX_SEED}, got {options.seed}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gradcam_repro import store
-from gradcam_repro.config import MAX_SEED, PRESETS, preset_config
+from gradcam_repro.config import MAX_SEED, PRESETS, preset_config, valid_seed
 from gradcam_repro.data import zoo
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.registry import map_layers
@@ -98,7 +98,7 @@ class BenchmarkOptions:
         unknown = [k for k in self.kinds if k not in RECIPES]
         if unknown:
             raise UserError(f"unknown benchmark kind {unknown[0]!r}; fix: pass --kinds from {', '.join(RECIPES)}")
-        if not all(0 <= s <= MAX_SEED for s in self.seeds):
+        if not all(valid_seed(s) for s in self.seeds):
             raise UserError(f"--seeds must be in 0..{MAX_SEED}, got {list(self.seeds)}; fix: e.g. --seeds 0 1 2")
         if not all(0.0 < d <= 1.0 for d in self.doses):
             raise UserError(f"--doses must be in (0, 1], got {list(self.doses)}; fix: e.g. --doses 1.0 0.3")
