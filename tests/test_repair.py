@@ -17,6 +17,7 @@ from gradcam_repro.data import artefact as artefacts
 from gradcam_repro.data.bias import bias_dataset, inject_patch, patch_box
 from gradcam_repro.data.images import ImageData
 from gradcam_repro.data.shapes import SHAPES_CLASSES, make_shapes
+from gradcam_repro.errors import UserError
 from gradcam_repro.measure.predict import predict
 from gradcam_repro.model.finetune import FinetuneSettings, penultimate_features, refit_last_layer, rrr_finetune, rrr_penalty
 from gradcam_repro.pipeline.experiment import TrainingSet, training_images
@@ -163,6 +164,15 @@ def test_the_artefact_comes_from_the_audits_top_confirmed_candidate(tmp_path):
     assert torch.equal(artefacts.from_images((0, 0, 2, 2), torch.stack([torch.full((3, 8, 8), v, dtype=torch.uint8)
                                                                          for v in (0, 9, 90)]), "frog", "box").pixels,
                        torch.full((3, 2, 2), 9, dtype=torch.uint8))
+
+
+def test_a_pattern_confirmed_by_the_audit_is_no_artefact_to_cut_out(tmp_path):
+    candidates = [candidate(1, "frog", "confirmed shortcut", box_tlbr_px=[0, 0, 32, 32], kind="shared pattern",
+                            test="shared pattern", pattern_rms=21.4, mean_rgb=[0.1, 0.0, -0.1], pixels=None)]
+    candidates[0] |= {"cluster": None, "occluded_flip": None}  # as audit.json holds them: no cluster, no occlusion
+    (tmp_path / "audit.json").write_text(json.dumps(audit_json(candidates)))
+    with pytest.raises(UserError, match="shared-pattern test .* fix: repair with the run's own artefact"):
+        artefact_from_audit(tmp_path)
 
 
 # ----- the command ----------------------------------------------------------------------------------------------

@@ -277,15 +277,23 @@ class AuditCandidate:
     iou_with_planted_box: float | None = None
     artefact_clusters: tuple[int, ...] | None = None
     artefact_images: int | None = None
-    test: str | None = None  # "fixed place", "per image" (each image's own region) or "shared pixels"; None: written before there were two
+    test: str | None = None  # "fixed place", "per image" (each image's own region), "shared pixels" or "shared pattern";
+    # None: written before there were two
     also_tested: tuple[AlsoTested, ...] | None = None  # the class's other test, weaker than this one
     constant_mask: tuple[str, ...] | None = None  # rows of "1"/"0" over the box: the pixels pasted (None: all of them)
     donors: int | None = None  # the per-image test: how many images' regions were pasted (those that decide their image)
+    pattern_rms: float | None = None  # the shared-pattern test: the pasted pattern's RMS in intensity levels ...
+    rolled_flip: Interval | None = None  # ... and the rate with it rolled out of place (None: below the candidate bar)
 
     @property
     def per_image(self) -> bool:
         """Whether the region was each image's own (an artefact that moves), not one fixed box."""
         return self.test == "per image"
+
+    @property
+    def pattern(self) -> bool:
+        """Whether what was pasted is a faint pattern added to the images (`measure.patterns`), not pixels drawn."""
+        return self.test == "shared pattern"
 
     def to_dict(self) -> dict:
         out = {"rank": self.rank, "class": self.class_name, "cluster": self.cluster, "n": self.n,
@@ -302,7 +310,8 @@ class AuditCandidate:
         mask = list(self.constant_mask) if self.constant_mask is not None else None
         return _optional(out, iou_with_planted_box=self.iou_with_planted_box, artefact_clusters=group,
                          artefact_images=self.artefact_images, test=self.test, also_tested=also, constant_mask=mask,
-                         donors=self.donors)
+                         donors=self.donors, pattern_rms=self.pattern_rms,
+                         rolled_flip=self.rolled_flip.to_dict() if self.rolled_flip is not None else None)
 
     @classmethod
     def from_dict(cls, values: dict, what: str = "a candidate") -> AuditCandidate:
@@ -321,7 +330,9 @@ class AuditCandidate:
                    get("reason"), values.get("iou_with_planted_box"), tuple(group) if group is not None else None,
                    values.get("artefact_images"), values.get("test"),
                    tuple(AlsoTested.from_dict(t, what) for t in values["also_tested"]) if "also_tested" in values else None,
-                   tuple(values["constant_mask"]) if "constant_mask" in values else None, values.get("donors"))
+                   tuple(values["constant_mask"]) if "constant_mask" in values else None, values.get("donors"),
+                   values.get("pattern_rms"),
+                   Interval.from_dict(values["rolled_flip"], what) if values.get("rolled_flip") is not None else None)
 
 
 # audit.json's keys before the audit's findings, in the order they are written.

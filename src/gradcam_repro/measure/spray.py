@@ -56,7 +56,7 @@ from gradcam_repro.data.images import EvalSet
 from gradcam_repro.data.zoo import box_masks
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.registry import explain_images
-from gradcam_repro.measure import casts, moving, scores, shared
+from gradcam_repro.measure import casts, moving, patterns, scores, shared
 from gradcam_repro.measure.predict import predict
 from gradcam_repro.measure.shortcut import seeded_cap
 from gradcam_repro.runtime import Runtime
@@ -116,7 +116,9 @@ BRIDGE_PX = 4
 # CANDIDATE_FLIP_RATE: below it the verdict is "none" whatever the controls say), and a test without it is ranked by
 # its effect over the untouched control. The verdicts stay those of version 5; which of a class's "none" tests it
 # keeps, and so the unexplained-concentration flags, can differ (docs/zoo.md: checked on 27 benchmark cells).
-RULES_VERSION = 6
+# 7: every class is also tested at a faint pattern its images share in their fine detail (`measure.patterns`: a
+# sensor's fixed noise), added to other classes' images (the rate with it rolled out of place is reported).
+RULES_VERSION = 7
 TOP_CANDIDATES = None  # None: every class's strongest clusters are tested causally (--candidates N: the N top-ranked)
 TRANSPLANT_IMAGES = 1000  # other-class test images per transplant test (seeded choice)
 REMOVAL_RING_PX = RING_PX  # the local mean is taken over a 2 px ring around the region (at 32x32)
@@ -146,10 +148,12 @@ CONFIRMED, CANDIDATE, NONE = "confirmed shortcut", "candidate only", "none"
 #   artefact from a small object. It is reported as a finding to look at, with its examples, never as "none".
 MOVING = "moving region"
 VERDICT_ORDER = (CONFIRMED, MOVING, CANDIDATE, NONE)  # a class keeps its strongest finding, in this order, then by effect
-FIXED_TEST, PER_IMAGE_TEST, SHARED_TEST = "fixed place", "per image", "shared pixels"
+FIXED_TEST, PER_IMAGE_TEST, SHARED_TEST, PATTERN_TEST = "fixed place", "per image", "shared pixels", "shared pattern"
 PER_IMAGE_KIND = "per-image relevance"
 SHARED_KIND = "shared pixels"
-ARTEFACT_KINDS = ("constant pixels", SHARED_KIND)  # regions made of what an artefact leaves, not of relevance alone
+PATTERN_KIND = "shared pattern"
+# Regions made of what an artefact leaves, not of relevance alone.
+ARTEFACT_KINDS = ("constant pixels", SHARED_KIND, PATTERN_KIND)
 UNEXPLAINED = "unexplained concentration"
 
 
@@ -460,7 +464,8 @@ def settings_record(settings: AuditSettings, scale: AuditScale) -> dict:
             "region_ladder": [list(step) for step in moving.REGION_LADDER],
             "unexplained_ratio": moving.UNEXPLAINED_RATIO, "shared_tolerance": shared.TOLERANCE,
             "shared_ratio": shared.SHARED_RATIO, "shared_min_share": shared.MIN_SHARE,
-            "shared_carrier_share": shared.CARRIER_SHARE,
+            "shared_carrier_share": shared.CARRIER_SHARE, "pattern_carrier_sigmas": patterns.CARRIER_SIGMAS,
+            "pattern_box_share": patterns.BOX_SHARE, "pattern_local_mean_px": patterns.LOCAL_MEAN_PX,
             "bootstrap_resamples": scores.BOOTSTRAP_RESAMPLES, "confidence": scores.CONFIDENCE,
             "colour_casts": casts.settings_record() if settings.colour_casts else None}
 
@@ -649,6 +654,57 @@ def confirm_shared(model: nn.Module, data: EvalSet, predictions: torch.Tensor, m
     return record, {**examples, "carriers": carriers, "share": found["share"]}
 
 
+def confirm_pattern(model: nn.Module, data: EvalSet, predictions: torch.Tensor, members: torch.Tensor,
+                    settings: AuditSettings, runtime: Runtime) -> tuple[dict, dict] | None:
+    """The test at a faint pattern the class's images share (`measure.patterns`): members are every image assigned to
+    the class, the reference as many images assigned to other classes (seeded). The pattern is added to other classes'
+    images (the control: the same pattern rolled out of place) and subtracted from the images that carry it. None
+    where fewer than MIN_CLUSTER_IMAGES images carry a pattern."""
+    target, seed = int(predictions[members[0]]), settings.seed
+    reference = seeded_cap((predictions != target).nonzero().squeeze(1), len(members), seed)
+    found = patterns.shared_pattern(data.images[members], data.images[reference], seed)
+    carriers = members[found["carriers"]]
+    if len(carriers) < MIN_CLUSTER_IMAGES:
+        return None
+    shift, box = found["pattern"], found["box"]
+    others = seeded_cap((data.labels != target).nonzero().squeeze(1), settings.transplant_images, seed)
+    pasted = patterns.add(data.images[others], shift)
+    pasted_preds = predict(model, pasted, runtime)
+    transplanted = scores.bootstrap_ci(pasted_preds == target, seed)
+    rolled = occluded_control(model, transplanted, target, lambda: patterns.add(data.images[others], patterns.rolled(shift)),
+                              seed, runtime)
+    removed = patterns.add(data.images[carriers], shift, sign=-1.0)
+    removed_preds = predict(model, removed, runtime)
+    record = {
+        "box_tlbr_px": list(box), "kind": PATTERN_KIND, "relevance_box_tlbr_px": list(box), "constant_px": 0,
+        "mean_rgb": [round(float(v), 1) for v in shift.mean(dim=(1, 2))], "pattern_rms": round(found["rms"], 2),
+        "transplant_flip": transplanted, "occluded_flip": None, "rolled_flip": rolled,
+        "untouched": scores.bootstrap_ci(predictions[others] == target, seed),
+        "removal_change": scores.bootstrap_ci(removed_preds != target, seed),
+    }
+    # Nothing is covered when a pattern is added, so the untouched images are the verdict's control; the rolled
+    # pattern says whether the model answers this pattern or fine texture of its strength anywhere (both a shortcut).
+    record["verdict"], _ = verdict(transplanted, None, record["untouched"], record["removal_change"], PATTERN_KIND)
+    specific = ("" if rolled is None else "; the same pattern rolled out of place: " + _rate_text(rolled) + (
+        ", as many: the model answers fine texture of this strength anywhere, not this exact pattern"
+        if rolled["high"] >= transplanted["low"] else ", fewer: the model answers this exact pattern"))
+    record["reason"] = (f"the faint pattern that {len(carriers)} of its images share (RMS {found['rms']:.1f} levels), added "
+                        f"to other classes' images, turns {transplanted['mean']:.0%} of them into this class (untouched "
+                        f"{record['untouched']['mean']:.0%}){specific}")
+    if data.planted_box is not None:
+        record["iou_with_planted_box"] = box_iou(box, data.planted_box)
+    elif (iou := _planted_iou(data, carriers, torch.tensor(box).expand(len(carriers), 4))) is not None:
+        record["iou_with_planted_box"] = iou
+    top, left, bottom, right = box
+    peak = shift.abs().max().clamp_min(1e-6)
+    k = EXAMPLE_IMAGES
+    examples = {"box": box, "pixels": patterns.visible(shift)[:, top:bottom, left:right], "carriers": carriers,
+                "share": (shift.abs().amax(dim=0) / peak), "originals": data.images[others[:k]], "pasted": pasted[:k],
+                "before": predictions[others[:k]], "after": pasted_preds[:k], "removed": removed[:k],
+                "removed_after": removed_preds[:k]}
+    return record, examples
+
+
 def _planted_iou(data: EvalSet, members: torch.Tensor, boxes: torch.Tensor) -> float | None:
     """Mean IoU of the per-image regions with where the artefact was planted, over the member images that carry
     it (None where nobody knows, or none carries it)."""
@@ -789,6 +845,10 @@ def test_class(model: nn.Module, data: EvalSet, found: tuple[torch.Tensor, torch
     if found is not None:
         r, ex = found
         tested.append(({"class": name, "cluster": None, "n": int(len(ex["carriers"])), "test": SHARED_TEST, **r}, ex))
+    found = confirm_pattern(model, data, predictions, members, settings, runtime)
+    if found is not None:
+        r, ex = found
+        tested.append(({"class": name, "cluster": None, "n": int(len(ex["carriers"])), "test": PATTERN_TEST, **r}, ex))
     peaked = _best(record["peak_clusters"])
     if peaked is not None:
         rows = members[examples["peak_ids"] == peaked["cluster"]]
@@ -796,7 +856,9 @@ def test_class(model: nn.Module, data: EvalSet, found: tuple[torch.Tensor, torch
         tested.append(({"class": name, "cluster": peaked["cluster"], "n": peaked["n"], "test": PER_IMAGE_TEST, **r}, ex))
     if not tested:
         return None
-    tested.sort(key=lambda t: strength(t[0]))
+    # At one verdict a drawn artefact is better told by its pixels and box than by its residual, and a region's test
+    # has one control more to pass: the shared-pattern test is kept only where it reaches a stronger verdict.
+    tested.sort(key=lambda t: (strength(t[0])[0], t[0]["test"] == PATTERN_TEST, strength(t[0])[1]))
     best, ex = tested[0]
     best["also_tested"] = [{"test": r["test"], "cluster": r["cluster"], "verdict": r["verdict"],
                             "transplant_flip": r["transplant_flip"]} for r, _ in tested[1:]]

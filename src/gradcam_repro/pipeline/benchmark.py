@@ -49,7 +49,9 @@ class Recipe:
 # top-left square so that no recipe is the square again.
 # Sizes: a 5 px logo and the text at glyph scale 1 (5x11 px) were relied on by only 8-19% of flipped images at
 # dose 1 (2 seeds); probed on seed 0 at dose 1, an 8 px logo flips 97.7%, a 10 px one 94.3%, the text at scale 2
-# 80.1%, so those are the recipes (the quick models flip 99% on the square).
+# 80.1%, so those are the recipes (the quick models flip 99% on the square). The noise at the zoo's default +-8 levels was
+# relied on by none of 3 seeds (flip 6-11%, as the controls); probed on seed 0 at dose 1 (fp32), +-24 levels flip 64.2%,
+# +-48 levels 96.9%.
 RECIPES: dict[str, Recipe] = {
     "square": Recipe({}, "the seed's 6 px yellow square, top-left"),
     "logo": Recipe({"artefact": "logo", "patch_size": 8, "patch_color": (255, 0, 0), "patch_corner": "bottom-left",
@@ -64,7 +66,7 @@ RECIPES: dict[str, Recipe] = {
     "frame": Recipe({"artefact": "frame", "patch_size": 1, "patch_color": (255, 0, 255)}, "a 1 px magenta border"),
     "tint": Recipe({"artefact": "tint", "patch_color": (255, 0, 255)}, "a global shift of 8 levels towards magenta"),
     "blur": Recipe({"artefact": "blur", "patch_size": 8, "patch_corner": "centre"}, "an 8 px blurred square, centre"),
-    "noise": Recipe({"artefact": "noise"}, "a fixed faint +-8-level pattern over the whole image"),
+    "noise": Recipe({"artefact": "noise", "strength": 48.0}, "a fixed +-48-level pattern over the whole image"),
 }
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_DOSES = (1.0, 0.3)

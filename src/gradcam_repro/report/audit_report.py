@@ -49,6 +49,9 @@ def region_text(c: AuditCandidate) -> str:
     if c.per_image:
         top, left, bottom, right = c.box_tlbr_px
         return f"each image's own region (median {bottom - top}x{right - left} px, wherever it is)"
+    if c.pattern:
+        rms = f", RMS {c.pattern_rms:.1f} levels" if c.pattern_rms is not None else ""
+        return f"a faint pattern added over {box_text(c.box_tlbr_px)}{rms}"
     return f"region {box_text(c.box_tlbr_px)}"
 
 
@@ -97,11 +100,17 @@ def _finite(x: float) -> float:
 def summary_lines(result: AuditResult) -> list[str]:
     """What the CLI prints at the end: one line per tested candidate and the overall verdict."""
     lines = [f"#{c.rank} {c.class_name} ({test_text(c)}, n={c.n}): {c.verdict}; {region_text(c)} "
-             f"({c.kind}); pasted on other classes -> {c.class_name} {_pct(c.transplant_flip)}; occluded "
-             f"{_pct(c.occluded_flip)}; removal changes {_pct(c.removal_change)}" + _group_text(c)
+             f"({c.kind}); pasted on other classes -> {c.class_name} {_pct(c.transplant_flip)}; "
+             f"{'rolled out of place' if c.pattern else 'occluded'} {_pct(_control(c))}; removal changes "
+             f"{_pct(c.removal_change)}" + _group_text(c)
              for c in result.candidates]
     lines.append(overall_verdict(result))
     return lines
+
+
+def _control(c: AuditCandidate) -> Interval | None:
+    """The second control's rate: the region occluded, or for a shared pattern the pattern rolled out of place."""
+    return c.rolled_flip if c.pattern else c.occluded_flip
 
 
 def test_text(c: AuditCandidate) -> str:
@@ -144,12 +153,12 @@ def _header(result: AuditResult) -> list[str]:
 
 def _candidate_rows(result: AuditResult) -> list[str]:
     rows = ["| rank | class | test | cluster (n) | region | found by | pasted on other classes: called this class | "
-            "region occluded only | untouched | removal changes the prediction | verdict |",
+            "region occluded only (a pattern: rolled out of place) | untouched | removal changes the prediction | verdict |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in result.candidates:
         cluster = c.cluster if c.cluster is not None else "carriers"
         rows.append(f"| {c.rank} | {c.class_name} | {c.test or 'fixed place'} | {cluster} ({c.n}) | {region_text(c)} | {c.kind} | "
-                    f"{_pct(c.transplant_flip)} | {_pct(c.occluded_flip)} | {_pct(c.untouched)} | "
+                    f"{_pct(c.transplant_flip)} | {_pct(_control(c))} | {_pct(c.untouched)} | "
                     f"{_pct(c.removal_change)} | **{c.verdict}** |")
     rows.append("")
     for c in result.candidates:
@@ -272,7 +281,17 @@ def _rules(result: AuditResult) -> list[str]:
             f"images that hold the colours on at least {s['shared_carrier_share']} of its pixels; verdict as in 5. It "
             "finds an artefact at one place that only some of the class's images carry, where relevance does not "
             "concentrate on it."] if "shared_ratio" in s else []),
-        f"{8 if 'shared_ratio' in s else 7}. **Unexplained concentration**: a class none of whose tests found anything, whose best group scores at least "
+        *([f"{8 if 'shared_ratio' in s else 7}. **A shared faint pattern** (without relevance): each image's residual "
+            f"(the image minus its local {s['pattern_local_mean_px']}x{s['pattern_local_mean_px']} mean) is scored by "
+            "its projection on the class's mean residual less that of as many images of other classes, cross-fitted on "
+            "two halves; the images scoring more than the other classes' mean plus "
+            f"{s['pattern_carrier_sigmas']} of their standard deviations carry a pattern. Where at least "
+            f"{s['min_cluster_images']} do, their mean residual (less the other classes') is added to other classes' "
+            "images (control: the same images untouched; the rate with the pattern rolled by half the image says "
+            "whether the model answers this exact pattern) and subtracted from the carriers; verdict as in 5, a class "
+            "keeping its pixel tests at the same verdict. It finds an artefact added over the image, such as a sensor's fixed noise, which has no "
+            "region and no constant pixels."] if "pattern_carrier_sigmas" in s else []),
+        f"{7 + ('shared_ratio' in s) + ('pattern_carrier_sigmas' in s)}. **Unexplained concentration**: a class none of whose tests found anything, whose best group scores at least "
         f"{s.get('unexplained_ratio', 1.5)}x the median class's (fixed-place or peak score), is reported as such: the "
         "audit could not localise what the model looks at, which is not an all-clear.", "",
         f"Rates and energies are means with 95% percentile-bootstrap intervals ({s['bootstrap_resamples']} resamples, seed "
@@ -363,31 +382,38 @@ def candidate_figure(result: AuditResult, examples: dict, rank: int):
     (before -> after), and the region removed from the cluster's images."""
     c, ex = result.candidates[rank - 1], examples["candidates"][rank - 1]
     classes = result.dataset["classes"]
-    shared = c.cluster is None  # the shared-pixel test: its carriers and the class's mode-share map, no cluster
+    shared = c.cluster is None  # the shared-pixel or -pattern test: its carriers and a map of the class, no cluster
     members = (ex["carriers"] if shared else _cluster_members(examples["classes"][c.class_name], c.cluster))[:EXAMPLE_IMAGES]
+    words = _PATTERN_WORDS if c.pattern else _REGION_WORDS
     box = ex["box"]
     fig, axes = plt.subplots(3, EXAMPLE_IMAGES + 1, figsize=(PANEL_IN * (EXAMPLE_IMAGES + 1), PANEL_IN * 3 + 0.9))
     for ax in axes.ravel():
         ax.axis("off")
     mean = ex["share"] if shared else examples["classes"][c.class_name]["clusters"][c.cluster]["mean_map"]
-    _panel(axes[0, 0], plt.get_cmap("jet")(mean.numpy())[..., :3], "share of the class's images\nwith one colour" if shared
-           else "cluster mean map", box)
+    _panel(axes[0, 0], plt.get_cmap("jet")(mean.numpy())[..., :3], words["map"] if shared else "cluster mean map", box)
     for ax, i in zip(axes[0, 1:], members):
         _panel(ax, overlay(examples["images"][i], examples["maps"][i]), f"{classes[int(examples['predictions'][i])]}", box)
     canvas = np.full((*examples["images"].shape[-2:], 3), 0.85, dtype=np.float32)  # light grey: the image's extent
     top, left, bottom, right = box
     canvas[top:bottom, left:right] = to_hwc(ex["pixels"])
-    _panel(axes[1, 0], canvas, "pasted pixels\n(titles: predicted\nbefore -> after)", box, "k")
+    _panel(axes[1, 0], canvas, words["pasted"], box, "k")
     for ax, img, before, after in zip(axes[1, 1:], ex["pasted"], ex["before"], ex["after"]):
         _panel(ax, to_hwc(img), f"{classes[int(before)]} -> {classes[int(after)]}", box)
     for ax, img, after in zip(axes[2, 1:], ex["removed"], ex["removed_after"]):
-        _panel(ax, to_hwc(img), f"region filled -> {classes[int(after)]}", box)
+        _panel(ax, to_hwc(img), f"{words['removed']} -> {classes[int(after)]}", box)
     axes[2, 0].text(0.5, 0.5, f"removal changes\n{_pct(c.removal_change)}\nof {c.n} predictions", ha="center",
                     va="center", fontsize=7, transform=axes[2, 0].transAxes)
     layout_under_suptitle(fig, f"#{c.rank} {c.class_name}, {test_text(c)} (n={c.n}): {c.verdict}\n"
-                                f"pasted on other classes -> {c.class_name}: {_pct(c.transplant_flip)}; occluded only: "
-                                f"{_pct(c.occluded_flip)}", fontsize=9)
+                                f"pasted on other classes -> {c.class_name}: {_pct(c.transplant_flip)}; {words['control']}: "
+                                f"{_pct(_control(c))}", fontsize=9)
     return fig
+
+
+# What the candidate figure's panels say for a region of pixels, and for a faint pattern added to the images.
+_REGION_WORDS = {"map": "share of the class's images\nwith one colour", "pasted": "pasted pixels\n(titles: predicted\n"
+                 "before -> after)", "removed": "region filled", "control": "occluded only"}
+_PATTERN_WORDS = {"map": "the shared pattern's\nstrength", "pasted": "added pattern\n(grey: 0; titles:\npredicted "
+                  "before -> after)", "removed": "pattern subtracted", "control": "rolled out of place"}
 
 
 def per_image_figure(result: AuditResult, examples: dict, rank: int):
