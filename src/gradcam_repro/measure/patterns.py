@@ -14,9 +14,9 @@ score exceeds the reference images' scores by `CARRIER_SIGMAS` standard deviatio
 standard deviation); with Gaussian scores a reference image does so once in about 2,000, so a class without a shared
 pattern has next to no carriers. The *pattern* is the carriers' mean residual minus all reference images' mean
 residual: pasted (added, rounded and clipped) on other classes' images it is the artefact's effect transplanted,
-subtracted from the carriers it is the artefact removed. The control pastes the same pattern rolled by half the image
-in each direction: the same amplitudes and texture, none at its place, so a model that merely reacts to fine texture
-reacts to both.
+subtracted from the carriers it is the artefact removed. The audit also pastes the same pattern rolled by half the image
+in each direction (the same amplitudes and texture, none at its place) and reports that rate beside the verdict, not as
+its control: a model that reacts to fine texture of this strength anywhere reacts to both, and that is a shortcut too.
 
 Its box is where the pattern is strong: the bounding box of the pixels whose largest channel exceeds `BOX_SHARE` of
 the pattern's largest value (the whole image for a sensor pattern, a drawn artefact's outline for one at a place).
