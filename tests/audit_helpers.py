@@ -1,4 +1,10 @@
-"""A small hand-built audit.json, key for key as `gradcam-repro audit` writes it, for tests that read one."""
+"""A small hand-built audit.json, key for key as `gradcam-repro audit` writes it, for tests that read one, and the
+pieces the tests of the audit's effect tests (a pattern, a blur) share."""
+
+import torch
+
+from gradcam_repro.measure import spray
+from gradcam_repro.measure.audit_results import AuditResult
 
 CONFIRMED = "confirmed shortcut"
 
@@ -50,3 +56,26 @@ def audit_json(candidates: list[dict], ground_truth: bool = False) -> dict:
     if ground_truth:
         out["planted_box_tlbr_px"] = [0, 0, 6, 6]
     return out | {"seconds": {"audit": 1.5, "end_to_end": 2.0}, "figures": ["figures/audit_ranking.png"]}
+
+
+def one_cluster_class(box: tuple, n: int = 60) -> tuple[dict, dict]:
+    """(record, examples) of a class for `spray.test_class`: its first `n` images in one relevance-only cluster
+    whose region is `box`, and no per-image group to test."""
+    record = {"clusters": [{"cluster": 0, "n": n, "score": 5.0, "region": {
+        "box": box, "kind": "relevance only", "relevance_box": box, "constant_px": 0}}], "peak_clusters": []}
+    examples = {"members": torch.arange(n), "cluster_ids": torch.zeros(n, dtype=torch.long),
+                "peak_ids": torch.zeros(n, dtype=torch.long)}
+    return record, examples
+
+
+def effect_audit(record: dict, examples: dict, test: str, data, predictions) -> tuple:
+    """(AuditResult, figure examples) of an audit whose one finding is `record` (an effect test's, with its
+    `examples`) on `data`, class 0 named frog, settings as `spray` records them."""
+    candidate = {"rank": 1, "class": "frog", "cluster": None, "n": len(examples["carriers"]), "test": test, **record}
+    values = audit_json([candidate])
+    values["settings"] |= spray.settings_record(spray.AuditSettings(), spray.AuditScale.of(data.images))
+    values["dataset"]["classes"] = ["frog", *data.classes[1:]]  # class 0 is the audited one
+    side = data.images.shape[-1]
+    figure_examples = {"images": data.images, "maps": torch.zeros(len(data.images), side, side),
+                       "predictions": predictions, "classes": {}, "candidates": [examples]}
+    return AuditResult.from_dict(values), figure_examples

@@ -158,9 +158,13 @@ def test_a_class_whose_artefact_sits_in_its_second_cluster_is_confirmed_by_that_
     best, _ = spray.test_class(CodeOrRedCorner(), data, found, "a", record, examples, spray.AuditSettings(), CPU)
     assert (best["cluster"], best["verdict"], best["box_tlbr_px"]) == (1, spray.CONFIRMED, [12, 12, 16, 16])
     assert best["transplant_flip"]["mean"] == 1.0  # every other image with the corner pasted is called class 0
-    # The shared-pixel test (rules 5) finds the same corner, carried by half the class, and confirms it too.
+    # The shared-pixel test (rules 5) finds the same corner, carried by half the class, and confirms it too. The
+    # shared-blur test (rules 8) finds it as well (a constant square has no fine detail), and blurring that corner on
+    # other images moves none of them: no finding.
     assert [(t["test"], t["cluster"], t["verdict"]) for t in best["also_tested"]] == [
-        (spray.SHARED_TEST, None, spray.CONFIRMED), (spray.FIXED_TEST, 0, spray.NONE)]
+        (spray.SHARED_TEST, None, spray.CONFIRMED), (spray.FIXED_TEST, 0, spray.NONE), (spray.BLUR_TEST, None, spray.NONE)]
+    blur = next(t for t in best["also_tested"] if t["test"] == spray.BLUR_TEST)
+    assert blur["transplant_flip"]["mean"] == 0.0
 
 
 # ----- the pieces, on hand-built inputs with known answers ---------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 from gradcam_repro.cli import StudyAxes, build_parser
 from gradcam_repro.config import Config
 from gradcam_repro.measure.comparison import CompareOptions
-from gradcam_repro.options import add_options, flag_name, from_args, has_flag, parse_color
+from gradcam_repro.options import add_options, flag_name, from_args, has_flag, parse_color, rgb_of
 from gradcam_repro.pipeline.audit import AuditOptions
 from gradcam_repro.pipeline.benchmark import BenchmarkOptions
 from gradcam_repro.pipeline.repair import RepairOptions
@@ -123,3 +123,10 @@ def test_every_commands_help_renders():
     for name, sub in subparsers.choices.items():
         text = sub.format_help()
         assert f"usage: gradcam-repro {name}" in text and "--help" in text
+
+
+def test_a_colour_is_a_name_rgb_text_or_three_integers_and_anything_else_is_none():
+    assert rgb_of("Yellow") == (255, 255, 0) and rgb_of("1,2,3") == (1, 2, 3) and rgb_of([0, 128, 255]) == (0, 128, 255)
+    for bad in ("rouge", "1,2", "1,2,256", (300, 0, 0), (1.5, 0, 0), 7, None):
+        assert rgb_of(bad) is None
+    assert parse_color("cyan") == (0, 255, 255)

@@ -4,12 +4,12 @@ audit does with it."""
 
 import pytest
 import torch
-from audit_helpers import audit_json
+from audit_helpers import effect_audit, one_cluster_class
 from torch import nn
 
 from gradcam_repro.data.images import EvalSet
 from gradcam_repro.measure import patterns, spray
-from gradcam_repro.measure.audit_results import AuditCandidate, AuditResult
+from gradcam_repro.measure.audit_results import AuditCandidate
 from gradcam_repro.measure.predict import predict
 from gradcam_repro.model.sources import InputContract, attach
 from gradcam_repro.report import audit_report
@@ -150,11 +150,7 @@ def test_a_pattern_the_model_ignores_is_no_finding_and_a_class_without_one_is_no
 def test_the_class_keeps_its_pattern_finding_and_the_report_says_what_was_added():
     data, model = pattern_set(), PatternOrCode()
     predictions = predict(model, data.images, CPU)
-    record = {"clusters": [{"cluster": 0, "n": 60, "score": 5.0, "region": {
-        "box": (6, 6, 10, 10), "kind": "relevance only", "relevance_box": (6, 6, 10, 10), "constant_px": 0}}],
-        "peak_clusters": []}
-    examples = {"members": torch.arange(60), "cluster_ids": torch.zeros(60, dtype=torch.long),
-                "peak_ids": torch.zeros(60, dtype=torch.long)}
+    record, examples = one_cluster_class((6, 6, 10, 10))
     best, _ = spray.test_class(model, data, (predictions, torch.zeros(180, SIDE, SIDE)), "a", record, examples,
                                spray.AuditSettings(), CPU)
     assert (best["test"], best["cluster"], best["n"], best["verdict"]) == (spray.PATTERN_TEST, None, 30, spray.CONFIRMED)
@@ -169,17 +165,11 @@ def test_a_pattern_finding_is_drawn_and_written_as_what_was_added_with_its_rolle
     data, model = pattern_set(), PatternOrCode()
     predictions = predict(model, data.images, CPU)
     record, ex = spray.confirm_pattern(model, data, predictions, torch.arange(60), spray.AuditSettings(), CPU)
-    candidate = {"rank": 1, "class": "frog", "cluster": None, "n": len(ex["carriers"]), "test": spray.PATTERN_TEST, **record}
-    values = audit_json([candidate])
-    values["settings"] |= spray.settings_record(spray.AuditSettings(), spray.AuditScale.of(data.images))
-    values["dataset"]["classes"] = ["frog", "b", "c"]  # class 0 of the pattern set is the audited one
-    result = AuditResult.from_dict(values)
+    result, examples = effect_audit(record, ex, spray.PATTERN_TEST, data, predictions)
     lines = audit_report.summary_lines(result)
     assert "a faint pattern added over rows 0-15, cols 0-15" in lines[0] and "rolled out of place 0.0%" in lines[0]
     markdown = audit_report.audit_markdown(result)
-    assert "**A shared faint pattern**" in markdown and "9. **Unexplained concentration**" in markdown
-    examples = {"images": data.images, "maps": torch.zeros(180, SIDE, SIDE), "predictions": predictions,
-                "classes": {}, "candidates": [ex]}
+    assert "**A shared faint pattern**" in markdown and "10. **Unexplained concentration**" in markdown
     figure = audit_report.candidate_figure(result, examples, 1)
     titles = [ax.get_title() for ax in figure.axes]
     assert "pattern subtracted -> frog" in titles and any(t.startswith("added pattern") for t in titles)

@@ -175,6 +175,15 @@ def test_a_pattern_confirmed_by_the_audit_is_no_artefact_to_cut_out(tmp_path):
         artefact_from_audit(tmp_path)
 
 
+
+def test_a_blur_confirmed_by_the_audit_is_no_artefact_to_cut_out(tmp_path):
+    candidates = [candidate(1, "frog", "confirmed shortcut", box_tlbr_px=[8, 8, 24, 24], kind="shared blur",
+                            test="shared blur", blur_sigma=2.0, pixels=None)]
+    candidates[0] |= {"cluster": None, "occluded_flip": None, "removal_change": None}  # no occlusion, no removal
+    (tmp_path / "audit.json").write_text(json.dumps(audit_json(candidates)))
+    with pytest.raises(UserError, match="shared-blur test .* fix: repair with the run's own artefact"):
+        artefact_from_audit(tmp_path)
+
 # ----- the command ----------------------------------------------------------------------------------------------
 
 def _error(capsys) -> str:

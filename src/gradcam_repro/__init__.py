@@ -20,7 +20,8 @@ The folders follow the pipeline, each stage a package that imports only from the
                detection, false-alarm and discovery rates), `spray` (the audit's SpRAy
                clustering and causal tests), `moving` (the audit's per-image tests of an artefact that moves),
                `shared` (the audit's test of the pixels a class's images share), `patterns` (its test of a faint
-               pattern they share), `casts` (the audit's global colour-cast scan),
+               pattern they share), `blurs` (its test of a region where they lack fine detail), `casts` (the
+               audit's global colour-cast scan),
                `aggregate` (studies across seeds)
     report/    pure renderers of measured results: `format` (numbers), `figures`, `run_figures`, `markdown`,
                `html` (REPORT.html; its CSS and JS in report/assets/), `repair_table`, `audit_report`,

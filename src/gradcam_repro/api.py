@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from numbers import Integral
 from pathlib import Path
@@ -44,7 +43,7 @@ from gradcam_repro.measure.results import ShortcutResults
 from gradcam_repro.measure.shortcut import ShortcutProtocol
 from gradcam_repro.model import finetune
 from gradcam_repro.model.sources import InputContract, ModelSource, attach, contract_of
-from gradcam_repro.options import COLORS
+from gradcam_repro.options import COLORS, rgb_of
 from gradcam_repro.pipeline.audit import write_audit
 from gradcam_repro.pipeline.folders import AuditFolder
 from gradcam_repro.pipeline.repair import refit_on_balanced
@@ -178,7 +177,7 @@ def _patch(artefact: dict | Planted) -> dict:
     if unknown:
         raise UserError(f"unknown artefact key(s) {', '.join(map(repr, unknown))}; fix: use {', '.join(keys)}")
     patch = {**DEFAULT_PATCH, **artefact}  # what is left out is the seed's yellow square's
-    rgb = _rgb(patch["color"])
+    rgb = rgb_of(patch["color"])
     checks = [
         (isinstance(patch["patch_size"], Integral) and patch["patch_size"] >= 1,
          f"patch_size must be an integer >= 1 (px), got {patch['patch_size']!r}"),
@@ -192,15 +191,6 @@ def _patch(artefact: dict | Planted) -> dict:
         if not ok:
             raise UserError(f"{message}; fix: correct the artefact's {message.split()[0]}")
     return {**patch, "patch_size": int(patch["patch_size"]), "offset": int(patch["offset"]), "color": rgb}
-
-
-def _rgb(color) -> tuple[int, int, int] | None:
-    """(r, g, b) of a colour given as three integers in 0..255 or a name of `options.COLORS`; None if neither."""
-    if isinstance(color, str):
-        color = COLORS.get(color.lower())
-    rgb = tuple(color) if isinstance(color, Iterable) else ()
-    return tuple(int(c) for c in rgb) if len(rgb) == 3 and all(
-        isinstance(c, Integral) and 0 <= c <= 255 for c in rgb) else None
 
 
 def _outputs(model: nn.Module, images: torch.Tensor, runtime: Runtime) -> int:

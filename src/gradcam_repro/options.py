@@ -23,6 +23,8 @@ import argparse
 import dataclasses
 import types
 import typing
+from collections.abc import Iterable
+from numbers import Integral
 
 ALL = "all"  # a sample-size flag's value for "every image" (the field's None), e.g. --counterfactual-images all
 
@@ -43,15 +45,26 @@ def count_or_all(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of images; use a whole number or 'all'") from None
 
 
+def rgb_of(color) -> tuple[int, int, int] | None:
+    """(r, g, b) of a colour given as a name of COLORS, as 'R,G,B' text or as three integers in 0..255; None if it is
+    none of these."""
+    if isinstance(color, str):
+        if color.lower() in COLORS:
+            return COLORS[color.lower()]
+        try:
+            color = tuple(int(v) for v in color.split(","))
+        except ValueError:
+            return None
+    values = tuple(color) if isinstance(color, Iterable) else ()
+    if len(values) != 3 or not all(isinstance(v, Integral) and 0 <= v <= 255 for v in values):
+        return None
+    return tuple(int(v) for v in values)
+
+
 def parse_color(text: str) -> tuple[int, int, int]:
     """'255,255,0' or a name like 'yellow' -> (r, g, b)."""
-    if text.lower() in COLORS:
-        return COLORS[text.lower()]
-    try:
-        rgb = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        rgb = ()
-    if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
+    rgb = rgb_of(text)
+    if rgb is None:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a colour; use R,G,B with values 0..255 (e.g. 255,255,0) or one of {', '.join(COLORS)}"
         )

@@ -271,19 +271,22 @@ class AuditCandidate:
     transplant_flip: Interval
     occluded_flip: Interval | None  # None: not measured, the transplant being below the candidate bar (rules 6)
     untouched: Interval
-    removal_change: Interval
+    removal_change: Interval | None  # None: no removal test (a blur cannot be undone)
     verdict: str
     reason: str
     iou_with_planted_box: float | None = None
     artefact_clusters: tuple[int, ...] | None = None
     artefact_images: int | None = None
-    test: str | None = None  # "fixed place", "per image" (each image's own region), "shared pixels" or "shared pattern";
-    # None: written before there were two
+    # "fixed place", "per image" (each image's own region), "shared pixels", "shared pattern" or "shared blur"; None:
+    # written before there were two
+    test: str | None = None
     also_tested: tuple[AlsoTested, ...] | None = None  # the class's other test, weaker than this one
     constant_mask: tuple[str, ...] | None = None  # rows of "1"/"0" over the box: the pixels pasted (None: all of them)
     donors: int | None = None  # the per-image test: how many images' regions were pasted (those that decide their image)
     pattern_rms: float | None = None  # the shared-pattern test: the pasted pattern's RMS in intensity levels ...
-    rolled_flip: Interval | None = None  # ... and the rate with it rolled out of place (None: below the candidate bar)
+    rolled_flip: Interval | None = None  # ... and the rate with it (or the blur) rolled out of place (None: below the
+    # candidate bar)
+    blur_sigma: float | None = None  # the shared-blur test: the Gaussian sigma in px its region was blurred at
 
     @property
     def per_image(self) -> bool:
@@ -295,6 +298,17 @@ class AuditCandidate:
         """Whether what was pasted is a faint pattern added to the images (`measure.patterns`), not pixels drawn."""
         return self.test == "shared pattern"
 
+    @property
+    def blurred(self) -> bool:
+        """Whether the test blurred a region of other images (`measure.blurs`), not pasted pixels there."""
+        return self.test == "shared blur"
+
+    @property
+    def effect(self) -> bool:
+        """Whether what was transplanted is the artefact's effect (a pattern added, a region blurred), whose second
+        rate is the same effect rolled out of place, not pixels drawn at a place."""
+        return self.pattern or self.blurred
+
     def to_dict(self) -> dict:
         out = {"rank": self.rank, "class": self.class_name, "cluster": self.cluster, "n": self.n,
                "box_tlbr_px": list(self.box_tlbr_px), "kind": self.kind,
@@ -303,7 +317,8 @@ class AuditCandidate:
         out = _optional(out, pixels=_lists(self.pixels) if self.pixels is not None else None)
         occluded = self.occluded_flip.to_dict() if self.occluded_flip is not None else None
         out |= {"transplant_flip": self.transplant_flip.to_dict(), "occluded_flip": occluded,
-                "untouched": self.untouched.to_dict(), "removal_change": self.removal_change.to_dict(),
+                "untouched": self.untouched.to_dict(),
+                "removal_change": self.removal_change.to_dict() if self.removal_change is not None else None,
                 "verdict": self.verdict, "reason": self.reason}
         group = list(self.artefact_clusters) if self.artefact_clusters is not None else None
         also = [t.to_dict() for t in self.also_tested] if self.also_tested is not None else None
@@ -311,7 +326,8 @@ class AuditCandidate:
         return _optional(out, iou_with_planted_box=self.iou_with_planted_box, artefact_clusters=group,
                          artefact_images=self.artefact_images, test=self.test, also_tested=also, constant_mask=mask,
                          donors=self.donors, pattern_rms=self.pattern_rms,
-                         rolled_flip=self.rolled_flip.to_dict() if self.rolled_flip is not None else None)
+                         rolled_flip=self.rolled_flip.to_dict() if self.rolled_flip is not None else None,
+                         blur_sigma=self.blur_sigma)
 
     @classmethod
     def from_dict(cls, values: dict, what: str = "a candidate") -> AuditCandidate:
@@ -326,13 +342,14 @@ class AuditCandidate:
                    tuple(get("relevance_box_tlbr_px")), get("constant_px"), tuple(get("mean_rgb")),
                    _tuples(pixels) if pixels is not None else None, interval("transplant_flip"),
                    interval("occluded_flip") if get("occluded_flip") is not None else None, interval("untouched"),
-                   interval("removal_change"), get("verdict"),
+                   interval("removal_change") if get("removal_change") is not None else None, get("verdict"),
                    get("reason"), values.get("iou_with_planted_box"), tuple(group) if group is not None else None,
                    values.get("artefact_images"), values.get("test"),
                    tuple(AlsoTested.from_dict(t, what) for t in values["also_tested"]) if "also_tested" in values else None,
                    tuple(values["constant_mask"]) if "constant_mask" in values else None, values.get("donors"),
                    values.get("pattern_rms"),
-                   Interval.from_dict(values["rolled_flip"], what) if values.get("rolled_flip") is not None else None)
+                   Interval.from_dict(values["rolled_flip"], what) if values.get("rolled_flip") is not None else None,
+                   values.get("blur_sigma"))
 
 
 # audit.json's keys before the audit's findings, in the order they are written.

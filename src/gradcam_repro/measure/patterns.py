@@ -30,6 +30,8 @@ Pure functions on (N, 3, H, W) uint8 images.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -50,6 +52,7 @@ def residuals(images: torch.Tensor) -> torch.Tensor:
 
 
 def _halves(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two seeded halves of range(n) (the second one larger where n is odd)."""
     order = torch.randperm(n, generator=generator)
     return order[: n // 2], order[n // 2:]
 
@@ -60,27 +63,44 @@ def _scores(res: torch.Tensor, base: torch.Tensor, signature: torch.Tensor) -> t
     return ((res - base) * unit).flatten(1).sum(dim=1)
 
 
-def carriers(members: torch.Tensor, reference: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, dict]:
-    """(n,) bool: which member images carry a pattern the members share more than the reference images do (module
-    docstring), and the scores' summary {"member_scores", "reference_mean", "reference_sd", "threshold"}."""
-    if len(members) < 2 or len(reference) < 4:  # no half to fit on, or no spread of the other classes' scores
+Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cross_fitted(member_features: torch.Tensor, reference_features: torch.Tensor, score: Scorer,
+                 stream: int) -> tuple[torch.Tensor, dict]:
+    """(n,) bool: which members score above the reference images by CARRIER_SIGMAS of the reference scores' SD,
+    each image scored by `score(features, fit members, fit reference)` fitted on the other seeded half (drawn from
+    the generator seeded `stream`), and the summary {"member_scores", "reference_mean", "reference_sd", "threshold"}.
+    Nothing is carried where there is no half to fit on (under 2 members) or no spread to measure (under 4
+    reference images)."""
+    if len(member_features) < 2 or len(reference_features) < 4:
         nan = float("nan")
-        return torch.zeros(len(members), dtype=torch.bool), {"member_scores": torch.full((len(members),), nan),
-                                                             "reference_mean": nan, "reference_sd": nan, "threshold": nan}
-    generator = torch.Generator().manual_seed(seed * 65_536 + SPLIT_STREAM)
-    res_m, res_r = residuals(members), residuals(reference)
-    (m_a, m_b), (r_a, r_b) = _halves(len(members), generator), _halves(len(reference), generator)
-    member_scores = torch.empty(len(members))
-    reference_scores = torch.empty(len(reference))
+        return torch.zeros(len(member_features), dtype=torch.bool), {
+            "member_scores": torch.full((len(member_features),), nan), "reference_mean": nan, "reference_sd": nan,
+            "threshold": nan}
+    generator = torch.Generator().manual_seed(stream)
+    (m_a, m_b), (r_a, r_b) = _halves(len(member_features), generator), _halves(len(reference_features), generator)
+    member_scores = torch.empty(len(member_features))
+    reference_scores = torch.empty(len(reference_features))
     for (m_fit, r_fit), (m_score, r_score) in (((m_a, r_a), (m_b, r_b)), ((m_b, r_b), (m_a, r_a))):
-        base = res_r[r_fit].mean(dim=0)
-        signature = res_m[m_fit].mean(dim=0) - base
-        member_scores[m_score] = _scores(res_m[m_score], base, signature)
-        reference_scores[r_score] = _scores(res_r[r_score], base, signature)
+        fitted = (member_features[m_fit], reference_features[r_fit])
+        member_scores[m_score] = score(member_features[m_score], *fitted)
+        reference_scores[r_score] = score(reference_features[r_score], *fitted)
     mean, sd = float(reference_scores.mean()), float(reference_scores.std())
     threshold = mean + CARRIER_SIGMAS * sd
     return member_scores > threshold, {"member_scores": member_scores, "reference_mean": mean, "reference_sd": sd,
                                        "threshold": threshold}
+
+
+def _signature_scores(res: torch.Tensor, fit_members: torch.Tensor, fit_reference: torch.Tensor) -> torch.Tensor:
+    base = fit_reference.mean(dim=0)
+    return _scores(res, base, fit_members.mean(dim=0) - base)
+
+
+def carriers(members: torch.Tensor, reference: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, dict]:
+    """(n,) bool: which member images carry a pattern the members share more than the reference images do (module
+    docstring), and the scores' summary {"member_scores", "reference_mean", "reference_sd", "threshold"}."""
+    return cross_fitted(residuals(members), residuals(reference), _signature_scores, seed * 65_536 + SPLIT_STREAM)
 
 
 def pattern(carried: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

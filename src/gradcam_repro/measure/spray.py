@@ -56,7 +56,7 @@ from gradcam_repro.data.images import EvalSet
 from gradcam_repro.data.zoo import box_masks
 from gradcam_repro.errors import UserError
 from gradcam_repro.explain.registry import explain_images
-from gradcam_repro.measure import casts, moving, patterns, scores, shared
+from gradcam_repro.measure import blurs, casts, moving, patterns, scores, shared
 from gradcam_repro.measure.predict import predict
 from gradcam_repro.measure.shortcut import seeded_cap
 from gradcam_repro.runtime import Runtime
@@ -118,7 +118,9 @@ BRIDGE_PX = 4
 # keeps, and so the unexplained-concentration flags, can differ (docs/zoo.md: checked on 27 benchmark cells).
 # 7: every class is also tested at a faint pattern its images share in their fine detail (`measure.patterns`: a
 # sensor's fixed noise), added to other classes' images (the rate with it rolled out of place is reported).
-RULES_VERSION = 7
+# 8: every class is also tested at a region where its images lack fine detail (`measure.blurs`: a blurred region),
+# blurred on other classes' images at the strength read off the carriers (the same blur rolled out of place reported).
+RULES_VERSION = 8
 TOP_CANDIDATES = None  # None: every class's strongest clusters are tested causally (--candidates N: the N top-ranked)
 TRANSPLANT_IMAGES = 1000  # other-class test images per transplant test (seeded choice)
 REMOVAL_RING_PX = RING_PX  # the local mean is taken over a 2 px ring around the region (at 32x32)
@@ -149,11 +151,15 @@ CONFIRMED, CANDIDATE, NONE = "confirmed shortcut", "candidate only", "none"
 MOVING = "moving region"
 VERDICT_ORDER = (CONFIRMED, MOVING, CANDIDATE, NONE)  # a class keeps its strongest finding, in this order, then by effect
 FIXED_TEST, PER_IMAGE_TEST, SHARED_TEST, PATTERN_TEST = "fixed place", "per image", "shared pixels", "shared pattern"
+BLUR_TEST = "shared blur"
 PER_IMAGE_KIND = "per-image relevance"
 SHARED_KIND = "shared pixels"
 PATTERN_KIND = "shared pattern"
+BLUR_KIND = "shared blur"
 # Regions made of what an artefact leaves, not of relevance alone.
-ARTEFACT_KINDS = ("constant pixels", SHARED_KIND, PATTERN_KIND)
+ARTEFACT_KINDS = ("constant pixels", SHARED_KIND, PATTERN_KIND, BLUR_KIND)
+# The tests that transplant an artefact's effect (a pattern added, a region blurred), not pixels drawn at a place.
+EFFECT_TESTS = (PATTERN_TEST, BLUR_TEST)
 UNEXPLAINED = "unexplained concentration"
 
 
@@ -380,13 +386,13 @@ def box_iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def verdict(transplanted: dict, occluded: dict | None, untouched: dict, removal: dict, kind: str) -> tuple[str, str]:
+def verdict(transplanted: dict, occluded: dict | None, untouched: dict, removal: dict | None, kind: str) -> tuple[str, str]:
     """The verdict on one candidate by the rules above; each argument a `scores.bootstrap_ci` dict of rates.
 
     transplanted / occluded / untouched: other classes' images called the audited class with the region's
     pixels pasted, with the region filled by its local mean (None: not measured, as `occluded_control` leaves it
     below the candidate bar), as they are; removal: the cluster's own images whose prediction changed once the
-    region was filled.
+    region was filled (None: no removal test, as a blur cannot be undone).
     """
     controls = controls_high(untouched, occluded)
     low = transplanted["low"]
@@ -403,7 +409,7 @@ def verdict(transplanted: dict, occluded: dict | None, untouched: dict, removal:
     # Not for shared pixels: their box can be a large part of the image (a 10x22 px text), and removing that changes a
     # clean model's predictions as well: on a benchmark control (the text, seed 1, flip rate 8.8%) the rule said
     # "candidate only" for frog, whose shared text moved 7.5% of other images.
-    if kind == "constant pixels" and removal["low"] >= CANDIDATE_REMOVAL_RATE:
+    if kind == "constant pixels" and removal is not None and removal["low"] >= CANDIDATE_REMOVAL_RATE:
         return CANDIDATE, (f"removing the {kind} changes {removal['mean']:.0%} of the predictions of the images that "
                            f"carry them, but pasting them moves only {transplanted['mean']:.0%} of other images")
     return NONE, (f"pasting the region moves {transplanted['mean']:.0%} of other images to this class "
@@ -466,6 +472,7 @@ def settings_record(settings: AuditSettings, scale: AuditScale) -> dict:
             "shared_ratio": shared.SHARED_RATIO, "shared_min_share": shared.MIN_SHARE,
             "shared_carrier_share": shared.CARRIER_SHARE, "pattern_carrier_sigmas": patterns.CARRIER_SIGMAS,
             "pattern_box_share": patterns.BOX_SHARE, "pattern_local_mean_px": patterns.LOCAL_MEAN_PX,
+            "blur_sigma_ladder_px": list(blurs.SIGMA_LADDER), "blur_grow_px": list(blurs.GROW_PX), "blur_detail_floor_levels": blurs.DETAIL_FLOOR_LEVELS,
             "bootstrap_resamples": scores.BOOTSTRAP_RESAMPLES, "confidence": scores.CONFIDENCE,
             "colour_casts": casts.settings_record() if settings.colour_casts else None}
 
@@ -654,55 +661,133 @@ def confirm_shared(model: nn.Module, data: EvalSet, predictions: torch.Tensor, m
     return record, {**examples, "carriers": carriers, "share": found["share"]}
 
 
+@dataclass(frozen=True)
+class _Effect:
+    """What a test that transplants an artefact's effect measured (`_effect_transplant`): the finding, the reference
+    and carrier images' indices, the other classes' images it was applied to, their predictions after, the rate of
+    the target class among them, that rate with the effect rolled out of place (None: below the candidate bar) and
+    untouched."""
+
+    found: dict
+    reference: torch.Tensor
+    carriers: torch.Tensor
+    others: torch.Tensor
+    pasted: torch.Tensor
+    after: torch.Tensor
+    rate: dict
+    rolled: dict | None
+    untouched: dict
+
+
+def _effect_transplant(model: nn.Module, data: EvalSet, predictions: torch.Tensor, members: torch.Tensor,
+                       settings: AuditSettings, runtime: Runtime, find: Callable, paint: Callable) -> _Effect | None:
+    """The steps the pattern and blur tests share: the reference (as many images assigned to other classes as there
+    are members, seeded), `find(member images, reference images, seed)` (a finding with "carriers"), and where at
+    least MIN_CLUSTER_IMAGES images carry it, `paint(images, finding, rolled)` (the effect applied; rolled: by half the
+    image) on up to `settings.transplant_images` other classes' images. None where too few carry it."""
+    target, seed = int(predictions[members[0]]), settings.seed
+    reference = seeded_cap((predictions != target).nonzero().squeeze(1), len(members), seed)
+    found = find(data.images[members], data.images[reference], seed)
+    carriers = members[found["carriers"]]
+    if len(carriers) < MIN_CLUSTER_IMAGES:
+        return None
+    others = seeded_cap((data.labels != target).nonzero().squeeze(1), settings.transplant_images, seed)
+    pasted = paint(data.images[others], found, False)
+    after = predict(model, pasted, runtime)
+    rate = scores.bootstrap_ci(after == target, seed)
+    rolled = occluded_control(model, rate, target, lambda: paint(data.images[others], found, True), seed, runtime)
+    return _Effect(found, reference, carriers, others, pasted, after, rate, rolled,
+                   scores.bootstrap_ci(predictions[others] == target, seed))
+
+
+def _effect_record(data: EvalSet, e: _Effect, kind: str, removal: dict | None, words: tuple[str, str, str]) -> dict:
+    """The record of an effect test at `e.found["box"]`: rates, the verdict (the untouched images its control: nothing
+    is covered when an effect is applied; the rolled rate says whether the model answers the artefact at its place or
+    its kind anywhere, both a shortcut), the overlap with the planted artefact, and the rolled rate's reading in
+    `words` (what was rolled, "as many" reading, "fewer" reading), to end the reason with."""
+    box = e.found["box"]
+    record = {"box_tlbr_px": list(box), "kind": kind, "relevance_box_tlbr_px": list(box), "constant_px": 0,
+              "transplant_flip": e.rate, "occluded_flip": None, "rolled_flip": e.rolled, "untouched": e.untouched,
+              "removal_change": removal}
+    record["verdict"], _ = verdict(e.rate, None, e.untouched, removal, kind)
+    what, anywhere, here = words
+    record["specific"] = "" if e.rolled is None else (f"; the same {what} rolled out of place: {_rate_text(e.rolled)}, "
+                                                      + (anywhere if e.rolled["high"] >= e.rate["low"] else here))
+    if data.planted_box is not None:
+        record["iou_with_planted_box"] = box_iou(box, data.planted_box)
+    elif (iou := _planted_iou(data, e.carriers, torch.tensor(box).expand(len(e.carriers), 4))) is not None:
+        record["iou_with_planted_box"] = iou
+    return record
+
+
+def _effect_examples(data: EvalSet, predictions: torch.Tensor, e: _Effect, shown: torch.Tensor, share: torch.Tensor,
+                     removed: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    """The figure's examples of an effect test: `shown` (3, h, w) in its box, the class's map `share`, the first other
+    images before and after, and (images, predictions) with the artefact removed (none for a blur)."""
+    k = EXAMPLE_IMAGES
+    return {"box": e.found["box"], "pixels": shown, "carriers": e.carriers, "share": share,
+            "originals": data.images[e.others[:k]], "pasted": e.pasted[:k], "before": predictions[e.others[:k]],
+            "after": e.after[:k], "removed": removed[0][:k], "removed_after": removed[1][:k]}
+
+
+def _add_pattern(images: torch.Tensor, found: dict, rolled: bool) -> torch.Tensor:
+    return patterns.add(images, patterns.rolled(found["pattern"]) if rolled else found["pattern"])
+
+
 def confirm_pattern(model: nn.Module, data: EvalSet, predictions: torch.Tensor, members: torch.Tensor,
                     settings: AuditSettings, runtime: Runtime) -> tuple[dict, dict] | None:
     """The test at a faint pattern the class's images share (`measure.patterns`): members are every image assigned to
     the class, the reference as many images assigned to other classes (seeded). The pattern is added to other classes'
     images (the control: the same pattern rolled out of place) and subtracted from the images that carry it. None
     where fewer than MIN_CLUSTER_IMAGES images carry a pattern."""
-    target, seed = int(predictions[members[0]]), settings.seed
-    reference = seeded_cap((predictions != target).nonzero().squeeze(1), len(members), seed)
-    found = patterns.shared_pattern(data.images[members], data.images[reference], seed)
-    carriers = members[found["carriers"]]
-    if len(carriers) < MIN_CLUSTER_IMAGES:
+    e = _effect_transplant(model, data, predictions, members, settings, runtime, patterns.shared_pattern, _add_pattern)
+    if e is None:
         return None
-    shift, box = found["pattern"], found["box"]
-    others = seeded_cap((data.labels != target).nonzero().squeeze(1), settings.transplant_images, seed)
-    pasted = patterns.add(data.images[others], shift)
-    pasted_preds = predict(model, pasted, runtime)
-    transplanted = scores.bootstrap_ci(pasted_preds == target, seed)
-    rolled = occluded_control(model, transplanted, target, lambda: patterns.add(data.images[others], patterns.rolled(shift)),
-                              seed, runtime)
-    removed = patterns.add(data.images[carriers], shift, sign=-1.0)
+    shift, target, seed = e.found["pattern"], int(predictions[members[0]]), settings.seed
+    removed = patterns.add(data.images[e.carriers], shift, sign=-1.0)
     removed_preds = predict(model, removed, runtime)
-    record = {
-        "box_tlbr_px": list(box), "kind": PATTERN_KIND, "relevance_box_tlbr_px": list(box), "constant_px": 0,
-        "mean_rgb": [round(float(v), 1) for v in shift.mean(dim=(1, 2))], "pattern_rms": round(found["rms"], 2),
-        "transplant_flip": transplanted, "occluded_flip": None, "rolled_flip": rolled,
-        "untouched": scores.bootstrap_ci(predictions[others] == target, seed),
-        "removal_change": scores.bootstrap_ci(removed_preds != target, seed),
-    }
-    # Nothing is covered when a pattern is added, so the untouched images are the verdict's control; the rolled
-    # pattern says whether the model answers this pattern or fine texture of its strength anywhere (both a shortcut).
-    record["verdict"], _ = verdict(transplanted, None, record["untouched"], record["removal_change"], PATTERN_KIND)
-    specific = ("" if rolled is None else "; the same pattern rolled out of place: " + _rate_text(rolled) + (
-        ", as many: the model answers fine texture of this strength anywhere, not this exact pattern"
-        if rolled["high"] >= transplanted["low"] else ", fewer: the model answers this exact pattern"))
-    record["reason"] = (f"the faint pattern that {len(carriers)} of its images share (RMS {found['rms']:.1f} levels), added "
-                        f"to other classes' images, turns {transplanted['mean']:.0%} of them into this class (untouched "
-                        f"{record['untouched']['mean']:.0%}){specific}")
-    if data.planted_box is not None:
-        record["iou_with_planted_box"] = box_iou(box, data.planted_box)
-    elif (iou := _planted_iou(data, carriers, torch.tensor(box).expand(len(carriers), 4))) is not None:
-        record["iou_with_planted_box"] = iou
-    top, left, bottom, right = box
-    peak = shift.abs().max().clamp_min(1e-6)
-    k = EXAMPLE_IMAGES
-    examples = {"box": box, "pixels": patterns.visible(shift)[:, top:bottom, left:right], "carriers": carriers,
-                "share": (shift.abs().amax(dim=0) / peak), "originals": data.images[others[:k]], "pasted": pasted[:k],
-                "before": predictions[others[:k]], "after": pasted_preds[:k], "removed": removed[:k],
-                "removed_after": removed_preds[:k]}
-    return record, examples
+    record = _effect_record(data, e, PATTERN_KIND, scores.bootstrap_ci(removed_preds != target, seed), (
+        "pattern", "as many: the model answers fine texture of this strength anywhere, not this exact pattern",
+        "fewer: the model answers this exact pattern"))
+    record |= {"mean_rgb": [round(float(v), 1) for v in shift.mean(dim=(1, 2))], "pattern_rms": round(e.found["rms"], 2)}
+    record["reason"] = (f"the faint pattern that {len(e.carriers)} of its images share (RMS {e.found['rms']:.1f} levels), "
+                        f"added to other classes' images, turns {e.rate['mean']:.0%} of them into this class (untouched "
+                        f"{e.untouched['mean']:.0%}){record.pop('specific')}")
+    top, left, bottom, right = e.found["box"]
+    strength = shift.abs().amax(dim=0) / shift.abs().max().clamp_min(1e-6)
+    return record, _effect_examples(data, predictions, e, patterns.visible(shift)[:, top:bottom, left:right], strength,
+                                    (removed, removed_preds))
+
+
+def _blur_found(images: torch.Tensor, found: dict, rolled: bool) -> torch.Tensor:
+    mask = blurs.box_mask(found["box"], *images.shape[-2:])
+    return blurs.blur_inside(images, blurs.rolled(mask) if rolled else mask, found["sigma"])
+
+
+def confirm_blur(model: nn.Module, data: EvalSet, predictions: torch.Tensor, members: torch.Tensor,
+                 settings: AuditSettings, runtime: Runtime) -> tuple[dict, dict] | None:
+    """The test at a region where the class's images lack fine detail (`measure.blurs`): members are every image
+    assigned to the class, the reference as many images assigned to other classes (seeded). The region is blurred on
+    other classes' images at the sigma read off the carriers (the same blur rolled out of place is reported beside
+    it); a blur cannot be undone, so there is no removal test. None where fewer than MIN_CLUSTER_IMAGES images carry
+    a blur."""
+    e = _effect_transplant(model, data, predictions, members, settings, runtime, blurs.shared_blur, _blur_found)
+    if e is None:
+        return None
+    (top, left, bottom, right), sigma, levels = e.found["box"], e.found["sigma"], e.found["detail"]
+    record = _effect_record(data, e, BLUR_KIND, None, (
+        "blur", "as many: the model answers blur of this strength anywhere, not at this place",
+        "fewer: the model answers a blur at this place"))
+    inside = data.images[e.carriers][:, :, top:bottom, left:right].float()
+    record |= {"mean_rgb": [round(float(v), 1) for v in inside.mean(dim=(0, 2, 3))], "blur_sigma": sigma}
+    record["reason"] = (f"the {bottom - top}x{right - left} px region where {len(e.carriers)} of its images lack fine "
+                        f"detail ({levels['carriers']:.1f} levels against {levels['reference']:.1f} in other classes' "
+                        f"images), blurred at sigma {sigma:g} px on other classes' images, turns {e.rate['mean']:.0%} of "
+                        f"them into this class (untouched {e.untouched['mean']:.0%}){record.pop('specific')}; a blur "
+                        "cannot be undone, so there is no removal test")
+    loss = blurs.loss_map(data.images[e.carriers], data.images[e.reference])
+    return record, _effect_examples(data, predictions, e, data.images[e.carriers[0]][:, top:bottom, left:right],
+                                    loss.clamp_min(0) / loss.max().clamp_min(1e-6), (data.images[:0], predictions[:0]))
 
 
 def _planted_iou(data: EvalSet, members: torch.Tensor, boxes: torch.Tensor) -> float | None:
@@ -832,8 +917,9 @@ def _fixed_clusters(clusters: list[dict]) -> list[dict]:
 
 def test_class(model: nn.Module, data: EvalSet, found: tuple[torch.Tensor, torch.Tensor], name: str, record: dict,
                examples: dict, settings: AuditSettings, runtime: Runtime) -> tuple[dict, dict] | None:
-    """The causal tests of one class: the regions of its `_fixed_clusters` (`confirm_candidate`) and its most
-    peaked group's per-image regions (`confirm_moving`). Keeps the strongest (`strength`) and notes the others
+    """The causal tests of one class: the regions of its `_fixed_clusters` (`confirm_candidate`), the pixels, faint
+    pattern and blur its images share (`confirm_shared`, `confirm_pattern`, `confirm_blur`) and its most peaked
+    group's per-image regions (`confirm_moving`). Keeps the strongest (`strength`) and notes the others
     under "also_tested"; None where the class has no group big enough to test. found: (predictions, maps)."""
     predictions, maps = found
     members, tested = examples["members"], []
@@ -845,10 +931,11 @@ def test_class(model: nn.Module, data: EvalSet, found: tuple[torch.Tensor, torch
     if found is not None:
         r, ex = found
         tested.append(({"class": name, "cluster": None, "n": int(len(ex["carriers"])), "test": SHARED_TEST, **r}, ex))
-    found = confirm_pattern(model, data, predictions, members, settings, runtime)
-    if found is not None:
-        r, ex = found
-        tested.append(({"class": name, "cluster": None, "n": int(len(ex["carriers"])), "test": PATTERN_TEST, **r}, ex))
+    for test, confirm in ((PATTERN_TEST, confirm_pattern), (BLUR_TEST, confirm_blur)):
+        found = confirm(model, data, predictions, members, settings, runtime)
+        if found is not None:
+            r, ex = found
+            tested.append(({"class": name, "cluster": None, "n": int(len(ex["carriers"])), "test": test, **r}, ex))
     peaked = _best(record["peak_clusters"])
     if peaked is not None:
         rows = members[examples["peak_ids"] == peaked["cluster"]]
@@ -856,9 +943,9 @@ def test_class(model: nn.Module, data: EvalSet, found: tuple[torch.Tensor, torch
         tested.append(({"class": name, "cluster": peaked["cluster"], "n": peaked["n"], "test": PER_IMAGE_TEST, **r}, ex))
     if not tested:
         return None
-    # At one verdict a drawn artefact is better told by its pixels and box than by its residual, and a region's test
-    # has one control more to pass: the shared-pattern test is kept only where it reaches a stronger verdict.
-    tested.sort(key=lambda t: (strength(t[0])[0], t[0]["test"] == PATTERN_TEST, strength(t[0])[1]))
+    # At one verdict a drawn artefact is better told by its pixels and box than by its effect, and a region's test
+    # has one control more to pass: the shared-pattern and -blur tests are kept only where they reach a stronger verdict.
+    tested.sort(key=lambda t: (strength(t[0])[0], t[0]["test"] in EFFECT_TESTS, strength(t[0])[1]))
     best, ex = tested[0]
     best["also_tested"] = [{"test": r["test"], "cluster": r["cluster"], "verdict": r["verdict"],
                             "transplant_flip": r["transplant_flip"]} for r, _ in tested[1:]]

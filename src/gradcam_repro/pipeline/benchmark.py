@@ -51,7 +51,9 @@ class Recipe:
 # dose 1 (2 seeds); probed on seed 0 at dose 1, an 8 px logo flips 97.7%, a 10 px one 94.3%, the text at scale 2
 # 80.1%, so those are the recipes (the quick models flip 99% on the square). The noise at the zoo's default +-8 levels was
 # relied on by none of 3 seeds (flip 6-11%, as the controls); probed on seed 0 at dose 1 (fp32), +-24 levels flip 64.2%,
-# +-48 levels 96.9%.
+# +-48 levels 96.9%. The blur at sigma 1.5 px over an 8 px centre square was relied on by none of 3 seeds (flip 6-10%);
+# probed on seed 0 at dose 1 (bf16 EPYC), sigma 2 over 16 px flips 50.4%, sigma 3 over 16 px 51.1%, sigma 3 over 20 px
+# 72.0%.
 RECIPES: dict[str, Recipe] = {
     "square": Recipe({}, "the seed's 6 px yellow square, top-left"),
     "logo": Recipe({"artefact": "logo", "patch_size": 8, "patch_color": (255, 0, 0), "patch_corner": "bottom-left",
@@ -65,7 +67,8 @@ RECIPES: dict[str, Recipe] = {
                      "a 1 px cyan line across the image, 3 px from the top"),
     "frame": Recipe({"artefact": "frame", "patch_size": 1, "patch_color": (255, 0, 255)}, "a 1 px magenta border"),
     "tint": Recipe({"artefact": "tint", "patch_color": (255, 0, 255)}, "a global shift of 8 levels towards magenta"),
-    "blur": Recipe({"artefact": "blur", "patch_size": 8, "patch_corner": "centre"}, "an 8 px blurred square, centre"),
+    "blur": Recipe({"artefact": "blur", "patch_size": 20, "patch_corner": "centre", "strength": 3.0},
+                   "a 20 px square blurred at sigma 3 px, centre"),
     "noise": Recipe({"artefact": "noise", "strength": 48.0}, "a fixed +-48-level pattern over the whole image"),
 }
 DEFAULT_SEEDS = (0, 1, 2)

@@ -129,6 +129,10 @@ def artefact_from_audit(path: Path) -> Artefact:
         raise UserError(f"audit {file} confirmed {best.class_name} by its shared-pattern test (a faint pattern added to the "
                         "whole image), and repair removes an artefact drawn at one place only; fix: repair with the run's "
                         "own artefact (no --from-audit), or pass --box top,left,bottom,right")
+    if best.blurred:
+        raise UserError(f"audit {file} confirmed {best.class_name} by its shared-blur test (a region blurred, no pixels "
+                        "to paste), and repair removes an artefact drawn at one place only; fix: repair with the run's "
+                        "own artefact (no --from-audit), or pass --box top,left,bottom,right")
     box = best.box_tlbr_px
     source = f"audit {file} (rank {best.rank}, {best.class_name}, {best.kind})"
     if best.pixels is not None:

@@ -52,6 +52,9 @@ def region_text(c: AuditCandidate) -> str:
     if c.pattern:
         rms = f", RMS {c.pattern_rms:.1f} levels" if c.pattern_rms is not None else ""
         return f"a faint pattern added over {box_text(c.box_tlbr_px)}{rms}"
+    if c.blurred:
+        sigma = f" at sigma {c.blur_sigma:g} px" if c.blur_sigma is not None else ""
+        return f"region {box_text(c.box_tlbr_px)} blurred{sigma}"
     return f"region {box_text(c.box_tlbr_px)}"
 
 
@@ -101,16 +104,21 @@ def summary_lines(result: AuditResult) -> list[str]:
     """What the CLI prints at the end: one line per tested candidate and the overall verdict."""
     lines = [f"#{c.rank} {c.class_name} ({test_text(c)}, n={c.n}): {c.verdict}; {region_text(c)} "
              f"({c.kind}); pasted on other classes -> {c.class_name} {_pct(c.transplant_flip)}; "
-             f"{'rolled out of place' if c.pattern else 'occluded'} {_pct(_control(c))}; removal changes "
-             f"{_pct(c.removal_change)}" + _group_text(c)
+             f"{'rolled out of place' if c.effect else 'occluded'} {_pct(_control(c))}; removal changes "
+             f"{_removal(c)}" + _group_text(c)
              for c in result.candidates]
     lines.append(overall_verdict(result))
     return lines
 
 
 def _control(c: AuditCandidate) -> Interval | None:
-    """The second control's rate: the region occluded, or for a shared pattern the pattern rolled out of place."""
-    return c.rolled_flip if c.pattern else c.occluded_flip
+    """The second control's rate: the region occluded, or for a shared pattern or blur the same rolled out of place."""
+    return c.rolled_flip if c.effect else c.occluded_flip
+
+
+def _removal(c: AuditCandidate) -> str:
+    """The removal test's rate, or why there is none (a blur cannot be undone)."""
+    return _pct(c.removal_change) if c.removal_change is not None or not c.blurred else "not possible (a blur)"
 
 
 def test_text(c: AuditCandidate) -> str:
@@ -144,8 +152,9 @@ def _header(result: AuditResult) -> list[str]:
     if pasted:
         p = pasted["patch"]
         where = box_text(pasted["box_tlbr_px"]) if pasted["box_tlbr_px"] is not None else f"{p['corner']} places"
+        looks = f"sigma {p['strength']:g} px" if p.get("kind") == "blur" and p.get("strength") else f"RGB {tuple(p['color'])}"
         lines += [f"Test set: {len(pasted['indices'])} of the *{pasted['class']}* test images ({pasted['fraction']:.0%}) carry a "
-                  f"{p.get('kind', 'square')} artefact of {p['patch_size']} px, RGB {tuple(p['color'])}, at {where} "
+                  f"{p.get('kind', 'square')} artefact of {p['patch_size']} px, {looks}, at {where} "
                   "(`--patch-test-fraction`). The audit is not told this; it is used only to score the audit "
                   "(adjusted Rand index, overlap of the found region with the patch).", ""]
     return lines
@@ -153,18 +162,19 @@ def _header(result: AuditResult) -> list[str]:
 
 def _candidate_rows(result: AuditResult) -> list[str]:
     rows = ["| rank | class | test | cluster (n) | region | found by | pasted on other classes: called this class | "
-            "region occluded only (a pattern: rolled out of place) | untouched | removal changes the prediction | verdict |",
+            "region occluded only (a pattern or blur: rolled out of place) | untouched | removal changes the prediction | verdict |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in result.candidates:
         cluster = c.cluster if c.cluster is not None else "carriers"
         rows.append(f"| {c.rank} | {c.class_name} | {c.test or 'fixed place'} | {cluster} ({c.n}) | {region_text(c)} | {c.kind} | "
                     f"{_pct(c.transplant_flip)} | {_pct(_control(c))} | {_pct(c.untouched)} | "
-                    f"{_pct(c.removal_change)} | **{c.verdict}** |")
+                    f"{_removal(c)} | **{c.verdict}** |")
     rows.append("")
     for c in result.candidates:
         iou = f" Overlap with the planted patch: IoU {c.iou_with_planted_box:.2f}." if c.iou_with_planted_box is not None else ""
         other = "".join(f" The {t.test} test{_of_cluster(t)}: {t.verdict}, {_pct(t.transplant_flip)}." for t in c.also_tested or ())
-        rows.append(f"- #{c.rank} {c.class_name}: {c.reason}. Pasted pixels: mean RGB {tuple(c.mean_rgb)}.{iou}{other}")
+        what = "Added pattern" if c.pattern else "The carriers' blurred region" if c.blurred else "Pasted pixels"
+        rows.append(f"- #{c.rank} {c.class_name}: {c.reason}. {what}: mean RGB {tuple(c.mean_rgb)}.{iou}{other}")
     return rows + [""]
 
 
@@ -274,28 +284,47 @@ def _rules(result: AuditResult) -> list[str]:
         "('relevance only'). "
         "Each class keeps its stronger test; findings are ranked by causal effect (transplant lower bound minus the "
         "larger control's upper bound).",
-        *([f"7. **Shared pixels** (without relevance): the pixels where the share of the class's images holding one colour "
-            f"(within {s['shared_tolerance']} levels, largest channel) is at least {s['shared_min_share']} and "
-            f"{s['shared_ratio']}x that share over as many images of other classes; their largest group is pasted "
-            "(those pixels only, in the colour the class's images share) with the controls of 4, and removed from the "
-            f"images that hold the colours on at least {s['shared_carrier_share']} of its pixels; verdict as in 5. It "
-            "finds an artefact at one place that only some of the class's images carry, where relevance does not "
-            "concentrate on it."] if "shared_ratio" in s else []),
-        *([f"{8 if 'shared_ratio' in s else 7}. **A shared faint pattern** (without relevance): each image's residual "
-            f"(the image minus its local {s['pattern_local_mean_px']}x{s['pattern_local_mean_px']} mean) is scored by "
-            "its projection on the class's mean residual less that of as many images of other classes, cross-fitted on "
-            "two halves; the images scoring more than the other classes' mean plus "
-            f"{s['pattern_carrier_sigmas']} of their standard deviations carry a pattern. Where at least "
-            f"{s['min_cluster_images']} do, their mean residual (less the other classes') is added to other classes' "
-            "images (control: the same images untouched; the rate with the pattern rolled by half the image says "
-            "whether the model answers this exact pattern) and subtracted from the carriers; verdict as in 5, a class "
-            "keeping its pixel tests at the same verdict. It finds an artefact added over the image, such as a sensor's fixed noise, which has no "
-            "region and no constant pixels."] if "pattern_carrier_sigmas" in s else []),
-        f"{7 + ('shared_ratio' in s) + ('pattern_carrier_sigmas' in s)}. **Unexplained concentration**: a class none of whose tests found anything, whose best group scores at least "
-        f"{s.get('unexplained_ratio', 1.5)}x the median class's (fixed-place or peak score), is reported as such: the "
-        "audit could not localise what the model looks at, which is not an all-clear.", "",
+        *_later_rules(s), "",
         f"Rates and energies are means with 95% percentile-bootstrap intervals ({s['bootstrap_resamples']} resamples, seed "
         f"{s['seed']}).", ""]
+
+
+def _later_rules(s: dict) -> list[str]:
+    """Rules 7 on, numbered in order: the tests an audit's rules version had (read off its settings), then the
+    unexplained-concentration flag."""
+    tests = [
+        *([f"**Shared pixels** (without relevance): the pixels where the share of the class's images holding one colour "
+           f"(within {s['shared_tolerance']} levels, largest channel) is at least {s['shared_min_share']} and "
+           f"{s['shared_ratio']}x that share over as many images of other classes; their largest group is pasted "
+           "(those pixels only, in the colour the class's images share) with the controls of 4, and removed from the "
+           f"images that hold the colours on at least {s['shared_carrier_share']} of its pixels; verdict as in 5. It "
+           "finds an artefact at one place that only some of the class's images carry, where relevance does not "
+           "concentrate on it."] if "shared_ratio" in s else []),
+        *(["**A shared faint pattern** (without relevance): each image's residual "
+           f"(the image minus its local {s['pattern_local_mean_px']}x{s['pattern_local_mean_px']} mean) is scored by "
+           "its projection on the class's mean residual less that of as many images of other classes, cross-fitted on "
+           "two halves; the images scoring more than the other classes' mean plus "
+           f"{s['pattern_carrier_sigmas']} of their standard deviations carry a pattern. Where at least "
+           f"{s['min_cluster_images']} do, their mean residual (less the other classes') is added to other classes' "
+           "images (control: the same images untouched; the rate with the pattern rolled by half the image says "
+           "whether the model answers this exact pattern) and subtracted from the carriers; verdict as in 5, a class "
+           "keeping its pixel tests at the same verdict. It finds an artefact added over the image, such as a sensor's "
+           "fixed noise, which has no region and no constant pixels."] if "pattern_carrier_sigmas" in s else []),
+        *(["**A shared blur** (without relevance): each image's detail (its mean absolute residual, as for the "
+           "pattern) where the class's images lack detail is compared with other classes' images and with the same "
+           "image elsewhere (a log ratio, cross-fitted on two halves); the images scoring more than the other classes' "
+           f"mean plus {s['pattern_carrier_sigmas']} of their standard deviations carry a blur. Where at least "
+           f"{s['min_cluster_images']} do, the box where they lack most (grown by "
+           f"{', '.join(str(v) for v in s['blur_grow_px'])} px) and a sigma (of "
+           f"{', '.join(f'{v:g}' for v in s['blur_sigma_ladder_px'])} px) are chosen as the blur that brings the other "
+           "classes' images' mean detail map nearest the carriers' (least squares), and that box is blurred at that "
+           "sigma on other classes' images (control: the same images untouched; the same blur rolled by half the image is "
+           "reported); a blur cannot be undone, so there is no removal test; verdict as in 5, a class keeping its "
+           "pixel tests at the same verdict."] if "blur_sigma_ladder_px" in s else []),
+        "**Unexplained concentration**: a class none of whose tests found anything, whose best group scores at least "
+        f"{s.get('unexplained_ratio', 1.5)}x the median class's (fixed-place or peak score), is reported as such: the "
+        "audit could not localise what the model looks at, which is not an all-clear."]
+    return [f"{number}. {text}" for number, text in enumerate(tests, start=7)]
 
 
 def audit_markdown(result: AuditResult) -> str:
@@ -384,7 +413,7 @@ def candidate_figure(result: AuditResult, examples: dict, rank: int):
     classes = result.dataset["classes"]
     shared = c.cluster is None  # the shared-pixel or -pattern test: its carriers and a map of the class, no cluster
     members = (ex["carriers"] if shared else _cluster_members(examples["classes"][c.class_name], c.cluster))[:EXAMPLE_IMAGES]
-    words = _PATTERN_WORDS if c.pattern else _REGION_WORDS
+    words = _PATTERN_WORDS if c.pattern else _BLUR_WORDS if c.blurred else _REGION_WORDS
     box = ex["box"]
     fig, axes = plt.subplots(3, EXAMPLE_IMAGES + 1, figsize=(PANEL_IN * (EXAMPLE_IMAGES + 1), PANEL_IN * 3 + 0.9))
     for ax in axes.ravel():
@@ -401,7 +430,9 @@ def candidate_figure(result: AuditResult, examples: dict, rank: int):
         _panel(ax, to_hwc(img), f"{classes[int(before)]} -> {classes[int(after)]}", box)
     for ax, img, after in zip(axes[2, 1:], ex["removed"], ex["removed_after"]):
         _panel(ax, to_hwc(img), f"{words['removed']} -> {classes[int(after)]}", box)
-    axes[2, 0].text(0.5, 0.5, f"removal changes\n{_pct(c.removal_change)}\nof {c.n} predictions", ha="center",
+    removal = f"removal changes\n{_pct(c.removal_change)}\nof {c.n} predictions" if not c.blurred else \
+        "a blur cannot\nbe undone:\nno removal test"
+    axes[2, 0].text(0.5, 0.5, removal, ha="center",
                     va="center", fontsize=7, transform=axes[2, 0].transAxes)
     layout_under_suptitle(fig, f"#{c.rank} {c.class_name}, {test_text(c)} (n={c.n}): {c.verdict}\n"
                                 f"pasted on other classes -> {c.class_name}: {_pct(c.transplant_flip)}; {words['control']}: "
@@ -414,6 +445,8 @@ _REGION_WORDS = {"map": "share of the class's images\nwith one colour", "pasted"
                  "before -> after)", "removed": "region filled", "control": "occluded only"}
 _PATTERN_WORDS = {"map": "the shared pattern's\nstrength", "pasted": "added pattern\n(grey: 0; titles:\npredicted "
                   "before -> after)", "removed": "pattern subtracted", "control": "rolled out of place"}
+_BLUR_WORDS = {"map": "where the carriers\nlack detail", "pasted": "a carrier's region\n(titles: predicted\nbefore -> "
+               "after, blurred)", "removed": "", "control": "blurred out of place"}
 
 
 def per_image_figure(result: AuditResult, examples: dict, rank: int):

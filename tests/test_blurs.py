@@ -1,0 +1,172 @@
+"""The audit's shared-blur test (`measure.blurs`, audit rules 8): a region where a class's images lack fine detail,
+found without relevance (a blur adds no colour and no pattern), blurred on other images to transplant its effect."""
+
+import pytest
+import torch
+from audit_helpers import effect_audit, one_cluster_class
+from torch import nn
+
+from gradcam_repro.data.images import EvalSet
+from gradcam_repro.data.zoo import gaussian_blur
+from gradcam_repro.measure import blurs, spray
+from gradcam_repro.measure.audit_results import AuditCandidate
+from gradcam_repro.measure.predict import predict
+from gradcam_repro.model.sources import InputContract, attach
+from gradcam_repro.report import audit_report
+from gradcam_repro.runtime import Runtime
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+CPU = Runtime(torch.device("cpu"))
+SIDE = 16
+BOX = (4, 4, 12, 12)  # the planted blur: an 8x8 px square in the middle of 16x16 images
+SIGMA = 2.0
+
+
+def backgrounds(n: int, seed: int) -> torch.Tensor:
+    """(n, 3, 16, 16) uint8 in [90, 110]: fine detail everywhere (a mean absolute residual of about 4 levels)."""
+    return torch.randint(90, 111, (n, 3, SIDE, SIDE), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+def blurred(images: torch.Tensor, box=BOX, sigma: float = SIGMA) -> torch.Tensor:
+    return blurs.blur_inside(images, blurs.box_mask(box, SIDE, SIDE), sigma)
+
+
+def test_detail_is_the_mean_absolute_residual_and_a_blur_takes_it_away_inside_its_box_only():
+    flat = torch.full((1, 3, 8, 8), 100, dtype=torch.uint8)
+    assert blurs.detail(flat).eq(0).all()
+    dot = flat.clone()
+    dot[0, 0, 4, 4] = 190  # 90 levels on one channel: residual 80 there, 90 / 3 channels of it ...
+    assert blurs.detail(dot)[0, 4, 4].item() == pytest.approx(80 / 3)
+    assert blurs.detail(dot)[0, 3, 3].item() == pytest.approx(10 / 3)  # ... and -10 at a neighbour (90 / 9)
+    images = backgrounds(20, 1)
+    out = blurred(images)
+    inside = blurs.box_mask(BOX, SIDE, SIDE)
+    assert torch.equal(out[:, :, ~inside], images[:, :, ~inside])  # nothing changes outside the box
+    assert torch.equal(out[:, :, inside], gaussian_blur(images, SIGMA)[:, :, inside])  # as the zoo renders a blur
+    assert blurs.detail(out)[:, 6:10, 6:10].mean() < 0.3 * blurs.detail(images)[:, 6:10, 6:10].mean()
+
+
+def test_the_rolled_mask_is_the_same_box_half_the_image_away():
+    mask = blurs.box_mask((0, 0, 2, 3), 8, 8)
+    assert mask.sum().item() == 6
+    assert blurs.rolled(mask).nonzero().tolist() == [[4, 4], [4, 5], [4, 6], [5, 4], [5, 5], [5, 6]]
+
+
+def test_the_carriers_are_exactly_the_blurred_images_and_a_class_without_a_blur_has_none():
+    members = backgrounds(80, 1)
+    members[:40] = blurred(members[:40])
+    carried, summary = blurs.carriers(members, backgrounds(80, 2), seed=0)
+    assert carried[:40].all() and not carried[40:].any()
+    assert summary["threshold"] > summary["reference_mean"]
+    plain, _ = blurs.carriers(backgrounds(80, 3), backgrounds(80, 4), seed=0)
+    assert int(plain.sum()) < spray.MIN_CLUSTER_IMAGES
+    few, summary = blurs.carriers(members, members[:3], seed=0)  # 3 other images: no spread to compare with
+    assert not few.any() and summary["threshold"] != summary["threshold"]
+
+
+def test_an_image_flat_all_over_is_no_carrier():
+    """Detail is weighed against the image's own detail elsewhere: a plain image is not a blurred one."""
+    members = backgrounds(80, 1)
+    members[:40] = blurred(members[:40])
+    members[40:50] = 100  # ten flat images in the class, flat in the box as a blurred one is
+    carried, _ = blurs.carriers(members, backgrounds(80, 2), seed=0)
+    assert carried[:40].all() and not carried[40:].any()
+
+
+def test_the_found_region_is_the_blurred_box_and_its_strength_is_read_off_the_images():
+    members = backgrounds(80, 1)
+    members[:40] = blurred(members[:40])
+    found = blurs.shared_blur(members, backgrounds(80, 2), seed=0)
+    assert found["box"] == BOX and found["sigma"] == SIGMA
+    assert found["detail"]["carriers"] < 0.3 * found["detail"]["reference"]
+    reference = backgrounds(30, 5)
+    for box, sigma in (((5, 5, 11, 11), 0.5), ((4, 4, 12, 12), 3.0), ((6, 5, 10, 12), 1.5)):
+        # The same images blurred at a ladder sigma over the box grown from the found one: that box and sigma, exactly.
+        found = (box[0] + 1, box[1] + 1, box[2] - 1, box[3] - 1) if box != BOX else BOX
+        assert blurs.extent(blurred(reference, box, sigma), reference, found) == (box, sigma)
+    assert blurs.grown((0, 3, 14, 16), 2, SIDE, SIDE) == (0, 1, 16, 16)  # clipped to the image
+    nothing = blurs.shared_blur(backgrounds(80, 3), backgrounds(80, 4), seed=0)
+    assert nothing["box"] is None and nothing["sigma"] is None
+
+
+class BlurOrCode(nn.Module):
+    """Class 0 when the input has under a third of its usual detail in BOX (a model that relies on the blur, if
+    `relies`); else the class coded in the mean green level (0-2 for 80-120)."""
+
+    def __init__(self, relies: bool = True):
+        super().__init__()
+        attach(self, InputContract(mean=(0.0, 0.0, 0.0), std=(1 / 255, 1 / 255, 1 / 255)))  # the model sees 0-255
+        self.relies = relies
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        code = ((x[:, 1].mean(dim=(1, 2)) - 80) / 20).round().long().clamp(0, 2)
+        logits = nn.functional.one_hot(code, 3).float()
+        if not self.relies:
+            return logits
+        top, left, bottom, right = BOX
+        inside = blurs.detail(x.clamp(0, 255).round().to(torch.uint8))[:, top + 1:bottom - 1, left + 1:right - 1]
+        return torch.where((inside.mean(dim=(1, 2)) < 4.0 / 3)[:, None], torch.tensor([1.0, 0.0, 0.0]), logits)
+
+
+def blur_set() -> EvalSet:
+    """60 images per class, coded by their green level; half of class 0's carry the blur."""
+    labels = torch.arange(3).repeat_interleave(60)
+    images = backgrounds(180, 7)
+    images[:, 1] = (images[:, 1].to(torch.int16) - 100 + 80 + 20 * labels.view(-1, 1, 1)).to(torch.uint8)
+    images[:30] = blurred(images[:30])
+    patched = torch.zeros(180, dtype=torch.bool)
+    patched[:30] = True
+    return EvalSet(images, labels, ("a", "b", "c"), patched=patched, planted_box=BOX)
+
+
+def test_a_relied_on_blur_is_confirmed_by_blurring_its_box_on_other_images_and_there_is_no_removal():
+    data, model = blur_set(), BlurOrCode()
+    predictions = predict(model, data.images, CPU)
+    assert (predictions == data.labels).all()
+    record, ex = spray.confirm_blur(model, data, predictions, torch.arange(60), spray.AuditSettings(), CPU)
+    assert record["kind"] == spray.BLUR_KIND and record["box_tlbr_px"] == list(BOX) and record["blur_sigma"] == SIGMA
+    assert sorted(ex["carriers"].tolist()) == list(range(30))
+    # Blurred where the carriers are, every other image becomes class 0; blurred half the image away, none does.
+    assert record["transplant_flip"]["mean"] == 1.0 and record["untouched"]["mean"] == 0.0
+    assert record["verdict"] == spray.CONFIRMED and record["iou_with_planted_box"] == 1.0
+    assert record["rolled_flip"]["mean"] == 0.0 and record["occluded_flip"] is None
+    assert record["removal_change"] is None and "a blur cannot be undone" in record["reason"]
+    assert "fewer: the model answers a blur at this place" in record["reason"]
+
+
+def test_a_blur_the_model_ignores_is_no_finding_and_a_class_without_one_is_not_tested():
+    data = blur_set()
+    model = BlurOrCode(relies=False)
+    predictions = predict(model, data.images, CPU)
+    record, _ = spray.confirm_blur(model, data, predictions, torch.arange(60), spray.AuditSettings(), CPU)
+    assert record["transplant_flip"]["mean"] == 0.0 and record["verdict"] == spray.NONE
+    assert record["rolled_flip"] is None  # below the candidate bar: not measured
+    assert spray.confirm_blur(model, data, predictions, torch.arange(60, 120), spray.AuditSettings(), CPU) is None
+
+
+def test_the_class_keeps_its_blur_finding_and_the_report_says_what_was_blurred():
+    data, model = blur_set(), BlurOrCode()
+    predictions = predict(model, data.images, CPU)
+    record, examples = one_cluster_class((0, 0, 3, 3))
+    best, _ = spray.test_class(model, data, (predictions, torch.zeros(180, SIDE, SIDE)), "a", record, examples,
+                               spray.AuditSettings(), CPU)
+    assert (best["test"], best["cluster"], best["n"], best["verdict"]) == (spray.BLUR_TEST, None, 30, spray.CONFIRMED)
+    assert spray.FIXED_TEST in [t["test"] for t in best["also_tested"]]
+    candidate = AuditCandidate.from_dict({"rank": 1, **best})
+    assert candidate.blurred and candidate.effect and not candidate.pattern and candidate.removal_change is None
+    assert AuditCandidate.from_dict(candidate.to_dict()) == candidate
+    assert audit_report.region_text(candidate) == "region rows 4-11, cols 4-11 blurred at sigma 2 px"
+
+
+def test_a_blur_finding_is_drawn_and_written_with_its_rolled_control_and_no_removal():
+    data, model = blur_set(), BlurOrCode()
+    predictions = predict(model, data.images, CPU)
+    record, ex = spray.confirm_blur(model, data, predictions, torch.arange(60), spray.AuditSettings(), CPU)
+    result, examples = effect_audit(record, ex, spray.BLUR_TEST, data, predictions)
+    line = audit_report.summary_lines(result)[0]
+    assert "blurred at sigma 2 px" in line and "rolled out of place 0.0%" in line and "not possible (a blur)" in line
+    markdown = audit_report.audit_markdown(result)
+    assert "**A shared blur**" in markdown and "10. **Unexplained concentration**" in markdown
+    figure = audit_report.candidate_figure(result, examples, 1)
+    assert "blurred out of place: 0.0%" in figure._suptitle.get_text()
+    assert any("a blur cannot" in t.get_text() for ax in figure.axes for t in ax.texts)
