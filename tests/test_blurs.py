@@ -8,8 +8,9 @@ from torch import nn
 
 from gradcam_repro.data.images import EvalSet
 from gradcam_repro.data.zoo import gaussian_blur
-from gradcam_repro.measure import blurs, spray
+from gradcam_repro.measure import blurs, patterns, spray
 from gradcam_repro.measure.audit_results import AuditCandidate
+from gradcam_repro.measure.moving import grow_box
 from gradcam_repro.measure.predict import predict
 from gradcam_repro.model.sources import InputContract, attach
 from gradcam_repro.report import audit_report
@@ -28,7 +29,7 @@ def backgrounds(n: int, seed: int) -> torch.Tensor:
 
 
 def blurred(images: torch.Tensor, box=BOX, sigma: float = SIGMA) -> torch.Tensor:
-    return blurs.blur_inside(images, blurs.box_mask(box, SIDE, SIDE), sigma)
+    return blurs.blur_inside(images, blurs.mask_of(box, SIDE, SIDE), sigma)
 
 
 def test_detail_is_the_mean_absolute_residual_and_a_blur_takes_it_away_inside_its_box_only():
@@ -40,16 +41,16 @@ def test_detail_is_the_mean_absolute_residual_and_a_blur_takes_it_away_inside_it
     assert blurs.detail(dot)[0, 3, 3].item() == pytest.approx(10 / 3)  # ... and -10 at a neighbour (90 / 9)
     images = backgrounds(20, 1)
     out = blurred(images)
-    inside = blurs.box_mask(BOX, SIDE, SIDE)
+    inside = blurs.mask_of(BOX, SIDE, SIDE)
     assert torch.equal(out[:, :, ~inside], images[:, :, ~inside])  # nothing changes outside the box
     assert torch.equal(out[:, :, inside], gaussian_blur(images, SIGMA)[:, :, inside])  # as the zoo renders a blur
     assert blurs.detail(out)[:, 6:10, 6:10].mean() < 0.3 * blurs.detail(images)[:, 6:10, 6:10].mean()
 
 
 def test_the_rolled_mask_is_the_same_box_half_the_image_away():
-    mask = blurs.box_mask((0, 0, 2, 3), 8, 8)
+    mask = blurs.mask_of((0, 0, 2, 3), 8, 8)
     assert mask.sum().item() == 6
-    assert blurs.rolled(mask).nonzero().tolist() == [[4, 4], [4, 5], [4, 6], [5, 4], [5, 5], [5, 6]]
+    assert patterns.rolled(mask).nonzero().tolist() == [[4, 4], [4, 5], [4, 6], [5, 4], [5, 5], [5, 6]]
 
 
 def test_the_carriers_are_exactly_the_blurred_images_and_a_class_without_a_blur_has_none():
@@ -83,8 +84,9 @@ def test_the_found_region_is_the_blurred_box_and_its_strength_is_read_off_the_im
     for box, sigma in (((5, 5, 11, 11), 0.5), ((4, 4, 12, 12), 3.0), ((6, 5, 10, 12), 1.5)):
         # The same images blurred at a ladder sigma over the box grown from the found one: that box and sigma, exactly.
         found = (box[0] + 1, box[1] + 1, box[2] - 1, box[3] - 1) if box != BOX else BOX
-        assert blurs.extent(blurred(reference, box, sigma), reference, found) == (box, sigma)
-    assert blurs.grown((0, 3, 14, 16), 2, SIDE, SIDE) == (0, 1, 16, 16)  # clipped to the image
+        wanted = blurs.detail(blurred(reference, box, sigma)).mean(dim=0)
+        assert blurs.extent(wanted, reference, found) == (box, sigma)
+    assert grow_box((0, 3, 14, 16), 2, (SIDE, SIDE)) == (0, 1, 16, 16)  # clipped to the image
     nothing = blurs.shared_blur(backgrounds(80, 3), backgrounds(80, 4), seed=0)
     assert nothing["box"] is None and nothing["sigma"] is None
 

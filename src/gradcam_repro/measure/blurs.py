@@ -8,10 +8,11 @@ local 3x3 mean); a blur of a few px takes it to near zero, where a photo's conte
 
 For one class: members are the images assigned to it, the reference as many images assigned to other classes
 (seeded). Both are split into two seeded halves (a stream of their own, as the pattern test's). In each half the
-*loss* at a pixel is the reference images' mean detail less the members' (where positive), and it weights the pixels:
-every image of the other half is scored by the detail it lacks there, the weighted mean of (reference mean detail
-less its own). An image *carries* a blur where its score exceeds the reference images' scores by
-`patterns.CARRIER_SIGMAS` of their standard deviations, as the pattern test's carriers do.
+*loss* at a pixel is the reference images' mean detail less the members'. Every image of the other half scores
+log(its detail where the class's detail is ordinary) - log(its detail where the class lacks it), each a mean of its
+own detail weighted by that half's loss, so that an image flat all over (a sky) scores as little as a sharp one. An
+image *carries* a blur where its score exceeds the reference images' scores by `patterns.CARRIER_SIGMAS` of their
+standard deviations, as the pattern test's carriers do.
 
 The *region* is where the carriers lack most: the bounding box of the pixels whose loss (all reference images'
 mean detail less the carriers') exceeds `patterns.BOX_SHARE` of its largest value. At a blur's edge a pixel's 3x3
@@ -19,16 +20,16 @@ residual reaches sharp neighbours, so that box can fall short of the blurred one
 depending on the images' content. The blur's *extent and strength* are therefore read off the images, not off the
 model: of that box grown by 0, 1 or 2 px (`GROW_PX`) and the sigmas of `SIGMA_LADDER`, the blur that, applied to the
 reference images, brings their mean detail map nearest the carriers' (least squares). The audit then blurs that box
-at that sigma on other classes' images: the artefact's effect transplanted (a blur cannot be pasted as pixels). It also blurs the box rolled by half the image (the same
-blur, none of it at its place) and reports that rate beside the verdict, not as its control, as the pattern test
-does: a model that answers blur of this strength anywhere answers both, and that is a shortcut too. A blur cannot
-be undone, so there is no removal test; the audit says so.
+at that sigma on other classes' images: the artefact's effect transplanted (a blur cannot be pasted as pixels). It
+also blurs the box rolled by half the image (the same blur, none of it at its place) and reports that rate beside
+the verdict, not as its control, as the pattern test does: a model that answers blur of this strength anywhere
+answers both, and that is a shortcut too. A blur cannot be undone, so there is no removal test; the audit says so.
 
 Audit rules version 8. The ladder spans the zoo's blur strengths (`data.zoo.BLUR_STRENGTH`, 0.3-5 px) and the
-thresholds are the pattern test's, fixed before any audit of a blurred model was looked at. Two choices were made
-after a check without models (each benchmark recipe planted on CIFAR-10 test images): detail "elsewhere" is weighed
-where the class's detail is ordinary, as a drawn mark adds detail (a frame's border had made 33 of 52 framed frogs
-"carriers"); and the extent is fitted (`GROW_PX`) after one blurred model (seed 0) moved 50% of other images with
+thresholds are the pattern test's, fixed before any audit of a blurred model was looked at. Two choices came later:
+detail "elsewhere" is weighed where the class's detail is ordinary, after a check without models (each benchmark
+recipe planted on CIFAR-10 test images), as a drawn mark adds detail (a frame's border had made 33 of 52 framed frogs
+"carriers"); and the extent is fitted (`GROW_PX`), after one blurred model (seed 0) moved 50% of other images with
 the found 18 px box and 73% with the planted 20 px one. The benchmark's other cells are their check
 (docs/findings/benchmark.md).
 
@@ -39,8 +40,9 @@ from __future__ import annotations
 
 import torch
 
-from gradcam_repro.data.zoo import gaussian_blur
-from gradcam_repro.measure.patterns import BOX_SHARE, SPLIT_STREAM, cross_fitted, residuals
+from gradcam_repro.data.zoo import box_masks, gaussian_blur
+from gradcam_repro.measure.moving import grow_box
+from gradcam_repro.measure.patterns import SPLIT_STREAM, cross_fitted, residuals, share_box
 
 # The blur strengths tried when the found blur is measured: Gaussian sigmas in px, the zoo's range.
 SIGMA_LADDER = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0)
@@ -83,69 +85,45 @@ def carriers(members: torch.Tensor, reference: torch.Tensor, seed: int = 0) -> t
     return cross_fitted(detail(members), detail(reference), _loss_scores, seed * 65_536 + BLUR_STREAM)
 
 
-def loss_map(carried: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """(H, W): the reference images' mean detail less the carriers', in levels (positive where the carriers lack)."""
-    return detail(reference).mean(dim=0) - detail(carried).mean(dim=0)
-
-
-def loss_box(carried: torch.Tensor, reference: torch.Tensor, share: float = BOX_SHARE) -> tuple[int, int, int, int]:
-    """(top, left, bottom, right) of the pixels where the carriers' mean detail falls short of the reference images'
-    by more than `share` of the largest shortfall."""
-    loss = loss_map(carried, reference)
-    rows, cols = (loss > share * loss.max()).nonzero(as_tuple=True)
-    return int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
-
-
-def box_mask(box: tuple[int, int, int, int], height: int, width: int) -> torch.Tensor:
-    """(H, W) bool, True inside `box`."""
-    top, left, bottom, right = box
-    mask = torch.zeros(height, width, dtype=torch.bool)
-    mask[top:bottom, left:right] = True
-    return mask
-
-
 def blur_inside(images: torch.Tensor, mask: torch.Tensor, sigma: float) -> torch.Tensor:
     """(N, 3, H, W) uint8 `images` with the pixels where the (H, W) bool `mask` holds replaced by the same pixels of
     the images blurred at `sigma` px (as `data.zoo` renders a blur)."""
     return torch.where(mask, gaussian_blur(images, sigma), images)
 
 
-def rolled(mask: torch.Tensor) -> torch.Tensor:
-    """The place of the report's second rate: `mask` rolled by half its height and half its width (wrapping)."""
-    height, width = mask.shape
-    return torch.roll(mask, shifts=(height // 2, width // 2), dims=(0, 1))
+def mask_of(box: tuple[int, int, int, int], height: int, width: int) -> torch.Tensor:
+    """(H, W) bool, True inside `box` (`data.zoo.box_masks` of one box)."""
+    return box_masks(torch.tensor([box]), height, width)[0]
 
 
-def grown(box: tuple[int, int, int, int], px: int, height: int, width: int) -> tuple[int, int, int, int]:
-    """`box` grown by `px` on every side, clipped to the image."""
-    top, left, bottom, right = box
-    return max(0, top - px), max(0, left - px), min(height, bottom + px), min(width, right + px)
-
-
-def extent(carried: torch.Tensor, reference: torch.Tensor, box: tuple[int, int, int, int]) -> tuple[tuple, float]:
+def extent(wanted: torch.Tensor, reference: torch.Tensor, box: tuple[int, int, int, int]) -> tuple[tuple, float]:
     """(box, sigma): of `box` grown by each of GROW_PX and each sigma of SIGMA_LADDER, the blur that brings the
-    reference images' mean detail map nearest the carriers' (least squares over the image; ties: the first, least
-    grown and smallest). Read off the images, not the model: a blur's edge keeps some detail where its neighbours are
-    sharp, by how much depends on the images' content, and blurring the reference images reproduces that."""
-    height, width = carried.shape[-2:]
-    wanted = detail(carried).mean(dim=0)
+    reference images' mean detail map nearest `wanted`, the carriers' (least squares over the image; ties: the first,
+    least grown and smallest). Read off the images, not the model: a blur's edge keeps some detail where its
+    neighbours are sharp, by how much depends on the images' content, and blurring the reference images reproduces
+    that."""
+    size = tuple(reference.shape[-2:])
+    blurred = {sigma: gaussian_blur(reference, sigma) for sigma in SIGMA_LADDER}  # each sigma once, for every box
 
     def misfit(candidate: tuple[tuple, float]) -> float:
         place, sigma = candidate
-        blurred = blur_inside(reference, box_mask(place, height, width), sigma)
-        return float((detail(blurred).mean(dim=0) - wanted).pow(2).sum())
+        inside = torch.where(mask_of(place, *size), blurred[sigma], reference)
+        return float((detail(inside).mean(dim=0) - wanted).pow(2).sum())
 
-    return min(((grown(box, px, height, width), sigma) for px in GROW_PX for sigma in SIGMA_LADDER), key=misfit)
+    return min(((grow_box(box, px, size), sigma) for px in GROW_PX for sigma in SIGMA_LADDER), key=misfit)
 
 
 def shared_blur(members: torch.Tensor, reference: torch.Tensor, seed: int = 0) -> dict:
     """The blur test's finding: {"carriers" (n,) bool, "box" (None where nothing is carried), "sigma" (px),
-    "detail" {"carriers", "reference"}: mean detail inside the box in levels, "scores" (the summary of `carriers`)}."""
+    "detail" {"carriers", "reference"}: mean detail inside the box in levels, "loss" (H, W): the reference images'
+    mean detail less the carriers' (positive where the carriers lack), "scores" (the summary of `carriers`)}."""
     carried, summary = carriers(members, reference, seed)
     if not carried.any():
-        return {"carriers": carried, "box": None, "sigma": None, "detail": None, "scores": summary}
-    box, sigma = extent(members[carried], reference, loss_box(members[carried], reference))
-    mask = box_mask(box, *members.shape[-2:])
-    levels = {"carriers": float(detail(members[carried])[:, mask].mean()),
-              "reference": float(detail(reference)[:, mask].mean())}
-    return {"carriers": carried, "box": box, "sigma": sigma, "detail": levels, "scores": summary}
+        return {"carriers": carried, "box": None, "sigma": None, "detail": None, "loss": None, "scores": summary}
+    carried_detail, reference_detail = detail(members[carried]), detail(reference)
+    wanted = carried_detail.mean(dim=0)
+    loss = reference_detail.mean(dim=0) - wanted
+    box, sigma = extent(wanted, reference, share_box(loss))
+    mask = mask_of(box, *members.shape[-2:])
+    levels = {"carriers": float(carried_detail[:, mask].mean()), "reference": float(reference_detail[:, mask].mean())}
+    return {"carriers": carried, "box": box, "sigma": sigma, "detail": levels, "loss": loss, "scores": summary}

@@ -75,6 +75,12 @@ def shift_invariant_embedding(maps: torch.Tensor, grid: int = 8) -> np.ndarray:
     return (spectrum / spectrum.norm(dim=1, keepdim=True).clamp_min(1e-12)).numpy()
 
 
+def grow_box(box, margin: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) `box` grown by `margin` px on every side, clipped to an image of `size` (H, W)."""
+    top, left, bottom, right = box
+    return max(top - margin, 0), max(left - margin, 0), min(bottom + margin, size[0]), min(right + margin, size[1])
+
+
 def peak_boxes(maps: torch.Tensor, threshold: float = 0.5, margin: int = 0,
                max_share: float = MAX_REGION_SHARE) -> torch.Tensor:
     """(N, 4) long: each map's region, the box around the connected area >= `threshold` x its maximum that
@@ -89,8 +95,7 @@ def peak_boxes(maps: torch.Tensor, threshold: float = 0.5, margin: int = 0,
         peak = np.unravel_index(np.argmax(m), m.shape)
         labelled, _ = label(m >= threshold * m.max())
         rows, cols = np.nonzero(labelled == labelled[peak])
-        box = (max(rows.min() - margin, 0), max(cols.min() - margin, 0), min(rows.max() + 1 + margin, height),
-               min(cols.max() + 1 + margin, width))
+        box = grow_box((rows.min(), cols.min(), rows.max() + 1, cols.max() + 1), margin, (height, width))
         out[i] = torch.tensor(capped_box(box, peak, (height, width), max_share))
     return out
 

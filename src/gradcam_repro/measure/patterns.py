@@ -114,7 +114,8 @@ def add(images: torch.Tensor, shift: torch.Tensor, sign: float = 1.0) -> torch.T
 
 
 def rolled(shift: torch.Tensor) -> torch.Tensor:
-    """The control: `shift` rolled by half its height and half its width (wrapping round)."""
+    """`shift` (a pattern, or an (H, W) mask) rolled by half its height and half its width (wrapping round): the same,
+    none of it at its place."""
     height, width = shift.shape[-2:]
     return torch.roll(shift, shifts=(height // 2, width // 2), dims=(-2, -1))
 
@@ -122,7 +123,11 @@ def rolled(shift: torch.Tensor) -> torch.Tensor:
 def pattern_box(shift: torch.Tensor, share: float = BOX_SHARE) -> tuple[int, int, int, int]:
     """(top, left, bottom, right) of the pixels whose largest absolute channel exceeds `share` of the maximum.
     Strictly: a 1 px line's residual is exactly half its own on the rows either side, which are not the line."""
-    strength = shift.abs().amax(dim=0)
+    return share_box(shift.abs().amax(dim=0), share)
+
+
+def share_box(strength: torch.Tensor, share: float = BOX_SHARE) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) of the pixels of the (H, W) `strength` that exceed `share` of its maximum."""
     rows, cols = (strength > share * strength.max()).nonzero(as_tuple=True)
     return int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
 

@@ -332,11 +332,6 @@ def relevance_box(mean: torch.Tensor, threshold: float = REGION_THRESHOLD) -> tu
     return _component_box(m >= threshold * m.max(), peak)
 
 
-def grow_box(box, margin: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
-    top, left, bottom, right = box
-    return max(top - margin, 0), max(left - margin, 0), min(bottom + margin, size[0]), min(right + margin, size[1])
-
-
 def box_mask(box, size: tuple[int, int]) -> np.ndarray:
     mask = np.zeros(size, dtype=bool)
     top, left, bottom, right = box
@@ -363,7 +358,7 @@ def candidate_region(cluster_images: torch.Tensor, reference_spread: torch.Tenso
     """
     size, scale = tuple(mean.shape), AuditScale.of(mean)
     relevance = relevance_box(mean)
-    window = box_mask(grow_box(relevance, scale.search_margin_px, size), size)
+    window = box_mask(moving.grow_box(relevance, scale.search_margin_px, size), size)
     ratio = pixel_spread(cluster_images) / reference_spread.clamp_min(1.0)
     constant = (ratio < CONSTANT_PIXEL_RATIO).numpy()
     box = _component_box(constant, window, scale.bridge_px)
@@ -472,7 +467,8 @@ def settings_record(settings: AuditSettings, scale: AuditScale) -> dict:
             "shared_ratio": shared.SHARED_RATIO, "shared_min_share": shared.MIN_SHARE,
             "shared_carrier_share": shared.CARRIER_SHARE, "pattern_carrier_sigmas": patterns.CARRIER_SIGMAS,
             "pattern_box_share": patterns.BOX_SHARE, "pattern_local_mean_px": patterns.LOCAL_MEAN_PX,
-            "blur_sigma_ladder_px": list(blurs.SIGMA_LADDER), "blur_grow_px": list(blurs.GROW_PX), "blur_detail_floor_levels": blurs.DETAIL_FLOOR_LEVELS,
+            "blur_sigma_ladder_px": list(blurs.SIGMA_LADDER), "blur_grow_px": list(blurs.GROW_PX),
+            "blur_detail_floor_levels": blurs.DETAIL_FLOOR_LEVELS,
             "bootstrap_resamples": scores.BOOTSTRAP_RESAMPLES, "confidence": scores.CONFIDENCE,
             "colour_casts": casts.settings_record() if settings.colour_casts else None}
 
@@ -663,13 +659,12 @@ def confirm_shared(model: nn.Module, data: EvalSet, predictions: torch.Tensor, m
 
 @dataclass(frozen=True)
 class _Effect:
-    """What a test that transplants an artefact's effect measured (`_effect_transplant`): the finding, the reference
-    and carrier images' indices, the other classes' images it was applied to, their predictions after, the rate of
+    """What a test that transplants an artefact's effect measured (`_effect_transplant`): the finding, the carrier
+    images' indices, the other classes' images it was applied to, their predictions after, the rate of
     the target class among them, that rate with the effect rolled out of place (None: below the candidate bar) and
     untouched."""
 
     found: dict
-    reference: torch.Tensor
     carriers: torch.Tensor
     others: torch.Tensor
     pasted: torch.Tensor
@@ -696,14 +691,15 @@ def _effect_transplant(model: nn.Module, data: EvalSet, predictions: torch.Tenso
     after = predict(model, pasted, runtime)
     rate = scores.bootstrap_ci(after == target, seed)
     rolled = occluded_control(model, rate, target, lambda: paint(data.images[others], found, True), seed, runtime)
-    return _Effect(found, reference, carriers, others, pasted, after, rate, rolled,
+    return _Effect(found, carriers, others, pasted, after, rate, rolled,
                    scores.bootstrap_ci(predictions[others] == target, seed))
 
 
-def _effect_record(data: EvalSet, e: _Effect, kind: str, removal: dict | None, words: tuple[str, str, str]) -> dict:
+def _effect_record(data: EvalSet, e: _Effect, kind: str, removal: dict | None,
+                   words: tuple[str, str, str]) -> tuple[dict, str]:
     """The record of an effect test at `e.found["box"]`: rates, the verdict (the untouched images its control: nothing
     is covered when an effect is applied; the rolled rate says whether the model answers the artefact at its place or
-    its kind anywhere, both a shortcut), the overlap with the planted artefact, and the rolled rate's reading in
+    its kind anywhere, both a shortcut) and the overlap with the planted artefact; and the rolled rate's reading in
     `words` (what was rolled, "as many" reading, "fewer" reading), to end the reason with."""
     box = e.found["box"]
     record = {"box_tlbr_px": list(box), "kind": kind, "relevance_box_tlbr_px": list(box), "constant_px": 0,
@@ -711,13 +707,13 @@ def _effect_record(data: EvalSet, e: _Effect, kind: str, removal: dict | None, w
               "removal_change": removal}
     record["verdict"], _ = verdict(e.rate, None, e.untouched, removal, kind)
     what, anywhere, here = words
-    record["specific"] = "" if e.rolled is None else (f"; the same {what} rolled out of place: {_rate_text(e.rolled)}, "
-                                                      + (anywhere if e.rolled["high"] >= e.rate["low"] else here))
+    specific = "" if e.rolled is None else (f"; the same {what} rolled out of place: {_rate_text(e.rolled)}, "
+                                            + (anywhere if e.rolled["high"] >= e.rate["low"] else here))
     if data.planted_box is not None:
         record["iou_with_planted_box"] = box_iou(box, data.planted_box)
     elif (iou := _planted_iou(data, e.carriers, torch.tensor(box).expand(len(e.carriers), 4))) is not None:
         record["iou_with_planted_box"] = iou
-    return record
+    return record, specific
 
 
 def _effect_examples(data: EvalSet, predictions: torch.Tensor, e: _Effect, shown: torch.Tensor, share: torch.Tensor,
@@ -746,13 +742,13 @@ def confirm_pattern(model: nn.Module, data: EvalSet, predictions: torch.Tensor, 
     shift, target, seed = e.found["pattern"], int(predictions[members[0]]), settings.seed
     removed = patterns.add(data.images[e.carriers], shift, sign=-1.0)
     removed_preds = predict(model, removed, runtime)
-    record = _effect_record(data, e, PATTERN_KIND, scores.bootstrap_ci(removed_preds != target, seed), (
+    record, specific = _effect_record(data, e, PATTERN_KIND, scores.bootstrap_ci(removed_preds != target, seed), (
         "pattern", "as many: the model answers fine texture of this strength anywhere, not this exact pattern",
         "fewer: the model answers this exact pattern"))
     record |= {"mean_rgb": [round(float(v), 1) for v in shift.mean(dim=(1, 2))], "pattern_rms": round(e.found["rms"], 2)}
     record["reason"] = (f"the faint pattern that {len(e.carriers)} of its images share (RMS {e.found['rms']:.1f} levels), "
                         f"added to other classes' images, turns {e.rate['mean']:.0%} of them into this class (untouched "
-                        f"{e.untouched['mean']:.0%}){record.pop('specific')}")
+                        f"{e.untouched['mean']:.0%}){specific}")
     top, left, bottom, right = e.found["box"]
     strength = shift.abs().amax(dim=0) / shift.abs().max().clamp_min(1e-6)
     return record, _effect_examples(data, predictions, e, patterns.visible(shift)[:, top:bottom, left:right], strength,
@@ -760,8 +756,8 @@ def confirm_pattern(model: nn.Module, data: EvalSet, predictions: torch.Tensor, 
 
 
 def _blur_found(images: torch.Tensor, found: dict, rolled: bool) -> torch.Tensor:
-    mask = blurs.box_mask(found["box"], *images.shape[-2:])
-    return blurs.blur_inside(images, blurs.rolled(mask) if rolled else mask, found["sigma"])
+    mask = blurs.mask_of(found["box"], *images.shape[-2:])
+    return blurs.blur_inside(images, patterns.rolled(mask) if rolled else mask, found["sigma"])
 
 
 def confirm_blur(model: nn.Module, data: EvalSet, predictions: torch.Tensor, members: torch.Tensor,
@@ -775,7 +771,7 @@ def confirm_blur(model: nn.Module, data: EvalSet, predictions: torch.Tensor, mem
     if e is None:
         return None
     (top, left, bottom, right), sigma, levels = e.found["box"], e.found["sigma"], e.found["detail"]
-    record = _effect_record(data, e, BLUR_KIND, None, (
+    record, specific = _effect_record(data, e, BLUR_KIND, None, (
         "blur", "as many: the model answers blur of this strength anywhere, not at this place",
         "fewer: the model answers a blur at this place"))
     inside = data.images[e.carriers][:, :, top:bottom, left:right].float()
@@ -783,9 +779,9 @@ def confirm_blur(model: nn.Module, data: EvalSet, predictions: torch.Tensor, mem
     record["reason"] = (f"the {bottom - top}x{right - left} px region where {len(e.carriers)} of its images lack fine "
                         f"detail ({levels['carriers']:.1f} levels against {levels['reference']:.1f} in other classes' "
                         f"images), blurred at sigma {sigma:g} px on other classes' images, turns {e.rate['mean']:.0%} of "
-                        f"them into this class (untouched {e.untouched['mean']:.0%}){record.pop('specific')}; a blur "
+                        f"them into this class (untouched {e.untouched['mean']:.0%}){specific}; a blur "
                         "cannot be undone, so there is no removal test")
-    loss = blurs.loss_map(data.images[e.carriers], data.images[e.reference])
+    loss = e.found["loss"]
     return record, _effect_examples(data, predictions, e, data.images[e.carriers[0]][:, top:bottom, left:right],
                                     loss.clamp_min(0) / loss.max().clamp_min(1e-6), (data.images[:0], predictions[:0]))
 
