@@ -1,13 +1,15 @@
-"""The audit's shared-blur test (`measure.blurs`, audit rules 8): a region where a class's images lack fine detail,
-found without relevance (a blur adds no colour and no pattern), blurred on other images to transplant its effect."""
+"""The audit's shared-blur test (`measure.blurs`, audit rules 8; its fit by rules 9): a region where a class's
+images lack fine detail, found without relevance (a blur adds no colour and no pattern), blurred on other images to
+transplant its effect."""
 
 import pytest
 import torch
 from audit_helpers import effect_audit, one_cluster_class
 from torch import nn
 
+from benchmarks import blur_fit
 from gradcam_repro.data.images import EvalSet
-from gradcam_repro.data.zoo import gaussian_blur
+from gradcam_repro.data.zoo import Planted, gaussian_blur
 from gradcam_repro.measure import blurs, patterns, spray
 from gradcam_repro.measure.audit_results import AuditCandidate
 from gradcam_repro.measure.moving import grow_box
@@ -91,6 +93,34 @@ def test_the_found_region_is_the_blurred_box_and_its_strength_is_read_off_the_im
     assert nothing["box"] is None and nothing["sigma"] is None
 
 
+
+def layered(n: int, seed: int, side: int = 32) -> torch.Tensor:
+    """(n, 3, side, side) uint8 grey images with detail at every scale (uniform noise at 4, 8, 16 and 32 cells a side,
+    each upsampled and summed), as a photo has: a blur of any sigma of the ladder leaves a different amount."""
+    generator, out = torch.Generator().manual_seed(seed), torch.zeros((n, 1, side, side))
+    for cells in (4, 8, 16, 32):
+        layer = torch.rand((n, 1, cells, cells), generator=generator) - 0.5
+        out += nn.functional.interpolate(layer, size=(side, side), mode="bilinear", align_corners=False)
+    return (128 + 40 * out).round().clamp(0, 255).to(torch.uint8).expand(n, 3, side, side).contiguous()
+
+
+def test_every_sigma_of_the_ladder_is_read_off_even_where_the_blur_leaves_almost_no_detail():
+    # Rules version 9: the misfit is between logarithms. Between the maps themselves, sigma 4 and 5 (under 0.3 levels
+    # of detail left inside, against 7 outside) were read as 3 and 4 on these images.
+    box, reference = (8, 8, 24, 24), layered(60, 1)
+    for sigma in blurs.SIGMA_LADDER:
+        carriers = blurs.blur_inside(layered(60, 2), blurs.mask_of(box, 32, 32), sigma)
+        assert blurs.extent(blurs.detail(carriers).mean(dim=0), reference, box) == (box, sigma)
+
+
+def test_the_model_free_blur_check_plants_finds_and_fits_as_the_audit_does():
+    images, labels = layered(200, 3), torch.arange(2).repeat_interleave(100)
+    for sigma in (1.5, 5.0):
+        case = blur_fit.one_case(images, labels, 0, Planted(kind="blur", size=16, placement="centre", strength=sigma))
+        assert case["carriers"] == case["planted"] == 50  # half of class 0's 100 images, every one found
+        assert case["logarithms"] == (1.0, sigma) and case["maps"][0] == 1.0
+    assert "maps" not in blur_fit.one_case(images, labels, 0, Planted(kind="tint"))  # no detail lost: nothing to fit
+
 class BlurOrCode(nn.Module):
     """Class 0 when the input has under a third of its usual detail in BOX (a model that relies on the blur, if
     `relies`); else the class coded in the mean green level (0-2 for 80-120)."""
@@ -169,6 +199,7 @@ def test_a_blur_finding_is_drawn_and_written_with_its_rolled_control_and_no_remo
     assert "blurred at sigma 2 px" in line and "rolled out of place 0.0%" in line and "not possible (a blur)" in line
     markdown = audit_report.audit_markdown(result)
     assert "**A shared blur**" in markdown and "10. **Unexplained concentration**" in markdown
+    assert "nearest the carriers' (least squares of the logarithms)" in markdown  # rules version 9's fit
     figure = audit_report.candidate_figure(result, examples, 1)
     assert "blurred out of place: 0.0%" in figure._suptitle.get_text()
     assert any("a blur cannot" in t.get_text() for ax in figure.axes for t in ax.texts)

@@ -127,6 +127,6 @@ def test_every_commands_help_renders():
 
 def test_a_colour_is_a_name_rgb_text_or_three_integers_and_anything_else_is_none():
     assert rgb_of("Yellow") == (255, 255, 0) and rgb_of("1,2,3") == (1, 2, 3) and rgb_of([0, 128, 255]) == (0, 128, 255)
-    for bad in ("rouge", "1,2", "1,2,256", (300, 0, 0), (1.5, 0, 0), 7, None):
+    for bad in ("rouge", "1,2", "1,2,256", (300, 0, 0), (1.5, 0, 0), (True, False, True), 7, None):
         assert rgb_of(bad) is None
     assert parse_color("cyan") == (0, 255, 255)

@@ -56,7 +56,8 @@ def rgb_of(color) -> tuple[int, int, int] | None:
         except ValueError:
             return None
     values = tuple(color) if isinstance(color, Iterable) else ()
-    if len(values) != 3 or not all(isinstance(v, Integral) and 0 <= v <= 255 for v in values):
+    if len(values) != 3 or not all(isinstance(v, Integral) and not isinstance(v, bool) and 0 <= v <= 255
+                                   for v in values):  # True is an Integral 1, not a level
         return None
     return tuple(int(v) for v in values)
 

@@ -120,7 +120,8 @@ BRIDGE_PX = 4
 # sensor's fixed noise), added to other classes' images (the rate with it rolled out of place is reported).
 # 8: every class is also tested at a region where its images lack fine detail (`measure.blurs`: a blurred region),
 # blurred on other classes' images at the strength read off the carriers (the same blur rolled out of place reported).
-RULES_VERSION = 8
+# 9: that strength and extent are fitted on the logarithm of the detail maps (`measure.blurs.extent`).
+RULES_VERSION = 9
 TOP_CANDIDATES = None  # None: every class's strongest clusters are tested causally (--candidates N: the N top-ranked)
 TRANSPLANT_IMAGES = 1000  # other-class test images per transplant test (seeded choice)
 REMOVAL_RING_PX = RING_PX  # the local mean is taken over a 2 px ring around the region (at 32x32)

@@ -118,7 +118,12 @@ def _control(c: AuditCandidate) -> Interval | None:
 
 def _removal(c: AuditCandidate) -> str:
     """The removal test's rate, or why there is none (a blur cannot be undone)."""
-    return _pct(c.removal_change) if c.removal_change is not None or not c.blurred else "not possible (a blur)"
+    return "not possible (a blur)" if c.blurred else _pct(c.removal_change)
+
+
+def _blur_fit(settings: dict) -> str:
+    """How the blur's extent was fitted by the audit rules of `settings` (rules version 9: in logarithms)."""
+    return "least squares of the logarithms" if settings.get("rules_version", 0) >= 9 else "least squares"
 
 
 def test_text(c: AuditCandidate) -> str:
@@ -317,7 +322,7 @@ def _later_rules(s: dict) -> list[str]:
            f"{s['min_cluster_images']} do, the box where they lack most (grown by "
            f"{', '.join(str(v) for v in s['blur_grow_px'])} px) and a sigma (of "
            f"{', '.join(f'{v:g}' for v in s['blur_sigma_ladder_px'])} px) are chosen as the blur that brings the other "
-           "classes' images' mean detail map nearest the carriers' (least squares), and that box is blurred at that "
+           f"classes' images' mean detail map nearest the carriers' ({_blur_fit(s)}), and that box is blurred at that "
            "sigma on other classes' images (control: the same images untouched; the same blur rolled by half the image is "
            "reported); a blur cannot be undone, so there is no removal test; verdict as in 5, a class keeping its "
            "pixel tests at the same verdict."] if "blur_sigma_ladder_px" in s else []),
