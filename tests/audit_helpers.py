@@ -4,7 +4,8 @@ pieces the tests of the audit's effect tests (a pattern, a blur) share."""
 import torch
 
 from gradcam_repro.measure import spray
-from gradcam_repro.measure.audit_results import AuditResult
+from gradcam_repro.measure.audit_results import AuditCandidate, AuditResult
+from gradcam_repro.measure.predict import predict
 
 CONFIRMED = "confirmed shortcut"
 
@@ -66,6 +67,36 @@ def one_cluster_class(box: tuple, n: int = 60) -> tuple[dict, dict]:
     examples = {"members": torch.arange(n), "cluster_ids": torch.zeros(n, dtype=torch.long),
                 "peak_ids": torch.zeros(n, dtype=torch.long)}
     return record, examples
+
+
+def grey_noise(n: int, seed: int, side: int = 16) -> torch.Tensor:
+    """(n, 3, side, side) uint8, uniform in [90, 110]: fine detail everywhere (a mean absolute 3x3 residual of about 4
+    levels, an RMS of about 5: of the order of a photo's, CIFAR-10's 12.7) and nothing many images share."""
+    return torch.randint(90, 111, (n, 3, side, side), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+def coded_set(carry, seed: int = 7, side: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images, labels, patched) of 60 `grey_noise` images per class of 3, the class coded in the mean green level
+    (80, 100, 120), and the first 30 of class 0 passed through `carry` (the artefact), which `patched` marks."""
+    labels = torch.arange(3).repeat_interleave(60)
+    images = grey_noise(180, seed, side)
+    images[:, 1] = (images[:, 1].to(torch.int16) - 100 + 80 + 20 * labels.view(-1, 1, 1)).to(torch.uint8)
+    images[:30] = carry(images[:30])
+    patched = torch.zeros(180, dtype=torch.bool)
+    patched[:30] = True
+    return images, labels, patched
+
+
+def one_cluster_finding(model, data, box: tuple, runtime) -> tuple[dict, AuditCandidate]:
+    """`spray.test_class` of class "a" (`one_cluster_class(box)`, no relevance maps) on `data` as `model` predicts it:
+    (the class's best test record, its candidate), the candidate checked to round-trip through its dict."""
+    predictions = predict(model, data.images, runtime)
+    record, examples = one_cluster_class(box)
+    maps = torch.zeros(len(data.labels), *data.images.shape[-2:])
+    best, _ = spray.test_class(model, data, (predictions, maps), "a", record, examples, spray.AuditSettings(), runtime)
+    candidate = AuditCandidate.from_dict({"rank": 1, **best})
+    assert AuditCandidate.from_dict(candidate.to_dict()) == candidate
+    return best, candidate
 
 
 def effect_audit(record: dict, examples: dict, test: str, data, predictions) -> tuple:

@@ -4,14 +4,13 @@ transplant its effect."""
 
 import pytest
 import torch
-from audit_helpers import effect_audit, one_cluster_class
+from audit_helpers import coded_set, effect_audit, grey_noise, one_cluster_finding
 from torch import nn
 
 from benchmarks import blur_fit
 from gradcam_repro.data.images import EvalSet
 from gradcam_repro.data.zoo import Planted, gaussian_blur
 from gradcam_repro.measure import blurs, patterns, spray
-from gradcam_repro.measure.audit_results import AuditCandidate
 from gradcam_repro.measure.moving import grow_box
 from gradcam_repro.measure.predict import predict
 from gradcam_repro.model.sources import InputContract, attach
@@ -26,8 +25,7 @@ SIGMA = 2.0
 
 
 def backgrounds(n: int, seed: int) -> torch.Tensor:
-    """(n, 3, 16, 16) uint8 in [90, 110]: fine detail everywhere (a mean absolute residual of about 4 levels)."""
-    return torch.randint(90, 111, (n, 3, SIDE, SIDE), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+    return grey_noise(n, seed, SIDE)
 
 
 def blurred(images: torch.Tensor, box=BOX, sigma: float = SIGMA) -> torch.Tensor:
@@ -142,12 +140,7 @@ class BlurOrCode(nn.Module):
 
 def blur_set() -> EvalSet:
     """60 images per class, coded by their green level; half of class 0's carry the blur."""
-    labels = torch.arange(3).repeat_interleave(60)
-    images = backgrounds(180, 7)
-    images[:, 1] = (images[:, 1].to(torch.int16) - 100 + 80 + 20 * labels.view(-1, 1, 1)).to(torch.uint8)
-    images[:30] = blurred(images[:30])
-    patched = torch.zeros(180, dtype=torch.bool)
-    patched[:30] = True
+    images, labels, patched = coded_set(blurred, side=SIDE)
     return EvalSet(images, labels, ("a", "b", "c"), patched=patched, planted_box=BOX)
 
 
@@ -177,16 +170,10 @@ def test_a_blur_the_model_ignores_is_no_finding_and_a_class_without_one_is_not_t
 
 
 def test_the_class_keeps_its_blur_finding_and_the_report_says_what_was_blurred():
-    data, model = blur_set(), BlurOrCode()
-    predictions = predict(model, data.images, CPU)
-    record, examples = one_cluster_class((0, 0, 3, 3))
-    best, _ = spray.test_class(model, data, (predictions, torch.zeros(180, SIDE, SIDE)), "a", record, examples,
-                               spray.AuditSettings(), CPU)
+    best, candidate = one_cluster_finding(BlurOrCode(), blur_set(), (0, 0, 3, 3), CPU)
     assert (best["test"], best["cluster"], best["n"], best["verdict"]) == (spray.BLUR_TEST, None, 30, spray.CONFIRMED)
     assert spray.FIXED_TEST in [t["test"] for t in best["also_tested"]]
-    candidate = AuditCandidate.from_dict({"rank": 1, **best})
     assert candidate.blurred and candidate.effect and not candidate.pattern and candidate.removal_change is None
-    assert AuditCandidate.from_dict(candidate.to_dict()) == candidate
     assert audit_report.region_text(candidate) == "region rows 4-11, cols 4-11 blurred at sigma 2 px"
 
 

@@ -4,12 +4,11 @@ audit does with it."""
 
 import pytest
 import torch
-from audit_helpers import effect_audit, one_cluster_class
+from audit_helpers import coded_set, effect_audit, grey_noise, one_cluster_finding
 from torch import nn
 
 from gradcam_repro.data.images import EvalSet
 from gradcam_repro.measure import patterns, spray
-from gradcam_repro.measure.audit_results import AuditCandidate
 from gradcam_repro.measure.predict import predict
 from gradcam_repro.model.sources import InputContract, attach
 from gradcam_repro.report import audit_report
@@ -25,9 +24,7 @@ LEVELS = 8
 
 
 def backgrounds(n: int, seed: int) -> torch.Tensor:
-    """(n, 3, 16, 16) uint8 in [90, 110]: content whose fine detail (residual RMS about 5 levels) is of the order of a
-    natural image's (CIFAR-10: 12.7), and no pattern that many images share."""
-    return torch.randint(90, 111, (n, 3, SIDE, SIDE), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+    return grey_noise(n, seed, SIDE)
 
 
 def with_pattern(images: torch.Tensor, levels: float = LEVELS) -> torch.Tensor:
@@ -105,12 +102,7 @@ class PatternOrCode(nn.Module):
 
 def pattern_set() -> EvalSet:
     """60 images per class, coded by their green level; half of class 0's carry the pattern."""
-    labels = torch.arange(3).repeat_interleave(60)
-    images = backgrounds(180, 7)
-    images[:, 1] = (images[:, 1].to(torch.int16) - 100 + 80 + 20 * labels.view(-1, 1, 1)).to(torch.uint8)
-    images[:30] = with_pattern(images[:30])
-    patched = torch.zeros(180, dtype=torch.bool)
-    patched[:30] = True
+    images, labels, patched = coded_set(with_pattern, side=SIDE)
     masks = torch.zeros(180, SIDE, SIDE, dtype=torch.bool)
     masks[:30] = True  # the pattern covers the whole image
     return EvalSet(images, labels, ("a", "b", "c"), patched=patched, planted_masks=masks)
@@ -148,16 +140,10 @@ def test_a_pattern_the_model_ignores_is_no_finding_and_a_class_without_one_is_no
 
 
 def test_the_class_keeps_its_pattern_finding_and_the_report_says_what_was_added():
-    data, model = pattern_set(), PatternOrCode()
-    predictions = predict(model, data.images, CPU)
-    record, examples = one_cluster_class((6, 6, 10, 10))
-    best, _ = spray.test_class(model, data, (predictions, torch.zeros(180, SIDE, SIDE)), "a", record, examples,
-                               spray.AuditSettings(), CPU)
+    best, candidate = one_cluster_finding(PatternOrCode(), pattern_set(), (6, 6, 10, 10), CPU)
     assert (best["test"], best["cluster"], best["n"], best["verdict"]) == (spray.PATTERN_TEST, None, 30, spray.CONFIRMED)
     assert [t["test"] for t in best["also_tested"]] == [spray.FIXED_TEST]
-    candidate = AuditCandidate.from_dict({"rank": 1, **best})
     assert candidate.pattern and not candidate.per_image and candidate.pixels is None
-    assert AuditCandidate.from_dict(candidate.to_dict()) == candidate
     assert audit_report.region_text(candidate) == f"a faint pattern added over rows 0-15, cols 0-15, RMS {best['pattern_rms']:.1f} levels"
 
 
