@@ -56,7 +56,8 @@ class Config:
         "group": RUN, "default_text": f"{DEFAULT_PRESET}; study: {STUDY_PRESET}",
         "help": "named config: paper = seed protocol on all 50,000 images (5 epochs SGD lr 0.01); quick = both "
                 "experiments in <= 15 min on a 2-core CPU; full = a well-trained pair (20 epochs on all 50,000 images, "
-                "aiming at a clean accuracy of at least 0.90, about 1.5 h a model on a 2-core CPU); sweep = one `study` cell (21 in <= 60 min); benchmark = "
+                "aiming at a clean accuracy of at least 0.90; about 1.4 h a model on a 2-core CPU with AMX, 2.3 h "
+                "without); sweep = one `study` cell (21 in <= 60 min); benchmark = "
                 "one `benchmark` cell (sweep with a 16 px middle epoch); smoke = about a minute, for tests. Every other flag "
                 "overrides the preset"})
     dataset: str = field(default="cifar10", metadata={  # a name in data.registry.DATASETS (checked where it is known)
@@ -321,7 +322,8 @@ PRESETS: dict[str, dict] = {
     # paper preset's (every test image for the flip tests, 1,000 CAM images). Seed-0 baselines measured on the 2-core
     # Intel Xeon with AMX (docs/findings/seed-layer.md): 4/4/4 epochs at 16/24/32 px 88.0% in 2,729 s; 4/4/8 89.3%
     # in 3,579 s; these 2/2/16 90.2% [89.6, 90.7] in 5,010 s (84 min). An epoch costs ~135/190/265 s at
-    # 16/24/32 px there: the small sizes save little on this CPU, so most epochs are at full size.
+    # 16/24/32 px there: the small sizes save little on this CPU, so most epochs are at full size. On the 2-core AMD
+    # EPYC without AMX (avx512_bf16) a 32 px epoch takes ~470 s, so a model ~2.3 h (2026-12-07).
     "full": {
         "epochs": 20,
         "train_resolutions": (16, 16, 24, 24, 32),
