@@ -6,6 +6,7 @@ import torch
 from gradcam_repro.measure import spray
 from gradcam_repro.measure.audit_results import AuditCandidate, AuditResult
 from gradcam_repro.measure.predict import predict
+from gradcam_repro.runtime import Runtime
 
 CONFIRMED = "confirmed shortcut"
 
@@ -97,6 +98,15 @@ def one_cluster_finding(model, data, box: tuple, runtime) -> tuple[dict, AuditCa
     candidate = AuditCandidate.from_dict({"rank": 1, **best})
     assert AuditCandidate.from_dict(candidate.to_dict()) == candidate
     return best, candidate
+
+
+def effect_test(confirm, model, data, first: int = 0, runtime=None) -> tuple:
+    """`confirm` (`spray.confirm_blur` or `spray.confirm_pattern`) of the 60 images from `first` as `model` predicts
+    `data` on the CPU: (its (record, examples), or None where the group carries nothing to test; the predictions)."""
+    runtime = runtime or Runtime(torch.device("cpu"))
+    predictions = predict(model, data.images, runtime)
+    members = torch.arange(first, first + 60)
+    return confirm(model, data, predictions, members, spray.AuditSettings(), runtime), predictions
 
 
 def effect_audit(record: dict, examples: dict, test: str, data, predictions) -> tuple:

@@ -4,7 +4,7 @@ transplant its effect."""
 
 import pytest
 import torch
-from audit_helpers import coded_set, effect_audit, grey_noise, one_cluster_finding
+from audit_helpers import coded_set, effect_audit, effect_test, grey_noise, one_cluster_finding
 from torch import nn
 
 from benchmarks import blur_fit
@@ -12,7 +12,6 @@ from gradcam_repro.data.images import EvalSet
 from gradcam_repro.data.zoo import Planted, gaussian_blur
 from gradcam_repro.measure import blurs, patterns, spray
 from gradcam_repro.measure.moving import grow_box
-from gradcam_repro.measure.predict import predict
 from gradcam_repro.model.sources import InputContract, attach
 from gradcam_repro.report import audit_report
 from gradcam_repro.runtime import Runtime
@@ -145,10 +144,9 @@ def blur_set() -> EvalSet:
 
 
 def test_a_relied_on_blur_is_confirmed_by_blurring_its_box_on_other_images_and_there_is_no_removal():
-    data, model = blur_set(), BlurOrCode()
-    predictions = predict(model, data.images, CPU)
+    data = blur_set()
+    (record, ex), predictions = effect_test(spray.confirm_blur, BlurOrCode(), data)
     assert (predictions == data.labels).all()
-    record, ex = spray.confirm_blur(model, data, predictions, torch.arange(60), spray.AuditSettings(), CPU)
     assert record["kind"] == spray.BLUR_KIND and record["box_tlbr_px"] == list(BOX) and record["blur_sigma"] == SIGMA
     assert sorted(ex["carriers"].tolist()) == list(range(30))
     # Blurred where the carriers are, every other image becomes class 0; blurred half the image away, none does.
@@ -160,13 +158,11 @@ def test_a_relied_on_blur_is_confirmed_by_blurring_its_box_on_other_images_and_t
 
 
 def test_a_blur_the_model_ignores_is_no_finding_and_a_class_without_one_is_not_tested():
-    data = blur_set()
-    model = BlurOrCode(relies=False)
-    predictions = predict(model, data.images, CPU)
-    record, _ = spray.confirm_blur(model, data, predictions, torch.arange(60), spray.AuditSettings(), CPU)
+    data, model = blur_set(), BlurOrCode(relies=False)
+    (record, _), _ = effect_test(spray.confirm_blur, model, data)
     assert record["transplant_flip"]["mean"] == 0.0 and record["verdict"] == spray.NONE
     assert record["rolled_flip"] is None  # below the candidate bar: not measured
-    assert spray.confirm_blur(model, data, predictions, torch.arange(60, 120), spray.AuditSettings(), CPU) is None
+    assert effect_test(spray.confirm_blur, model, data, first=60)[0] is None
 
 
 def test_the_class_keeps_its_blur_finding_and_the_report_says_what_was_blurred():
@@ -178,9 +174,8 @@ def test_the_class_keeps_its_blur_finding_and_the_report_says_what_was_blurred()
 
 
 def test_a_blur_finding_is_drawn_and_written_with_its_rolled_control_and_no_removal():
-    data, model = blur_set(), BlurOrCode()
-    predictions = predict(model, data.images, CPU)
-    record, ex = spray.confirm_blur(model, data, predictions, torch.arange(60), spray.AuditSettings(), CPU)
+    data = blur_set()
+    (record, ex), predictions = effect_test(spray.confirm_blur, BlurOrCode(), data)
     result, examples = effect_audit(record, ex, spray.BLUR_TEST, data, predictions)
     line = audit_report.summary_lines(result)[0]
     assert "blurred at sigma 2 px" in line and "rolled out of place 0.0%" in line and "not possible (a blur)" in line

@@ -4,12 +4,11 @@ audit does with it."""
 
 import pytest
 import torch
-from audit_helpers import coded_set, effect_audit, grey_noise, one_cluster_finding
+from audit_helpers import coded_set, effect_audit, effect_test, grey_noise, one_cluster_finding
 from torch import nn
 
 from gradcam_repro.data.images import EvalSet
 from gradcam_repro.measure import patterns, spray
-from gradcam_repro.measure.predict import predict
 from gradcam_repro.model.sources import InputContract, attach
 from gradcam_repro.report import audit_report
 from gradcam_repro.runtime import Runtime
@@ -110,9 +109,8 @@ def pattern_set() -> EvalSet:
 
 def test_a_relied_on_pattern_is_confirmed_by_adding_it_and_removed_by_subtracting_it():
     data, model = pattern_set(), PatternOrCode()
-    predictions = predict(model, data.images, CPU)
+    (record, ex), predictions = effect_test(spray.confirm_pattern, model, data)
     assert (predictions == data.labels).all()
-    record, ex = spray.confirm_pattern(model, data, predictions, torch.arange(60), spray.AuditSettings(), CPU)
     assert record["kind"] == spray.PATTERN_KIND and record["box_tlbr_px"] == [0, 0, SIDE, SIDE]
     assert sorted(ex["carriers"].tolist()) == list(range(30))
     # Added to every other image, the found pattern goes nearly all the planted one's way: all become class 0 ...
@@ -130,13 +128,11 @@ def test_a_relied_on_pattern_is_confirmed_by_adding_it_and_removed_by_subtractin
 
 
 def test_a_pattern_the_model_ignores_is_no_finding_and_a_class_without_one_is_not_tested():
-    data = pattern_set()
-    model = PatternOrCode(relies=False)
-    predictions = predict(model, data.images, CPU)
-    record, _ = spray.confirm_pattern(model, data, predictions, torch.arange(60), spray.AuditSettings(), CPU)
+    data, model = pattern_set(), PatternOrCode(relies=False)
+    (record, _), _ = effect_test(spray.confirm_pattern, model, data)
     assert record["transplant_flip"]["mean"] == 0.0 and record["removal_change"]["mean"] == 0.0
     assert record["verdict"] == spray.NONE and record["rolled_flip"] is None  # below the candidate bar: not measured
-    assert spray.confirm_pattern(model, data, predictions, torch.arange(60, 120), spray.AuditSettings(), CPU) is None
+    assert effect_test(spray.confirm_pattern, model, data, first=60)[0] is None
 
 
 def test_the_class_keeps_its_pattern_finding_and_the_report_says_what_was_added():
@@ -148,9 +144,8 @@ def test_the_class_keeps_its_pattern_finding_and_the_report_says_what_was_added(
 
 
 def test_a_pattern_finding_is_drawn_and_written_as_what_was_added_with_its_rolled_control():
-    data, model = pattern_set(), PatternOrCode()
-    predictions = predict(model, data.images, CPU)
-    record, ex = spray.confirm_pattern(model, data, predictions, torch.arange(60), spray.AuditSettings(), CPU)
+    data = pattern_set()
+    (record, ex), predictions = effect_test(spray.confirm_pattern, PatternOrCode(), data)
     result, examples = effect_audit(record, ex, spray.PATTERN_TEST, data, predictions)
     lines = audit_report.summary_lines(result)
     assert "a faint pattern added over rows 0-15, cols 0-15" in lines[0] and "rolled out of place 0.0%" in lines[0]
