@@ -61,6 +61,10 @@ def test_sigterm_mid_training_then_rerun_gives_the_uninterrupted_result(tmp_path
     assert resumed.returncode == 0, err
     assert "[baseline] resuming after epoch" in out
     assert not checkpoint.exists()  # removed once the experiment finished
+    # The training time counts the epochs trained before the interruption too.
+    record = json.loads((checkpoint.parent / "spec.json").read_text())
+    history = json.loads((checkpoint.parent / "history.json").read_text())
+    assert record["resumed_after_epoch"] >= 1 and record["train_seconds"] >= sum(h["seconds"] for h in history)
     assert comparable(part) == comparable(tmp_path / "full")
 
 

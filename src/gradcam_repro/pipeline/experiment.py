@@ -127,6 +127,15 @@ def _resume_state(path: Path, spec: ExperimentSpec, log) -> dict | None:
     return None
 
 
+def _training_time(history: list[dict], resume: dict | None, seconds: float) -> dict:
+    """The record's training time: this call's `seconds`, plus the wall time of the epochs trained before a resume
+    (their history's own seconds, so a model trained over several sessions counts all of its epochs)."""
+    if resume is None:
+        return {"train_seconds": seconds}
+    earlier = sum(h["seconds"] for h in history[:resume["epoch"]])
+    return {"train_seconds": earlier + seconds, "resumed_after_epoch": resume["epoch"]}
+
+
 def _history_csv(history: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
@@ -174,10 +183,11 @@ def train_experiment(spec: ExperimentSpec, ts: TrainingSet, folder: ExperimentFo
         f"device {ts.runtime.device}, precision {'bf16' if ts.runtime.amp_dtype else 'fp32'}")
     seed_everything(spec.seed)  # every experiment of a seed starts from the same initial weights
     model = architecture(spec.arch, len(ts.data.classes))
+    resume = None if force else _resume_state(checkpoint, spec, log)
     start = time.perf_counter()
     history = train_model(model, images, labels, TrainSettings.of(ts.config), ts.runtime.device, ts.runtime.amp_dtype, hooks,
-                          resume=None if force else _resume_state(checkpoint, spec, log))
-    record = experiment_record(spec, ts, name, {"bias": bias, "train_seconds": time.perf_counter() - start})
+                          resume=resume)
+    record = experiment_record(spec, ts, name, {"bias": bias, **_training_time(history, resume, time.perf_counter() - start)})
     record = save_experiment(folder, model, history, record)
     checkpoint.unlink(missing_ok=True)
     return Experiment(spec, model.eval(), history, record)
