@@ -100,10 +100,10 @@ def one_cluster_finding(model, data, box: tuple, runtime) -> tuple[dict, AuditCa
     return best, candidate
 
 
-def effect_test(confirm, model, data, first: int = 0, runtime=None) -> tuple:
+def effect_test(confirm, model, data, first: int = 0) -> tuple:
     """`confirm` (`spray.confirm_blur` or `spray.confirm_pattern`) of the 60 images from `first` as `model` predicts
     `data` on the CPU: (its (record, examples), or None where the group carries nothing to test; the predictions)."""
-    runtime = runtime or Runtime(torch.device("cpu"))
+    runtime = Runtime(torch.device("cpu"))
     predictions = predict(model, data.images, runtime)
     members = torch.arange(first, first + 60)
     return confirm(model, data, predictions, members, spray.AuditSettings(), runtime), predictions
