@@ -8,6 +8,8 @@
 #   paper  `run --preset paper` on the GPU
 #   bench  `python -m benchmarks.bench` (sections 1-2 on the CPU and the GPU)
 #   study  the 5-seed quick study with --gpus-per-cell 0.5 (needs ray, carried as wheels: see the device README)
+#   grid   `gradcam-repro benchmark`, the default shortcut grid (57 models, 81 audited cells), four cells per GPU
+#          (--gpus-per-cell 0.25; needs ray); resumes where a call's limit cut it off
 # Each step's log, REPORT.md and metrics.json land in $OUT (the device tool brings them back); runs stay under
 # runs/gpu-* (ignored by git, kept on a warm machine between calls), so a step cut off at the call's limit resumes.
 set -euo pipefail
@@ -38,7 +40,10 @@ for step in "$@"; do
         study) "$PY" -m gradcam_repro study --preset quick --data-root "$TREE" --seeds 0 1 2 3 4 --fractions 0 1 \
                    --gpus-per-cell 0.5 --device cuda --out runs/gpu-study-quick 2>&1 | tee -a "$OUT/study.log"
                cp runs/gpu-study-quick/STUDY.md "$OUT/STUDY.md" ;;
-        *) echo "unknown step '$step'; fix: use tree, full, paper, bench or study" >&2; exit 2 ;;
+        grid) "$PY" -m gradcam_repro benchmark --data-root "$TREE" --gpus-per-cell 0.25 --device cuda \
+                  --out runs/gpu-benchmark 2>&1 | tee -a "$OUT/grid.log"
+              cp runs/gpu-benchmark/BENCHMARK.md "$OUT/BENCHMARK-gpu.md" ;;
+        *) echo "unknown step '$step'; fix: use tree, full, paper, bench, study or grid" >&2; exit 2 ;;
     esac
     echo "$step: $(( $(date +%s) - start )) s" | tee -a "$OUT/steps.txt"
 done

@@ -327,8 +327,12 @@ def _later_rules(s: dict) -> list[str]:
            "reported); a blur cannot be undone, so there is no removal test; verdict as in 5, a class keeping its "
            "pixel tests at the same verdict."] if "blur_sigma_ladder_px" in s else []),
         "**Unexplained concentration**: a class none of whose tests found anything, whose best group scores at least "
-        f"{s.get('unexplained_ratio', 1.5)}x the median class's (fixed-place or peak score), is reported as such: the "
-        "audit could not localise what the model looks at, which is not an all-clear."]
+        f"{s.get('unexplained_ratio', 1.5)}x the median class's (fixed-place or peak score), or whose tested regions, "
+        f"pasted, move other images to it at a rate whose lower bound is >= {s.get('candidate_flip_rate', 0.1)}, above "
+        f"both controls and at least {s.get('unexplained_ratio', 1.5)}x the median tested class's rate, is reported as "
+        "such: the audit could not localise what the model looks at, which is not an all-clear. It is a lead, not a "
+        "finding: on clean CIFAR-10 models it also fires on classes whose relevance is naturally concentrated or whose "
+        "objects, pasted, carry their class (docs: zoo)."]
     return [f"{number}. {text}" for number, text in enumerate(tests, start=7)]
 
 
