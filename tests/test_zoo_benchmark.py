@@ -77,6 +77,26 @@ def test_discovery_needs_the_right_class_confirmed_where_the_artefact_is_and_nev
     assert (flagging.false_flag.k, flagging.false_discovery.k) == (1, 0)  # a false flag, though nothing confirmed
 
 
+def test_not_cleared_counts_candidates_too_and_is_compared_between_partly_relying_models_and_controls():
+    candidate = {"target_verdict": spray.CANDIDATE}
+    assert detection.not_cleared(cell(audit=candidate)) and not detection.flagged(cell(audit=candidate))
+    assert detection.not_cleared(cell(audit={"unexplained": ["frog"]}))
+    assert not detection.not_cleared(cell(audit={"unexplained": ["horse"], "confirmed": ["ship"]}))
+    partly = {"flip": (0.22, 0.18, 0.26)}
+    biased = [cell(seed=0, **partly, audit={"unexplained": ["frog"]}), cell(seed=1, **partly, audit={}),
+              cell(seed=2, audit=candidate)]  # seed 2 relies (flip 0.9): not a partly relying model
+    controls = [cell(seed=s, **CONTROL, audit=a) for s, a in ((0, candidate), (1, {}), (2, {"unexplained": ["frog"]}))]
+    summary = detection.kind_summary("text", 0.3, biased, controls, localisable=True)
+    assert (summary.partly_not_cleared.k, summary.partly_not_cleared.n) == (1, 2)
+    assert (summary.false_flag.k, summary.false_flag.n) == (2, 3)  # the candidate on seed 0's control counts
+    assert (summary.false_discovery.k, summary.flagged.text()) == (0, "0/1")  # the relying seed 2: candidate only
+    again = detection.KindSummary.from_dict(json.loads(json.dumps(summary.to_dict())))
+    assert again.partly_not_cleared == summary.partly_not_cleared
+    # A BENCHMARK.json written before the rate was counted reads back with no model counted.
+    old = {k: v for k, v in summary.to_dict().items() if k != "partly_not_cleared"}
+    assert detection.KindSummary.from_dict(old).partly_not_cleared.n == 0
+
+
 def test_partial_reliance_agrees_when_the_transplant_and_flip_intervals_overlap():
     partly = {"flip": (0.22, 0.18, 0.26)}
     assert detection.transplant_agrees(cell(**partly, audit={"target_transplant": ci(0.21, 0.19, 0.24)}))

@@ -22,6 +22,10 @@ Rules, fixed before the benchmark was first run:
   cannot be localised, so its discovery is never counted as a success; confirming the class, or flagging it as
   unexplained concentration, is counted apart. Any confirmation on a control is a *false discovery*. The audit's
   per-image test never *confirms*: its "moving region" verdict is counted as a flag.
+- the audit *does not clear* the target class when it confirms it, calls it *candidate only*, finds a moving region
+  or flags it as unexplained concentration: counted on the controls that ignore the artefact (a soft false alarm)
+  and, with the same rule, on the models that rely partly on it, so that the two can be compared (added after
+  the default grid was run: docs/findings/benchmark.md).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from dataclasses import dataclass
 
 from gradcam_repro.measure import scores
 from gradcam_repro.measure.results import PATCHED_TARGET, Interval, read_key
-from gradcam_repro.measure.spray import MOVING
+from gradcam_repro.measure.spray import CANDIDATE, MOVING
 from gradcam_repro.measure.study_results import AuditSummary, StudyCellResult
 
 DISCOVERY_IOU = 0.5
@@ -97,9 +101,9 @@ class Detection:
 class KindSummary:
     """One kind at one dose: reliance (and each seed's flip rate), the controls that ignore it, and the audit's
     discovery, class-only confirmation, flag (confirmed or unexplained), agreement of its transplant rate with the
-    flip rate on partly relying models, false discovery on the controls (anything confirmed) and false flags on
-    them (the target class confirmed, moving or flagged as unexplained concentration, on a model that ignores the
-    artefact pasted on half of that class's test images)."""
+    flip rate on partly relying models, the target not cleared on them (`not_cleared`), false discovery on the
+    controls (anything confirmed) and false flags on them (the target class not cleared by the audit of a model
+    that ignores the artefact pasted on half of that class's test images)."""
 
     kind: str
     dose: float
@@ -114,10 +118,11 @@ class KindSummary:
     transplant_agrees: Rate
     false_discovery: Rate
     false_flag: Rate
+    partly_not_cleared: Rate = Rate(0, 0, math.nan, math.nan)
 
     def to_dict(self) -> dict:
         rates = ("reliance", "partly", "controls_ignore", "discovery", "class_confirmed", "flagged", "transplant_agrees",
-                 "false_discovery", "false_flag")
+                 "false_discovery", "false_flag", "partly_not_cleared")
         return {"kind": self.kind, "dose": self.dose, "localisable": self.localisable, "flips": list(self.flips),
                 **{name: getattr(self, name).to_dict() for name in rates}}
 
@@ -126,7 +131,9 @@ class KindSummary:
         return cls(values["kind"], values["dose"], values["localisable"], tuple(values["flips"]),
                    *(Rate.from_dict(values[k]) for k in ("reliance", "partly", "controls_ignore", "discovery",
                                                           "class_confirmed", "flagged", "transplant_agrees",
-                                                          "false_discovery", "false_flag")))
+                                                          "false_discovery", "false_flag")),
+                   # BENCHMARK.json files written before the rate was counted have no such key: no model counted.
+                   Rate.from_dict(values.get("partly_not_cleared", {"k": 0, "n": 0, "low": math.nan, "high": math.nan})))
 
 
 def relies(cell: StudyCellResult) -> bool:
@@ -169,9 +176,14 @@ def discovered(cell: StudyCellResult, localisable: bool) -> bool:
 
 def flagged(cell: StudyCellResult) -> bool:
     """The audit confirmed the target class, found a small moving region that decides it, or reported its relevance
-    as unexplained concentration: anything but an all-clear for it."""
+    as unexplained concentration (`not_cleared` also counts *candidate only*)."""
     a = cell.audit
     return a.target in a.confirmed or a.target_verdict == MOVING or a.target_unexplained
+
+
+def not_cleared(cell: StudyCellResult) -> bool:
+    """`flagged`, or the target class *candidate only*: anything the audit says of it but "none"."""
+    return flagged(cell) or cell.audit.target_verdict == CANDIDATE
 
 
 def transplant_agrees(cell: StudyCellResult) -> bool:
@@ -195,7 +207,8 @@ def kind_summary(kind: str, dose: float, biased: list[StudyCellResult], controls
         Rate.of([flagged(c) for c in audited]),
         Rate.of([transplant_agrees(c) for c in partly if c.audit is not None]),
         Rate.of([bool(c.audit.confirmed) for c in controls if c.audit is not None]),
-        Rate.of([flagged(c) for c in controls if c.audit is not None and ignores(c)]))
+        Rate.of([not_cleared(c) for c in controls if c.audit is not None and ignores(c)]),
+        Rate.of([not_cleared(c) for c in partly if c.audit is not None]))
 
 
 def detections(kind: str, dose: float, biased: list[StudyCellResult], controls: dict[int, StudyCellResult],
@@ -281,7 +294,8 @@ def audit_rows(cells: list[StudyCellResult]) -> list[AuditRow]:
 def rules() -> dict:
     """The fixed rules every rate was computed with, as BENCHMARK.json records them."""
     return {"relies_flip_rate": scores.RELIES_FLIP_RATE, "points_at_patch_ratio": scores.POINTS_AT_PATCH_RATIO,
-            "discovery_iou": DISCOVERY_IOU, "cell_set": PATCHED_TARGET, "interval": "Clopper-Pearson 95%"}
+            "discovery_iou": DISCOVERY_IOU, "cell_set": PATCHED_TARGET, "interval": "Clopper-Pearson 95%",
+            "not_cleared": "the target confirmed, candidate only, a moving region or unexplained concentration"}
 
 
 def summarise(cells: list[StudyCellResult], kinds: dict[str, bool], doses: tuple[float, ...],

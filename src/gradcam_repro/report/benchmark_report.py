@@ -24,13 +24,15 @@ def _row_label(d: Detection) -> str:
 def _kind_rows(result: BenchmarkResult) -> list[str]:
     rows = ["| kind | dose | flip rate per seed | relies | relies partly | controls ignore it | audit: discovered "
             "(IoU >= 0.5) | class confirmed | confirmed, moving region or unexplained | transplant agrees with flip (partly) | "
-            "false discovery on controls | target flagged on controls |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "target not cleared (partly) | false discovery on controls | target not cleared on controls |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in result.summaries:
         flips = ", ".join(f"{f:.2f}" for f in s.flips) or "-"
         found = _rate(s.discovery) if s.localisable else f"no localised artefact ({s.discovery.n} models)"
         rows.append(f"| {s.kind} | {s.dose:g} | {flips} | {_rate(s.reliance)} | {_rate(s.partly)} | "
                     f"{_rate(s.controls_ignore)} | {found} | {_rate(s.class_confirmed)} | {_rate(s.flagged)} | "
-                    f"{_rate(s.transplant_agrees)} | {_rate(s.false_discovery)} | {_rate(s.false_flag)} |")
+                    f"{_rate(s.transplant_agrees)} | {_rate(s.partly_not_cleared)} | {_rate(s.false_discovery)} | "
+                    f"{_rate(s.false_flag)} |")
     return rows + [""]
 
 
