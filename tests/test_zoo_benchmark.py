@@ -174,6 +174,12 @@ def test_a_tiny_benchmark_writes_its_rates_shares_the_control_and_resumes(tmp_pa
     controls = {c["spec_key"] for c in cells if c["axes"]["bias_fraction"] == 0}
     assert len(controls) == 1  # one clean control per seed, shared by every kind
     assert all("audit" in c and c["audit"]["target"] == "hbar" for c in cells)
+    # Each cell's whole audit is kept beside it: the per-class scores and candidates its summary was read from.
+    for c in cells:
+        full = json.loads((out / "audits" / f"{c['key']}.json").read_text())
+        assert [u["class"] for u in full["unexplained"]] == c["audit"]["unexplained"]
+        assert full["confirmed"] == c["audit"]["confirmed"] and full["settings"]["rules_version"] == spray.RULES_VERSION
+        assert full["classes"] and all("transplant_flip" in t for t in full["candidates"])
     from gradcam_repro.runtime import Runtime
 
     precision = Runtime.choose("cpu", "auto").precision  # what this CPU measures (and trains) in
@@ -204,6 +210,7 @@ def _reaudit_redoes_only_the_cells_audited_by_older_rules(options, settings, out
     stale = json.loads(files[0].read_text())
     stale["audit"] = {k: v for k, v in stale["audit"].items() if k != "rules"} | {"confirmed": ["made up"]}
     files[0].write_text(json.dumps(stale))  # as a cell written before the rules were versioned
+    (out / "audits" / files[0].name).unlink()  # and before whole audits were kept
     lines = []
     ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
     try:
@@ -218,4 +225,6 @@ def _reaudit_redoes_only_the_cells_audited_by_older_rules(options, settings, out
     assert {k: v for k, v in again["audit"].items() if k != "seconds"} == {
         k: v for k, v in original["audit"].items() if k != "seconds"}  # the same rules give the same audit
     assert all(p.read_bytes() == before[p.name] for p in files[1:])  # up-to-date cells are left alone
+    full = json.loads((out / "audits" / files[0].name).read_text())  # the re-audit keeps its whole audit too
+    assert [u["class"] for u in full["unexplained"]] == again["audit"]["unexplained"]
     assert result.rules["cells_by_audit_rules"] == {str(spray.RULES_VERSION): 6}

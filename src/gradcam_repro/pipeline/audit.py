@@ -296,9 +296,11 @@ CELL_TRANSPLANT_IMAGES = 200
 
 
 def audit_cell(model: torch.nn.Module, config: Config, data: ImageData, runtime: Runtime,
-               transplant_images: int = CELL_TRANSPLANT_IMAGES) -> AuditSummary:
+               transplant_images: int = CELL_TRANSPLANT_IMAGES) -> tuple[AuditSummary, dict]:
     """The benchmark's audit of one cell's model (default explainer and layer, the cell's seed) on its test
-    images, the cell's artefact pasted on a seeded CELL_PATCH_TEST_FRACTION of the target class's."""
+    images, the cell's artefact pasted on a seeded CELL_PATCH_TEST_FRACTION of the target class's: its summary,
+    and the whole JSON-ready result as `spray.audit_model` returns it (every class's clusters and scores, every
+    tested candidate, the unexplained classes with their ratios), which the benchmark keeps beside the cell."""
     start = time.perf_counter()
     target = data.class_index(config.bias_class)
     artefact = patch_artefact(BiasSpec.from_config(config).patch, tuple(data.test_images.shape[-2:]), config.bias_class)
@@ -314,4 +316,4 @@ def audit_cell(model: torch.nn.Module, config: Config, data: ImageData, runtime:
         config.bias_class, tuple(found["confirmed"]), mine["verdict"] if mine else "not tested",
         mine["test"] if mine else None, mine.get("iou_with_planted_box") if mine else None,
         Interval.from_dict(mine["transplant_flip"]) if mine else None,
-        tuple(u["class"] for u in found["unexplained"]), time.perf_counter() - start, spray.RULES_VERSION)
+        tuple(u["class"] for u in found["unexplained"]), time.perf_counter() - start, spray.RULES_VERSION), found

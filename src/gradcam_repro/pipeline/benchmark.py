@@ -89,8 +89,9 @@ class BenchmarkOptions:
     methods: tuple[str, ...] = field(default=DEFAULT_METHODS, metadata={
         "metavar": "METHOD", "help": "explanation methods scored at every layer"})
     reaudit: bool = field(default=False, metadata={
-        "help": "audit again every finished cell whose audit is older than this version's audit rules (its model and "
-                "measurements are kept; resumable), then report"})
+        "help": "audit again every finished cell whose audit is older than this version's audit rules, or whose "
+                "whole audit (audits/<key>.json) was not kept (its model and measurements are kept; resumable), then "
+                "report"})
     report_only: bool = field(default=False, metadata={
         "help": "write BENCHMARK.json/.md and the heat maps from the cells finished so far (e.g. of a run that was "
                 "stopped), without running the others; the report says how many cells it stands on"})
@@ -182,7 +183,7 @@ def run_benchmark(options: BenchmarkOptions, study: StudyOptions, settings: dict
         if options.reaudit and not options.report_only:
             tasks = reaudit_tasks(plan, study, spray.RULES_VERSION)
             log(f"--reaudit: {sum(len(t.cells) for t in tasks)} finished cell(s) audited by older rules than "
-                f"version {spray.RULES_VERSION}, audited again")
+                f"version {spray.RULES_VERSION} or without their whole audit kept, audited again")
         failures, finished_now = {}, {}
         if tasks:
             with ray_session(study.address, log):

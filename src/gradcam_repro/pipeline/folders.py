@@ -13,6 +13,8 @@
     runs/study/                   StudyFolder
         grid.json                 the grid and its cells' keys, written before any cell runs
         cells/<key>.json          one finished cell
+        audits/<key>.json         a benchmark cell's whole audit (`spray.audit_model`'s result), written before
+                                  the cell's file
         experiments/<key>/        the cells' trained models (ExperimentFolder)
         study.json, STUDY.md, figures/*.png
     <audit>/                      AuditFolder: audit.json, AUDIT.md, figures/*.png
@@ -232,6 +234,12 @@ class StudyFolder(WrittenFolder):
 
     def has_cell(self, key: str) -> bool:
         return self.cell_json(key).is_file()
+
+    def cell_audit_json(self, key: str) -> Path:
+        return self.root / "audits" / f"{key}.json"
+
+    def write_cell_audit(self, key: str, audit: dict) -> None:
+        store.write_json(self.cell_audit_json(key), audit)
 
     def write_cell(self, key: str, cell: dict) -> None:
         store.write_json(self.cell_json(key), cell)

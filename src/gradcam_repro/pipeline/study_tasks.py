@@ -118,11 +118,12 @@ def pending_tasks(plan: StudyPlan, options: StudyOptions, audit: bool = False) -
 
 
 def reaudit_tasks(plan: StudyPlan, options: StudyOptions, rules: int) -> list[SpecTask]:
-    """One audit-only task per spec among the finished cells whose audit is missing or older than `rules` (the
-    benchmark's --reaudit), each with its trained experiment's files."""
+    """One audit-only task per spec among the finished cells whose audit is missing, older than `rules` or not kept
+    whole (audits/<key>.json; the benchmark's --reaudit), each with its trained experiment's files."""
     study, groups = StudyFolder(options.out), {}
     for c in plan.cells:
-        if study.has_cell(c.key) and (study.read_cell(c.key).get("audit") or {}).get("rules", 1) < rules:
+        if study.has_cell(c.key) and ((study.read_cell(c.key).get("audit") or {}).get("rules", 1) < rules
+                                      or not study.cell_audit_json(c.key).is_file()):
             groups.setdefault(c.spec.key, []).append(c)
     tasks = []
     for cells in groups.values():
@@ -163,7 +164,8 @@ def run_spec_task(data: ImageData, task: SpecTask) -> dict:
         test = EvalSet(p.data.test_images, p.data.test_labels, p.data.classes, p.data.test_masks)
         cells[key] = measure_methods(experiment.model, test, shortcut_protocol(p), task.methods, runtime) if task.measure else {}
         if task.audit:
-            cells[key]["audit"] = audit_cell(experiment.model, p.config, p.data, runtime).to_dict()
+            summary, cells[key]["audit_full"] = audit_cell(experiment.model, p.config, p.data, runtime)
+            cells[key]["audit"] = summary.to_dict()
         evaluate_s[key] = time.perf_counter() - start
     # The worker's precision (bf16 where its CPU or GPU has it) beside its hardware: what this cell was measured and
     # audited in. The model's training precision is in its experiment record (spec.json), as bf16 and fp32 give
@@ -197,8 +199,15 @@ def save_task_result(out: Path, task: SpecTask, plan: StudyPlan, result: dict) -
             {"train": result["seconds"]["train"], "evaluate": result["seconds"]["evaluate"][key]},
             restored_experiment=task.experiment_files is not None,
             audit=AuditSummary.from_dict(measured["audit"]) if "audit" in measured else None)
-        study.write_cell(key, written[key].to_dict())
+        _write_cell(study, key, written[key], measured)
     return written
+
+
+def _write_cell(study: StudyFolder, key: str, cell: StudyCellResult, measured: dict) -> None:
+    """A cell's file, after its whole audit where it has one (audits/<key>.json): the cell's file marks it done."""
+    if "audit_full" in measured:
+        study.write_cell_audit(key, measured["audit_full"])
+    study.write_cell(key, cell.to_dict())
 
 
 def _save_reaudit(study: StudyFolder, result: dict) -> dict[str, StudyCellResult]:
@@ -207,7 +216,7 @@ def _save_reaudit(study: StudyFolder, result: dict) -> dict[str, StudyCellResult
     for key, measured in result["cells"].items():
         old = StudyCellResult.from_dict(study.read_cell(key), str(study.cell_json(key)))
         written[key] = replace(old, audit=AuditSummary.from_dict(measured["audit"]))
-        study.write_cell(key, written[key].to_dict())
+        _write_cell(study, key, written[key], measured)
     return written
 
 
