@@ -118,7 +118,7 @@ class KindSummary:
     transplant_agrees: Rate
     false_discovery: Rate
     false_flag: Rate
-    partly_not_cleared: Rate = Rate(0, 0, math.nan, math.nan)
+    partly_not_cleared: Rate
 
     def to_dict(self) -> dict:
         rates = ("reliance", "partly", "controls_ignore", "discovery", "class_confirmed", "flagged", "transplant_agrees",
@@ -133,7 +133,7 @@ class KindSummary:
                                                           "class_confirmed", "flagged", "transplant_agrees",
                                                           "false_discovery", "false_flag")),
                    # BENCHMARK.json files written before the rate was counted have no such key: no model counted.
-                   Rate.from_dict(values.get("partly_not_cleared", {"k": 0, "n": 0, "low": math.nan, "high": math.nan})))
+                   Rate.from_dict(values["partly_not_cleared"]) if "partly_not_cleared" in values else Rate.of([]))
 
 
 def relies(cell: StudyCellResult) -> bool:
