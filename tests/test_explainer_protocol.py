@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from cam_helpers import all_hooks_empty
 
 from gradcam_repro.explain import registry
-from gradcam_repro.explain.cam import BaseCAM, GradCAM
-from gradcam_repro.explain.registry import EXPLAINERS, explain_images, make_explainer, map_layers
+from gradcam_repro.explain.cam import BaseCAM, GradCAM, shared_maps
+from gradcam_repro.explain.registry import EXPLAINERS, explain_images, explain_images_by_method, make_explainer, map_layers
 from gradcam_repro.model.resnet import normalize
 from gradcam_repro.runtime import Runtime
 
@@ -76,4 +76,35 @@ def test_a_with_block_registers_hooks_on_entry_and_removes_them_on_exit(resnet, 
     assert all_hooks_empty(resnet)
     torch.testing.assert_close(first, second)
     torch.testing.assert_close(first, GradCAM(resnet, "layer4")(normalize(images), [1] * 5).maps)
+    assert all_hooks_empty(resnet)
+
+
+def test_gradient_cams_share_one_pass_per_batch_and_each_gets_its_own_maps(resnet, images):
+    methods = ["gradcam", "hirescam", "layercam", "gradcam++", "xgradcam", "eigencam", "inputxgradient"]
+    targets = torch.tensor([9, 8, 7, 6, 5])
+    passes = []
+    handle = resnet.register_forward_hook(lambda module, inputs, output: passes.append(len(inputs[0])))
+    try:
+        together = explain_images_by_method(methods, resnet, images, targets, ["layer2", "layer4"], CPU, batch_size=2)
+        shared_passes, passes[:] = list(passes), []
+        alone = {method: explain_images(method, resnet, images, targets, ["layer2", "layer4"], CPU, batch_size=2)
+                 for method in methods}
+    finally:
+        handle.remove()
+    for method in methods:
+        assert list(together[method]) == list(alone[method]) == map_layers(method, ["layer2", "layer4"])
+        for key in together[method]:
+            assert torch.equal(together[method][key], alone[method][key]), (method, key)
+    # Three batches: one shared pass each for the five gradient CAMs, plus Eigen-CAM's and Input x Gradient's own.
+    assert sum(shared_passes) == 3 * len(images) and len(passes) == 7 * 3
+    assert all_hooks_empty(resnet)
+
+
+def test_only_gradient_cams_of_one_model_and_layers_can_share_a_pass(resnet, images):
+    x = normalize(images)
+    for method in ("eigencam", "scorecam"):
+        with pytest.raises(ValueError, match="explain it alone"):
+            shared_maps([make_explainer("gradcam", resnet, ["layer4"]), make_explainer(method, resnet, ["layer4"])], x)
+    with pytest.raises(ValueError, match="same layers"):
+        shared_maps([make_explainer("gradcam", resnet, ["layer4"]), make_explainer("hirescam", resnet, ["layer3"])], x)
     assert all_hooks_empty(resnet)

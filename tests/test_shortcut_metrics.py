@@ -156,13 +156,13 @@ def test_shortcut_cams_are_computed_in_the_runs_precision(amp_dtype, monkeypatch
     from gradcam_repro.runtime import Runtime
 
     seen = []
-    real = evaluate.explain_images
+    real = evaluate.explain_images_by_method
 
-    def recording(method, model, images, targets, layers, runtime, batch_size=256, progress=None):
+    def recording(methods, model, images, targets, layers, runtime, batch_size=256, progress=None):
         seen.append(runtime.amp_dtype)
-        return real(method, model, images, targets, layers, runtime, batch_size, progress)
+        return real(methods, model, images, targets, layers, runtime, batch_size, progress)
 
-    monkeypatch.setattr(evaluate, "explain_images", recording)
+    monkeypatch.setattr(evaluate, "explain_images_by_method", recording)
     net = tiny_net()
     images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     labels = torch.arange(40) % 10
@@ -201,3 +201,30 @@ def test_every_explanation_pass_reports_progress_named_by_model_and_image_set():
         assert all(b - a <= 4 for (a, _), (b, _) in zip(seen, seen[1:], strict=False))
     localisation = [total for s, _, total in calls if s == "a localisation"]
     assert localisation[0] == 60
+
+
+def test_measuring_several_methods_at_once_gives_each_methods_own_scores_and_verdicts():
+    # measure_methods explains each image set once for all methods (the gradient CAMs share a pass); every
+    # method's scores must be exactly those of explaining it alone.
+    from gradcam_repro.measure import shortcut as evaluate
+    from gradcam_repro.runtime import Runtime
+
+    net = tiny_net()
+    images = torch.randint(0, 256, (60, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    labels = torch.arange(60) % 10
+    masks = torch.zeros(60, 32, 32, dtype=torch.bool)
+    masks[:, 4:20, 10:30] = True
+    test = evaluate.EvalSet(images, labels, tuple(f"c{i}" for i in range(10)), masks)
+    patch = {"patch_size": 6, "color": (255, 255, 0), "corner": "top-left", "offset": 0}
+    protocol = evaluate.ShortcutProtocol(6, patch, ("conv",), cam_batch_size=7)
+    runtime = Runtime(torch.device("cpu"), None)
+    methods = ("gradcam", "hirescam", "layercam", "eigencam", "inputxgradient")
+    together = evaluate.measure_methods(net, test, protocol, methods, runtime)["model"]["methods"]
+    probes = evaluate.make_probes(test, protocol)
+    m, preds = evaluate.prediction_metrics(net, test, probes, protocol, runtime)
+    for method in methods:
+        alone, _ = evaluate.judged_explanations(net, test, (probes, preds, m), evaluate.replace(protocol, method=method),
+                                                runtime)
+        assert together[method] == alone, method
+        assert set(alone) == {"cam", "localisation", "verdict"}
+    assert together["gradcam"]["cam"] != together["hirescam"]["cam"]  # the methods still differ

@@ -46,6 +46,17 @@ class CAMResult:
     targets: torch.Tensor
 
 
+@dataclass
+class LayerPass:
+    """What one forward/backward pass recorded: (N, num_classes) float32 logits, (N,) explained classes, and per
+    layer the activations and their gradients (None without a backward pass or where a layer was unused)."""
+
+    logits: torch.Tensor
+    targets: torch.Tensor
+    activations: list[torch.Tensor]
+    gradients: list[torch.Tensor | None]
+
+
 def layer_names(model: nn.Module) -> list[str]:
     """Dotted names of every submodule, e.g. ['conv1', ..., 'layer4.1.conv2', 'fc']."""
     return [name for name, _ in model.named_modules() if name]
@@ -174,27 +185,34 @@ class BaseCAM:
 
     def per_layer(self, images: torch.Tensor, targets=None) -> dict[str, CAMResult]:
         """{layer: CAMResult} for (N, C, H, W) normalised float `images` from one forward/backward pass."""
+        return self.results(images, self.layer_pass(images, targets))
+
+    def layer_pass(self, images: torch.Tensor, targets=None) -> LayerPass:
+        """The forward (and, for gradient methods, backward) pass that `per_layer` reads its maps from."""
         if images.dim() != 4:
             raise ValueError(f"expected (N, C, H, W) images, got shape {tuple(images.shape)}")
         temporary = not self._handles
         if temporary:
             self._handles = self._register_hooks()
         try:
-            logits, targets, acts, grads = self._forward_backward(images, targets)
+            return LayerPass(*self._forward_backward(images, targets))
         finally:
             self._activations = {}
             if temporary:
                 self._remove_hooks()
+
+    def results(self, images: torch.Tensor, passed: LayerPass) -> dict[str, CAMResult]:
+        """{layer: CAMResult} by this method from a `layer_pass` over `images` (its own, or a `shared_maps` one)."""
         size = tuple(images.shape[-2:])
         results = {}
-        for name, act, grad in zip(self.layers, acts, grads):
+        for name, act, grad in zip(self.layers, passed.activations, passed.gradients):
             act = act.detach().float()
             if self.uses_gradients:
                 grad = torch.zeros_like(act) if grad is None else grad.float()
             if act.dim() == 3:  # transformer tokens: drop the class (and other prefix) tokens, lay out the grid
                 act, grad = tokens_to_grid(act, size, name), grad if grad is None else tokens_to_grid(grad, size, name)
-            raw = F.relu(self.layer_map(act, grad, images, targets))
-            results[name] = CAMResult(upsample_and_scale(raw, size), raw, logits.detach(), targets)
+            raw = F.relu(self.layer_map(act, grad, images, passed.targets))
+            results[name] = CAMResult(upsample_and_scale(raw, size), raw, passed.logits.detach(), passed.targets)
         return results
 
     def _forward_backward(self, images: torch.Tensor, targets):
@@ -365,3 +383,19 @@ class ScoreCAM(BaseCAM):
 
 # The CAM family, in the order reports list them (the registry in explain.registry names them).
 CAM_FAMILY: tuple[type[BaseCAM], ...] = (GradCAM, GradCAMPlusPlus, HiResCAM, XGradCAM, LayerCAM, ScoreCAM, EigenCAM)
+
+
+def shared_maps(cams: Sequence[BaseCAM], images: torch.Tensor, targets=None) -> list[dict[str, torch.Tensor]]:
+    """Each of `cams`' {layer: maps} from one forward/backward pass over `images`.
+
+    The methods must be gradient CAMs of one model at the same layers and precision: they read the same
+    activations and gradients, so each gets the maps its own pass would give, for one pass instead of one each.
+    """
+    first = cams[0]
+    for cam in cams:
+        if not cam.uses_gradients or type(cam).layer_map is not BaseCAM.layer_map:
+            raise ValueError(f"{type(cam).__name__} does not read its maps from one gradient pass; explain it alone")
+        if cam.model is not first.model or cam.layers != first.layers or cam.autocast_dtype != first.autocast_dtype:
+            raise ValueError("methods sharing a pass must explain the same model at the same layers and precision")
+    passed = first.layer_pass(images, targets)
+    return [{name: result.maps for name, result in cam.results(images, passed).items()} for cam in cams]

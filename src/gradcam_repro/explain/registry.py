@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from gradcam_repro.errors import UserError
-from gradcam_repro.explain.cam import CAM_FAMILY
+from gradcam_repro.explain.cam import CAM_FAMILY, BaseCAM, shared_maps
 from gradcam_repro.explain.pixel import PIXEL_FAMILY, PIXEL_LAYER
 from gradcam_repro.model.sources import model_input
 from gradcam_repro.runtime import Runtime
@@ -59,20 +59,45 @@ def explain_images(method: str, model: nn.Module, images: torch.Tensor, targets:
     Batches of `batch_size` go through the model on `runtime.device` in its precision;
     `progress(done, N)` is called before the first batch and after each one with the images explained so far.
     """
+    return explain_images_by_method((method,), model, images, targets, layers, runtime, batch_size, progress)[method]
+
+
+def shares_pass(method: str) -> bool:
+    """Whether `method` reads its maps from one forward/backward pass that other such methods can share (the
+    gradient CAMs: `explain.cam.shared_maps`)."""
+    cls = EXPLAINERS.get(method)
+    return cls in CAM_FAMILY and cls.uses_gradients and cls.layer_map is BaseCAM.layer_map
+
+
+def explain_images_by_method(methods: Sequence[str], model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
+                             layers: str | Sequence[str], runtime: Runtime, batch_size: int = 256,
+                             progress: Callable[[int, int], None] | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    """`explain_images` for several methods on the same images: {method: {layer: maps}}.
+
+    The gradient CAMs among `methods` (Grad-CAM, HiResCAM, LayerCAM, ...) share one forward/backward pass per
+    batch, which gives each the maps its own pass would; every other method runs its own. `progress(done, N)`
+    hears of the batches as `explain_images` tells them.
+    """
     layers = [layers] if isinstance(layers, str) else list(layers)
-    explainer = make_explainer(method, model, layers, runtime.amp_dtype)
-    parts: dict[str, list] = {key: [] for key in map_layers(method, layers)}
+    methods = list(dict.fromkeys(methods))
+    explainers = {method: make_explainer(method, model, layers, runtime.amp_dtype) for method in methods}
+    shared = [m for m in methods if shares_pass(m)] if sum(map(shares_pass, methods)) > 1 else []
+    alone = [m for m in methods if m not in shared]
+    parts: dict[str, dict[str, list]] = {m: {key: [] for key in map_layers(m, layers)} for m in methods}
     if progress is not None:
         progress(0, len(images))
     for start in range(0, len(images), batch_size):
         x = model_input(model, images[start:start + batch_size].to(runtime.device)).contiguous(memory_format=torch.channels_last)
         t = targets[start:start + batch_size].to(runtime.device)
-        for key, maps in explainer.maps(x, t).items():
-            parts[key].append(maps.cpu())
+        found = dict(zip(shared, shared_maps([explainers[m] for m in shared], x, t))) if shared else {}
+        found.update({m: explainers[m].maps(x, t) for m in alone})
+        for m, maps in found.items():
+            for key, value in maps.items():
+                parts[m][key].append(value.cpu())
         if progress is not None:
             progress(min(start + batch_size, len(images)), len(images))
     h, w = images.shape[-2:]
-    return {key: torch.cat(v) if v else torch.empty(0, h, w) for key, v in parts.items()}
+    return {m: {key: torch.cat(v) if v else torch.empty(0, h, w) for key, v in parts[m].items()} for m in methods}
 
 
 def single_layer_explainer(method: str, layer: str, amp_dtype: torch.dtype | None = None

@@ -22,7 +22,7 @@ from gradcam_repro.data.artefact import Artefact
 from gradcam_repro.data.bias import patch_artefact
 from gradcam_repro.data.images import EvalSet
 from gradcam_repro.data.zoo import Planted
-from gradcam_repro.explain.registry import explain_images, map_layers
+from gradcam_repro.explain.registry import explain_images_by_method, map_layers
 from gradcam_repro.measure import scores
 from gradcam_repro.measure.predict import predict
 from gradcam_repro.measure.results import CLEAN_TARGET, FLIPPED, PATCHED_TARGET
@@ -30,6 +30,8 @@ from gradcam_repro.runtime import Runtime
 
 # progress(done, total, stage=""): told of each explanation pass (pipeline.progress.Tracker is one).
 Progress = Callable[..., None]
+# The image set scored against the test set's own object masks (the shapes), beside the artefact's sets.
+LOCALISATION = "localisation"
 
 
 @dataclass(frozen=True)
@@ -184,16 +186,17 @@ def patched_rows(preds: dict, protocol: ShortcutProtocol) -> torch.Tensor:
 
 
 def judged_explanations(model: nn.Module, test: EvalSet, predicted: tuple[Probes, dict, dict], protocol: ShortcutProtocol,
-                        runtime: Runtime, progress: Progress | None = None) -> tuple[dict, dict]:
+                        runtime: Runtime, progress: Progress | None = None,
+                        explained: tuple[dict, dict] | None = None) -> tuple[dict, dict]:
     """`protocol.method`'s scores for one model and the verdicts they give with its prediction metrics.
 
     predicted: (probes, predictions, prediction metrics) from `prediction_metrics`, computed once per model
-    whichever methods explain it. Returns ({"cam", "localisation" (masks only), "verdict"}, the patched target
-    images' maps)."""
+    whichever methods explain it; explained: the method's `explanation_metrics`, where `methods_metrics` already
+    computed it. Returns ({"cam", "localisation" (masks only), "verdict"}, the patched target images' maps)."""
     probes, preds, m = predicted
-    explained, patched_maps = explanation_metrics(model, test, probes, preds, protocol, runtime, progress)
-    explained["verdict"] = scores.verdicts({**m, **explained}, uniform_share(probes.patched_masks))
-    return explained, patched_maps
+    scored, patched_maps = explained or explanation_metrics(model, test, probes, preds, protocol, runtime, progress)
+    scored = {**scored, "verdict": scores.verdicts({**m, **scored}, uniform_share(probes.patched_masks))}
+    return scored, patched_maps
 
 
 def uniform_share(masks: torch.Tensor) -> float:
@@ -214,32 +217,53 @@ def explanation_metrics(model: nn.Module, test: EvalSet, probes: Probes, preds: 
     Returns ({"cam": {layer: {set: score_maps}}, plus "localisation" {layer: score_maps} where the test set has
     masks}, the patched target images' maps {layer: (N, H, W) in [0, 1]}). Layers are the method's own keys:
     the protocol's layers for a CAM, "input" for a pixel-space method. Calling this once per method reuses
-    one set of predictions.
+    one set of predictions; `methods_metrics` also shares the explanation passes between methods.
     """
-    seed, target, cap, layers = protocol.seed, protocol.target, protocol.cam_images, list(protocol.layers)
+    return methods_metrics((protocol.method,), model, test, probes, preds, protocol, runtime, progress)[protocol.method]
+
+
+def explained_sets(test: EvalSet, probes: Probes, preds: dict, protocol: ShortcutProtocol
+                   ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The image sets every method explains: {set: (images, the classes explained, the masks they are scored on)};
+    clean target images are scored where the artefact would go, and the test set's own object masks (the
+    shapes) under "localisation"."""
+    seed, target, cap = protocol.seed, protocol.target, protocol.cam_images
     patched = patched_rows(preds, protocol)
     flipped = seeded_cap((preds["patch"] == target).nonzero().squeeze(1), cap, seed)
     clean = seeded_cap(torch.arange(len(probes.target_idx)), cap, seed)
-    sets = {  # set -> (images, the masks they are scored on; clean images: where the artefact would go)
+    sets = {
         PATCHED_TARGET: (probes.patched_targets[patched], probes.patched_masks[patched]),
         FLIPPED: (probes.pasted["patch"][flipped], probes.pasted_masks["patch"][flipped]),
         CLEAN_TARGET: (test.images[probes.target_idx][clean], probes.patched_masks[clean]),
     }
-    m = {"cam": {layer: {} for layer in map_layers(protocol.method, layers)}}
-    patched_maps = {}
-    for set_name, (batch, masks) in sets.items():
-        maps = explain_images(protocol.method, model, batch, torch.full((len(batch),), target), layers, runtime,
-                              protocol.cam_batch_size, staged(progress, set_name))
-        for layer in m["cam"]:
-            m["cam"][layer][set_name] = score_maps(maps[layer], None, seed, masks=masks, tolerance=True)
-        if set_name == PATCHED_TARGET:
-            patched_maps = maps
+    out = {name: (images, torch.full((len(images),), target), masks) for name, (images, masks) in sets.items()}
     if test.masks is not None:  # localisation against the true object masks (shapes)
         chosen = seeded_cap(torch.arange(len(test.labels)), cap, seed)
-        maps = explain_images(protocol.method, model, test.images[chosen], test.labels[chosen], layers, runtime,
-                              protocol.cam_batch_size, staged(progress, "localisation"))
-        m["localisation"] = {layer: score_maps(maps[layer], None, seed, masks=test.masks[chosen]) for layer in m["cam"]}
-    return m, patched_maps
+        out[LOCALISATION] = (test.images[chosen], test.labels[chosen], test.masks[chosen])
+    return out
+
+
+def methods_metrics(methods: tuple[str, ...], model: nn.Module, test: EvalSet, probes: Probes, preds: dict,
+                    protocol: ShortcutProtocol, runtime: Runtime, progress: Progress | None = None) -> dict[str, tuple[dict, dict]]:
+    """{method: what `explanation_metrics` returns for it}: each image set is explained once for every method,
+    the gradient CAMs sharing one forward/backward pass (`explain_images_by_method`: the same maps)."""
+    seed, layers = protocol.seed, list(protocol.layers)
+    scored = {method: {"cam": {layer: {} for layer in map_layers(method, layers)}} for method in methods}
+    patched_maps = {method: {} for method in methods}
+    for set_name, (batch, targets, masks) in explained_sets(test, probes, preds, protocol).items():
+        maps = explain_images_by_method(methods, model, batch, targets, layers, runtime, protocol.cam_batch_size,
+                                        staged(progress, set_name))
+        for method in methods:
+            if set_name == LOCALISATION:
+                scored[method]["localisation"] = {layer: score_maps(maps[method][layer], None, seed, masks=masks)
+                                                  for layer in scored[method]["cam"]}
+                continue
+            for layer in scored[method]["cam"]:
+                scored[method]["cam"][layer][set_name] = score_maps(maps[method][layer], None, seed, masks=masks,
+                                                                    tolerance=True)
+            if set_name == PATCHED_TARGET:
+                patched_maps[method] = maps[method]
+    return {method: (scored[method], patched_maps[method]) for method in methods}
 
 
 def measure_shortcut(models: dict[str, nn.Module], test: EvalSet, protocol: ShortcutProtocol, runtime: Runtime,
@@ -306,7 +330,9 @@ def measure_methods(model: nn.Module, test: EvalSet, protocol: ShortcutProtocol,
     """
     probes = make_probes(test, protocol)
     m, preds = prediction_metrics(model, test, probes, protocol, runtime)
-    judged = {method: judged_explanations(model, test, (probes, preds, m), replace(protocol, method=method), runtime)[0]
+    explained = methods_metrics(methods, model, test, probes, preds, protocol, runtime)
+    judged = {method: judged_explanations(model, test, (probes, preds, m), replace(protocol, method=method), runtime,
+                                          explained=explained[method])[0]
               for method in methods}
     return {"model": {**m, "methods": judged}, "uniform": uniform_scores(test, protocol, probes),
             "n": sample_sizes(test, probes)}
