@@ -23,6 +23,7 @@ from gradcam_repro.data.registry import dataset_for
 from gradcam_repro.measure import shortcut
 from gradcam_repro.pipeline.audit import audit_cell
 from gradcam_repro.pipeline.experiment import load_models
+from gradcam_repro.pipeline.folders import BenchmarkFolder
 from gradcam_repro.pipeline.prepare import prepared_from_data
 from gradcam_repro.pipeline.run import shortcut_protocol
 from gradcam_repro.runtime import Runtime
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     methods = tuple(args.methods or cell["methods"])
     runtime = Runtime.choose("cpu", config.precision)
     prepared = prepared_from_data(config, dataset_for(config).load(config), runtime)
-    model = next(iter(load_models(args.bench_out / "experiments" / cell["spec_key"] / "model.pt", runtime.device)[0].values()))
+    model_pt = BenchmarkFolder(args.bench_out).experiment(cell["spec_key"]).model_pt
+    model = next(iter(load_models(model_pt, runtime.device)[0].values()))
     data = prepared.data
     test = EvalSet(data.test_images, data.test_labels, data.classes, data.test_masks)
     protocol = shortcut_protocol(prepared)

@@ -178,6 +178,12 @@ class BaseCAM:
         """(N, K, h, w) activations and gradients -> (N, h, w) map before ReLU. The method's seam."""
         raise NotImplementedError
 
+    @classmethod
+    def shares_pass(cls) -> bool:
+        """Whether the method's maps come from the activations and gradients of one pass alone (the gradient CAMs),
+        so that several such methods can share that pass (`shared_maps`)."""
+        return cls.uses_gradients and cls.layer_map is BaseCAM.layer_map
+
     def layer_map(self, activations: torch.Tensor, gradients: torch.Tensor | None, images: torch.Tensor,
                   targets: torch.Tensor) -> torch.Tensor:
         """The map before ReLU for one layer; methods that need more than (A, dA) (Score-CAM) override this."""
@@ -393,7 +399,7 @@ def shared_maps(cams: Sequence[BaseCAM], images: torch.Tensor, targets=None) -> 
     """
     first = cams[0]
     for cam in cams:
-        if not cam.uses_gradients or type(cam).layer_map is not BaseCAM.layer_map:
+        if not cam.shares_pass():
             raise ValueError(f"{type(cam).__name__} does not read its maps from one gradient pass; explain it alone")
         if cam.model is not first.model or cam.layers != first.layers or cam.autocast_dtype != first.autocast_dtype:
             raise ValueError("methods sharing a pass must explain the same model at the same layers and precision")

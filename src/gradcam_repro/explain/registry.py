@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from gradcam_repro.errors import UserError
-from gradcam_repro.explain.cam import CAM_FAMILY, BaseCAM, shared_maps
+from gradcam_repro.explain.cam import CAM_FAMILY, shared_maps
 from gradcam_repro.explain.pixel import PIXEL_FAMILY, PIXEL_LAYER
 from gradcam_repro.model.sources import model_input
 from gradcam_repro.runtime import Runtime
@@ -66,7 +66,7 @@ def shares_pass(method: str) -> bool:
     """Whether `method` reads its maps from one forward/backward pass that other such methods can share (the
     gradient CAMs: `explain.cam.shared_maps`)."""
     cls = EXPLAINERS.get(method)
-    return cls in CAM_FAMILY and cls.uses_gradients and cls.layer_map is BaseCAM.layer_map
+    return cls in CAM_FAMILY and cls.shares_pass()
 
 
 def explain_images_by_method(methods: Sequence[str], model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
@@ -81,7 +81,8 @@ def explain_images_by_method(methods: Sequence[str], model: nn.Module, images: t
     layers = [layers] if isinstance(layers, str) else list(layers)
     methods = list(dict.fromkeys(methods))
     explainers = {method: make_explainer(method, model, layers, runtime.amp_dtype) for method in methods}
-    shared = [m for m in methods if shares_pass(m)] if sum(map(shares_pass, methods)) > 1 else []
+    sharing = [m for m in methods if shares_pass(m)]
+    shared = sharing if len(sharing) > 1 else []  # one such method alone runs its own pass
     alone = [m for m in methods if m not in shared]
     parts: dict[str, dict[str, list]] = {m: {key: [] for key in map_layers(m, layers)} for m in methods}
     if progress is not None:
